@@ -1,0 +1,39 @@
+//! Project tasks: `cargo xtask <command>`. One module per command; [`cmd`] runs a
+//! program and puts the failing command line into the error.
+
+mod build;
+mod cmd;
+mod run;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+/// Builds, runs and tests the MPTCP gateway.
+#[derive(Debug, Parser)]
+#[command(bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what building and testing need (apt packages, bpf-linker); idempotent.
+    Setup,
+    /// Build the eBPF programs and the mptcp-user binary that embeds them.
+    Build(build::Options),
+    /// Build, then run mptcp-user (as root) with the given arguments.
+    Run(run::Options),
+    /// Run every test: unit tests, then the end-to-end tests (root, eBPF, namespaces).
+    Test(test::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Build(options) => build::run(&options).map(|_| ()),
+        Command::Run(options) => run::run(&options),
+        Command::Test(options) => test::run(&options),
+    }
+}

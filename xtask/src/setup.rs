@@ -1,0 +1,91 @@
+//! `cargo xtask setup`: installs the eBPF toolchain and the test tools.
+//!
+//! The recipe (checked on Debian 12 with rustup's Rust 1.95 and no rust-src):
+//! - Debian's rustc 1.96 with its library source (rustc-web, cargo-web, rust-web-src):
+//!   `-Z build-std=core` for the BPF target needs the `core` source of the very compiler
+//!   that builds it, and rustup cannot download rust-src here.
+//! - bpf-linker 0.13 linked against LLVM 22 (llvm-22-dev), the LLVM of that rustc.
+//! - bpftool, iproute2, nftables, curl, iperf3: used by the tests and the testbed.
+//!
+//! Every step checks first, so a second run takes well under a second.
+
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::cmd;
+
+/// Debian packages the build and the tests need.
+const APT_PACKAGES: &[&str] = &[
+    // eBPF toolchain.
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "llvm-22-dev",
+    // Linked into bpf-linker along with LLVM.
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    // Tests and testbed.
+    "bpftool",
+    "iproute2",
+    "nftables",
+    "curl",
+    "iperf3",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Installs whatever is missing.
+pub fn run() -> anyhow::Result<()> {
+    install_apt_packages()?;
+    install_bpf_linker()?;
+    Ok(())
+}
+
+fn install_apt_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| !apt_installed(package))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !cmd::is_root() {
+        bail!(
+            "missing Debian packages: {}; run `cargo xtask setup` as root",
+            missing.join(" ")
+        );
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn apt_installed(package: &str) -> bool {
+    cmd::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|status| status == "install ok installed")
+}
+
+fn install_bpf_linker() -> anyhow::Result<()> {
+    let installed = cmd::output(Command::new("bpf-linker").arg("--version"))
+        .is_some_and(|version| version.contains(BPF_LINKER_VERSION));
+    if installed {
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
+    cmd::run(
+        cmd::cargo()
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            // Without it the build finds Debian's default llvm-config (LLVM 14) and fails
+            // with "unable to find library -lLLVM".
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+    )
+}
