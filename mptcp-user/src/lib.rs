@@ -7,10 +7,14 @@
 //!   process owns (so they vanish when it dies), pins the maps for the CLI.
 //! - [`gateway`]: the gateway daemon.
 //! - [`inspect`]: the inspection commands that read a running gateway's pinned maps.
+//! - [`protocol`]: the RFC 8803 Convert codec (pure, no I/O).
+//! - [`auth`]: the cookie that authenticates Convert requests (HMAC-SHA256, replay window).
 //! - [`sys`]: host set-up that needs raw system calls (bpffs, rlimits).
 
+pub mod auth;
 pub mod cli;
 pub mod ebpf;
 pub mod gateway;
 pub mod inspect;
+pub mod protocol;
 pub mod sys;

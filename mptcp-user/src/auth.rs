@@ -1,0 +1,324 @@
+//! Authentication of Convert requests: the Cookie TLV carries an HMAC-SHA256 over the
+//! request, keyed by a pre-shared key, with a timestamp and a random nonce so that a
+//! captured request cannot be replayed.
+//!
+//! Cookie layout (56 bytes, 14 words): timestamp (u64, Unix seconds, big-endian),
+//! nonce (16 bytes), MAC (32 bytes). The MAC covers a domain label, the destination
+//! (port, IPv6 or IPv4-mapped address), the timestamp and the nonce.
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::Write as _,
+    net::{IpAddr, SocketAddr},
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use hmac::{Hmac, KeyInit as _, Mac as _};
+use sha2::Sha256;
+use thiserror::Error;
+
+/// Bytes of a pre-shared key.
+pub const KEY_LEN: usize = 32;
+const NONCE_LEN: usize = 16;
+const MAC_LEN: usize = 32;
+/// Bytes of the Cookie TLV's opaque value.
+pub const COOKIE_LEN: usize = 8 + NONCE_LEN + MAC_LEN;
+/// Separates our MACs from any other use of the same key.
+const DOMAIN: &[u8] = b"mptcp-gateway convert v1\0";
+/// Default tolerance between the gateway's and the converter's clocks.
+pub const DEFAULT_WINDOW: Duration = Duration::from_mins(1);
+
+/// A pre-shared key, as read from a key file.
+#[derive(Clone)]
+pub struct Key([u8; KEY_LEN]);
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(..)")
+    }
+}
+
+impl Key {
+    /// A key from raw bytes.
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// Reads a key file: one line of 64 hexadecimal characters.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("failed to read key file {}", path.display()))?;
+        let mode = fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            log::warn!(
+                "key file {} is readable by others (mode {:o}); chmod 600 it",
+                path.display(),
+                mode & 0o777
+            );
+        }
+        Self::parse(text.trim()).with_context(|| format!("bad key file {}", path.display()))
+    }
+
+    /// Parses 64 hexadecimal characters.
+    pub fn parse(hex: &str) -> anyhow::Result<Self> {
+        if hex.len() != KEY_LEN * 2 {
+            bail!(
+                "a key is {} hexadecimal characters, found {}",
+                KEY_LEN * 2,
+                hex.len()
+            );
+        }
+        let mut key = [0u8; KEY_LEN];
+        for (byte, pair) in key.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+            let pair = std::str::from_utf8(pair).context("a key is hexadecimal")?;
+            *byte = u8::from_str_radix(pair, 16).context("a key is hexadecimal")?;
+        }
+        Ok(Self(key))
+    }
+
+    /// Writes a fresh random key to `path` with mode 0600; refuses to overwrite a file.
+    pub fn generate(path: &Path) -> anyhow::Result<()> {
+        let mut bytes = [0u8; KEY_LEN];
+        crate::sys::fill_random(&mut bytes)?;
+        let hex = bytes.iter().fold(String::new(), |mut hex, byte| {
+            use std::fmt::Write as _;
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        });
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("failed to create key file {}", path.display()))?;
+        writeln!(file, "{hex}")?;
+        Ok(())
+    }
+
+    fn mac(&self, destination: SocketAddr, timestamp: u64, nonce: &[u8]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(DOMAIN);
+        mac.update(&destination.port().to_be_bytes());
+        let address = match destination.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
+        mac.update(&address.octets());
+        mac.update(&timestamp.to_be_bytes());
+        mac.update(nonce);
+        mac
+    }
+
+    /// The Cookie TLV value for a request to `destination`, at Unix time `now`.
+    pub fn cookie(&self, destination: SocketAddr, now: u64) -> anyhow::Result<Vec<u8>> {
+        let mut nonce = [0u8; NONCE_LEN];
+        crate::sys::fill_random(&mut nonce)?;
+        let tag = self.mac(destination, now, &nonce).finalize().into_bytes();
+        let mut cookie = Vec::with_capacity(COOKIE_LEN);
+        cookie.extend_from_slice(&now.to_be_bytes());
+        cookie.extend_from_slice(&nonce);
+        cookie.extend_from_slice(&tag);
+        Ok(cookie)
+    }
+}
+
+/// Why a cookie was refused. All map to the Error TLV "Not Authorized" (or "Missing
+/// Cookie"); the variants are for the converter's log.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// The request carried no Cookie TLV.
+    #[error("no cookie")]
+    Missing,
+    /// The cookie is not 56 bytes.
+    #[error("cookie of {0} bytes, expected {COOKIE_LEN}")]
+    BadLength(usize),
+    /// The MAC does not match: wrong key, or a tampered request.
+    #[error("bad MAC (wrong key?)")]
+    BadMac,
+    /// The timestamp is outside the window around the converter's clock.
+    #[error("timestamp {age_secs} s away from our clock, window is {window_secs} s")]
+    Stale {
+        /// Distance between the cookie's time and ours.
+        age_secs: u64,
+        /// The allowed distance.
+        window_secs: u64,
+    },
+    /// This nonce was seen within the window.
+    #[error("replayed nonce")]
+    Replayed,
+}
+
+/// Checks cookies and remembers recent nonces to refuse replays.
+pub struct Verifier {
+    key: Key,
+    window: Duration,
+    /// Nonce -> Unix time after which it may be forgotten. Only requests with a valid
+    /// MAC get here, so its size is bounded by the honest request rate.
+    seen: HashMap<[u8; NONCE_LEN], u64>,
+    last_prune: u64,
+}
+
+impl Verifier {
+    /// A verifier accepting timestamps within `window` of its clock.
+    pub fn new(key: Key, window: Duration) -> Self {
+        Self {
+            key,
+            window,
+            seen: HashMap::new(),
+            last_prune: 0,
+        }
+    }
+
+    /// Accepts a cookie once: a valid MAC, a fresh timestamp, an unseen nonce.
+    pub fn verify(
+        &mut self,
+        destination: SocketAddr,
+        cookie: Option<&[u8]>,
+        now: u64,
+    ) -> Result<(), AuthError> {
+        let cookie = cookie.ok_or(AuthError::Missing)?;
+        let cookie: &[u8; COOKIE_LEN] = cookie
+            .try_into()
+            .map_err(|_| AuthError::BadLength(cookie.len()))?;
+        let mut timestamp = [0u8; 8];
+        timestamp.copy_from_slice(&cookie[..8]);
+        let timestamp = u64::from_be_bytes(timestamp);
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&cookie[8..8 + NONCE_LEN]);
+        let tag = &cookie[8 + NONCE_LEN..];
+        self.key
+            .mac(destination, timestamp, &nonce)
+            .verify_slice(tag)
+            .map_err(|_| AuthError::BadMac)?;
+        let window = self.window.as_secs();
+        let age = now.abs_diff(timestamp);
+        if age > window {
+            return Err(AuthError::Stale {
+                age_secs: age,
+                window_secs: window,
+            });
+        }
+        self.prune(now);
+        // A nonce must be remembered until its timestamp leaves the window.
+        if self.seen.insert(nonce, timestamp + window).is_some() {
+            return Err(AuthError::Replayed);
+        }
+        Ok(())
+    }
+
+    fn prune(&mut self, now: u64) {
+        if now > self.last_prune {
+            self.seen.retain(|_, &mut expiry| expiry >= now);
+            self.last_prune = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn destination() -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::new(203, 0, 113, 10), 443))
+    }
+
+    fn verifier(key: &Key) -> Verifier {
+        Verifier::new(key.clone(), DEFAULT_WINDOW)
+    }
+
+    #[test]
+    fn valid_cookie_is_accepted_once() {
+        let key = Key::from_bytes([7; KEY_LEN]);
+        let cookie = key.cookie(destination(), NOW).unwrap();
+        let mut verifier = verifier(&key);
+        assert_eq!(
+            verifier.verify(destination(), Some(&cookie), NOW + 5),
+            Ok(())
+        );
+        assert_eq!(
+            verifier.verify(destination(), Some(&cookie), NOW + 6),
+            Err(AuthError::Replayed)
+        );
+    }
+
+    #[test]
+    fn wrong_key_or_destination_is_refused() {
+        let cookie = Key::from_bytes([7; KEY_LEN])
+            .cookie(destination(), NOW)
+            .unwrap();
+        let mut other = verifier(&Key::from_bytes([8; KEY_LEN]));
+        assert_eq!(
+            other.verify(destination(), Some(&cookie), NOW),
+            Err(AuthError::BadMac)
+        );
+        let mut same = verifier(&Key::from_bytes([7; KEY_LEN]));
+        let elsewhere = SocketAddr::from((Ipv4Addr::new(203, 0, 113, 11), 443));
+        assert_eq!(
+            same.verify(elsewhere, Some(&cookie), NOW),
+            Err(AuthError::BadMac)
+        );
+    }
+
+    #[test]
+    fn stale_missing_and_short_cookies_are_refused() {
+        let key = Key::from_bytes([7; KEY_LEN]);
+        let cookie = key.cookie(destination(), NOW).unwrap();
+        let mut verifier = verifier(&key);
+        assert!(matches!(
+            verifier.verify(destination(), Some(&cookie), NOW + 61),
+            Err(AuthError::Stale { age_secs: 61, .. })
+        ));
+        assert_eq!(
+            verifier.verify(destination(), None, NOW),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            verifier.verify(destination(), Some(&cookie[..10]), NOW),
+            Err(AuthError::BadLength(10))
+        );
+    }
+
+    #[test]
+    fn nonces_are_forgotten_after_the_window() {
+        let key = Key::from_bytes([7; KEY_LEN]);
+        let mut verifier = verifier(&key);
+        for second in 0..100 {
+            let cookie = key.cookie(destination(), NOW + second).unwrap();
+            verifier
+                .verify(destination(), Some(&cookie), NOW + second)
+                .unwrap();
+        }
+        assert!(
+            verifier.seen.len() <= 62,
+            "{} nonces kept",
+            verifier.seen.len()
+        );
+    }
+
+    #[test]
+    fn key_files_parse_and_generate() {
+        assert!(Key::parse("abc").is_err());
+        assert!(Key::parse(&"zz".repeat(32)).is_err());
+        assert!(Key::parse(&"0f".repeat(32)).is_ok());
+        let dir = std::env::temp_dir().join(format!("mptcp-key-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key");
+        let _ = fs::remove_file(&path);
+        Key::generate(&path).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(Key::load(&path).is_ok());
+        assert!(Key::generate(&path).is_err(), "must not overwrite a key");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,682 @@
+//! The 0-RTT TCP Convert Protocol (RFC 8803, version 1): a pure codec, no I/O.
+//!
+//! A Convert message is a 4-byte header followed by TLVs, all sized in 32-bit words:
+//!
+//! ```text
+//! header: | version (8) | total length in words, header included (8) | magic 0x2263 (16) |
+//! TLV:    | type (8)    | length in words, type and length included (8) | value ...       |
+//! ```
+//!
+//! The client (our gateway) opens the connection with a message holding a Connect TLV
+//! (destination port and IPv6 or IPv4-mapped address) and our Cookie TLV, then its data.
+//! The converter answers with an Extended TCP Header TLV when the destination accepted
+//! the connection, or an Error TLV before it closes.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use thiserror::Error;
+
+/// The only protocol version there is.
+pub const VERSION: u8 = 1;
+/// Fixed value of the header's last 16 bits (8803 in hexadecimal).
+pub const MAGIC: u16 = 0x2263;
+/// Bytes in the fixed header.
+pub const HEADER_LEN: usize = 4;
+/// The total length is an 8-bit count of 32-bit words.
+pub const MAX_MESSAGE_LEN: usize = 255 * 4;
+
+const TLV_INFO: u8 = 0x01;
+const TLV_CONNECT: u8 = 0x0a;
+const TLV_EXTENDED_TCP_HEADER: u8 = 0x14;
+const TLV_SUPPORTED_TCP_EXTENSIONS: u8 = 0x15;
+const TLV_COOKIE: u8 = 0x16;
+const TLV_ERROR: u8 = 0x1e;
+
+/// Connect TLV without TCP options: type, length, port (2), address (16).
+const CONNECT_MIN_LEN: usize = 20;
+
+/// Error codes of the Error TLV (RFC 8803, section 4.2.7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// 0: the version is not supported; the value carries the supported one.
+    UnsupportedVersion,
+    /// 1: the message could not be parsed.
+    MalformedMessage,
+    /// 2: a TLV type the converter does not know.
+    UnsupportedMessage,
+    /// 3: the converter requires a Cookie TLV and there was none.
+    MissingCookie,
+    /// 32: the cookie is wrong, or the destination is not allowed.
+    NotAuthorized,
+    /// 33: a requested TCP option is not supported.
+    UnsupportedTcpOption,
+    /// 64: the converter is out of resources (too many connections).
+    ResourceExceeded,
+    /// 65: the converter could not reach the destination's network (or timed out).
+    NetworkFailure,
+    /// 96: the destination answered with a reset.
+    ConnectionReset,
+    /// 97: the destination is unreachable.
+    DestinationUnreachable,
+    /// Any other code, kept so that it can be logged.
+    Other(u8),
+}
+
+impl ErrorCode {
+    /// The code's number on the wire.
+    pub fn to_u8(self) -> u8 {
+        match self {
+            Self::UnsupportedVersion => 0,
+            Self::MalformedMessage => 1,
+            Self::UnsupportedMessage => 2,
+            Self::MissingCookie => 3,
+            Self::NotAuthorized => 32,
+            Self::UnsupportedTcpOption => 33,
+            Self::ResourceExceeded => 64,
+            Self::NetworkFailure => 65,
+            Self::ConnectionReset => 96,
+            Self::DestinationUnreachable => 97,
+            Self::Other(code) => code,
+        }
+    }
+
+    /// The code for a number on the wire.
+    pub fn from_u8(code: u8) -> Self {
+        match code {
+            0 => Self::UnsupportedVersion,
+            1 => Self::MalformedMessage,
+            2 => Self::UnsupportedMessage,
+            3 => Self::MissingCookie,
+            32 => Self::NotAuthorized,
+            33 => Self::UnsupportedTcpOption,
+            64 => Self::ResourceExceeded,
+            65 => Self::NetworkFailure,
+            96 => Self::ConnectionReset,
+            97 => Self::DestinationUnreachable,
+            other => Self::Other(other),
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Self::UnsupportedVersion => "Unsupported Version",
+            Self::MalformedMessage => "Malformed Message",
+            Self::UnsupportedMessage => "Unsupported Message",
+            Self::MissingCookie => "Missing Cookie",
+            Self::NotAuthorized => "Not Authorized",
+            Self::UnsupportedTcpOption => "Unsupported TCP Option",
+            Self::ResourceExceeded => "Resource Exceeded",
+            Self::NetworkFailure => "Network Failure",
+            Self::ConnectionReset => "Connection Reset",
+            Self::DestinationUnreachable => "Destination Unreachable",
+            Self::Other(code) => return write!(f, "error code {code}"),
+        };
+        write!(f, "{name} ({})", self.to_u8())
+    }
+}
+
+/// One TLV of a Convert message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tlv {
+    /// Asks the converter which TCP extensions it supports.
+    Info,
+    /// The destination to connect to, with TCP options for the SYN (raw bytes).
+    Connect {
+        /// Destination address and port; IPv4 travels as an IPv4-mapped IPv6 address.
+        destination: SocketAddr,
+        /// TCP options to put in the SYN, padded to 32 bits on the wire.
+        tcp_options: Vec<u8>,
+    },
+    /// The converter's answer after the destination accepted: TCP header bytes of the
+    /// destination's SYN+ACK (we send none: sockets do not expose it).
+    ExtendedTcpHeader(Vec<u8>),
+    /// TCP option kinds the converter supports.
+    SupportedTcpExtensions(Vec<u8>),
+    /// Opaque authentication data (a whole number of 32-bit words).
+    Cookie(Vec<u8>),
+    /// Why the converter refused or failed.
+    Error {
+        /// The error code.
+        code: ErrorCode,
+        /// Code-specific value (e.g. the supported version), padded on the wire.
+        value: Vec<u8>,
+    },
+}
+
+/// A Convert message: the TLVs after the header, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Message {
+    /// The TLVs, in the order they travel.
+    pub tlvs: Vec<Tlv>,
+}
+
+/// Why bytes are not a valid Convert message.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Fewer bytes than the header or the total length says; more may arrive.
+    #[error("message truncated: need {needed} bytes, have {have}")]
+    Truncated {
+        /// Bytes the message needs.
+        needed: usize,
+        /// Bytes available.
+        have: usize,
+    },
+    /// A version other than 1.
+    #[error("unsupported Convert version {0}")]
+    UnsupportedVersion(u8),
+    /// The header's magic number is not 0x2263.
+    #[error("bad magic number {0:#06x}")]
+    BadMagic(u16),
+    /// The total length is shorter than the header itself.
+    #[error("total length of {0} words is shorter than the header")]
+    BadTotalLength(u8),
+    /// A TLV with length 0, or one that runs past the end of the message.
+    #[error("TLV at byte {offset} has a bad length")]
+    BadTlvLength {
+        /// Where the TLV starts.
+        offset: usize,
+    },
+    /// A TLV whose value does not fit its type (e.g. a short Connect).
+    #[error("malformed {kind} TLV at byte {offset}")]
+    BadTlvValue {
+        /// The TLV's name.
+        kind: &'static str,
+        /// Where the TLV starts.
+        offset: usize,
+    },
+    /// A TLV type this implementation does not know.
+    #[error("unknown TLV type {tlv_type:#04x} at byte {offset}")]
+    UnknownTlv {
+        /// The type on the wire.
+        tlv_type: u8,
+        /// Where the TLV starts.
+        offset: usize,
+    },
+}
+
+impl DecodeError {
+    /// The Error TLV code a converter answers this error with.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            Self::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+            Self::UnknownTlv { .. } => ErrorCode::UnsupportedMessage,
+            _ => ErrorCode::MalformedMessage,
+        }
+    }
+}
+
+/// Why a message cannot be encoded.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum EncodeError {
+    /// Longer than the 1020 bytes the 8-bit total length can describe.
+    #[error("message of {0} bytes exceeds the 1020-byte limit")]
+    TooLong(usize),
+}
+
+/// Reads the header and returns the whole message's length in bytes, so that a reader
+/// knows how much more to read. Fails on a bad version, magic or length.
+pub fn message_len(header: &[u8]) -> Result<usize, DecodeError> {
+    let header: [u8; HEADER_LEN] = header
+        .get(..HEADER_LEN)
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or(DecodeError::Truncated {
+            needed: HEADER_LEN,
+            have: header.len(),
+        })?;
+    if header[0] != VERSION {
+        return Err(DecodeError::UnsupportedVersion(header[0]));
+    }
+    let magic = u16::from_be_bytes([header[2], header[3]]);
+    if magic != MAGIC {
+        return Err(DecodeError::BadMagic(magic));
+    }
+    let words = header[1];
+    if words < 1 {
+        return Err(DecodeError::BadTotalLength(words));
+    }
+    Ok(usize::from(words) * 4)
+}
+
+impl Message {
+    /// A message of these TLVs.
+    pub fn new(tlvs: Vec<Tlv>) -> Self {
+        Self { tlvs }
+    }
+
+    /// Encodes the message, padding every TLV to 32 bits.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let mut out = vec![VERSION, 0, 0, 0];
+        out[2..4].copy_from_slice(&MAGIC.to_be_bytes());
+        for tlv in &self.tlvs {
+            encode_tlv(tlv, &mut out)?;
+        }
+        if out.len() > MAX_MESSAGE_LEN {
+            return Err(EncodeError::TooLong(out.len()));
+        }
+        out[1] = u8::try_from(out.len() / 4).map_err(|_| EncodeError::TooLong(out.len()))?;
+        Ok(out)
+    }
+
+    /// Decodes one message from the front of `bytes`; returns it and the number of
+    /// bytes it took (what follows is payload). Never panics, whatever the bytes.
+    pub fn decode(bytes: &[u8]) -> Result<(Self, usize), DecodeError> {
+        let len = message_len(bytes)?;
+        let message = bytes.get(..len).ok_or(DecodeError::Truncated {
+            needed: len,
+            have: bytes.len(),
+        })?;
+        let mut tlvs = Vec::new();
+        let mut offset = HEADER_LEN;
+        while offset < len {
+            let (tlv, tlv_len) = decode_tlv(message, offset)?;
+            tlvs.push(tlv);
+            offset += tlv_len;
+        }
+        Ok((Self { tlvs }, len))
+    }
+}
+
+fn encode_tlv(tlv: &Tlv, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let start = out.len();
+    match tlv {
+        Tlv::Info => out.extend_from_slice(&[TLV_INFO, 0, 0, 0]),
+        Tlv::Connect {
+            destination,
+            tcp_options,
+        } => {
+            out.extend_from_slice(&[TLV_CONNECT, 0]);
+            out.extend_from_slice(&destination.port().to_be_bytes());
+            out.extend_from_slice(&mapped(destination.ip()).octets());
+            out.extend_from_slice(tcp_options);
+        }
+        Tlv::ExtendedTcpHeader(header) => {
+            out.extend_from_slice(&[TLV_EXTENDED_TCP_HEADER, 0, 0, 0]);
+            out.extend_from_slice(header);
+        }
+        Tlv::SupportedTcpExtensions(kinds) => {
+            out.extend_from_slice(&[TLV_SUPPORTED_TCP_EXTENSIONS, 0, 0, 0]);
+            out.extend_from_slice(kinds);
+        }
+        Tlv::Cookie(opaque) => {
+            out.extend_from_slice(&[TLV_COOKIE, 0, 0, 0]);
+            out.extend_from_slice(opaque);
+        }
+        Tlv::Error { code, value } => {
+            out.extend_from_slice(&[TLV_ERROR, 0, code.to_u8()]);
+            out.extend_from_slice(value);
+        }
+    }
+    while !(out.len() - start).is_multiple_of(4) {
+        out.push(0);
+    }
+    let tlv_len = out.len() - start;
+    out[start + 1] = u8::try_from(tlv_len / 4).map_err(|_| EncodeError::TooLong(tlv_len))?;
+    Ok(())
+}
+
+fn decode_tlv(message: &[u8], offset: usize) -> Result<(Tlv, usize), DecodeError> {
+    let bad_length = DecodeError::BadTlvLength { offset };
+    let (&tlv_type, &words) = message
+        .get(offset)
+        .zip(message.get(offset + 1))
+        .ok_or(bad_length.clone())?;
+    let tlv_len = usize::from(words) * 4;
+    if tlv_len == 0 {
+        return Err(bad_length);
+    }
+    let tlv = message.get(offset..offset + tlv_len).ok_or(bad_length)?;
+    // Every TLV is at least one word, so bytes 2 and 3 exist.
+    let after_reserved = &tlv[4..];
+    let decoded = match tlv_type {
+        TLV_INFO => Tlv::Info,
+        TLV_CONNECT => {
+            if tlv.len() < CONNECT_MIN_LEN {
+                return Err(DecodeError::BadTlvValue {
+                    kind: "Connect",
+                    offset,
+                });
+            }
+            let port = u16::from_be_bytes([tlv[2], tlv[3]]);
+            let mut address = [0u8; 16];
+            address.copy_from_slice(&tlv[4..20]);
+            Tlv::Connect {
+                destination: SocketAddr::new(unmapped(Ipv6Addr::from(address)), port),
+                tcp_options: tlv[CONNECT_MIN_LEN..].to_vec(),
+            }
+        }
+        TLV_EXTENDED_TCP_HEADER => Tlv::ExtendedTcpHeader(after_reserved.to_vec()),
+        TLV_SUPPORTED_TCP_EXTENSIONS => Tlv::SupportedTcpExtensions(after_reserved.to_vec()),
+        TLV_COOKIE => Tlv::Cookie(after_reserved.to_vec()),
+        TLV_ERROR => Tlv::Error {
+            code: ErrorCode::from_u8(tlv[2]),
+            value: tlv[3..].to_vec(),
+        },
+        tlv_type => return Err(DecodeError::UnknownTlv { tlv_type, offset }),
+    };
+    Ok((decoded, tlv_len))
+}
+
+/// IPv4 travels as an IPv4-mapped IPv6 address (::ffff:a.b.c.d).
+fn mapped(ip: IpAddr) -> Ipv6Addr {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+}
+
+/// The inverse of [`mapped`]: an IPv4-mapped address becomes IPv4 again.
+pub fn unmapped(ip: Ipv6Addr) -> IpAddr {
+    ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4)
+}
+
+/// What a gateway asks of the converter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// The original destination of the intercepted connection.
+    pub destination: SocketAddr,
+    /// The Cookie TLV's opaque bytes (authentication), if any.
+    pub cookie: Option<Vec<u8>>,
+}
+
+/// Why a well-formed message is not a usable request.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum RequestError {
+    /// No Connect TLV, or more than one.
+    #[error("a request needs exactly one Connect TLV, found {0}")]
+    ConnectCount(usize),
+    /// The Connect TLV asks for TCP options in the SYN; we do not forward any.
+    #[error("TCP options in the Connect TLV are not supported")]
+    TcpOptions,
+    /// More than one Cookie TLV.
+    #[error("more than one Cookie TLV")]
+    CookieCount,
+}
+
+impl RequestError {
+    /// The Error TLV code a converter answers this error with.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            Self::TcpOptions => ErrorCode::UnsupportedTcpOption,
+            Self::ConnectCount(_) | Self::CookieCount => ErrorCode::MalformedMessage,
+        }
+    }
+}
+
+impl Request {
+    /// The request as a message: Connect, then Cookie.
+    pub fn to_message(&self) -> Message {
+        let mut tlvs = vec![Tlv::Connect {
+            destination: self.destination,
+            tcp_options: Vec::new(),
+        }];
+        if let Some(cookie) = &self.cookie {
+            tlvs.push(Tlv::Cookie(cookie.clone()));
+        }
+        Message::new(tlvs)
+    }
+
+    /// Reads a request out of a decoded message. Info TLVs are allowed and ignored.
+    pub fn from_message(message: &Message) -> Result<Self, RequestError> {
+        let mut destination = None;
+        let mut connects = 0;
+        let mut cookie = None;
+        for tlv in &message.tlvs {
+            match tlv {
+                Tlv::Connect {
+                    destination: found,
+                    tcp_options,
+                } => {
+                    connects += 1;
+                    if tcp_options.iter().any(|&byte| byte != 0) {
+                        return Err(RequestError::TcpOptions);
+                    }
+                    destination = Some(*found);
+                }
+                Tlv::Cookie(_) if cookie.is_some() => return Err(RequestError::CookieCount),
+                Tlv::Cookie(opaque) => cookie = Some(opaque.clone()),
+                _ => {}
+            }
+        }
+        match (connects, destination) {
+            (1, Some(destination)) => Ok(Self {
+                destination,
+                cookie,
+            }),
+            _ => Err(RequestError::ConnectCount(connects)),
+        }
+    }
+}
+
+/// What the converter answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// The destination accepted; bytes that follow are the destination's.
+    Connected,
+    /// The converter refused or failed, and closes.
+    Error(ErrorCode),
+}
+
+impl Response {
+    /// The response as a message.
+    pub fn to_message(&self) -> Message {
+        match self {
+            Self::Connected => Message::new(vec![Tlv::ExtendedTcpHeader(Vec::new())]),
+            Self::Error(code) => {
+                let value = if *code == ErrorCode::UnsupportedVersion {
+                    vec![VERSION]
+                } else {
+                    Vec::new()
+                };
+                Message::new(vec![Tlv::Error { code: *code, value }])
+            }
+        }
+    }
+
+    /// Reads the response out of a decoded message: the first Error TLV wins; a
+    /// message without one means success.
+    pub fn from_message(message: &Message) -> Self {
+        message
+            .tlvs
+            .iter()
+            .find_map(|tlv| match tlv {
+                Tlv::Error { code, .. } => Some(Self::Error(*code)),
+                _ => None,
+            })
+            .unwrap_or(Self::Connected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn connect_to_ipv4_destination_matches_rfc_layout() {
+        // RFC 8803 figures: header, then a 5-word Connect TLV with an IPv4-mapped address.
+        let request = Request {
+            destination: SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 80)),
+            cookie: None,
+        };
+        let bytes = request.to_message().encode().unwrap();
+        let expected = [
+            1, 6, 0x22, 0x63, // version 1, 6 words, magic
+            0x0a, 5, 0, 80, // Connect, 5 words, port 80
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 1, // ::ffff:192.0.2.1
+        ];
+        assert_eq!(bytes, expected);
+        let (decoded, used) = Message::decode(&bytes).unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(Request::from_message(&decoded).unwrap(), request);
+    }
+
+    #[test]
+    fn error_tlv_is_one_word_and_round_trips() {
+        let bytes = Response::Error(ErrorCode::NotAuthorized)
+            .to_message()
+            .encode()
+            .unwrap();
+        assert_eq!(bytes, [1, 2, 0x22, 0x63, 0x1e, 1, 32, 0]);
+        let (message, _) = Message::decode(&bytes).unwrap();
+        assert_eq!(
+            Response::from_message(&message),
+            Response::Error(ErrorCode::NotAuthorized)
+        );
+    }
+
+    #[test]
+    fn success_response_carries_no_error() {
+        let bytes = Response::Connected.to_message().encode().unwrap();
+        assert_eq!(bytes, [1, 2, 0x22, 0x63, 0x14, 1, 0, 0]);
+        let (message, _) = Message::decode(&bytes).unwrap();
+        assert_eq!(Response::from_message(&message), Response::Connected);
+    }
+
+    #[test]
+    fn payload_after_the_message_is_left_alone() {
+        let mut bytes = Response::Connected.to_message().encode().unwrap();
+        bytes.extend_from_slice(b"HTTP/1.1 200 OK");
+        let (_, used) = Message::decode(&bytes).unwrap();
+        assert_eq!(&bytes[used..], b"HTTP/1.1 200 OK");
+    }
+
+    #[test]
+    fn bad_headers_are_typed_errors() {
+        assert_eq!(
+            message_len(&[2, 1, 0x22, 0x63]),
+            Err(DecodeError::UnsupportedVersion(2))
+        );
+        assert_eq!(message_len(&[1, 1, 0, 0]), Err(DecodeError::BadMagic(0)));
+        assert_eq!(
+            message_len(&[1, 0, 0x22, 0x63]),
+            Err(DecodeError::BadTotalLength(0))
+        );
+        assert!(matches!(
+            message_len(&[1, 1]),
+            Err(DecodeError::Truncated { needed: 4, have: 2 })
+        ));
+        assert_eq!(
+            DecodeError::UnsupportedVersion(2).error_code(),
+            ErrorCode::UnsupportedVersion
+        );
+    }
+
+    #[test]
+    fn bad_tlvs_are_typed_errors() {
+        // Zero-length TLV.
+        assert_eq!(
+            Message::decode(&[1, 2, 0x22, 0x63, 0x0a, 0, 0, 0]),
+            Err(DecodeError::BadTlvLength { offset: 4 })
+        );
+        // TLV longer than the message.
+        assert_eq!(
+            Message::decode(&[1, 2, 0x22, 0x63, 0x16, 3, 0, 0]),
+            Err(DecodeError::BadTlvLength { offset: 4 })
+        );
+        // Connect too short for an address.
+        assert_eq!(
+            Message::decode(&[1, 2, 0x22, 0x63, 0x0a, 1, 0, 80]),
+            Err(DecodeError::BadTlvValue {
+                kind: "Connect",
+                offset: 4
+            })
+        );
+        let unknown = Message::decode(&[1, 2, 0x22, 0x63, 0x42, 1, 0, 0]).unwrap_err();
+        assert_eq!(unknown.error_code(), ErrorCode::UnsupportedMessage);
+    }
+
+    #[test]
+    fn requests_need_exactly_one_connect() {
+        assert_eq!(
+            Request::from_message(&Message::new(vec![Tlv::Info])),
+            Err(RequestError::ConnectCount(0))
+        );
+        let connect = Tlv::Connect {
+            destination: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)),
+            tcp_options: Vec::new(),
+        };
+        assert_eq!(
+            Request::from_message(&Message::new(vec![connect.clone(), connect])),
+            Err(RequestError::ConnectCount(2))
+        );
+    }
+
+    #[test]
+    fn oversized_messages_are_refused() {
+        let message = Message::new(vec![Tlv::Cookie(vec![0; 1100])]);
+        assert!(matches!(message.encode(), Err(EncodeError::TooLong(_))));
+    }
+
+    fn any_ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u8; 16]>().prop_map(|b| unmapped(Ipv6Addr::from(b))),
+        ]
+    }
+
+    fn any_tlv() -> impl Strategy<Value = Tlv> {
+        // Values are whole words with a non-zero last byte, so padding cannot blur them.
+        let words = || {
+            prop::collection::vec(any::<[u8; 3]>(), 0..8).prop_map(|chunks| {
+                chunks
+                    .into_iter()
+                    .flat_map(|[a, b, c]| [a, b, c, 1])
+                    .collect::<Vec<u8>>()
+            })
+        };
+        prop_oneof![
+            Just(Tlv::Info),
+            (any_ip(), any::<u16>()).prop_map(|(ip, port)| Tlv::Connect {
+                destination: SocketAddr::new(ip, port),
+                tcp_options: Vec::new(),
+            }),
+            words().prop_map(Tlv::ExtendedTcpHeader),
+            words().prop_map(Tlv::SupportedTcpExtensions),
+            words().prop_map(Tlv::Cookie),
+            (any::<u8>(), words()).prop_map(|(code, mut value)| {
+                // Type, length and code take three bytes of the first word; one value
+                // byte completes it, so the value needs no padding.
+                value.insert(0, 7);
+                Tlv::Error {
+                    code: ErrorCode::from_u8(code),
+                    value,
+                }
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn encode_then_decode_is_identity(tlvs in prop::collection::vec(any_tlv(), 0..6)) {
+            let message = Message::new(tlvs);
+            let bytes = message.encode().unwrap();
+            prop_assert_eq!(bytes.len() % 4, 0);
+            let (decoded, used) = Message::decode(&bytes).unwrap();
+            prop_assert_eq!(used, bytes.len());
+            prop_assert_eq!(decoded, message);
+        }
+
+        #[test]
+        fn any_bytes_decode_to_a_value_or_an_error(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Message::decode(&bytes);
+        }
+
+        #[test]
+        fn any_bytes_after_a_valid_header_never_panic(
+            words in 1u8..=12,
+            body in prop::collection::vec(any::<u8>(), 0..48),
+        ) {
+            let mut bytes = vec![VERSION, words, 0x22, 0x63];
+            bytes.extend(body);
+            if let Ok((message, used)) = Message::decode(&bytes) {
+                prop_assert_eq!(used, usize::from(words) * 4);
+                let _ = Request::from_message(&message);
+            }
+        }
+    }
+}
