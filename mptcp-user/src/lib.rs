@@ -9,6 +9,7 @@
 //! - [`inspect`]: the inspection commands that read a running gateway's pinned maps.
 //! - [`protocol`]: the RFC 8803 Convert codec (pure, no I/O).
 //! - [`auth`]: the cookie that authenticates Convert requests (HMAC-SHA256, replay window).
+//! - [`relay`]: the splice(2) engine that moves bytes between two sockets.
 //! - [`sys`]: host set-up that needs raw system calls (bpffs, rlimits).
 
 pub mod auth;
@@ -17,4 +18,5 @@ pub mod ebpf;
 pub mod gateway;
 pub mod inspect;
 pub mod protocol;
+pub mod relay;
 pub mod sys;

@@ -1,21 +1,28 @@
-//! Host set-up that needs raw system calls. Every `unsafe` block of the daemon lives
-//! here, each with its SAFETY comment.
+//! Everything that talks to the kernel below the level of tokio and std: sockets with
+//! options std does not offer (MPTCP, IP_TRANSPARENT), splice and pipes, bpffs, rlimits.
+//! Every `unsafe` block of the daemon lives here, each with its SAFETY comment.
 
 use std::{
     fs::{self, File, OpenOptions},
     io,
-    os::fd::AsFd,
+    net::SocketAddr,
+    os::fd::{AsFd, OwnedFd},
     path::Path,
 };
 
 use anyhow::{Context as _, bail};
 use log::{debug, info};
 use nix::{
-    fcntl::{Flock, FlockArg},
+    fcntl::{Flock, FlockArg, OFlag, SpliceFFlags},
     mount::{MsFlags, mount},
     sys::statfs::{BPF_FS_MAGIC, statfs},
+    unistd::pipe2,
 };
-use tokio::io::{Interest, unix::AsyncFd};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    net::{TcpListener, TcpStream},
+};
 
 /// Where bpffs is mounted on every mainstream distribution.
 const BPFFS: &str = "/sys/fs/bpf";
@@ -120,4 +127,71 @@ pub fn fill_random(buf: &mut [u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A socket of `domain` for `addr`'s family: MPTCP when `mptcp`, else TCP; non-blocking.
+fn stream_socket(addr: SocketAddr, mptcp: bool) -> io::Result<Socket> {
+    let protocol = if mptcp { Protocol::MPTCP } else { Protocol::TCP };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(protocol))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Connects a socket (MPTCP when `mptcp`) to `addr` with a timeout. The kernel falls back
+/// to plain TCP by itself when the peer does not speak MPTCP.
+pub async fn connect(
+    addr: SocketAddr,
+    mptcp: bool,
+    configure: impl FnOnce(&Socket) -> io::Result<()>,
+) -> io::Result<TcpStream> {
+    let socket = stream_socket(addr, mptcp)?;
+    configure(&socket)?;
+    let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(OwnedFd::from(
+        socket,
+    )));
+    socket.connect(addr).await
+}
+
+/// A listening socket for `addr`: MPTCP when `mptcp`; `[::]` serves IPv4 too.
+/// `transparent` sets IP_TRANSPARENT, so that it accepts connections addressed to any
+/// destination a TPROXY rule or the eBPF redirect steers to it; an accepted socket's
+/// local address is then the client's original destination.
+pub fn listen(addr: SocketAddr, mptcp: bool, transparent: bool) -> io::Result<TcpListener> {
+    let socket = stream_socket(addr, mptcp)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+        if transparent {
+            socket.set_ip_transparent_v6(true)?;
+        }
+    }
+    if transparent {
+        // IPv4 (and IPv4-mapped on a dual-stack socket) needs the IPv4-level option.
+        socket.set_ip_transparent_v4(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(std::net::TcpListener::from(OwnedFd::from(socket)))
+}
+
+/// Makes the next close of `stream` send a reset instead of a FIN (SO_LINGER 0).
+pub fn reset_on_close(stream: &TcpStream) {
+    let _ = SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+}
+
+/// Sets the congestion control algorithm of a socket (on MPTCP, of all its subflows).
+pub fn set_congestion(socket: &Socket, name: &str) -> io::Result<()> {
+    socket.set_tcp_congestion(name.as_bytes())
+}
+
+/// A non-blocking pipe: (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?)
+}
+
+/// Moves up to `len` bytes from `from` to `to` without copying them through userspace;
+/// one of the two must be a pipe. Never blocks: EAGAIN comes back as `WouldBlock`.
+pub fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    Ok(nix::fcntl::splice(from, None, to, None, len, flags)?)
 }

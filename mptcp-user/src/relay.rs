@@ -1,0 +1,334 @@
+//! Moves bytes both ways between two connected sockets with splice(2) through pipes, so
+//! that payload never enters userspace.
+//!
+//! - Half-close: EOF from one side becomes shutdown(SHUT_WR) on the other once the pipe
+//!   has drained; the other direction goes on until it ends too.
+//! - Resets: an error on either side (a reset, most often) makes both sockets close with
+//!   SO_LINGER 0, so the other peer sees a reset too instead of a clean end.
+//! - Idle timeout: both sockets are reset when no byte moved for that long.
+//! - Pipes come from a shared pool and are held only while bytes are in flight, so an
+//!   idle connection owns no pipe.
+//! - Where the kernel cannot splice a socket (EINVAL, e.g. MPTCP before Linux 5.x), that
+//!   direction falls back to a bounded read/write copy, and the log says so once.
+
+use std::{
+    io,
+    os::fd::OwnedFd,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use log::warn;
+use tokio::{
+    io::Interest,
+    net::{TcpStream, tcp::ReadHalf},
+};
+
+use crate::sys;
+
+/// Most bytes one splice moves; the default pipe capacity.
+const CHUNK: usize = 64 * 1024;
+
+/// A pipe: bytes spliced into `write` come out of `read`.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+/// Empty pipes shared by all connections.
+pub struct PipePool {
+    idle: Mutex<Vec<Pipe>>,
+    max_idle: usize,
+}
+
+impl PipePool {
+    /// A pool keeping at most `max_idle` idle pipes open (two file descriptors each).
+    pub fn new(max_idle: usize) -> Self {
+        Self {
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pipe>> {
+        // A panic while holding the lock cannot leave the Vec half-changed.
+        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn take(&self) -> io::Result<Pipe> {
+        if let Some(pipe) = self.lock().pop() {
+            return Ok(pipe);
+        }
+        let (read, write) = sys::pipe()?;
+        Ok(Pipe { read, write })
+    }
+
+    /// Only empty pipes may come back; a pipe with bytes left is dropped instead.
+    fn give(&self, pipe: Pipe) {
+        let mut idle = self.lock();
+        if idle.len() < self.max_idle {
+            idle.push(pipe);
+        }
+    }
+
+    /// Idle pipes in the pool (for tests and the log).
+    pub fn idle_count(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Bytes moved in each direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transferred {
+    /// From the first socket to the second.
+    pub forward: u64,
+    /// From the second socket to the first.
+    pub backward: u64,
+}
+
+/// How a relay ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Reading from a side failed (typically: it was reset).
+    #[error("read failed: {0}")]
+    Read(io::Error),
+    /// Writing to a side failed (typically: it was reset or closed).
+    #[error("write failed: {0}")]
+    Write(io::Error),
+    /// No byte moved for the idle timeout.
+    #[error("idle for {0:?}")]
+    Idle(Duration),
+    /// No pipe could be made (file descriptor limit).
+    #[error("no pipe: {0}")]
+    Pipe(io::Error),
+}
+
+/// Relays between `a` and `b` until both directions ended (Ok) or one failed (both
+/// sockets are then reset). `forward` is a→b.
+pub async fn relay(
+    a: &mut TcpStream,
+    b: &mut TcpStream,
+    pool: &PipePool,
+    idle_timeout: Duration,
+) -> Result<Transferred, RelayError> {
+    let start = Instant::now();
+    let last_activity = AtomicU64::new(0);
+    let (a_read, a_write) = a.split();
+    let (b_read, b_write) = b.split();
+    let forward = pump(&a_read, &b_write, pool, &last_activity, start);
+    let backward = pump(&b_read, &a_write, pool, &last_activity, start);
+    let result = tokio::select! {
+        result = async { tokio::try_join!(forward, backward) } => result,
+        () = idle(&last_activity, start, idle_timeout) => Err(RelayError::Idle(idle_timeout)),
+    };
+    match result {
+        Ok((forward, backward)) => Ok(Transferred { forward, backward }),
+        Err(error) => {
+            sys::reset_on_close(a);
+            sys::reset_on_close(b);
+            Err(error)
+        }
+    }
+}
+
+/// Resolves once no pump has recorded activity for `timeout`.
+async fn idle(last_activity: &AtomicU64, start: Instant, timeout: Duration) {
+    loop {
+        let last = start + Duration::from_millis(last_activity.load(Ordering::Relaxed));
+        let deadline = last + timeout;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+fn touch(last_activity: &AtomicU64, start: Instant) {
+    let millis = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    last_activity.store(millis, Ordering::Relaxed);
+}
+
+/// One direction: `from` -> `to` until EOF, then shuts down `to`'s write side.
+async fn pump(
+    from: &ReadHalf<'_>,
+    to: &tokio::net::tcp::WriteHalf<'_>,
+    pool: &PipePool,
+    last_activity: &AtomicU64,
+    start: Instant,
+) -> Result<u64, RelayError> {
+    let from: &TcpStream = from.as_ref();
+    let to: &TcpStream = to.as_ref();
+    let mut moved = 0u64;
+    loop {
+        from.readable().await.map_err(RelayError::Read)?;
+        let pipe = pool.take().map_err(RelayError::Pipe)?;
+        let filled = match from.try_io(Interest::READABLE, || {
+            sys::splice(from, &pipe.write, CHUNK)
+        }) {
+            Ok(n) => n,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                pool.give(pipe);
+                continue;
+            }
+            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                pool.give(pipe);
+                return copy(from, to, moved, last_activity, start).await;
+            }
+            Err(error) => return Err(RelayError::Read(error)),
+        };
+        if filled == 0 {
+            pool.give(pipe);
+            shutdown_write(to).map_err(RelayError::Write)?;
+            return Ok(moved);
+        }
+        let mut in_pipe = filled;
+        while in_pipe > 0 {
+            to.writable().await.map_err(RelayError::Write)?;
+            match to.try_io(Interest::WRITABLE, || sys::splice(&pipe.read, to, in_pipe)) {
+                Ok(n) => in_pipe -= n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Err(RelayError::Write(error)),
+            }
+        }
+        pool.give(pipe);
+        moved += filled as u64;
+        touch(last_activity, start);
+    }
+}
+
+/// The fallback for sockets the kernel cannot splice: a bounded buffer copy.
+async fn copy(
+    from: &TcpStream,
+    to: &TcpStream,
+    mut moved: u64,
+    last_activity: &AtomicU64,
+    start: Instant,
+) -> Result<u64, RelayError> {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        warn!("this kernel cannot splice these sockets (EINVAL); copying through userspace");
+    }
+    let mut buffer = vec![0u8; CHUNK];
+    loop {
+        from.readable().await.map_err(RelayError::Read)?;
+        let n = match from.try_read(&mut buffer) {
+            Ok(n) => n,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(error) => return Err(RelayError::Read(error)),
+        };
+        if n == 0 {
+            shutdown_write(to).map_err(RelayError::Write)?;
+            return Ok(moved);
+        }
+        let mut written = 0;
+        while written < n {
+            to.writable().await.map_err(RelayError::Write)?;
+            match to.try_write(&buffer[written..n]) {
+                Ok(w) => written += w,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Err(RelayError::Write(error)),
+            }
+        }
+        moved += n as u64;
+        touch(last_activity, start);
+    }
+}
+
+fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
+    match socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write) {
+        // The peer may already be gone; its side of the relay reports that.
+        Err(error) if error.kind() == io::ErrorKind::NotConnected => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    /// A connected pair of loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// client <-> [a relay b] <-> server; returns (client, server, relay task).
+    async fn relayed(
+        idle_timeout: Duration,
+    ) -> (
+        TcpStream,
+        TcpStream,
+        tokio::task::JoinHandle<Result<Transferred, RelayError>>,
+    ) {
+        let (client, mut a) = pair().await;
+        let (mut b, server) = pair().await;
+        let task = tokio::spawn(async move {
+            let pool = PipePool::new(4);
+            let result = relay(&mut a, &mut b, &pool, idle_timeout).await;
+            assert!(pool.idle_count() <= 2, "pipes must come back to the pool");
+            result
+        });
+        (client, server, task)
+    }
+
+    #[tokio::test]
+    async fn bytes_arrive_intact_both_ways_and_half_close_propagates() {
+        let (mut client, mut server, task) = relayed(Duration::from_secs(10)).await;
+        let upload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let expected = upload.clone();
+        let server_side = tokio::spawn(async move {
+            let mut received = Vec::new();
+            // Reads to EOF: only ends if the client's shutdown crossed the relay.
+            server.read_to_end(&mut received).await.unwrap();
+            server.write_all(b"thanks").await.unwrap();
+            received
+        });
+        client.write_all(&upload).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"thanks");
+        assert!(server_side.await.unwrap() == expected, "upload corrupted");
+        let transferred = task.await.unwrap().unwrap();
+        assert_eq!(transferred.forward, 3_000_000);
+        assert_eq!(transferred.backward, 6);
+    }
+
+    #[tokio::test]
+    async fn a_reset_on_one_side_resets_the_other() {
+        let (mut client, server, task) = relayed(Duration::from_secs(10)).await;
+        sys::reset_on_close(&server);
+        drop(server);
+        let result = task.await.unwrap();
+        assert!(result.is_err(), "relay must report the reset: {result:?}");
+        let mut buffer = [0u8; 16];
+        let error = client.read(&mut buffer).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_reset_after_the_timeout() {
+        let (mut client, _server, task) = relayed(Duration::from_millis(200)).await;
+        let result = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("relay must end")
+            .unwrap();
+        assert!(matches!(result, Err(RelayError::Idle(_))), "{result:?}");
+        let mut buffer = [0u8; 16];
+        assert!(client.read(&mut buffer).await.is_err());
+    }
+}
