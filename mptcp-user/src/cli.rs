@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::policy::Cidr;
+
 /// Default directory (on bpffs) where a running gateway pins its maps.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/mptcp-gateway";
 
@@ -21,11 +23,19 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway daemon on the multi-uplink router.
     Gateway(GatewayArgs),
-    /// Run the remote converter on a well-connected host (not implemented yet).
+    /// Run the remote converter on a well-connected host.
     Remote(RemoteArgs),
     /// List the connections a running gateway tracks.
     Flows(FlowsArgs),
+    /// Write a fresh pre-shared key (64 hex characters, mode 0600) for --key-file.
+    Keygen {
+        /// Where to write the key; an existing file is never overwritten.
+        path: PathBuf,
+    },
 }
+
+/// Default port of the remote converter.
+pub const DEFAULT_REMOTE_PORT: u16 = 5124;
 
 /// Flags of `mptcp-user gateway`.
 #[derive(Debug, Args)]
@@ -38,14 +48,70 @@ pub struct GatewayArgs {
     /// Directory on bpffs where the maps are pinned for `mptcp-user flows`.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
+
+    /// Transparent listener that intercepted LAN connections are steered to (by the eBPF
+    /// redirect or an nftables/iptables TPROXY rule); [::]:PORT also serves IPv4.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "[::]:15124")]
+    pub listen: SocketAddr,
+
+    /// The remote converter, e.g. vps.example.net:5124.
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "direct")]
+    pub remote: Option<String>,
+
+    /// Pre-shared key shared with the remote converter (see `mptcp-user keygen`).
+    #[arg(long, value_name = "PATH", required_unless_present = "direct")]
+    pub key_file: Option<PathBuf>,
+
+    /// No converter: open MPTCP straight to each original destination (the kernel falls
+    /// back to TCP where the server does not speak MPTCP).
+    #[arg(long, conflicts_with_all = ["remote", "key_file"])]
+    pub direct: bool,
+
+    /// Seconds to open the upstream connection (and get the converter's answer).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub connect_timeout: u64,
+
+    /// Seconds without a byte either way after which a connection is reset.
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    pub idle_timeout: u64,
 }
 
 /// Flags of `mptcp-user remote`.
 #[derive(Debug, Args)]
 pub struct RemoteArgs {
-    /// Address and port to accept MPTCP connections from gateways on.
-    #[arg(long, value_name = "ADDR:PORT", default_value = "[::]:8443")]
+    /// Address and port to accept MPTCP connections from gateways on; [::]:PORT also
+    /// serves IPv4.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "[::]:5124")]
     pub listen: SocketAddr,
+
+    /// Pre-shared key; requests without a valid cookie get "Not Authorized".
+    #[arg(long, value_name = "PATH")]
+    pub key_file: PathBuf,
+
+    /// Allow destinations in this prefix although the default policy refuses them
+    /// (loopback, private, link-local, CGNAT, multicast, this host); repeatable.
+    #[arg(long = "allow", value_name = "CIDR")]
+    pub allow: Vec<Cidr>,
+
+    /// Most connections served at once; beyond it, "Resource Exceeded".
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_conns: usize,
+
+    /// Seconds a client has to send its Convert request.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub request_timeout: u64,
+
+    /// Seconds to connect to a destination before answering "Network Failure".
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub connect_timeout: u64,
+
+    /// Seconds without a byte either way after which a connection is reset.
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    pub idle_timeout: u64,
+
+    /// Seconds a cookie's timestamp may differ from this host's clock.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub replay_window: u64,
 }
 
 /// Flags of `mptcp-user flows`.

@@ -1,19 +1,91 @@
-//! The gateway daemon.
+//! The gateway daemon: accepts intercepted LAN connections on a transparent listener,
+//! opens an MPTCP connection for each (to the remote converter, or straight to the
+//! original destination with `--direct`), and relays.
 
-use std::future::Future;
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use aya_log::EbpfLogger;
-use log::{error, info};
-use tokio::signal::unix::SignalKind;
+use log::{debug, error, info, warn};
+use tokio::{
+    io::AsyncWriteExt as _,
+    net::{TcpListener, TcpStream},
+    signal::unix::SignalKind,
+    task::JoinSet,
+};
 
-use crate::{cli::GatewayArgs, ebpf::Programs, sys::InstanceLock};
+use crate::{
+    auth::Key,
+    cli::GatewayArgs,
+    ebpf::Programs,
+    protocol::{self, Request, Response},
+    relay::{self, PipePool},
+    sys::{self, InstanceLock},
+    wire,
+};
 
-/// Runs the gateway until SIGINT or SIGTERM.
+/// How long live relays may finish after SIGINT/SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Where the gateway sends intercepted connections.
+pub enum Upstream {
+    /// Through the remote converter at this address, authenticated with this key.
+    Remote {
+        /// The converter's address.
+        address: SocketAddr,
+        /// The pre-shared key for the cookie.
+        key: Key,
+    },
+    /// MPTCP straight to the original destination (plain TCP if it does not speak MPTCP).
+    Direct,
+}
+
+/// Settings of a running gateway.
+pub struct Gateway {
+    /// Where connections go.
+    pub upstream: Upstream,
+    /// The transparent listener's own address, never a destination (that would loop).
+    pub listen: SocketAddr,
+    /// How long opening the upstream connection may take, response included.
+    pub connect_timeout: Duration,
+    /// Relays with no traffic for this long are reset.
+    pub idle_timeout: Duration,
+    /// Congestion control for the MPTCP connections (None: the host's default).
+    pub congestion: Option<String>,
+    /// Pipes for the relays.
+    pub pipes: PipePool,
+}
+
+/// `mptcp-user gateway`: runs until SIGINT or SIGTERM.
 pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
     runtime.block_on(async {
         let _lock = InstanceLock::acquire(&args.pin_path)?;
+        let upstream = match (&args.remote, args.direct) {
+            (Some(_), true) => bail!("--remote and --direct exclude each other"),
+            (None, false) => bail!("say where connections go: --remote HOST:PORT or --direct"),
+            (None, true) => Upstream::Direct,
+            (Some(remote), false) => {
+                let key_file = args
+                    .key_file
+                    .as_ref()
+                    .context("--remote needs --key-file (see `mptcp-user keygen`)")?;
+                let address = tokio::net::lookup_host(remote)
+                    .await
+                    .with_context(|| format!("cannot resolve {remote}"))?
+                    .next()
+                    .with_context(|| format!("{remote} has no address"))?;
+                Upstream::Remote {
+                    address,
+                    key: Key::load(key_file)?,
+                }
+            }
+        };
         let mut programs = Programs::load()?;
         if let Some(logger) = programs.take_logger() {
             tokio::spawn(drain_ebpf_log(logger));
@@ -23,22 +95,194 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
             info!("watching TCP connections of cgroup {}", cgroup.display());
         }
         programs.pin_maps(&args.pin_path)?;
-        info!("maps pinned under {}", args.pin_path.display());
-        serve(shutdown_signal()?).await;
+        let listener = sys::listen(args.listen, false, true)
+            .with_context(|| format!("failed to listen on {} (transparent)", args.listen))?;
+        match &upstream {
+            Upstream::Remote { address, .. } => info!(
+                "gateway listening on {} (transparent), converting via {address}",
+                args.listen
+            ),
+            Upstream::Direct => info!(
+                "gateway listening on {} (transparent), MPTCP direct to destinations",
+                args.listen
+            ),
+        }
+        let gateway = Arc::new(Gateway {
+            upstream,
+            listen: args.listen,
+            connect_timeout: Duration::from_secs(args.connect_timeout),
+            idle_timeout: Duration::from_secs(args.idle_timeout),
+            congestion: None,
+            pipes: PipePool::new(256),
+        });
+        serve(listener, gateway, shutdown_signal()?).await;
         info!("shutting down: detaching programs and removing pins");
         drop(programs);
         Ok(())
     })
 }
 
-/// Waits for `shutdown`. The data plane will run here; the programs themselves work
-/// without userspace.
-async fn serve(shutdown: impl Future<Output = ()>) {
-    shutdown.await;
+/// Accepts intercepted connections until `shutdown` resolves, then gives live relays a
+/// grace period.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    warn!("accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(handle(stream, peer, Arc::clone(&gateway)));
+    }
+    drain(tasks).await;
+}
+
+/// Waits up to the grace period for `tasks`, then aborts the rest.
+pub async fn drain(mut tasks: JoinSet<()>) {
+    if tasks.is_empty() {
+        return;
+    }
+    info!(
+        "waiting up to {SHUTDOWN_GRACE:?} for {} live connections",
+        tasks.len()
+    );
+    let all_done = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, all_done)
+        .await
+        .is_err()
+    {
+        warn!(
+            "{} connections still open after the grace period; closing them",
+            tasks.len()
+        );
+        tasks.abort_all();
+    }
+}
+
+async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
+    // With IP_TRANSPARENT, the accepted socket's local address is where the client
+    // wanted to go.
+    let destination = match lan.local_addr() {
+        Ok(local) => SocketAddr::new(protocol::canonical_ip(local.ip()), local.port()),
+        Err(error) => {
+            warn!("{peer}: no original destination: {error}");
+            return;
+        }
+    };
+    if destination == gateway.listen
+        || (destination.port() == gateway.listen.port() && gateway.listen.ip().is_unspecified())
+    {
+        warn!(
+            "{peer} -> {destination}: connection to the listener itself, not intercepted; closing"
+        );
+        return;
+    }
+    let opened = tokio::time::timeout(
+        gateway.connect_timeout,
+        open_upstream(&lan, destination, &gateway),
+    )
+    .await;
+    let (mut upstream, server_early) = match opened {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(error)) => {
+            info!("{peer} -> {destination}: {error:#}");
+            sys::reset_on_close(&lan);
+            return;
+        }
+        Err(_) => {
+            info!(
+                "{peer} -> {destination}: no upstream connection within {:?}",
+                gateway.connect_timeout
+            );
+            sys::reset_on_close(&lan);
+            return;
+        }
+    };
+    if let Err(error) = lan.write_all(&server_early).await {
+        debug!("{peer} -> {destination}: {error}");
+        return;
+    }
+    match relay::relay(
+        &mut lan,
+        &mut upstream,
+        &gateway.pipes,
+        gateway.idle_timeout,
+    )
+    .await
+    {
+        Ok(moved) => debug!(
+            "{peer} -> {destination}: done, {} bytes up, {} down",
+            moved.forward,
+            moved.backward + server_early.len() as u64
+        ),
+        Err(error) => info!("{peer} -> {destination}: {error}"),
+    }
+}
+
+/// Opens the MPTCP connection for one flow; through the converter, the Convert request
+/// and the client's first bytes leave in one write (one segment when they fit), so the
+/// request costs no extra round trip. Returns the connection and any destination bytes
+/// that arrived with the converter's answer.
+async fn open_upstream(
+    lan: &TcpStream,
+    destination: SocketAddr,
+    gateway: &Gateway,
+) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+    let configure = |socket: &socket2::Socket| match &gateway.congestion {
+        Some(name) => sys::set_congestion(socket, name),
+        None => Ok(()),
+    };
+    let (remote, key) = match &gateway.upstream {
+        Upstream::Direct => {
+            let stream = sys::connect(destination, true, configure)
+                .await
+                .context("MPTCP connect to the destination failed")?;
+            return Ok((stream, Vec::new()));
+        }
+        Upstream::Remote { address, key } => (*address, key),
+    };
+    let mut stream = sys::connect(remote, true, configure)
+        .await
+        .with_context(|| format!("MPTCP connect to the converter {remote} failed"))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let request = Request {
+        destination,
+        cookie: Some(key.cookie(destination, now)?),
+    };
+    let mut first_segment = request.to_message().encode()?;
+    // Whatever the client sent while we connected: most clients speak first.
+    let mut early = vec![0u8; 16 * 1024];
+    match lan.try_read(&mut early) {
+        Ok(n) => first_segment.extend_from_slice(&early[..n]),
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(error) => return Err(error).context("reading the client's first bytes"),
+    }
+    stream.write_all(&first_segment).await?;
+    let (message, server_early) = wire::read_message(&mut stream)
+        .await
+        .context("no valid answer from the converter")?;
+    match Response::from_message(&message) {
+        Response::Connected => Ok((stream, server_early)),
+        Response::Error(code) => bail!("the converter refused: {code}"),
+    }
 }
 
 /// Resolves at the first SIGINT or SIGTERM.
-fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())
         .context("failed to listen for SIGINT")?;
     let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())
@@ -53,7 +297,7 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
 
 /// Forwards the eBPF programs' log records to env_logger as they arrive.
 async fn drain_ebpf_log(logger: EbpfLogger<&'static dyn log::Log>) {
-    let mut logger = match crate::sys::register_readable(logger) {
+    let mut logger = match sys::register_readable(logger) {
         Ok(logger) => logger,
         Err(error) => {
             error!("cannot poll the eBPF log ring buffer: {error}");

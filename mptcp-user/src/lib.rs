@@ -5,11 +5,14 @@
 //! - [`cli`]: the command line (clap); `main.rs` only parses it and calls the modules.
 //! - [`ebpf`]: loads the embedded eBPF object, attaches its programs through links the
 //!   process owns (so they vanish when it dies), pins the maps for the CLI.
-//! - [`gateway`]: the gateway daemon.
+//! - [`gateway`]: the gateway daemon: transparent listener, MPTCP upstream, relay.
+//! - [`remote`]: the remote converter: authenticates requests, connects, relays.
 //! - [`inspect`]: the inspection commands that read a running gateway's pinned maps.
+//! - [`policy`]: which destinations the remote converter agrees to connect to.
 //! - [`protocol`]: the RFC 8803 Convert codec (pure, no I/O).
 //! - [`auth`]: the cookie that authenticates Convert requests (HMAC-SHA256, replay window).
 //! - [`relay`]: the splice(2) engine that moves bytes between two sockets.
+//! - [`wire`]: reading a whole Convert message off a socket.
 //! - [`sys`]: host set-up that needs raw system calls (bpffs, rlimits).
 
 pub mod auth;
@@ -17,6 +20,9 @@ pub mod cli;
 pub mod ebpf;
 pub mod gateway;
 pub mod inspect;
+pub mod policy;
 pub mod protocol;
 pub mod relay;
+pub mod remote;
 pub mod sys;
+pub mod wire;

@@ -1,7 +1,8 @@
 use clap::Parser as _;
 use mptcp_user::{
+    auth,
     cli::{Cli, Command},
-    gateway, inspect,
+    gateway, inspect, remote,
 };
 
 fn main() -> anyhow::Result<()> {
@@ -9,7 +10,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Gateway(args) => gateway::run(&args),
-        Command::Remote(_) => anyhow::bail!("`remote` is not implemented yet"),
+        Command::Remote(args) => remote::run(&args),
         Command::Flows(args) => inspect::flows(&args),
+        Command::Keygen { path } => {
+            auth::Key::generate(&path)?;
+            println!("wrote a new key to {}", path.display());
+            Ok(())
+        }
     }
 }

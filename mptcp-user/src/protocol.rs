@@ -371,6 +371,15 @@ pub fn unmapped(ip: Ipv6Addr) -> IpAddr {
     ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4)
 }
 
+/// An address as the IPv4 address it is when it is IPv4-mapped (dual-stack sockets
+/// report IPv4 peers that way).
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => unmapped(v6),
+        IpAddr::V4(_) => ip,
+    }
+}
+
 /// What a gateway asks of the converter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {

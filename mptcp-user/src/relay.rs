@@ -55,7 +55,9 @@ impl PipePool {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pipe>> {
         // A panic while holding the lock cannot leave the Vec half-changed.
-        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn take(&self) -> io::Result<Pipe> {
@@ -165,9 +167,8 @@ async fn pump(
     loop {
         from.readable().await.map_err(RelayError::Read)?;
         let pipe = pool.take().map_err(RelayError::Pipe)?;
-        let filled = match from.try_io(Interest::READABLE, || {
-            sys::splice(from, &pipe.write, CHUNK)
-        }) {
+        let filled = match from.try_io(Interest::READABLE, || sys::splice(from, &pipe.write, CHUNK))
+        {
             Ok(n) => n,
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 pool.give(pipe);

@@ -131,7 +131,11 @@ pub fn fill_random(buf: &mut [u8]) -> io::Result<()> {
 
 /// A socket of `domain` for `addr`'s family: MPTCP when `mptcp`, else TCP; non-blocking.
 fn stream_socket(addr: SocketAddr, mptcp: bool) -> io::Result<Socket> {
-    let protocol = if mptcp { Protocol::MPTCP } else { Protocol::TCP };
+    let protocol = if mptcp {
+        Protocol::MPTCP
+    } else {
+        Protocol::TCP
+    };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(protocol))?;
     socket.set_nonblocking(true)?;
     Ok(socket)
@@ -146,9 +150,8 @@ pub async fn connect(
 ) -> io::Result<TcpStream> {
     let socket = stream_socket(addr, mptcp)?;
     configure(&socket)?;
-    let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(OwnedFd::from(
-        socket,
-    )));
+    let socket =
+        tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(OwnedFd::from(socket)));
     socket.connect(addr).await
 }
 

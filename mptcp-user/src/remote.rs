@@ -1,0 +1,251 @@
+//! The remote converter: accepts MPTCP connections from gateways (plain TCP clients fall
+//! back transparently), authenticates each Convert request, checks its destination,
+//! connects by TCP, answers, and relays.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use log::{debug, info, warn};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+};
+
+use crate::{
+    auth::{AuthError, Key, Verifier},
+    cli::RemoteArgs,
+    policy::{self, DestinationPolicy},
+    protocol::{ErrorCode, Request, Response},
+    relay::{self, PipePool},
+    sys, wire,
+};
+
+/// Settings of a running converter.
+pub struct Remote {
+    /// Checks cookies; a mutex because it remembers nonces.
+    pub verifier: Mutex<Verifier>,
+    /// Which destinations are allowed.
+    pub policy: DestinationPolicy,
+    /// How long a client may take to send its request.
+    pub request_timeout: Duration,
+    /// How long connecting to a destination may take.
+    pub connect_timeout: Duration,
+    /// Relays with no traffic for this long are reset.
+    pub idle_timeout: Duration,
+    /// Bounds the number of connections served at once.
+    pub connections: Arc<Semaphore>,
+    /// Congestion control for the accepted MPTCP connections (None: the host's default).
+    pub congestion: Option<String>,
+    /// Pipes for the relays.
+    pub pipes: PipePool,
+}
+
+/// `mptcp-user remote`: runs until SIGINT or SIGTERM.
+pub fn run(args: &RemoteArgs) -> anyhow::Result<()> {
+    let key = Key::load(&args.key_file)?;
+    let mut own = policy::local_addresses()?;
+    own.push(args.listen.ip());
+    let remote = Arc::new(Remote {
+        verifier: Mutex::new(Verifier::new(key, Duration::from_secs(args.replay_window))),
+        policy: DestinationPolicy::new(args.allow.clone(), own),
+        request_timeout: Duration::from_secs(args.request_timeout),
+        connect_timeout: Duration::from_secs(args.connect_timeout),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        connections: Arc::new(Semaphore::new(args.max_conns)),
+        congestion: None,
+        pipes: PipePool::new(256),
+    });
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
+    runtime.block_on(async {
+        let listener = sys::listen(args.listen, true, false)
+            .with_context(|| format!("failed to listen on {}", args.listen))?;
+        info!("remote converter listening on {} (MPTCP)", args.listen);
+        serve(listener, remote, crate::gateway::shutdown_signal()?).await;
+        Ok(())
+    })
+}
+
+/// Accepts connections until `shutdown` resolves, then gives live relays a grace period.
+pub async fn serve(listener: TcpListener, remote: Arc<Remote>, shutdown: impl Future<Output = ()>) {
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: wait instead of spinning.
+                    warn!("accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        while tasks.try_join_next().is_some() {}
+        if let Ok(permit) = remote.connections.clone().try_acquire_owned() {
+            tasks.spawn(handle(stream, peer, Arc::clone(&remote), permit));
+        } else {
+            warn!("{peer}: too many connections, refusing");
+            refuse_now(&stream, ErrorCode::ResourceExceeded);
+        }
+    }
+    crate::gateway::drain(tasks).await;
+}
+
+/// Answers an error without waiting: the message is 8 bytes, which an empty socket
+/// buffer always takes.
+fn refuse_now(stream: &TcpStream, code: ErrorCode) {
+    if let Ok(bytes) = Response::Error(code).to_message().encode() {
+        let _ = stream.try_write(&bytes);
+    }
+}
+
+async fn handle(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    remote: Arc<Remote>,
+    _permit: OwnedSemaphorePermit,
+) {
+    if let Some(name) = &remote.congestion
+        && let Err(error) = sys::set_congestion(&socket2::SockRef::from(&client), name)
+    {
+        warn!("{peer}: cannot set congestion control {name}: {error}");
+    }
+    let (request, early_data) = match read_request(&mut client, &remote).await {
+        Ok(found) => found,
+        Err((code, reason)) => {
+            warn!("{peer}: refused ({code}): {reason}");
+            answer(&mut client, Response::Error(code)).await;
+            return;
+        }
+    };
+    let destination = request.destination;
+    let mut server = match connect(destination, remote.connect_timeout).await {
+        Ok(server) => server,
+        Err((code, reason)) => {
+            info!("{peer} -> {destination}: {code}: {reason}");
+            answer(&mut client, Response::Error(code)).await;
+            return;
+        }
+    };
+    debug!("{peer} -> {destination}: connected");
+    let connected = async {
+        let bytes = Response::Connected
+            .to_message()
+            .encode()
+            .map_err(std::io::Error::other)?;
+        client.write_all(&bytes).await?;
+        server.write_all(&early_data).await
+    };
+    if let Err(error) = connected.await {
+        warn!("{peer} -> {destination}: {error}");
+        return;
+    }
+    match relay::relay(&mut client, &mut server, &remote.pipes, remote.idle_timeout).await {
+        Ok(moved) => debug!(
+            "{peer} -> {destination}: done, {} bytes up, {} down",
+            moved.forward + early_data.len() as u64,
+            moved.backward
+        ),
+        Err(error) => info!("{peer} -> {destination}: {error}"),
+    }
+}
+
+/// Reads, decodes, authenticates and checks a request; on failure, the error code to
+/// answer with and the reason to log.
+async fn read_request(
+    client: &mut TcpStream,
+    remote: &Remote,
+) -> Result<(Request, Vec<u8>), (ErrorCode, String)> {
+    let read = tokio::time::timeout(remote.request_timeout, wire::read_message(client)).await;
+    let (message, early_data) = match read {
+        Err(_) => {
+            return Err((
+                ErrorCode::MalformedMessage,
+                format!("no request within {:?}", remote.request_timeout),
+            ));
+        }
+        Ok(Err(wire::WireError::Decode(error))) => {
+            return Err((error.error_code(), error.to_string()));
+        }
+        Ok(Err(error)) => return Err((ErrorCode::MalformedMessage, error.to_string())),
+        Ok(Ok(read)) => read,
+    };
+    let request =
+        Request::from_message(&message).map_err(|error| (error.error_code(), error.to_string()))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    remote
+        .verifier
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .verify(request.destination, request.cookie.as_deref(), now)
+        .map_err(|error| {
+            let code = if error == AuthError::Missing {
+                ErrorCode::MissingCookie
+            } else {
+                ErrorCode::NotAuthorized
+            };
+            (code, format!("authentication failed: {error}"))
+        })?;
+    remote
+        .policy
+        .check(request.destination.ip())
+        .map_err(|refusal| {
+            (
+                ErrorCode::NotAuthorized,
+                format!("destination refused: {refusal}"),
+            )
+        })?;
+    Ok((request, early_data))
+}
+
+/// Connects by plain TCP, mapping failures to the RFC's error codes.
+async fn connect(
+    destination: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, (ErrorCode, String)> {
+    match tokio::time::timeout(timeout, sys::connect(destination, false, |_| Ok(()))).await {
+        Err(_) => Err((
+            ErrorCode::NetworkFailure,
+            format!("no answer within {timeout:?}"),
+        )),
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(error)) => {
+            let code = match error.raw_os_error() {
+                Some(libc::ECONNREFUSED | libc::ECONNRESET) => ErrorCode::ConnectionReset,
+                Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EADDRNOTAVAIL) => {
+                    ErrorCode::DestinationUnreachable
+                }
+                _ => ErrorCode::NetworkFailure,
+            };
+            Err((code, error.to_string()))
+        }
+    }
+}
+
+/// Sends a response, then closes our write side so the client reads it and EOF.
+///
+/// Closing a socket with unread input makes the kernel send a reset, which can destroy
+/// the answer before the client reads it; so we discard the client's input until it
+/// closes too (it does once it has read the error), for at most two seconds.
+async fn answer(client: &mut TcpStream, response: Response) {
+    if let Ok(bytes) = response.to_message().encode() {
+        let _ = client.write_all(&bytes).await;
+    }
+    let _ = client.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        while let Ok(1..) = client.read(&mut sink).await {}
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+}

@@ -1,0 +1,41 @@
+//! Convert messages on a socket: read one whole message, whatever the segmentation.
+
+use tokio::{io::AsyncReadExt as _, net::TcpStream};
+
+use crate::protocol::{self, DecodeError, HEADER_LEN, Message};
+
+/// Why no message could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The peer closed (or reset) before a whole message arrived.
+    #[error("connection closed after {0} bytes, before a whole Convert message")]
+    Closed(usize),
+    /// The bytes are not a Convert message.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one Convert message. Returns it with the bytes that came after it in the same
+/// reads (payload, to be forwarded first). Reads at most a message and one buffer more.
+pub async fn read_message(stream: &mut TcpStream) -> Result<(Message, Vec<u8>), WireError> {
+    let mut received = Vec::with_capacity(2 * protocol::MAX_MESSAGE_LEN);
+    let mut chunk = [0u8; protocol::MAX_MESSAGE_LEN];
+    let mut needed = HEADER_LEN;
+    loop {
+        if received.len() >= HEADER_LEN {
+            needed = protocol::message_len(&received)?;
+        }
+        if received.len() >= needed {
+            let (message, used) = Message::decode(&received)?;
+            return Ok((message, received.split_off(used)));
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(WireError::Closed(received.len()));
+        }
+        received.extend_from_slice(&chunk[..n]);
+    }
+}
