@@ -5,6 +5,8 @@
 //! time. They never skip: without root they fail and say why.
 
 pub mod cgroup;
+pub mod netns;
+pub mod testbed;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -25,4 +27,36 @@ pub fn unique_name(label: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("mptcp-test-{label}-{}-{n}", std::process::id())
+}
+
+/// The mptcp-user binary under test: `$MPTCP_USER_BIN` (set by `cargo xtask test`), else
+/// the workspace's release build.
+pub fn mptcp_user_bin() -> std::path::PathBuf {
+    std::env::var_os("MPTCP_USER_BIN").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/mptcp-user"),
+        std::path::PathBuf::from,
+    )
+}
+
+/// A scratch directory for one test's files and logs, removed on drop.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// Creates `/tmp/<unique name>`.
+    pub fn new(label: &str) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(unique_name(label));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

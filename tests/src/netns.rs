@@ -1,0 +1,159 @@
+//! Throwaway network namespaces and the processes started in them.
+
+use std::{
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+/// A network namespace, deleted on drop after killing every process inside it.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// `ip netns add <name>`, with loopback up.
+    pub fn new(name: String) -> anyhow::Result<Self> {
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let netns = Self { name };
+        netns.ip(&["link", "set", "lo", "up"])?;
+        Ok(netns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+
+    /// Runs `ip -n <ns> ARGS`, failing with its stderr.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<()> {
+        run(Command::new("ip").args(["-n", &self.name]).args(args))
+    }
+
+    /// Runs `program ARGS` inside the namespace, failing with its stderr.
+    pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let output = run_output(self.command(program).args(args))?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Sets a sysctl inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")])
+            .map(drop)
+    }
+
+    /// Waits until a TCP socket listens on `port` inside the namespace.
+    pub fn wait_listening(&self, port: u16, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let listening = self.exec("ss", &["-Hltn", &format!("sport = :{port}")])?;
+            if !listening.trim().is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "nothing listens on port {port} in {} after {timeout:?}",
+                    self.name
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Bytes an interface of the namespace has received and sent.
+    pub fn interface_bytes(&self, interface: &str) -> anyhow::Result<(u64, u64)> {
+        let read = |counter: &str| -> anyhow::Result<u64> {
+            let path = format!("/sys/class/net/{interface}/statistics/{counter}");
+            Ok(self.exec("cat", &[&path])?.trim().parse()?)
+        };
+        Ok((read("rx_bytes")?, read("tx_bytes")?))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Ok(output) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A background process, killed (and reaped) on drop.
+pub struct Process {
+    child: Child,
+    label: String,
+}
+
+impl Process {
+    /// Starts `command` in the background.
+    pub fn spawn(label: &str, command: &mut Command) -> anyhow::Result<Self> {
+        let child = command
+            .spawn()
+            .with_context(|| format!("failed to start {label}: {command:?}"))?;
+        Ok(Self {
+            child,
+            label: label.to_owned(),
+        })
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns whether it exited with success.
+    pub fn terminate(mut self) -> anyhow::Result<bool> {
+        let pid = self.child.id().to_string();
+        run(Command::new("kill").args(["-TERM", &pid]))?;
+        let status = self.child.wait()?;
+        Ok(status.success())
+    }
+
+    /// Fails if the process already exited (e.g. it refused its arguments).
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited early: {status}", self.label);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command; fails with its stderr unless it exits 0.
+pub fn run(command: &mut Command) -> anyhow::Result<()> {
+    run_output(command).map(drop)
+}
+
+fn run_output(command: &mut Command) -> anyhow::Result<Output> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("failed to start {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output)
+}

@@ -1,0 +1,334 @@
+//! The namespace testbed: a LAN client, a gateway with N shaped uplinks, a remote
+//! converter host, and a server behind it.
+//!
+//! ```text
+//! client --lan0-- gateway --up1..upN (HTB)-- remote --srv0-- server
+//! 192.168.50.2   .50.1 | 10.0.I.1    10.0.I.2 | 203.0.113.1   203.0.113.10
+//!                                              |  10.9.0.1     10.9.0.10 (private)
+//! ```
+//!
+//! The gateway's uplink addresses are MPTCP `subflow` endpoints, each with a
+//! source-address routing table so that its subflow leaves by its own uplink. Plain
+//! forwarding (no gateway daemon) goes by uplink 1. Until the eBPF redirect lands,
+//! LAN flows reach the gateway's transparent listener through an nftables tproxy rule.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+use crate::netns::{Netns, Process};
+
+/// The server's public address.
+pub const SERVER: &str = "203.0.113.10";
+/// A second server address, in a private range the converter refuses by default.
+pub const SERVER_PRIVATE: &str = "10.9.0.10";
+/// The remote converter's address (on uplink 1) and port.
+pub const REMOTE: &str = "10.0.1.2";
+/// The converter's port.
+pub const REMOTE_PORT: u16 = 5124;
+/// The gateway's transparent listener port.
+pub const GATEWAY_PORT: u16 = 15124;
+/// fwmark and table of the tproxy policy route.
+const TPROXY_MARK: &str = "1";
+const TPROXY_TABLE: &str = "100";
+
+/// One uplink's shape.
+#[derive(Clone, Copy, Debug)]
+pub struct Uplink {
+    /// Rate in Mbit/s, each direction.
+    pub rate_mbit: u32,
+}
+
+/// The four hosts, torn down on drop (processes first, then namespaces).
+pub struct Testbed {
+    /// Started daemons and servers; dropped (killed) before the namespaces.
+    processes: Vec<Process>,
+    /// The LAN host.
+    pub client: Netns,
+    /// The multi-uplink gateway.
+    pub gateway: Netns,
+    /// The remote converter's host.
+    pub remote: Netns,
+    /// The destination server.
+    pub server: Netns,
+    /// The uplinks, in order (interface upI is `uplinks[I-1]`).
+    pub uplinks: Vec<Uplink>,
+    /// Unique name prefix of this testbed.
+    pub name: String,
+}
+
+impl Testbed {
+    /// Builds the four namespaces and wires them up.
+    pub fn new(label: &str, uplinks: &[Uplink]) -> anyhow::Result<Self> {
+        let name = crate::unique_name(label);
+        let testbed = Self {
+            processes: Vec::new(),
+            client: Netns::new(format!("{name}-c"))?,
+            gateway: Netns::new(format!("{name}-g"))?,
+            remote: Netns::new(format!("{name}-r"))?,
+            server: Netns::new(format!("{name}-s"))?,
+            uplinks: uplinks.to_vec(),
+            name,
+        };
+        testbed.wire().context("building the testbed")?;
+        Ok(testbed)
+    }
+
+    fn wire(&self) -> anyhow::Result<()> {
+        let (client, gateway, remote, server) =
+            (&self.client, &self.gateway, &self.remote, &self.server);
+        veth(client, "lan0", gateway, "lan0")?;
+        client.ip(&["addr", "add", "192.168.50.2/24", "dev", "lan0"])?;
+        gateway.ip(&["addr", "add", "192.168.50.1/24", "dev", "lan0"])?;
+        client.ip(&["route", "add", "default", "via", "192.168.50.1"])?;
+
+        veth(remote, "srv0", server, "srv0")?;
+        remote.ip(&["addr", "add", "203.0.113.1/24", "dev", "srv0"])?;
+        remote.ip(&["addr", "add", "10.9.0.1/24", "dev", "srv0"])?;
+        server.ip(&["addr", "add", "203.0.113.10/24", "dev", "srv0"])?;
+        server.ip(&["addr", "add", "10.9.0.10/24", "dev", "srv0"])?;
+        server.ip(&["route", "add", "default", "via", "203.0.113.1"])?;
+
+        for netns in [gateway, remote] {
+            netns.sysctl("net.ipv4.ip_forward", "1")?;
+            netns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+            netns.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+            netns.sysctl("net.mptcp.enabled", "1")?;
+            netns.ip(&[
+                "mptcp",
+                "limits",
+                "set",
+                "subflow",
+                "8",
+                "add_addr_accepted",
+                "8",
+            ])?;
+        }
+        for (index, uplink) in self.uplinks.iter().enumerate() {
+            let i = index + 1;
+            let interface = format!("up{i}");
+            veth(gateway, &interface, remote, &interface)?;
+            let (gateway_address, remote_address) = (format!("10.0.{i}.1"), format!("10.0.{i}.2"));
+            gateway.ip(&[
+                "addr",
+                "add",
+                &format!("{gateway_address}/24"),
+                "dev",
+                &interface,
+            ])?;
+            remote.ip(&[
+                "addr",
+                "add",
+                &format!("{remote_address}/24"),
+                "dev",
+                &interface,
+            ])?;
+            let table = (100 + i).to_string();
+            gateway.ip(&["rule", "add", "from", &gateway_address, "table", &table])?;
+            gateway.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &remote_address,
+                "dev",
+                &interface,
+                "table",
+                &table,
+            ])?;
+            if i > 1 {
+                gateway.ip(&[
+                    "mptcp",
+                    "endpoint",
+                    "add",
+                    &gateway_address,
+                    "dev",
+                    &interface,
+                    "subflow",
+                ])?;
+            }
+            for netns in [gateway, remote] {
+                shape(netns, &interface, uplink.rate_mbit)?;
+            }
+        }
+        gateway.ip(&["route", "add", "default", "via", "10.0.1.2", "dev", "up1"])?;
+        remote.ip(&[
+            "route",
+            "add",
+            "192.168.50.0/24",
+            "via",
+            "10.0.1.1",
+            "dev",
+            "up1",
+        ])?;
+        Ok(())
+    }
+
+    /// Steers every TCP flow arriving on the gateway's LAN interface to its transparent
+    /// listener, with an nftables tproxy rule and a local-delivery policy route.
+    pub fn steer_with_tproxy(&self) -> anyhow::Result<()> {
+        let rules = format!(
+            "table inet mptcp_testbed {{
+                chain prerouting {{
+                    type filter hook prerouting priority mangle; policy accept;
+                    iifname \"lan0\" meta l4proto tcp ip daddr != 192.168.50.1 \
+                        tproxy ip to :{GATEWAY_PORT} meta mark set {TPROXY_MARK} accept
+                }}
+            }}"
+        );
+        let mut nft = self.gateway.command("nft");
+        nft.args(["-f", "-"]).stdin(std::process::Stdio::piped());
+        let mut child = nft.spawn().context("starting nft")?;
+        std::io::Write::write_all(
+            &mut child.stdin.take().context("nft stdin")?,
+            rules.as_bytes(),
+        )?;
+        anyhow::ensure!(child.wait()?.success(), "nft rejected the tproxy rules");
+        self.gateway
+            .ip(&["rule", "add", "fwmark", TPROXY_MARK, "lookup", TPROXY_TABLE])?;
+        self.gateway.ip(&[
+            "route",
+            "add",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            TPROXY_TABLE,
+        ])?;
+        Ok(())
+    }
+
+    /// Starts a process in `netns`, owned by the testbed, with its stderr in `log`.
+    pub fn start(&mut self, label: &str, command: &mut Command, log: &Path) -> anyhow::Result<()> {
+        let log = std::fs::File::create(log)?;
+        command.stdout(log.try_clone()?).stderr(log);
+        self.processes.push(Process::spawn(label, command)?);
+        Ok(())
+    }
+
+    /// Checks that every started process still runs.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.processes
+            .iter_mut()
+            .try_for_each(Process::check_running)
+    }
+
+    /// Writes a fresh key, starts the converter on the remote host and the gateway
+    /// (`gateway_args` added to its command line, e.g. another --key-file), steers the
+    /// LAN to it with tproxy, and waits until both listen. Logs go to `dir`.
+    pub fn start_gateway_and_remote(
+        &mut self,
+        dir: &Path,
+        gateway_args: &[&str],
+    ) -> anyhow::Result<PathBuf> {
+        let binary = crate::mptcp_user_bin();
+        let key = dir.join("key");
+        crate::netns::run(Command::new(&binary).arg("keygen").arg(&key))?;
+        let binary = binary.to_string_lossy().into_owned();
+        let key_arg = key.to_string_lossy().into_owned();
+        let mut remote = self.remote.command(&binary);
+        remote.args([
+            "remote",
+            "--listen",
+            &format!("0.0.0.0:{REMOTE_PORT}"),
+            "--key-file",
+            &key_arg,
+        ]);
+        self.start("remote", &mut remote, &dir.join("remote.log"))?;
+        let pin_path = format!("/sys/fs/bpf/{}", self.name);
+        let mut gateway = self.gateway.command(&binary);
+        gateway.args(["gateway", "--listen", &format!("[::]:{GATEWAY_PORT}")]);
+        gateway.args([
+            "--remote",
+            &format!("{REMOTE}:{REMOTE_PORT}"),
+            "--pin-path",
+            &pin_path,
+        ]);
+        if !gateway_args.contains(&"--key-file") {
+            gateway.args(["--key-file", &key_arg]);
+        }
+        gateway.args(gateway_args).env("RUST_LOG", "info");
+        self.start("gateway", &mut gateway, &dir.join("gateway.log"))?;
+        self.steer_with_tproxy()?;
+        self.remote
+            .wait_listening(REMOTE_PORT, Duration::from_secs(10))?;
+        self.gateway
+            .wait_listening(GATEWAY_PORT, Duration::from_secs(10))?;
+        self.check_running()?;
+        Ok(key)
+    }
+
+    /// Serves the files of `dir` over HTTP on port 80 of the server (python3's stock
+    /// http.server: a real third-party server).
+    pub fn start_http_server(&mut self, dir: &Path, log: &Path) -> anyhow::Result<()> {
+        let mut server = self.server.command("python3");
+        server
+            .args([
+                "-m",
+                "http.server",
+                "80",
+                "--bind",
+                "0.0.0.0",
+                "--directory",
+            ])
+            .arg(dir);
+        self.start("http server", &mut server, log)?;
+        self.server.wait_listening(80, Duration::from_secs(10))
+    }
+
+    /// Gateway bytes received on each uplink so far.
+    pub fn uplink_rx_bytes(&self) -> anyhow::Result<Vec<u64>> {
+        (1..=self.uplinks.len())
+            .map(|i| Ok(self.gateway.interface_bytes(&format!("up{i}"))?.0))
+            .collect()
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        // Processes die before their namespaces go away.
+        self.processes.clear();
+    }
+}
+
+/// A veth pair from `a`'s `a_name` to `b`'s `b_name`, both up.
+fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> anyhow::Result<()> {
+    a.ip(&[
+        "link",
+        "add",
+        a_name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_name,
+        "netns",
+        b.name(),
+    ])?;
+    a.ip(&["link", "set", a_name, "up"])?;
+    b.ip(&["link", "set", b_name, "up"])
+}
+
+/// Egress shaping with HTB at `rate_mbit`.
+fn shape(netns: &Netns, interface: &str, rate_mbit: u32) -> anyhow::Result<()> {
+    let rate = format!("{rate_mbit}mbit");
+    netns.exec(
+        "tc",
+        &[
+            "qdisc", "add", "dev", interface, "root", "handle", "1:", "htb", "default", "10",
+        ],
+    )?;
+    netns.exec(
+        "tc",
+        &[
+            "class", "add", "dev", interface, "parent", "1:", "classid", "1:10", "htb", "rate",
+            &rate, "ceil", &rate,
+        ],
+    )?;
+    Ok(())
+}
