@@ -80,3 +80,253 @@ fn download_arrives_intact_over_both_uplinks() {
         "gateway log: {gateway_log}"
     );
 }
+
+/// A stock-library HTTP server that stores PUT bodies (python3's http.server has none).
+const PUT_SERVER: &str = r"
+import http.server, sys, os
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_PUT(self):
+        length = int(self.headers['Content-Length'])
+        with open(os.path.join(sys.argv[1], 'uploaded'), 'wb') as out:
+            while length > 0:
+                chunk = self.rfile.read(min(length, 1 << 16))
+                if not chunk:
+                    break
+                out.write(chunk)
+                length -= len(chunk)
+        self.send_response(201)
+        self.end_headers()
+http.server.HTTPServer(('0.0.0.0', 8080), Handler).serve_forever()
+";
+
+#[test]
+fn upload_arrives_intact() {
+    require_root();
+    let dir = TempDir::new("upload").unwrap();
+    let mut testbed = Testbed::new("ul", &UPLINKS).unwrap();
+    testbed.start_gateway_and_remote(dir.path(), &[]).unwrap();
+    let mut server = testbed.server.command("python3");
+    server.args(["-c", PUT_SERVER]).arg(dir.path());
+    testbed
+        .start("put server", &mut server, &dir.path().join("put.log"))
+        .unwrap();
+    testbed
+        .server
+        .wait_listening(8080, std::time::Duration::from_secs(10))
+        .unwrap();
+
+    let file = dir.path().join("to-upload");
+    let original = write_random_file(&file, 20 * 1024 * 1024);
+    let url = format!("http://{SERVER}:8080/upload");
+    assert!(
+        curl(
+            &testbed,
+            &["--fail", "--upload-file", file.to_str().unwrap(), &url]
+        ),
+        "upload failed"
+    );
+    assert!(
+        fs::read(dir.path().join("uploaded")).unwrap() == original,
+        "uploaded bytes differ"
+    );
+}
+
+#[test]
+fn gateway_with_a_wrong_key_is_not_authorized() {
+    require_root();
+    let dir = TempDir::new("wrongkey").unwrap();
+    let wrong_key = dir.path().join("wrong-key");
+    mptcp_tests::netns::run(
+        Command::new(mptcp_tests::mptcp_user_bin())
+            .arg("keygen")
+            .arg(&wrong_key),
+    )
+    .unwrap();
+    let mut testbed = Testbed::new("key", &UPLINKS).unwrap();
+    testbed
+        .start_gateway_and_remote(dir.path(), &["--key-file", wrong_key.to_str().unwrap()])
+        .unwrap();
+    let served = dir.path().join("www");
+    fs::create_dir(&served).unwrap();
+    fs::write(served.join("index.html"), "hello").unwrap();
+    testbed
+        .start_http_server(&served, &dir.path().join("http.log"))
+        .unwrap();
+
+    assert!(
+        !curl(
+            &testbed,
+            &["--output", "/dev/null", &format!("http://{SERVER}/")]
+        ),
+        "must fail"
+    );
+    let gateway_log = fs::read_to_string(dir.path().join("gateway.log")).unwrap();
+    assert!(
+        gateway_log.contains("Not Authorized (32)"),
+        "gateway log: {gateway_log}"
+    );
+    let remote_log = fs::read_to_string(dir.path().join("remote.log")).unwrap();
+    assert!(remote_log.contains("bad MAC"), "remote log: {remote_log}");
+    // The converter stays healthy.
+    testbed.check_running().unwrap();
+}
+
+#[test]
+fn private_destinations_are_refused_by_the_converter() {
+    require_root();
+    let dir = TempDir::new("private").unwrap();
+    let mut testbed = Testbed::new("priv", &UPLINKS).unwrap();
+    testbed.start_gateway_and_remote(dir.path(), &[]).unwrap();
+    let served = dir.path().join("www");
+    fs::create_dir(&served).unwrap();
+    fs::write(served.join("index.html"), "hello").unwrap();
+    testbed
+        .start_http_server(&served, &dir.path().join("http.log"))
+        .unwrap();
+
+    // The same server on its public address works, so a failure is the policy's doing.
+    assert!(curl(
+        &testbed,
+        &["--output", "/dev/null", &format!("http://{SERVER}/")]
+    ));
+    assert!(!curl(
+        &testbed,
+        &[
+            "--output",
+            "/dev/null",
+            &format!("http://{SERVER_PRIVATE}/")
+        ]
+    ));
+    let remote_log = fs::read_to_string(dir.path().join("remote.log")).unwrap();
+    assert!(
+        remote_log.contains(&format!(
+            "destination refused: {SERVER_PRIVATE} is in the refused range"
+        )),
+        "remote log: {remote_log}"
+    );
+}
+
+/// Reads to EOF, then answers with 2 MB derived from what it read.
+const HALF_CLOSE_SERVER: &str = r"
+import socket, hashlib
+listener = socket.create_server(('0.0.0.0', 7000))
+while True:
+    conn, _ = listener.accept()
+    received = b''
+    while True:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    digest = hashlib.sha256(received).digest()
+    conn.sendall(digest * (2 * 1024 * 1024 // 32))
+    conn.close()
+";
+
+/// Sends a request, shuts down its write side, and prints whether the reply matches.
+const HALF_CLOSE_CLIENT: &str = r"
+import socket, hashlib, sys
+request = b'half-close request ' * 1000
+conn = socket.create_connection((sys.argv[1], 7000))
+conn.sendall(request)
+conn.shutdown(socket.SHUT_WR)
+reply = b''
+while True:
+    chunk = conn.recv(65536)
+    if not chunk:
+        break
+    reply += chunk
+expected = hashlib.sha256(request).digest() * (2 * 1024 * 1024 // 32)
+print('match' if reply == expected else 'mismatch %d bytes' % len(reply))
+";
+
+#[test]
+fn half_close_lets_the_client_receive_the_whole_response() {
+    require_root();
+    let dir = TempDir::new("halfclose").unwrap();
+    let mut testbed = Testbed::new("half", &UPLINKS).unwrap();
+    testbed.start_gateway_and_remote(dir.path(), &[]).unwrap();
+    let mut server = testbed.server.command("python3");
+    server.args(["-c", HALF_CLOSE_SERVER]);
+    testbed
+        .start(
+            "half-close server",
+            &mut server,
+            &dir.path().join("server.log"),
+        )
+        .unwrap();
+    testbed
+        .server
+        .wait_listening(7000, std::time::Duration::from_secs(10))
+        .unwrap();
+
+    let output = testbed
+        .client
+        .exec(
+            "timeout",
+            &["30", "python3", "-c", HALF_CLOSE_CLIENT, SERVER],
+        )
+        .unwrap();
+    assert_eq!(output.trim(), "match");
+}
+
+/// Sends bytes to the converter from the gateway host and prints the answer in hex.
+const RAW_CLIENT: &str = r"
+import socket, sys
+conn = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+conn.sendall(bytes.fromhex(sys.argv[3]))
+answer = b''
+while True:
+    chunk = conn.recv(1024)
+    if not chunk:
+        break
+    answer += chunk
+print(answer.hex())
+";
+
+#[test]
+fn converter_answers_bad_requests_with_rfc_error_codes() {
+    use mptcp_tests::testbed::{REMOTE, REMOTE_PORT};
+    require_root();
+    let dir = TempDir::new("rawreq").unwrap();
+    let mut testbed = Testbed::new("raw", &UPLINKS).unwrap();
+    testbed.start_gateway_and_remote(dir.path(), &[]).unwrap();
+    let port = REMOTE_PORT.to_string();
+    let ask = |hex: &str| {
+        testbed
+            .gateway
+            .exec(
+                "timeout",
+                &["10", "python3", "-c", RAW_CLIENT, REMOTE, &port, hex],
+            )
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    // Error TLV: 1e 01 <code> 00 after the header 01 02 22 63.
+    let connect_without_cookie = "010622630a05005000000000000000000000ffffcb00710a";
+    assert_eq!(
+        ask(connect_without_cookie),
+        "010222631e010300",
+        "Missing Cookie (3)"
+    );
+    // Unsupported Version carries the version we speak (1) as its value.
+    assert_eq!(
+        ask("0206226300"),
+        "010222631e010001",
+        "Unsupported Version (0)"
+    );
+    assert_eq!(
+        ask("01022263420100000000"),
+        "010222631e010200",
+        "Unsupported Message (2)"
+    );
+    // A request cut short: after the 5 s request timeout, Malformed Message (1).
+    assert_eq!(ask("010122"), "010222631e010100", "Malformed Message (1)");
+    let remote_log = fs::read_to_string(dir.path().join("remote.log")).unwrap();
+    assert!(
+        remote_log.contains("refused (Missing Cookie (3))"),
+        "remote log: {remote_log}"
+    );
+    testbed.check_running().unwrap();
+}
