@@ -74,6 +74,11 @@ pub struct GatewayArgs {
     /// Seconds without a byte either way after which a connection is reset.
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
     pub idle_timeout: u64,
+
+    /// Congestion control for the MPTCP connections (all their subflows), e.g. bbr or
+    /// cubic; default: the host's net.ipv4.tcp_congestion_control.
+    #[arg(long, value_name = "NAME")]
+    pub congestion: Option<String>,
 }
 
 /// Flags of `mptcp-user remote`.
@@ -112,6 +117,11 @@ pub struct RemoteArgs {
     /// Seconds a cookie's timestamp may differ from this host's clock.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub replay_window: u64,
+
+    /// Congestion control for the accepted MPTCP connections (all their subflows), e.g.
+    /// bbr or cubic; default: the host's net.ipv4.tcp_congestion_control.
+    #[arg(long, value_name = "NAME")]
+    pub congestion: Option<String>,
 }
 
 /// Flags of `mptcp-user flows`.

@@ -66,6 +66,9 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
     runtime.block_on(async {
         let _lock = InstanceLock::acquire(&args.pin_path)?;
+        if let Some(name) = &args.congestion {
+            sys::check_congestion(name)?;
+        }
         let upstream = match (&args.remote, args.direct) {
             (Some(_), true) => bail!("--remote and --direct exclude each other"),
             (None, false) => bail!("say where connections go: --remote HOST:PORT or --direct"),
@@ -112,7 +115,7 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
             listen: args.listen,
             connect_timeout: Duration::from_secs(args.connect_timeout),
             idle_timeout: Duration::from_secs(args.idle_timeout),
-            congestion: None,
+            congestion: args.congestion.clone(),
             pipes: PipePool::new(256),
         });
         serve(listener, gateway, shutdown_signal()?).await;

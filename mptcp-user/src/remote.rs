@@ -50,6 +50,9 @@ pub struct Remote {
 /// `mptcp-user remote`: runs until SIGINT or SIGTERM.
 pub fn run(args: &RemoteArgs) -> anyhow::Result<()> {
     let key = Key::load(&args.key_file)?;
+    if let Some(name) = &args.congestion {
+        sys::check_congestion(name)?;
+    }
     let mut own = policy::local_addresses()?;
     own.push(args.listen.ip());
     let remote = Arc::new(Remote {
@@ -59,7 +62,7 @@ pub fn run(args: &RemoteArgs) -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(args.connect_timeout),
         idle_timeout: Duration::from_secs(args.idle_timeout),
         connections: Arc::new(Semaphore::new(args.max_conns)),
-        congestion: None,
+        congestion: args.congestion.clone(),
         pipes: PipePool::new(256),
     });
     let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;

@@ -198,3 +198,15 @@ pub fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     Ok(nix::fcntl::splice(from, None, to, None, len, flags)?)
 }
+
+/// Fails with a clear message when this kernel has no congestion control `name`, so a
+/// daemon refuses a typo at start instead of failing every connection.
+pub fn check_congestion(name: &str) -> anyhow::Result<()> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    set_congestion(&socket, name).with_context(|| {
+        format!(
+            "congestion control {name:?} is not available (see \
+             /proc/sys/net/ipv4/tcp_available_congestion_control)"
+        )
+    })
+}
