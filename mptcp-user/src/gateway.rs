@@ -132,6 +132,20 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) {
+    accept_until(listener, shutdown, |stream, peer, tasks| {
+        tasks.spawn(handle(stream, peer, Arc::clone(&gateway)));
+    })
+    .await;
+}
+
+/// The accept loop both daemons share: hands each connection to `on_accept` (which
+/// spawns its task into the set, or refuses it) until `shutdown` resolves, then drains
+/// the live tasks.
+pub async fn accept_until(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    mut on_accept: impl FnMut(TcpStream, SocketAddr, &mut JoinSet<()>),
+) {
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -140,20 +154,22 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
+                    // EMFILE and friends: wait instead of spinning.
                     warn!("accept failed: {error}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
+        // Reap finished connections so the set only holds live ones.
         while tasks.try_join_next().is_some() {}
-        tasks.spawn(handle(stream, peer, Arc::clone(&gateway)));
+        on_accept(stream, peer, &mut tasks);
     }
     drain(tasks).await;
 }
 
 /// Waits up to the grace period for `tasks`, then aborts the rest.
-pub async fn drain(mut tasks: JoinSet<()>) {
+async fn drain(mut tasks: JoinSet<()>) {
     if tasks.is_empty() {
         return;
     }

@@ -15,7 +15,6 @@ use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
-    task::JoinSet,
 };
 
 use crate::{
@@ -77,30 +76,15 @@ pub fn run(args: &RemoteArgs) -> anyhow::Result<()> {
 
 /// Accepts connections until `shutdown` resolves, then gives live relays a grace period.
 pub async fn serve(listener: TcpListener, remote: Arc<Remote>, shutdown: impl Future<Output = ()>) {
-    let mut tasks = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // EMFILE and friends: wait instead of spinning.
-                    warn!("accept failed: {error}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        while tasks.try_join_next().is_some() {}
+    crate::gateway::accept_until(listener, shutdown, |stream, peer, tasks| {
         if let Ok(permit) = remote.connections.clone().try_acquire_owned() {
             tasks.spawn(handle(stream, peer, Arc::clone(&remote), permit));
         } else {
             warn!("{peer}: too many connections, refusing");
             refuse_now(&stream, ErrorCode::ResourceExceeded);
         }
-    }
-    crate::gateway::drain(tasks).await;
+    })
+    .await;
 }
 
 /// Answers an error without waiting: the message is 8 bytes, which an empty socket
