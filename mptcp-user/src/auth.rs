@@ -32,6 +32,14 @@ const DOMAIN: &[u8] = b"mptcp-gateway convert v1\0";
 /// Default tolerance between the gateway's and the converter's clocks.
 pub const DEFAULT_WINDOW: Duration = Duration::from_mins(1);
 
+/// Now, in seconds since the Unix epoch: the cookie's clock (0 if the clock is before
+/// 1970, which a stale-timestamp check then refuses).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
 /// A pre-shared key, as read from a key file.
 #[derive(Clone)]
 pub struct Key([u8; KEY_LEN]);

@@ -34,9 +34,6 @@ pub enum Command {
     },
 }
 
-/// Default port of the remote converter.
-pub const DEFAULT_REMOTE_PORT: u16 = 5124;
-
 /// Flags of `mptcp-user gateway`.
 #[derive(Debug, Args)]
 pub struct GatewayArgs {

@@ -2,12 +2,7 @@
 //! opens an MPTCP connection for each (to the remote converter, or straight to the
 //! original destination with `--direct`), and relays.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
 use aya_log::EbpfLogger;
@@ -15,22 +10,18 @@ use log::{debug, error, info, warn};
 use tokio::{
     io::AsyncWriteExt as _,
     net::{TcpListener, TcpStream},
-    signal::unix::SignalKind,
-    task::JoinSet,
 };
 
 use crate::{
-    auth::Key,
+    auth::{self, Key},
     cli::GatewayArgs,
     ebpf::Programs,
     protocol::{self, Request, Response},
     relay::{self, PipePool},
+    server,
     sys::{self, InstanceLock},
     wire,
 };
-
-/// How long live relays may finish after SIGINT/SIGTERM.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Where the gateway sends intercepted connections.
 pub enum Upstream {
@@ -69,11 +60,11 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
         if let Some(name) = &args.congestion {
             sys::check_congestion(name)?;
         }
-        let upstream = match (&args.remote, args.direct) {
-            (Some(_), true) => bail!("--remote and --direct exclude each other"),
-            (None, false) => bail!("say where connections go: --remote HOST:PORT or --direct"),
-            (None, true) => Upstream::Direct,
-            (Some(remote), false) => {
+        // clap makes --remote and --key-file required unless --direct, and excludes both
+        // with it.
+        let upstream = match &args.remote {
+            None => Upstream::Direct,
+            Some(remote) => {
                 let key_file = args
                     .key_file
                     .as_ref()
@@ -118,7 +109,7 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
             congestion: args.congestion.clone(),
             pipes: PipePool::new(256),
         });
-        serve(listener, gateway, shutdown_signal()?).await;
+        serve(listener, gateway, server::shutdown_signal()?).await;
         info!("shutting down: detaching programs and removing pins");
         drop(programs);
         Ok(())
@@ -132,62 +123,10 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) {
-    accept_until(listener, shutdown, |stream, peer, tasks| {
+    server::accept_until(listener, shutdown, |stream, peer, tasks| {
         tasks.spawn(handle(stream, peer, Arc::clone(&gateway)));
     })
     .await;
-}
-
-/// The accept loop both daemons share: hands each connection to `on_accept` (which
-/// spawns its task into the set, or refuses it) until `shutdown` resolves, then drains
-/// the live tasks.
-pub async fn accept_until(
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-    mut on_accept: impl FnMut(TcpStream, SocketAddr, &mut JoinSet<()>),
-) {
-    let mut tasks = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // EMFILE and friends: wait instead of spinning.
-                    warn!("accept failed: {error}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        // Reap finished connections so the set only holds live ones.
-        while tasks.try_join_next().is_some() {}
-        on_accept(stream, peer, &mut tasks);
-    }
-    drain(tasks).await;
-}
-
-/// Waits up to the grace period for `tasks`, then aborts the rest.
-async fn drain(mut tasks: JoinSet<()>) {
-    if tasks.is_empty() {
-        return;
-    }
-    info!(
-        "waiting up to {SHUTDOWN_GRACE:?} for {} live connections",
-        tasks.len()
-    );
-    let all_done = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(SHUTDOWN_GRACE, all_done)
-        .await
-        .is_err()
-    {
-        warn!(
-            "{} connections still open after the grace period; closing them",
-            tasks.len()
-        );
-        tasks.abort_all();
-    }
 }
 
 async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
@@ -275,12 +214,9 @@ async fn open_upstream(
     let mut stream = sys::connect(remote, true, configure)
         .await
         .with_context(|| format!("MPTCP connect to the converter {remote} failed"))?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
     let request = Request {
         destination,
-        cookie: Some(key.cookie(destination, now)?),
+        cookie: Some(key.cookie(destination, auth::unix_now())?),
     };
     let mut first_segment = request.to_message().encode()?;
     // Whatever the client sent while we connected: most clients speak first.
@@ -298,20 +234,6 @@ async fn open_upstream(
         Response::Connected => Ok((stream, server_early)),
         Response::Error(code) => bail!("the converter refused: {code}"),
     }
-}
-
-/// Resolves at the first SIGINT or SIGTERM.
-pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
-    let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())
-        .context("failed to listen for SIGINT")?;
-    let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())
-        .context("failed to listen for SIGTERM")?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-    })
 }
 
 /// Forwards the eBPF programs' log records to env_logger as they arrive.

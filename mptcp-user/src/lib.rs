@@ -12,6 +12,7 @@
 //! - [`protocol`]: the RFC 8803 Convert codec (pure, no I/O).
 //! - [`auth`]: the cookie that authenticates Convert requests (HMAC-SHA256, replay window).
 //! - [`relay`]: the splice(2) engine that moves bytes between two sockets.
+//! - [`server`]: the accept loop, shutdown signals and grace period both daemons share.
 //! - [`wire`]: reading a whole Convert message off a socket.
 //! - [`sys`]: host set-up that needs raw system calls (bpffs, rlimits).
 
@@ -24,5 +25,6 @@ pub mod policy;
 pub mod protocol;
 pub mod relay;
 pub mod remote;
+pub mod server;
 pub mod sys;
 pub mod wire;

@@ -6,7 +6,7 @@ use std::{
     future::Future,
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -18,12 +18,12 @@ use tokio::{
 };
 
 use crate::{
-    auth::{AuthError, Key, Verifier},
+    auth::{self, AuthError, Key, Verifier},
     cli::RemoteArgs,
     policy::{self, DestinationPolicy},
     protocol::{ErrorCode, Request, Response},
     relay::{self, PipePool},
-    sys, wire,
+    server, sys, wire,
 };
 
 /// Settings of a running converter.
@@ -69,14 +69,14 @@ pub fn run(args: &RemoteArgs) -> anyhow::Result<()> {
         let listener = sys::listen(args.listen, true, false)
             .with_context(|| format!("failed to listen on {}", args.listen))?;
         info!("remote converter listening on {} (MPTCP)", args.listen);
-        serve(listener, remote, crate::gateway::shutdown_signal()?).await;
+        serve(listener, remote, server::shutdown_signal()?).await;
         Ok(())
     })
 }
 
 /// Accepts connections until `shutdown` resolves, then gives live relays a grace period.
 pub async fn serve(listener: TcpListener, remote: Arc<Remote>, shutdown: impl Future<Output = ()>) {
-    crate::gateway::accept_until(listener, shutdown, |stream, peer, tasks| {
+    server::accept_until(listener, shutdown, |stream, peer, tasks| {
         if let Ok(permit) = remote.connections.clone().try_acquire_owned() {
             tasks.spawn(handle(stream, peer, Arc::clone(&remote), permit));
         } else {
@@ -168,14 +168,15 @@ async fn read_request(
     };
     let request =
         Request::from_message(&message).map_err(|error| (error.error_code(), error.to_string()))?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
     remote
         .verifier
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .verify(request.destination, request.cookie.as_deref(), now)
+        .verify(
+            request.destination,
+            request.cookie.as_deref(),
+            auth::unix_now(),
+        )
         .map_err(|error| {
             let code = if error == AuthError::Missing {
                 ErrorCode::MissingCookie

@@ -129,7 +129,7 @@ pub fn fill_random(buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// A socket of `domain` for `addr`'s family: MPTCP when `mptcp`, else TCP; non-blocking.
+/// A non-blocking stream socket of `addr`'s family: MPTCP when `mptcp`, else TCP.
 fn stream_socket(addr: SocketAddr, mptcp: bool) -> io::Result<Socket> {
     let protocol = if mptcp {
         Protocol::MPTCP
@@ -141,8 +141,9 @@ fn stream_socket(addr: SocketAddr, mptcp: bool) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// Connects a socket (MPTCP when `mptcp`) to `addr` with a timeout. The kernel falls back
-/// to plain TCP by itself when the peer does not speak MPTCP.
+/// Connects a socket (MPTCP when `mptcp`) to `addr`, after `configure` has set its
+/// options; callers bound the wait. The kernel falls back to plain TCP by itself when the
+/// peer does not speak MPTCP.
 pub async fn connect(
     addr: SocketAddr,
     mptcp: bool,

@@ -1,0 +1,81 @@
+//! Plumbing both daemons share: the accept loop with its shutdown grace period, and the
+//! signals that end a daemon.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+use log::{info, warn};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    signal::unix::SignalKind,
+    task::JoinSet,
+};
+
+/// How long live relays may finish after SIGINT/SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The accept loop: hands each connection to `on_accept` (which
+/// spawns its task into the set, or refuses it) until `shutdown` resolves, then drains
+/// the live tasks.
+pub async fn accept_until(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    mut on_accept: impl FnMut(TcpStream, SocketAddr, &mut JoinSet<()>),
+) {
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: wait instead of spinning.
+                    warn!("accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // Reap finished connections so the set only holds live ones.
+        while tasks.try_join_next().is_some() {}
+        on_accept(stream, peer, &mut tasks);
+    }
+    drain(tasks).await;
+}
+
+/// Waits up to the grace period for `tasks`, then aborts the rest.
+async fn drain(mut tasks: JoinSet<()>) {
+    if tasks.is_empty() {
+        return;
+    }
+    info!(
+        "waiting up to {SHUTDOWN_GRACE:?} for {} live connections",
+        tasks.len()
+    );
+    let all_done = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, all_done)
+        .await
+        .is_err()
+    {
+        warn!(
+            "{} connections still open after the grace period; closing them",
+            tasks.len()
+        );
+        tasks.abort_all();
+    }
+}
+
+/// Resolves at the first SIGINT or SIGTERM.
+pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())
+        .context("failed to listen for SIGINT")?;
+    let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())
+        .context("failed to listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
