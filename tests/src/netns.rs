@@ -114,14 +114,6 @@ impl Process {
         })
     }
 
-    /// Sends SIGTERM and waits for the exit; returns whether it exited with success.
-    pub fn terminate(mut self) -> anyhow::Result<bool> {
-        let pid = self.child.id().to_string();
-        run(Command::new("kill").args(["-TERM", &pid]))?;
-        let status = self.child.wait()?;
-        Ok(status.success())
-    }
-
     /// Fails if the process already exited (e.g. it refused its arguments).
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {

@@ -12,11 +12,7 @@
 //! forwarding (no gateway daemon) goes by uplink 1. Until the eBPF redirect lands,
 //! LAN flows reach the gateway's transparent listener through an nftables tproxy rule.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::Context as _;
 
@@ -225,7 +221,7 @@ impl Testbed {
         &mut self,
         dir: &Path,
         gateway_args: &[&str],
-    ) -> anyhow::Result<PathBuf> {
+    ) -> anyhow::Result<()> {
         let binary = crate::mptcp_user_bin();
         let key = dir.join("key");
         crate::netns::run(Command::new(&binary).arg("keygen").arg(&key))?;
@@ -259,8 +255,7 @@ impl Testbed {
             .wait_listening(REMOTE_PORT, Duration::from_secs(10))?;
         self.gateway
             .wait_listening(GATEWAY_PORT, Duration::from_secs(10))?;
-        self.check_running()?;
-        Ok(key)
+        self.check_running()
     }
 
     /// Serves the files of `dir` over HTTP on port 80 of the server (python3's stock

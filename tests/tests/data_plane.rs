@@ -2,7 +2,7 @@
 //! the gateway, carried over MPTCP on every uplink to the converter, and on to a server.
 //! Real third-party programs at the ends: curl on the LAN host, python3's http.server.
 
-use std::{fs, path::Path, process::Command};
+use std::{fs, process::Command};
 
 use mptcp_tests::{
     TempDir, require_root,
@@ -12,19 +12,63 @@ use mptcp_tests::{
 /// Uplinks fast enough to keep the tests short, unequal like real ones.
 const UPLINKS: [Uplink; 2] = [Uplink { rate_mbit: 80 }, Uplink { rate_mbit: 40 }];
 
-/// A file of `len` pseudo-random bytes (incompressible, and no two runs alike).
-fn write_random_file(path: &Path, len: usize) -> Vec<u8> {
+/// `len` pseudo-random bytes (incompressible, and no two runs alike).
+fn random_bytes(len: usize) -> Vec<u8> {
     let mut state = u64::from(std::process::id()) | 1;
-    let bytes: Vec<u8> = (0..len)
+    (0..len)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             state.to_le_bytes()[0]
         })
-        .collect();
-    fs::write(path, &bytes).unwrap();
-    bytes
+        .collect()
+}
+
+/// A testbed with the converter and the gateway running (`gateway_args` added to the
+/// gateway's command line), keeping its key and logs in `dir`.
+fn deploy(dir: &TempDir, label: &str, gateway_args: &[&str]) -> Testbed {
+    let mut testbed = Testbed::new(label, &UPLINKS).unwrap();
+    testbed
+        .start_gateway_and_remote(dir.path(), gateway_args)
+        .unwrap();
+    testbed
+}
+
+/// Serves `files` (name, contents) from python3's http.server on the server host.
+fn serve_files(testbed: &mut Testbed, dir: &TempDir, files: &[(&str, &[u8])]) {
+    let served = dir.path().join("www");
+    fs::create_dir(&served).unwrap();
+    for (name, contents) in files {
+        fs::write(served.join(name), contents).unwrap();
+    }
+    testbed
+        .start_http_server(&served, &dir.path().join("http.log"))
+        .unwrap();
+}
+
+/// Runs a python3 `script` (with `args`) on the server host and waits until it listens
+/// on `port`.
+fn start_python_server(
+    testbed: &mut Testbed,
+    dir: &TempDir,
+    script: &str,
+    args: &[&str],
+    port: u16,
+) {
+    let mut server = testbed.server.command("python3");
+    server.args(["-c", script]).args(args);
+    let log = dir.path().join(format!("server-{port}.log"));
+    testbed.start("python server", &mut server, &log).unwrap();
+    testbed
+        .server
+        .wait_listening(port, std::time::Duration::from_secs(10))
+        .unwrap();
+}
+
+/// What a daemon ("gateway" or "remote") has logged so far.
+fn daemon_log(dir: &TempDir, daemon: &str) -> String {
+    fs::read_to_string(dir.path().join(format!("{daemon}.log"))).unwrap()
 }
 
 /// Runs curl in the LAN namespace; returns whether it succeeded.
@@ -43,14 +87,9 @@ fn curl(testbed: &Testbed, args: &[&str]) -> bool {
 fn download_arrives_intact_over_both_uplinks() {
     require_root();
     let dir = TempDir::new("download").unwrap();
-    let mut testbed = Testbed::new("dl", &UPLINKS).unwrap();
-    testbed.start_gateway_and_remote(dir.path(), &[]).unwrap();
-    let served = dir.path().join("www");
-    fs::create_dir(&served).unwrap();
-    let original = write_random_file(&served.join("file"), 24 * 1024 * 1024);
-    testbed
-        .start_http_server(&served, &dir.path().join("http.log"))
-        .unwrap();
+    let mut testbed = deploy(&dir, "dl", &[]);
+    let original = random_bytes(24 * 1024 * 1024);
+    serve_files(&mut testbed, &dir, &[("file", &original)]);
 
     let before = testbed.uplink_rx_bytes().unwrap();
     let output = dir.path().join("downloaded");
@@ -74,7 +113,7 @@ fn download_arrives_intact_over_both_uplinks() {
             original.len()
         );
     }
-    let gateway_log = fs::read_to_string(dir.path().join("gateway.log")).unwrap();
+    let gateway_log = daemon_log(&dir, "gateway");
     assert!(
         !gateway_log.contains("refused"),
         "gateway log: {gateway_log}"
@@ -103,20 +142,13 @@ http.server.HTTPServer(('0.0.0.0', 8080), Handler).serve_forever()
 fn upload_arrives_intact() {
     require_root();
     let dir = TempDir::new("upload").unwrap();
-    let mut testbed = Testbed::new("ul", &UPLINKS).unwrap();
-    testbed.start_gateway_and_remote(dir.path(), &[]).unwrap();
-    let mut server = testbed.server.command("python3");
-    server.args(["-c", PUT_SERVER]).arg(dir.path());
-    testbed
-        .start("put server", &mut server, &dir.path().join("put.log"))
-        .unwrap();
-    testbed
-        .server
-        .wait_listening(8080, std::time::Duration::from_secs(10))
-        .unwrap();
+    let mut testbed = deploy(&dir, "ul", &[]);
+    let upload_dir = dir.path().to_str().unwrap().to_owned();
+    start_python_server(&mut testbed, &dir, PUT_SERVER, &[&upload_dir], 8080);
 
     let file = dir.path().join("to-upload");
-    let original = write_random_file(&file, 20 * 1024 * 1024);
+    let original = random_bytes(20 * 1024 * 1024);
+    fs::write(&file, &original).unwrap();
     let url = format!("http://{SERVER}:8080/upload");
     assert!(
         curl(
@@ -142,16 +174,8 @@ fn gateway_with_a_wrong_key_is_not_authorized() {
             .arg(&wrong_key),
     )
     .unwrap();
-    let mut testbed = Testbed::new("key", &UPLINKS).unwrap();
-    testbed
-        .start_gateway_and_remote(dir.path(), &["--key-file", wrong_key.to_str().unwrap()])
-        .unwrap();
-    let served = dir.path().join("www");
-    fs::create_dir(&served).unwrap();
-    fs::write(served.join("index.html"), "hello").unwrap();
-    testbed
-        .start_http_server(&served, &dir.path().join("http.log"))
-        .unwrap();
+    let mut testbed = deploy(&dir, "key", &["--key-file", wrong_key.to_str().unwrap()]);
+    serve_files(&mut testbed, &dir, &[("index.html", b"hello")]);
 
     assert!(
         !curl(
@@ -160,12 +184,12 @@ fn gateway_with_a_wrong_key_is_not_authorized() {
         ),
         "must fail"
     );
-    let gateway_log = fs::read_to_string(dir.path().join("gateway.log")).unwrap();
+    let gateway_log = daemon_log(&dir, "gateway");
     assert!(
         gateway_log.contains("Not Authorized (32)"),
         "gateway log: {gateway_log}"
     );
-    let remote_log = fs::read_to_string(dir.path().join("remote.log")).unwrap();
+    let remote_log = daemon_log(&dir, "remote");
     assert!(remote_log.contains("bad MAC"), "remote log: {remote_log}");
     // The converter stays healthy.
     testbed.check_running().unwrap();
@@ -175,14 +199,8 @@ fn gateway_with_a_wrong_key_is_not_authorized() {
 fn private_destinations_are_refused_by_the_converter() {
     require_root();
     let dir = TempDir::new("private").unwrap();
-    let mut testbed = Testbed::new("priv", &UPLINKS).unwrap();
-    testbed.start_gateway_and_remote(dir.path(), &[]).unwrap();
-    let served = dir.path().join("www");
-    fs::create_dir(&served).unwrap();
-    fs::write(served.join("index.html"), "hello").unwrap();
-    testbed
-        .start_http_server(&served, &dir.path().join("http.log"))
-        .unwrap();
+    let mut testbed = deploy(&dir, "priv", &[]);
+    serve_files(&mut testbed, &dir, &[("index.html", b"hello")]);
 
     // The same server on its public address works, so a failure is the policy's doing.
     assert!(curl(
@@ -197,7 +215,7 @@ fn private_destinations_are_refused_by_the_converter() {
             &format!("http://{SERVER_PRIVATE}/")
         ]
     ));
-    let remote_log = fs::read_to_string(dir.path().join("remote.log")).unwrap();
+    let remote_log = daemon_log(&dir, "remote");
     assert!(
         remote_log.contains(&format!(
             "destination refused: {SERVER_PRIVATE} is in the refused range"
@@ -244,21 +262,8 @@ print('match' if reply == expected else 'mismatch %d bytes' % len(reply))
 fn half_close_lets_the_client_receive_the_whole_response() {
     require_root();
     let dir = TempDir::new("halfclose").unwrap();
-    let mut testbed = Testbed::new("half", &UPLINKS).unwrap();
-    testbed.start_gateway_and_remote(dir.path(), &[]).unwrap();
-    let mut server = testbed.server.command("python3");
-    server.args(["-c", HALF_CLOSE_SERVER]);
-    testbed
-        .start(
-            "half-close server",
-            &mut server,
-            &dir.path().join("server.log"),
-        )
-        .unwrap();
-    testbed
-        .server
-        .wait_listening(7000, std::time::Duration::from_secs(10))
-        .unwrap();
+    let mut testbed = deploy(&dir, "half", &[]);
+    start_python_server(&mut testbed, &dir, HALF_CLOSE_SERVER, &[], 7000);
 
     let output = testbed
         .client
@@ -289,8 +294,7 @@ fn converter_answers_bad_requests_with_rfc_error_codes() {
     use mptcp_tests::testbed::{REMOTE, REMOTE_PORT};
     require_root();
     let dir = TempDir::new("rawreq").unwrap();
-    let mut testbed = Testbed::new("raw", &UPLINKS).unwrap();
-    testbed.start_gateway_and_remote(dir.path(), &[]).unwrap();
+    let mut testbed = deploy(&dir, "raw", &[]);
     let port = REMOTE_PORT.to_string();
     let ask = |hex: &str| {
         testbed
@@ -323,7 +327,7 @@ fn converter_answers_bad_requests_with_rfc_error_codes() {
     );
     // A request cut short: after the 5 s request timeout, Malformed Message (1).
     assert_eq!(ask("010122"), "010222631e010100", "Malformed Message (1)");
-    let remote_log = fs::read_to_string(dir.path().join("remote.log")).unwrap();
+    let remote_log = daemon_log(&dir, "remote");
     assert!(
         remote_log.contains("refused (Missing Cookie (3))"),
         "remote log: {remote_log}"
