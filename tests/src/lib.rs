@@ -5,6 +5,8 @@
 //! time. They never skip: without root they fail and say why.
 
 pub mod cgroup;
+pub mod emulator;
+pub mod measure;
 pub mod netns;
 pub mod testbed;
 

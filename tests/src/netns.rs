@@ -96,6 +96,17 @@ impl Drop for Netns {
     }
 }
 
+/// Moves the calling thread (only it) into network namespace `name`.
+pub fn enter(name: &str) -> anyhow::Result<()> {
+    let namespace = std::fs::File::open(format!("/run/netns/{name}"))
+        .with_context(|| format!("no network namespace {name}"))?;
+    nix::sched::setns(
+        std::os::fd::AsFd::as_fd(&namespace),
+        nix::sched::CloneFlags::CLONE_NEWNET,
+    )
+    .with_context(|| format!("entering network namespace {name}"))
+}
+
 /// A background process, killed (and reaped) on drop.
 pub struct Process {
     child: Child,

@@ -2,12 +2,14 @@
 //! converter host, and a server behind it.
 //!
 //! ```text
-//! client --lan0-- gateway --up1..upN (HTB)-- remote --srv0-- server
+//! client --lan0-- gateway --up1..upN-- remote --srv0-- server
 //! 192.168.50.2   .50.1 | 10.0.I.1    10.0.I.2 | 203.0.113.1   203.0.113.10
 //!                                              |  10.9.0.1     10.9.0.10 (private)
 //! ```
 //!
-//! The gateway's uplink addresses are MPTCP `subflow` endpoints, each with a
+//! An uplink is either a veth pair shaped by HTB (zero delay, fast to set up) or a line
+//! of the wire emulator (rate, delay, loss: like DSL, LTE or satellite). The gateway's
+//! uplink addresses are MPTCP `subflow` endpoints, each with a
 //! source-address routing table so that its subflow leaves by its own uplink. Plain
 //! forwarding (no gateway daemon) goes by uplink 1. Until the eBPF redirect lands,
 //! LAN flows reach the gateway's transparent listener through an nftables tproxy rule.
@@ -16,7 +18,10 @@ use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::Context as _;
 
-use crate::netns::{Netns, Process};
+use crate::{
+    emulator::{EmulatedLink, Shape},
+    netns::{Netns, Process},
+};
 
 /// The server's public address.
 pub const SERVER: &str = "203.0.113.10";
@@ -32,17 +37,84 @@ pub const GATEWAY_PORT: u16 = 15124;
 const TPROXY_MARK: &str = "1";
 const TPROXY_TABLE: &str = "100";
 
-/// One uplink's shape.
-#[derive(Clone, Copy, Debug)]
+/// One uplink's shape, the same in both directions.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Uplink {
-    /// Rate in Mbit/s, each direction.
+    /// Rate in Mbit/s.
     pub rate_mbit: u32,
+    /// One-way delay in ms; zero with HTB.
+    pub delay_ms: u32,
+    /// Random loss in percent, each direction.
+    pub loss_percent: f64,
+    /// Whether the wire emulator carries it (else a veth pair shaped by HTB).
+    pub emulated: bool,
+}
+
+impl Uplink {
+    /// A zero-delay veth pair shaped by HTB.
+    pub const fn htb(rate_mbit: u32) -> Self {
+        Self {
+            rate_mbit,
+            delay_ms: 0,
+            loss_percent: 0.0,
+            emulated: false,
+        }
+    }
+
+    /// A line of the wire emulator with this rate and one-way delay.
+    pub const fn line(rate_mbit: u32, delay_ms: u32) -> Self {
+        Self {
+            rate_mbit,
+            delay_ms,
+            loss_percent: 0.0,
+            emulated: true,
+        }
+    }
+
+    /// The same line, losing `loss_percent` of its frames each way.
+    #[must_use]
+    pub const fn with_loss(self, loss_percent: f64) -> Self {
+        Self {
+            loss_percent,
+            ..self
+        }
+    }
+
+    /// The emulator's shape for this line. Its queue holds one round trip (a modem
+    /// buffer sized to the bandwidth-delay product), at least 50 ms.
+    pub fn shape(&self) -> Shape {
+        let delay = Duration::from_millis(self.delay_ms.into());
+        Shape {
+            rate_mbit: self.rate_mbit.into(),
+            delay,
+            jitter: Duration::ZERO,
+            loss_percent: self.loss_percent,
+            queue: (2 * delay).max(Duration::from_millis(50)),
+        }
+    }
+}
+
+impl std::fmt::Display for Uplink {
+    /// `20 Mbit/s 15 ms 1% loss`, or `20 Mbit/s HTB`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} Mbit/s", self.rate_mbit)?;
+        if !self.emulated {
+            return write!(f, " HTB");
+        }
+        write!(f, " {} ms", self.delay_ms)?;
+        if self.loss_percent > 0.0 {
+            write!(f, " {}% loss", self.loss_percent)?;
+        }
+        Ok(())
+    }
 }
 
 /// The four hosts, torn down on drop (processes first, then namespaces).
 pub struct Testbed {
     /// Started daemons and servers; dropped (killed) before the namespaces.
     processes: Vec<Process>,
+    /// The emulated uplinks' wires; dropped before the namespaces.
+    wires: Vec<EmulatedLink>,
     /// The LAN host.
     pub client: Netns,
     /// The multi-uplink gateway.
@@ -61,8 +133,9 @@ impl Testbed {
     /// Builds the four namespaces and wires them up.
     pub fn new(label: &str, uplinks: &[Uplink]) -> anyhow::Result<Self> {
         let name = crate::unique_name(label);
-        let testbed = Self {
+        let mut testbed = Self {
             processes: Vec::new(),
+            wires: Vec::new(),
             client: Netns::new(format!("{name}-c"))?,
             gateway: Netns::new(format!("{name}-g"))?,
             remote: Netns::new(format!("{name}-r"))?,
@@ -74,7 +147,25 @@ impl Testbed {
         Ok(testbed)
     }
 
-    fn wire(&self) -> anyhow::Result<()> {
+    fn wire(&mut self) -> anyhow::Result<()> {
+        for (index, uplink) in self.uplinks.iter().enumerate() {
+            let interface = format!("up{}", index + 1);
+            if uplink.emulated {
+                self.wires.push(EmulatedLink::new(
+                    (self.gateway.name(), &interface),
+                    (self.remote.name(), &interface),
+                    uplink.shape(),
+                    uplink.shape(),
+                )?);
+                self.gateway.ip(&["link", "set", &interface, "up"])?;
+                self.remote.ip(&["link", "set", &interface, "up"])?;
+            } else {
+                veth(&self.gateway, &interface, &self.remote, &interface)?;
+                for netns in [&self.gateway, &self.remote] {
+                    shape(netns, &interface, uplink.rate_mbit)?;
+                }
+            }
+        }
         let (client, gateway, remote, server) =
             (&self.client, &self.gateway, &self.remote, &self.server);
         veth(client, "lan0", gateway, "lan0")?;
@@ -104,10 +195,8 @@ impl Testbed {
                 "8",
             ])?;
         }
-        for (index, uplink) in self.uplinks.iter().enumerate() {
-            let i = index + 1;
+        for i in 1..=self.uplinks.len() {
             let interface = format!("up{i}");
-            veth(gateway, &interface, remote, &interface)?;
             let (gateway_address, remote_address) = (format!("10.0.{i}.1"), format!("10.0.{i}.2"));
             gateway.ip(&[
                 "addr",
@@ -146,9 +235,6 @@ impl Testbed {
                     &interface,
                     "subflow",
                 ])?;
-            }
-            for netns in [gateway, remote] {
-                shape(netns, &interface, uplink.rate_mbit)?;
             }
         }
         gateway.ip(&["route", "add", "default", "via", "10.0.1.2", "dev", "up1"])?;
@@ -286,8 +372,9 @@ impl Testbed {
 
 impl Drop for Testbed {
     fn drop(&mut self) {
-        // Processes die before their namespaces go away.
+        // Processes and wires end before their namespaces go away.
         self.processes.clear();
+        self.wires.clear();
     }
 }
 

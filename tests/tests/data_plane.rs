@@ -10,7 +10,7 @@ use mptcp_tests::{
 };
 
 /// Uplinks fast enough to keep the tests short, unequal like real ones.
-const UPLINKS: [Uplink; 2] = [Uplink { rate_mbit: 80 }, Uplink { rate_mbit: 40 }];
+const UPLINKS: [Uplink; 2] = [Uplink::htb(80), Uplink::htb(40)];
 
 /// `len` pseudo-random bytes (incompressible, and no two runs alike).
 fn random_bytes(len: usize) -> Vec<u8> {

@@ -5,7 +5,7 @@
 //!   `-Z build-std=core` for the BPF target needs the `core` source of the very compiler
 //!   that builds it, and rustup cannot download rust-src here.
 //! - bpf-linker 0.13 linked against LLVM 22 (llvm-22-dev), the LLVM of that rustc.
-//! - bpftool, iproute2, nftables, curl, iperf3, python3: used by the tests and the testbed.
+//! - bpftool, iproute2, nftables, curl, iputils-ping, python3: used by the tests and the testbed.
 //!
 //! Every step checks first, so a second run takes well under a second.
 
@@ -31,7 +31,7 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
     "curl",
-    "iperf3",
+    "iputils-ping",
     "python3",
 ];
 

@@ -1,0 +1,197 @@
+//! Throughput and round-trip measurements between the testbed's namespaces, made in
+//! this process: a thread enters each namespace, so the timing is ours, not a tool's
+//! printout's.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::netns::{Netns, enter};
+
+/// How often the receiver samples its byte count.
+pub const SAMPLE: Duration = Duration::from_millis(100);
+
+/// Plain TCP, or Multipath TCP on both ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Mptcp,
+}
+
+/// What one bulk download delivered, sampled every [`SAMPLE`].
+#[derive(Clone, Debug)]
+pub struct Download {
+    /// Bytes received in each sample interval.
+    pub samples: Vec<u64>,
+}
+
+impl Download {
+    /// Mean goodput over the whole download, in Mbit/s.
+    pub fn mbit_per_s(&self) -> f64 {
+        rate_mbit(&self.samples)
+    }
+
+    /// Mean goodput once past the first `skip`, in Mbit/s (the steady state).
+    pub fn steady_mbit_per_s(&self, skip: Duration) -> f64 {
+        let skip = usize::try_from(skip.as_millis() / SAMPLE.as_millis()).unwrap_or(usize::MAX);
+        rate_mbit(self.samples.get(skip..).unwrap_or_default())
+    }
+
+    /// Goodput of each whole second, in Mbit/s.
+    pub fn per_second_mbit(&self) -> Vec<f64> {
+        self.samples.chunks_exact(10).map(rate_mbit).collect()
+    }
+
+    /// When the rate over the preceding second first reached 90% of the final rate (the
+    /// mean of the last five seconds).
+    pub fn time_to_90_percent(&self) -> Option<Duration> {
+        let last_five = self.samples.len().saturating_sub(50);
+        let target = 0.9 * rate_mbit(&self.samples[last_five..]);
+        (10..=self.samples.len())
+            .find(|&end| rate_mbit(&self.samples[end - 10..end]) >= target)
+            .map(|end| SAMPLE * u32::try_from(end).unwrap_or(u32::MAX))
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn rate_mbit(samples: &[u64]) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let bytes: u64 = samples.iter().sum();
+    bytes as f64 * 8.0 / (samples.len() as f64 * SAMPLE.as_secs_f64()) / 1e6
+}
+
+/// One bulk download for `duration`: a sender in `server` listening on `address`, a
+/// receiver in `client` connecting to it. Both ends use `transport` and, if given, the
+/// congestion control `congestion`.
+pub fn download(
+    client: &Netns,
+    server: &Netns,
+    address: SocketAddr,
+    transport: Transport,
+    congestion: Option<&str>,
+    duration: Duration,
+) -> anyhow::Result<Download> {
+    let (listening_tx, listening_rx) = mpsc::channel();
+    let server_netns = server.name().to_owned();
+    let congestion_owned = congestion.map(str::to_owned);
+    let sender = thread::spawn(move || -> anyhow::Result<()> {
+        enter(&server_netns)?;
+        let listener = socket(address, transport)?;
+        listener.set_reuse_address(true)?;
+        let bind = SocketAddr::new(unspecified(address.ip()), address.port());
+        listener.bind(&bind.into())?;
+        listener.listen(1)?;
+        // accept() honours the receive timeout: no receiver must not hang the sender.
+        listener.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let _ = listening_tx.send(());
+        let (stream, _) = listener.accept().context("no receiver connected")?;
+        if let Some(name) = &congestion_owned {
+            stream.set_tcp_congestion(name.as_bytes())?;
+        }
+        let mut stream = std::net::TcpStream::from(stream);
+        let block = vec![0u8; 128 * 1024];
+        // Until the receiver closes: its reset or EPIPE ends the loop.
+        while stream.write_all(&block).is_ok() {}
+        Ok(())
+    });
+    let received = listening_rx
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| anyhow::anyhow!("the sender did not start"))
+        .and_then(|()| {
+            let client_netns = client.name().to_owned();
+            let congestion = congestion.map(str::to_owned);
+            thread::spawn(move || {
+                enter(&client_netns)?;
+                receive(address, transport, congestion.as_deref(), duration)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the receiver panicked"))?
+        });
+    let sent = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("the sender panicked"))?;
+    let download = received?;
+    sent?;
+    Ok(download)
+}
+
+/// Connects to `address` and counts what arrives for `duration`.
+fn receive(
+    address: SocketAddr,
+    transport: Transport,
+    congestion: Option<&str>,
+    duration: Duration,
+) -> anyhow::Result<Download> {
+    let socket = socket(address, transport)?;
+    if let Some(name) = congestion {
+        socket.set_tcp_congestion(name.as_bytes())?;
+    }
+    socket
+        .connect_timeout(&address.into(), Duration::from_secs(10))
+        .with_context(|| format!("connecting to {address}"))?;
+    socket.set_read_timeout(Some(SAMPLE / 4))?;
+    let mut stream = std::net::TcpStream::from(socket);
+    let mut buffer = vec![0u8; 256 * 1024];
+    let start = Instant::now();
+    let intervals = u32::try_from(duration.as_millis() / SAMPLE.as_millis())?;
+    let mut samples = vec![0u64; intervals as usize];
+    loop {
+        let interval = start.elapsed().as_millis() / SAMPLE.as_millis();
+        let Some(slot) = usize::try_from(interval)
+            .ok()
+            .and_then(|i| samples.get_mut(i))
+        else {
+            break;
+        };
+        match stream.read(&mut buffer) {
+            Ok(0) => bail!("the sender closed after {:?}", start.elapsed()),
+            Ok(read) => *slot += read as u64,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error).context("receiving"),
+        }
+    }
+    Ok(Download { samples })
+}
+
+/// A stream socket for `address`'s family.
+fn socket(address: SocketAddr, transport: Transport) -> std::io::Result<Socket> {
+    let protocol = match transport {
+        Transport::Tcp => Protocol::TCP,
+        Transport::Mptcp => Protocol::MPTCP,
+    };
+    Socket::new(Domain::for_address(address), Type::STREAM, Some(protocol))
+}
+
+fn unspecified(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+/// The mean round-trip time of `count` pings from `from` to `address`, after one
+/// unmeasured ping that resolves the neighbour's address.
+pub fn ping_rtt(from: &Netns, address: &str, count: u32) -> anyhow::Result<Duration> {
+    from.exec("ping", &["-q", "-n", "-c", "1", address])?;
+    let output = from.exec(
+        "ping",
+        &["-q", "-n", "-i", "0.2", "-c", &count.to_string(), address],
+    )?;
+    // "rtt min/avg/max/mdev = 30.1/30.4/31.0/0.2 ms"
+    let average = output
+        .lines()
+        .find_map(|line| line.split(" = ").nth(1))
+        .and_then(|figures| figures.split('/').nth(1))
+        .and_then(|average| average.parse::<f64>().ok())
+        .with_context(|| format!("no RTT in ping's output: {output}"))?;
+    Ok(Duration::from_secs_f64(average / 1000.0))
+}
