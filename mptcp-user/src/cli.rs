@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::policy::Cidr;
+use crate::{policy::Cidr, tuning::TuningArgs};
 
 /// Default directory (on bpffs) where a running gateway pins its maps.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/mptcp-gateway";
@@ -72,10 +72,8 @@ pub struct GatewayArgs {
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
     pub idle_timeout: u64,
 
-    /// Congestion control for the MPTCP connections (all their subflows), e.g. bbr or
-    /// cubic; default: the host's net.ipv4.tcp_congestion_control.
-    #[arg(long, value_name = "NAME")]
-    pub congestion: Option<String>,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
 }
 
 /// Flags of `mptcp-user remote`.
@@ -115,10 +113,8 @@ pub struct RemoteArgs {
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub replay_window: u64,
 
-    /// Congestion control for the accepted MPTCP connections (all their subflows), e.g.
-    /// bbr or cubic; default: the host's net.ipv4.tcp_congestion_control.
-    #[arg(long, value_name = "NAME")]
-    pub congestion: Option<String>,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
 }
 
 /// Flags of `mptcp-user flows`.

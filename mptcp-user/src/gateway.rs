@@ -20,6 +20,7 @@ use crate::{
     relay::{self, PipePool},
     server,
     sys::{self, InstanceLock},
+    tuning::Tuning,
     wire,
 };
 
@@ -46,8 +47,8 @@ pub struct Gateway {
     pub connect_timeout: Duration,
     /// Relays with no traffic for this long are reset.
     pub idle_timeout: Duration,
-    /// Congestion control for the MPTCP connections (None: the host's default).
-    pub congestion: Option<String>,
+    /// Congestion control and buffer of the MPTCP connections.
+    pub tuning: Tuning,
     /// Pipes for the relays.
     pub pipes: PipePool,
 }
@@ -57,9 +58,7 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
     runtime.block_on(async {
         let _lock = InstanceLock::acquire(&args.pin_path)?;
-        if let Some(name) = &args.congestion {
-            sys::check_congestion(name)?;
-        }
+        let tuning = Tuning::new(&args.tuning)?;
         // clap makes --remote and --key-file required unless --direct, and excludes both
         // with it.
         let upstream = match &args.remote {
@@ -106,7 +105,7 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
             listen: args.listen,
             connect_timeout: Duration::from_secs(args.connect_timeout),
             idle_timeout: Duration::from_secs(args.idle_timeout),
-            congestion: args.congestion.clone(),
+            tuning,
             pipes: PipePool::new(256),
         });
         serve(listener, gateway, server::shutdown_signal()?).await;
@@ -198,10 +197,7 @@ async fn open_upstream(
     destination: SocketAddr,
     gateway: &Gateway,
 ) -> anyhow::Result<(TcpStream, Vec<u8>)> {
-    let configure = |socket: &socket2::Socket| match &gateway.congestion {
-        Some(name) => sys::set_congestion(socket, name),
-        None => Ok(()),
-    };
+    let configure = |socket: &socket2::Socket| gateway.tuning.apply(socket);
     let (remote, key) = match &gateway.upstream {
         Upstream::Direct => {
             let stream = sys::connect(destination, true, configure)

@@ -13,6 +13,7 @@
 //! - [`auth`]: the cookie that authenticates Convert requests (HMAC-SHA256, replay window).
 //! - [`relay`]: the splice(2) engine that moves bytes between two sockets.
 //! - [`server`]: the accept loop, shutdown signals and grace period both daemons share.
+//! - [`tuning`]: congestion control and send buffer of the daemons' MPTCP sockets.
 //! - [`wire`]: reading a whole Convert message off a socket.
 //! - [`sys`]: host set-up that needs raw system calls (bpffs, rlimits).
 
@@ -27,4 +28,5 @@ pub mod relay;
 pub mod remote;
 pub mod server;
 pub mod sys;
+pub mod tuning;
 pub mod wire;

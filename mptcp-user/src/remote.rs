@@ -23,7 +23,9 @@ use crate::{
     policy::{self, DestinationPolicy},
     protocol::{ErrorCode, Request, Response},
     relay::{self, PipePool},
-    server, sys, wire,
+    server, sys,
+    tuning::Tuning,
+    wire,
 };
 
 /// Settings of a running converter.
@@ -40,8 +42,8 @@ pub struct Remote {
     pub idle_timeout: Duration,
     /// Bounds the number of connections served at once.
     pub connections: Arc<Semaphore>,
-    /// Congestion control for the accepted MPTCP connections (None: the host's default).
-    pub congestion: Option<String>,
+    /// Congestion control and buffer of the accepted MPTCP connections.
+    pub tuning: Tuning,
     /// Pipes for the relays.
     pub pipes: PipePool,
 }
@@ -49,9 +51,7 @@ pub struct Remote {
 /// `mptcp-user remote`: runs until SIGINT or SIGTERM.
 pub fn run(args: &RemoteArgs) -> anyhow::Result<()> {
     let key = Key::load(&args.key_file)?;
-    if let Some(name) = &args.congestion {
-        sys::check_congestion(name)?;
-    }
+    let tuning = Tuning::new(&args.tuning)?;
     let mut own = policy::local_addresses()?;
     own.push(args.listen.ip());
     let remote = Arc::new(Remote {
@@ -61,7 +61,7 @@ pub fn run(args: &RemoteArgs) -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(args.connect_timeout),
         idle_timeout: Duration::from_secs(args.idle_timeout),
         connections: Arc::new(Semaphore::new(args.max_conns)),
-        congestion: args.congestion.clone(),
+        tuning,
         pipes: PipePool::new(256),
     });
     let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
@@ -101,10 +101,8 @@ async fn handle(
     remote: Arc<Remote>,
     _permit: OwnedSemaphorePermit,
 ) {
-    if let Some(name) = &remote.congestion
-        && let Err(error) = sys::set_congestion(&socket2::SockRef::from(&client), name)
-    {
-        warn!("{peer}: cannot set congestion control {name}: {error}");
+    if let Err(error) = remote.tuning.apply(&socket2::SockRef::from(&client)) {
+        warn!("{peer}: cannot tune the MPTCP connection: {error}");
     }
     let (request, early_data) = match read_request(&mut client, &remote).await {
         Ok(found) => found,

@@ -183,11 +183,6 @@ pub fn reset_on_close(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
 }
 
-/// Sets the congestion control algorithm of a socket (on MPTCP, of all its subflows).
-pub fn set_congestion(socket: &Socket, name: &str) -> io::Result<()> {
-    socket.set_tcp_congestion(name.as_bytes())
-}
-
 /// A non-blocking pipe: (read end, write end).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?)
@@ -198,16 +193,4 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 pub fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     Ok(nix::fcntl::splice(from, None, to, None, len, flags)?)
-}
-
-/// Fails with a clear message when this kernel has no congestion control `name`, so a
-/// daemon refuses a typo at start instead of failing every connection.
-pub fn check_congestion(name: &str) -> anyhow::Result<()> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    set_congestion(&socket, name).with_context(|| {
-        format!(
-            "congestion control {name:?} is not available (see \
-             /proc/sys/net/ipv4/tcp_available_congestion_control)"
-        )
-    })
 }
