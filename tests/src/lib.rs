@@ -4,13 +4,14 @@
 //! The tests need root (eBPF, cgroups, namespaces); `cargo xtask test` runs them one at a
 //! time. They never skip: without root they fail and say why.
 
+pub mod aggregate;
 pub mod cgroup;
 pub mod emulator;
 pub mod measure;
 pub mod netns;
 pub mod testbed;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// Fails the calling test unless it runs as root.
 ///
@@ -61,4 +62,32 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn note_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Turns SIGINT and SIGTERM into [`interrupted`] becoming true, so that a long-running
+/// tool (benchmark, demo) can unwind and remove its namespaces instead of dying with
+/// them in place.
+pub fn catch_interrupts() -> anyhow::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(note_interrupt),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &action) }?;
+    }
+    Ok(())
+}
+
+/// Whether SIGINT or SIGTERM arrived since [`catch_interrupts`].
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
 }

@@ -97,9 +97,11 @@ pub fn download(
         if let Some(name) = &congestion_owned {
             stream.set_tcp_congestion(name.as_bytes())?;
         }
+        // The receiver resets the connection when it is done; should that reset be
+        // lost, the send timeout ends the sender anyway.
+        stream.set_write_timeout(Some(Duration::from_secs(5)))?;
         let mut stream = std::net::TcpStream::from(stream);
         let block = vec![0u8; 128 * 1024];
-        // Until the receiver closes: its reset or EPIPE ends the loop.
         while stream.write_all(&block).is_ok() {}
         Ok(())
     });
@@ -139,6 +141,9 @@ fn receive(
         .connect_timeout(&address.into(), Duration::from_secs(10))
         .with_context(|| format!("connecting to {address}"))?;
     socket.set_read_timeout(Some(SAMPLE / 4))?;
+    // Close with a reset: a plain close with unread data leaves an MPTCP sender
+    // blocked on a full window.
+    socket.set_linger(Some(Duration::ZERO))?;
     let mut stream = std::net::TcpStream::from(socket);
     let mut buffer = vec![0u8; 256 * 1024];
     let start = Instant::now();
@@ -152,6 +157,9 @@ fn receive(
         else {
             break;
         };
+        if crate::interrupted() {
+            bail!("interrupted");
+        }
         match stream.read(&mut buffer) {
             Ok(0) => bail!("the sender closed after {:?}", start.elapsed()),
             Ok(read) => *slot += read as u64,

@@ -4,8 +4,13 @@
 //! ```text
 //! client --lan0-- gateway --up1..upN-- remote --srv0-- server
 //! 192.168.50.2   .50.1 | 10.0.I.1    10.0.I.2 | 203.0.113.1   203.0.113.10
+//! fd00:50::2  fd00:50::1                       | 2001:db8:113::1  2001:db8:113::10
 //!                                              |  10.9.0.1     10.9.0.10 (private)
 //! ```
+//!
+//! The uplinks carry IPv4 only (the MPTCP connections to the converter); IPv6 exists on
+//! the LAN and between converter and server, so LAN flows to an IPv6 server can be
+//! converted.
 //!
 //! An uplink is either a veth pair shaped by HTB (zero delay, fast to set up) or a line
 //! of the wire emulator (rate, delay, loss: like DSL, LTE or satellite). The gateway's
@@ -25,6 +30,8 @@ use crate::{
 
 /// The server's public address.
 pub const SERVER: &str = "203.0.113.10";
+/// The server's public IPv6 address.
+pub const SERVER_V6: &str = "2001:db8:113::10";
 /// A second server address, in a private range the converter refuses by default.
 pub const SERVER_PRIVATE: &str = "10.9.0.10";
 /// The remote converter's address (on uplink 1) and port.
@@ -147,7 +154,8 @@ impl Testbed {
         Ok(testbed)
     }
 
-    fn wire(&mut self) -> anyhow::Result<()> {
+    /// Creates the uplinks' interfaces, emulated or veth + HTB, not yet configured.
+    fn make_uplinks(&mut self) -> anyhow::Result<()> {
         for (index, uplink) in self.uplinks.iter().enumerate() {
             let interface = format!("up{}", index + 1);
             if uplink.emulated {
@@ -166,18 +174,36 @@ impl Testbed {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn wire(&mut self) -> anyhow::Result<()> {
+        self.make_uplinks()?;
         let (client, gateway, remote, server) =
             (&self.client, &self.gateway, &self.remote, &self.server);
         veth(client, "lan0", gateway, "lan0")?;
         client.ip(&["addr", "add", "192.168.50.2/24", "dev", "lan0"])?;
         gateway.ip(&["addr", "add", "192.168.50.1/24", "dev", "lan0"])?;
         client.ip(&["route", "add", "default", "via", "192.168.50.1"])?;
+        client.ip(&["addr", "add", "fd00:50::2/64", "dev", "lan0", "nodad"])?;
+        gateway.ip(&["addr", "add", "fd00:50::1/64", "dev", "lan0", "nodad"])?;
+        client.ip(&["-6", "route", "add", "default", "via", "fd00:50::1"])?;
 
         veth(remote, "srv0", server, "srv0")?;
         remote.ip(&["addr", "add", "203.0.113.1/24", "dev", "srv0"])?;
         remote.ip(&["addr", "add", "10.9.0.1/24", "dev", "srv0"])?;
         server.ip(&["addr", "add", "203.0.113.10/24", "dev", "srv0"])?;
         server.ip(&["addr", "add", "10.9.0.10/24", "dev", "srv0"])?;
+        remote.ip(&["addr", "add", "2001:db8:113::1/64", "dev", "srv0", "nodad"])?;
+        server.ip(&[
+            "addr",
+            "add",
+            &format!("{SERVER_V6}/64"),
+            "dev",
+            "srv0",
+            "nodad",
+        ])?;
+        server.ip(&["-6", "route", "add", "default", "via", "2001:db8:113::1"])?;
         server.ip(&["route", "add", "default", "via", "203.0.113.1"])?;
 
         for netns in [gateway, remote] {
@@ -237,17 +263,7 @@ impl Testbed {
                 ])?;
             }
         }
-        gateway.ip(&["route", "add", "default", "via", "10.0.1.2", "dev", "up1"])?;
-        remote.ip(&[
-            "route",
-            "add",
-            "192.168.50.0/24",
-            "via",
-            "10.0.1.1",
-            "dev",
-            "up1",
-        ])?;
-        Ok(())
+        self.route_lan_via(1)
     }
 
     /// Steers every TCP flow arriving on the gateway's LAN interface to its transparent
@@ -259,6 +275,8 @@ impl Testbed {
                     type filter hook prerouting priority mangle; policy accept;
                     iifname \"lan0\" meta l4proto tcp ip daddr != 192.168.50.1 \
                         tproxy ip to :{GATEWAY_PORT} meta mark set {TPROXY_MARK} accept
+                    iifname \"lan0\" meta l4proto tcp ip6 daddr != fd00:50::1 \
+                        tproxy ip6 to :{GATEWAY_PORT} meta mark set {TPROXY_MARK} accept
                 }}
             }}"
         );
@@ -270,19 +288,52 @@ impl Testbed {
             rules.as_bytes(),
         )?;
         anyhow::ensure!(child.wait()?.success(), "nft rejected the tproxy rules");
-        self.gateway
-            .ip(&["rule", "add", "fwmark", TPROXY_MARK, "lookup", TPROXY_TABLE])?;
+        for (family, everything) in [("-4", "0.0.0.0/0"), ("-6", "::/0")] {
+            self.gateway.ip(&[
+                family,
+                "rule",
+                "add",
+                "fwmark",
+                TPROXY_MARK,
+                "lookup",
+                TPROXY_TABLE,
+            ])?;
+            self.gateway.ip(&[
+                family,
+                "route",
+                "add",
+                "local",
+                everything,
+                "dev",
+                "lo",
+                "table",
+                TPROXY_TABLE,
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Routes plain forwarded LAN traffic over uplink `i` (1-based) in both directions.
+    pub fn route_lan_via(&self, i: usize) -> anyhow::Result<()> {
+        let interface = format!("up{i}");
         self.gateway.ip(&[
             "route",
-            "add",
-            "local",
-            "0.0.0.0/0",
+            "replace",
+            "default",
+            "via",
+            &format!("10.0.{i}.2"),
             "dev",
-            "lo",
-            "table",
-            TPROXY_TABLE,
+            &interface,
         ])?;
-        Ok(())
+        self.remote.ip(&[
+            "route",
+            "replace",
+            "192.168.50.0/24",
+            "via",
+            &format!("10.0.{i}.1"),
+            "dev",
+            &interface,
+        ])
     }
 
     /// Starts a process in `netns`, owned by the testbed, with its stderr in `log`.
@@ -300,13 +351,15 @@ impl Testbed {
             .try_for_each(Process::check_running)
     }
 
-    /// Writes a fresh key, starts the converter on the remote host and the gateway
-    /// (`gateway_args` added to its command line, e.g. another --key-file), steers the
-    /// LAN to it with tproxy, and waits until both listen. Logs go to `dir`.
+    /// Writes a fresh key, starts the converter on the remote host (`remote_args` added
+    /// to its command line) and the gateway (`gateway_args` added, e.g. another
+    /// --key-file), steers the LAN to it with tproxy, and waits until both listen. Logs
+    /// go to `dir`.
     pub fn start_gateway_and_remote(
         &mut self,
         dir: &Path,
         gateway_args: &[&str],
+        remote_args: &[&str],
     ) -> anyhow::Result<()> {
         let binary = crate::mptcp_user_bin();
         let key = dir.join("key");
@@ -321,6 +374,7 @@ impl Testbed {
             "--key-file",
             &key_arg,
         ]);
+        remote.args(remote_args);
         self.start("remote", &mut remote, &dir.join("remote.log"))?;
         let pin_path = format!("/sys/fs/bpf/{}", self.name);
         let mut gateway = self.gateway.command(&binary);
@@ -344,19 +398,12 @@ impl Testbed {
         self.check_running()
     }
 
-    /// Serves the files of `dir` over HTTP on port 80 of the server (python3's stock
-    /// http.server: a real third-party server).
+    /// Serves the files of `dir` over HTTP on port 80 of the server, IPv4 and IPv6
+    /// (python3's stock http.server: a real third-party server).
     pub fn start_http_server(&mut self, dir: &Path, log: &Path) -> anyhow::Result<()> {
         let mut server = self.server.command("python3");
         server
-            .args([
-                "-m",
-                "http.server",
-                "80",
-                "--bind",
-                "0.0.0.0",
-                "--directory",
-            ])
+            .args(["-m", "http.server", "80", "--bind", "::", "--directory"])
             .arg(dir);
         self.start("http server", &mut server, log)?;
         self.server.wait_listening(80, Duration::from_secs(10))

@@ -6,7 +6,7 @@ use std::{fs, process::Command};
 
 use mptcp_tests::{
     TempDir, require_root,
-    testbed::{SERVER, SERVER_PRIVATE, Testbed, Uplink},
+    testbed::{SERVER, SERVER_PRIVATE, SERVER_V6, Testbed, Uplink},
 };
 
 /// Uplinks fast enough to keep the tests short, unequal like real ones.
@@ -30,7 +30,7 @@ fn random_bytes(len: usize) -> Vec<u8> {
 fn deploy(dir: &TempDir, label: &str, gateway_args: &[&str]) -> Testbed {
     let mut testbed = Testbed::new(label, &UPLINKS).unwrap();
     testbed
-        .start_gateway_and_remote(dir.path(), gateway_args)
+        .start_gateway_and_remote(dir.path(), gateway_args, &[])
         .unwrap();
     testbed
 }
@@ -117,6 +117,35 @@ fn download_arrives_intact_over_both_uplinks() {
     assert!(
         !gateway_log.contains("refused"),
         "gateway log: {gateway_log}"
+    );
+}
+
+#[test]
+fn ipv6_destination_is_converted() {
+    require_root();
+    let dir = TempDir::new("ipv6").unwrap();
+    let mut testbed = deploy(&dir, "v6", &[]);
+    let original = random_bytes(4 * 1024 * 1024);
+    serve_files(&mut testbed, &dir, &[("file", &original)]);
+    let output = dir.path().join("downloaded");
+    let before = testbed.uplink_rx_bytes().unwrap();
+
+    // The gateway host has no IPv6 route to the server: only the converter reaches it.
+    let url = format!("http://[{SERVER_V6}]/file");
+    assert!(
+        curl(&testbed, &["--fail", "-o", output.to_str().unwrap(), &url]),
+        "download from {url} failed; gateway log: {}",
+        daemon_log(&dir, "gateway")
+    );
+    let after = testbed.uplink_rx_bytes().unwrap();
+    assert!(
+        fs::read(&output).unwrap() == original,
+        "downloaded bytes differ"
+    );
+    let carried: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+    assert!(
+        carried > original.len() as u64,
+        "the uplinks carried only {carried} bytes"
     );
 }
 

@@ -6,6 +6,7 @@ mod cmd;
 mod run;
 mod setup;
 mod test;
+mod testbed;
 
 use clap::{Parser, Subcommand};
 
@@ -23,8 +24,13 @@ enum Command {
     Setup,
     /// Build the eBPF programs and the mptcp-user binary that embeds them.
     Build(build::Options),
-    /// Build, then run mptcp-user (as root) with the given arguments.
+    /// Build, then run mptcp-user (as root) with the given arguments; with none, the demo.
     Run(run::Options),
+    /// The gateway on a namespace testbed with two realistic uplinks: a download over the
+    /// best uplink alone, then through the gateway, and a table of both (root).
+    Demo,
+    /// Run a benchmark on the namespace testbed (root): `aggregate`.
+    Bench(testbed::BenchOptions),
     /// Run every test: unit tests, then the end-to-end tests (root, eBPF, namespaces).
     Test(test::Options),
 }
@@ -35,5 +41,7 @@ fn main() -> anyhow::Result<()> {
         Command::Build(options) => build::run(&options).map(|_| ()),
         Command::Run(options) => run::run(&options),
         Command::Test(options) => test::run(&options),
+        Command::Demo => testbed::demo(),
+        Command::Bench(options) => testbed::bench(&options),
     }
 }

@@ -1,11 +1,12 @@
-//! `cargo xtask run -- ARGS`: build, then run mptcp-user with ARGS.
+//! `cargo xtask run -- ARGS`: build, then run mptcp-user with ARGS. With no ARGS there
+//! is nothing to configure a gateway from, so it runs the demo on the testbed.
 
 use std::process::Command;
 
 use anyhow::bail;
 use clap::Args;
 
-use crate::{build, cmd};
+use crate::{build, cmd, testbed};
 
 /// Options of `cargo xtask run`.
 #[derive(Debug, Args)]
@@ -21,6 +22,14 @@ pub struct Options {
 
 /// Builds and runs mptcp-user, which needs root for eBPF (help and version do not).
 pub fn run(options: &Options) -> anyhow::Result<()> {
+    if options.args.is_empty() {
+        println!(
+            "No arguments: running the demo on a namespace testbed (`cargo xtask demo`).\n\
+             For a real gateway: cargo xtask run -- gateway --remote HOST:PORT --key-file KEY \
+             (see README.md)."
+        );
+        return testbed::demo();
+    }
     let binary = build::run(&build::Options {
         release: !options.debug,
     })?;

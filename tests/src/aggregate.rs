@@ -1,0 +1,157 @@
+//! The aggregation benchmark: one long download from the server to the LAN host on a
+//! testbed of realistic uplinks, through the gateway and, in the same run, over each
+//! uplink alone and over raw kernel MPTCP between the gateway and remote hosts.
+//!
+//! Method (README "Benchmarks" says the same):
+//! - each uplink alone: plain IP forwarding through the gateway host, routed over that
+//!   uplink only, the server sending with the same congestion control as the daemons;
+//! - raw MPTCP: a sender on the remote host, a receiver on the gateway host, one MPTCP
+//!   connection with a subflow per uplink, no relay: the ceiling for the gateway;
+//! - gateway: the LAN host's TCP flow is steered to the gateway, carried over MPTCP to
+//!   the converter, and on to the server.
+//!
+//! Each is one flow for the same duration, one after the other on the same testbed;
+//! goodput is payload bytes over the whole flow, slow start included.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use crate::{
+    measure::{self, Download, Transport},
+    testbed::{REMOTE, SERVER, Testbed, Uplink},
+};
+
+/// Port of the benchmark's sender on the server (through the gateway) and on the remote
+/// host (raw MPTCP).
+const PORT: u16 = 5001;
+
+/// The uplink sets the benchmark runs: clean delayed lines, a lossy LTE line, a
+/// satellite line, and zero-delay HTB veths.
+pub fn matrix() -> Vec<Vec<Uplink>> {
+    vec![
+        vec![Uplink::line(20, 15), Uplink::line(10, 50)],
+        vec![
+            Uplink::line(10, 10),
+            Uplink::line(20, 20),
+            Uplink::line(30, 40),
+        ],
+        vec![Uplink::line(20, 15), Uplink::line(10, 50).with_loss(1.0)],
+        vec![Uplink::line(20, 15), Uplink::line(10, 300)],
+        vec![Uplink::htb(10), Uplink::htb(20), Uplink::htb(30)],
+    ]
+}
+
+/// What one row measured, in Mbit/s unless named otherwise.
+#[derive(Clone, Debug)]
+pub struct RowResult {
+    /// The uplinks, as text.
+    pub uplinks: Vec<String>,
+    /// Goodput over each uplink alone.
+    pub singles: Vec<f64>,
+    /// Raw kernel MPTCP between gateway and remote hosts.
+    pub raw_mptcp: Download,
+    /// The LAN host's flow through gateway and converter.
+    pub gateway: Download,
+}
+
+impl RowResult {
+    /// Sum of the single-uplink goodputs.
+    pub fn sum_of_singles(&self) -> f64 {
+        self.singles.iter().sum()
+    }
+
+    /// The best single uplink's goodput.
+    pub fn best_single(&self) -> f64 {
+        self.singles.iter().copied().fold(0.0, f64::max)
+    }
+
+    /// The gateway's goodput over the sum of the single uplinks.
+    pub fn share_of_sum(&self) -> f64 {
+        self.gateway.mbit_per_s() / self.sum_of_singles()
+    }
+
+    /// The gateway's goodput over raw MPTCP's.
+    pub fn share_of_raw(&self) -> f64 {
+        self.gateway.mbit_per_s() / self.raw_mptcp.mbit_per_s()
+    }
+
+    /// The row as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        let seconds =
+            |download: &Download| download.time_to_90_percent().map(|time| time.as_secs_f64());
+        serde_json::json!({
+            "uplinks": self.uplinks,
+            "single_mbit": self.singles,
+            "sum_of_singles_mbit": self.sum_of_singles(),
+            "raw_mptcp_mbit": self.raw_mptcp.mbit_per_s(),
+            "raw_mptcp_time_to_90_s": seconds(&self.raw_mptcp),
+            "raw_mptcp_per_second_mbit": self.raw_mptcp.per_second_mbit(),
+            "gateway_mbit": self.gateway.mbit_per_s(),
+            "gateway_time_to_90_s": seconds(&self.gateway),
+            "gateway_per_second_mbit": self.gateway.per_second_mbit(),
+            "share_of_sum": self.share_of_sum(),
+            "share_of_raw_mptcp": self.share_of_raw(),
+            "at_least_best_single": self.gateway.mbit_per_s() >= self.best_single(),
+        })
+    }
+}
+
+/// Runs one row: builds its testbed, measures each uplink alone, raw MPTCP, then the
+/// gateway (daemons started with `--congestion congestion` and `daemon_args`, logs in
+/// `dir`).
+pub fn run_row(
+    label: &str,
+    uplinks: &[Uplink],
+    congestion: &str,
+    daemon_args: &[String],
+    duration: Duration,
+    dir: &Path,
+    progress: &dyn Fn(&str),
+) -> anyhow::Result<RowResult> {
+    let mut testbed = Testbed::new(label, uplinks)?;
+    let server = SocketAddr::new(SERVER.parse()?, PORT);
+    let mut singles = Vec::new();
+    for (index, uplink) in uplinks.iter().enumerate() {
+        progress(&format!("uplink {} alone ({uplink})", index + 1));
+        testbed.route_lan_via(index + 1)?;
+        let download = measure::download(
+            &testbed.client,
+            &testbed.server,
+            server,
+            Transport::Tcp,
+            Some(congestion),
+            duration,
+        )?;
+        singles.push(download.mbit_per_s());
+    }
+    testbed.route_lan_via(1)?;
+
+    progress("raw MPTCP, gateway host <- remote host");
+    let raw_mptcp = measure::download(
+        &testbed.gateway,
+        &testbed.remote,
+        SocketAddr::new(REMOTE.parse()?, PORT),
+        Transport::Mptcp,
+        Some(congestion),
+        duration,
+    )?;
+
+    progress("through gateway and converter");
+    let mut args = vec!["--congestion", congestion];
+    args.extend(daemon_args.iter().map(String::as_str));
+    testbed.start_gateway_and_remote(dir, &args, &args)?;
+    let gateway = measure::download(
+        &testbed.client,
+        &testbed.server,
+        server,
+        Transport::Tcp,
+        Some(congestion),
+        duration,
+    )?;
+    testbed.check_running()?;
+    Ok(RowResult {
+        uplinks: uplinks.iter().map(ToString::to_string).collect(),
+        singles,
+        raw_mptcp,
+        gateway,
+    })
+}

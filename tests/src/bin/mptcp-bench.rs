@@ -1,0 +1,158 @@
+//! Benchmarks on the namespace testbed, run by `cargo xtask bench NAME` (as root).
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use mptcp_tests::{TempDir, aggregate, require_root};
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmarks on the namespace testbed")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// One long download through the gateway vs each uplink alone and raw MPTCP.
+    Aggregate {
+        /// Congestion control of the daemons, the raw MPTCP flow and the single uplinks.
+        #[arg(long, default_value = "bbr")]
+        congestion: String,
+        /// Extra arguments for both daemons, e.g. "--send-buffer=4" (repeatable).
+        #[arg(long, allow_hyphen_values = true)]
+        daemon_arg: Vec<String>,
+        /// Length of each flow.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Only these rows of the matrix (1-based; repeatable).
+        #[arg(long)]
+        row: Vec<usize>,
+        /// Directory for the JSON results.
+        #[arg(long, env = "MPTCP_BENCH_DIR", default_value = "target/bench")]
+        out: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    require_root();
+    mptcp_tests::catch_interrupts()?;
+    match Cli::parse().bench {
+        Bench::Aggregate {
+            congestion,
+            seconds,
+            row,
+            out,
+            daemon_arg,
+        } => run_aggregate(
+            &congestion,
+            &daemon_arg,
+            Duration::from_secs(seconds),
+            &row,
+            &out,
+        ),
+    }
+}
+
+fn run_aggregate(
+    congestion: &str,
+    daemon_args: &[String],
+    duration: Duration,
+    rows: &[usize],
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let matrix = aggregate::matrix();
+    let chosen: Vec<usize> = if rows.is_empty() {
+        (1..=matrix.len()).collect()
+    } else {
+        rows.to_vec()
+    };
+    println!(
+        "aggregate: {} s flows, congestion control {congestion}",
+        duration.as_secs()
+    );
+    let mut results = Vec::new();
+    for number in chosen {
+        let uplinks = matrix
+            .get(number.wrapping_sub(1))
+            .with_context(|| format!("no row {number}: 1..={}", matrix.len()))?;
+        let dir = TempDir::new("bench")?;
+        let result = aggregate::run_row(
+            &format!("agg{number}"),
+            uplinks,
+            congestion,
+            daemon_args,
+            duration,
+            dir.path(),
+            &|step| println!("  row {number}: {step}"),
+        )?;
+        print_row(number, &result);
+        results.push(result.to_json());
+    }
+    std::fs::create_dir_all(out)?;
+    let path = out.join(format!("aggregate-{congestion}-{}.json", unix_seconds()));
+    let json = serde_json::json!({
+        "congestion": congestion,
+        "daemon_args": daemon_args,
+        "seconds": duration.as_secs(),
+        "rows": results,
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    println!("results: {}", path.display());
+    Ok(())
+}
+
+fn print_row(number: usize, result: &aggregate::RowResult) {
+    println!("row {number}: {}", result.uplinks.join(" + "));
+    for (index, single) in result.singles.iter().enumerate() {
+        println!("  uplink {} alone        {single:7.2} Mbit/s", index + 1);
+    }
+    let time_to_90 = |download: &mptcp_tests::measure::Download| {
+        download.time_to_90_percent().map_or_else(
+            || "-".to_owned(),
+            |time| format!("{:.1} s", time.as_secs_f64()),
+        )
+    };
+    println!(
+        "  sum of uplinks        {:7.2} Mbit/s",
+        result.sum_of_singles()
+    );
+    println!(
+        "  raw MPTCP             {:7.2} Mbit/s  90% after {}",
+        result.raw_mptcp.mbit_per_s(),
+        time_to_90(&result.raw_mptcp)
+    );
+    println!(
+        "  gateway               {:7.2} Mbit/s  90% after {}",
+        result.gateway.mbit_per_s(),
+        time_to_90(&result.gateway)
+    );
+    for (name, download) in [
+        ("raw MPTCP", &result.raw_mptcp),
+        ("gateway", &result.gateway),
+    ] {
+        let per_second: Vec<String> = download
+            .per_second_mbit()
+            .iter()
+            .map(|rate| format!("{rate:.0}"))
+            .collect();
+        println!("  {name:<10} per second {}", per_second.join(" "));
+    }
+    println!(
+        "  gateway / sum {:.3}   gateway / raw MPTCP {:.3}   >= best single: {}",
+        result.share_of_sum(),
+        result.share_of_raw(),
+        if result.gateway.mbit_per_s() >= result.best_single() {
+            "yes"
+        } else {
+            "NO"
+        }
+    );
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
