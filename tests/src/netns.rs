@@ -125,6 +125,17 @@ impl Process {
         })
     }
 
+    /// The process id (`ip netns exec` execs the program in place, so it is the
+    /// program's own).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its label.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
     /// Fails if the process already exited (e.g. it refused its arguments).
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {

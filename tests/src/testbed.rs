@@ -344,6 +344,14 @@ impl Testbed {
         Ok(())
     }
 
+    /// The process id of the started process labelled `label` ("gateway", "remote").
+    pub fn pid(&self, label: &str) -> Option<u32> {
+        self.processes
+            .iter()
+            .find(|process| process.label() == label)
+            .map(Process::pid)
+    }
+
     /// Checks that every started process still runs.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         self.processes

@@ -363,3 +363,89 @@ fn converter_answers_bad_requests_with_rfc_error_codes() {
     );
     testbed.check_running().unwrap();
 }
+
+/// Open file descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// Bad traffic at both daemons from inside the testbed: LAN connections to a port where
+/// nothing listens (the converter gets "refused", the gateway resets the client), and
+/// connections to the converter that send garbage or nothing.
+fn flood(testbed: &Testbed, connections: usize) {
+    use std::{
+        io::{Read as _, Write as _},
+        net::TcpStream,
+        time::Duration,
+    };
+    // Sends `payload` and waits for the answer; with no payload, hangs up at once.
+    let attempt = |address: &str, payload: &'static [u8]| {
+        let address = address.parse().unwrap();
+        if let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_secs(5))
+            && !payload.is_empty()
+        {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let _ = stream.write_all(payload);
+            let _ = stream.read(&mut [0u8; 64]);
+        }
+    };
+    std::thread::scope(|scope| {
+        let (client, gateway) = (testbed.client.name(), testbed.gateway.name());
+        scope.spawn(move || {
+            mptcp_tests::netns::enter(client).unwrap();
+            for _ in 0..connections {
+                attempt(&format!("{SERVER}:9"), b"GET / HTTP/1.0\r\n\r\n");
+            }
+        });
+        scope.spawn(move || {
+            mptcp_tests::netns::enter(gateway).unwrap();
+            for i in 0..connections {
+                let payload: &[u8] = if i % 2 == 0 { b"\x01\x02garbage!" } else { b"" };
+                attempt("10.0.1.2:5124", payload);
+            }
+        });
+    });
+}
+
+#[test]
+fn floods_of_bad_connections_leak_no_descriptors() {
+    require_root();
+    let dir = TempDir::new("flood").unwrap();
+    let mut testbed = deploy(&dir, "flood", &[]);
+    serve_files(&mut testbed, &dir, &[("index.html", b"hello")]);
+    let pids = [
+        testbed.pid("gateway").unwrap(),
+        testbed.pid("remote").unwrap(),
+    ];
+    // The converter waits up to 2 s for a refused client's input to drain.
+    let settle = std::time::Duration::from_secs(4);
+
+    // The first round may grow the pipe pool; a leak grows with every round.
+    flood(&testbed, 150);
+    std::thread::sleep(settle);
+    let after_one = pids.map(open_fds);
+    flood(&testbed, 150);
+    std::thread::sleep(settle);
+    let after_two = pids.map(open_fds);
+    for ((one, two), daemon) in after_one.iter().zip(&after_two).zip(["gateway", "remote"]) {
+        assert!(
+            two <= &(one + 4),
+            "{daemon}: {one} fds after one flood, {two} after two"
+        );
+    }
+    testbed.check_running().unwrap();
+    assert!(
+        curl(
+            &testbed,
+            &["--output", "/dev/null", &format!("http://{SERVER}/")]
+        ),
+        "a good request fails after the floods"
+    );
+    let remote_log = daemon_log(&dir, "remote");
+    assert!(
+        remote_log.contains("refused") && !remote_log.contains("panicked"),
+        "remote log: {remote_log}"
+    );
+}
