@@ -109,19 +109,22 @@ pub fn run_row(
 ) -> anyhow::Result<RowResult> {
     let mut testbed = Testbed::new(label, uplinks)?;
     let server = SocketAddr::new(SERVER.parse()?, PORT);
-    let mut singles = Vec::new();
-    for (index, uplink) in uplinks.iter().enumerate() {
-        progress(&format!("uplink {} alone ({uplink})", index + 1));
-        testbed.route_lan_via(index + 1)?;
-        let download = measure::download(
+    // The LAN host's download from the server, by whatever path the testbed gives it.
+    let lan_download = |testbed: &Testbed| {
+        measure::download(
             &testbed.client,
             &testbed.server,
             server,
             Transport::Tcp,
             Some(congestion),
             duration,
-        )?;
-        singles.push(download.mbit_per_s());
+        )
+    };
+    let mut singles = Vec::new();
+    for (index, uplink) in uplinks.iter().enumerate() {
+        progress(&format!("uplink {} alone ({uplink})", index + 1));
+        testbed.route_lan_via(index + 1)?;
+        singles.push(lan_download(&testbed)?.mbit_per_s());
     }
     testbed.route_lan_via(1)?;
 
@@ -139,14 +142,7 @@ pub fn run_row(
     let mut args = vec!["--congestion", congestion];
     args.extend(daemon_args.iter().map(String::as_str));
     testbed.start_gateway_and_remote(dir, &args, &args)?;
-    let gateway = measure::download(
-        &testbed.client,
-        &testbed.server,
-        server,
-        Transport::Tcp,
-        Some(congestion),
-        duration,
-    )?;
+    let gateway = lan_download(&testbed)?;
     testbed.check_running()?;
     Ok(RowResult {
         uplinks: uplinks.iter().map(ToString::to_string).collect(),
