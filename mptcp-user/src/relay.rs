@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use log::warn;
+use log::{debug, warn};
 use tokio::{
     io::Interest,
     net::{TcpStream, tcp::ReadHalf},
@@ -116,6 +116,13 @@ pub async fn relay(
     pool: &PipePool,
     idle_timeout: Duration,
 ) -> Result<Transferred, RelayError> {
+    // Bytes go on as they arrive: with Nagle, the converter's first relayed bytes waited
+    // for the ACK of its answer, one extra round trip before the first byte.
+    for stream in [&*a, &*b] {
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!("cannot set TCP_NODELAY: {error}");
+        }
+    }
     let start = Instant::now();
     let last_activity = AtomicU64::new(0);
     let (a_read, a_write) = a.split();

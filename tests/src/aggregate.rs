@@ -10,6 +10,10 @@
 //! - gateway: the LAN host's TCP flow is steered to the gateway, carried over MPTCP to
 //!   the converter, and on to the server.
 //!
+//! Time to first byte: the median of nine fresh connections that send 4 bytes and wait
+//! for the answer, over uplink 1 without the gateway, and through the gateway (whose
+//! first subflow also takes uplink 1).
+//!
 //! Each is one flow for the same duration, one after the other on the same testbed;
 //! goodput is payload bytes over the whole flow, slow start included.
 
@@ -23,6 +27,10 @@ use crate::{
 /// Port of the benchmark's sender on the server (through the gateway) and on the remote
 /// host (raw MPTCP).
 const PORT: u16 = 5001;
+/// Port of the responder that times connect-to-first-byte.
+const FIRST_BYTE_PORT: u16 = 5002;
+/// Exchanges timed each way; the median is reported.
+const FIRST_BYTE_EXCHANGES: usize = 9;
 
 /// The uplink sets the benchmark runs: clean delayed lines, a lossy LTE line, a
 /// satellite line, and zero-delay HTB veths.
@@ -51,6 +59,10 @@ pub struct RowResult {
     pub raw_mptcp: Download,
     /// The LAN host's flow through gateway and converter.
     pub gateway: Download,
+    /// Median connect-to-first-byte over uplink 1 without the gateway.
+    pub first_byte_direct: Duration,
+    /// The same through gateway and converter (whose first subflow uses uplink 1).
+    pub first_byte_gateway: Duration,
 }
 
 impl RowResult {
@@ -91,6 +103,8 @@ impl RowResult {
             "share_of_sum": self.share_of_sum(),
             "share_of_raw_mptcp": self.share_of_raw(),
             "at_least_best_single": self.gateway.mbit_per_s() >= self.best_single(),
+            "first_byte_direct_ms": self.first_byte_direct.as_secs_f64() * 1e3,
+            "first_byte_gateway_ms": self.first_byte_gateway.as_secs_f64() * 1e3,
         })
     }
 }
@@ -127,6 +141,13 @@ pub fn run_row(
         singles.push(lan_download(&testbed)?.mbit_per_s());
     }
     testbed.route_lan_via(1)?;
+    let first_byte_address = SocketAddr::new(server.ip(), FIRST_BYTE_PORT);
+    let first_byte_direct = measure::time_to_first_byte(
+        &testbed.client,
+        &testbed.server,
+        first_byte_address,
+        FIRST_BYTE_EXCHANGES,
+    )?;
 
     progress("raw MPTCP, gateway host <- remote host");
     let raw_mptcp = measure::download(
@@ -143,11 +164,19 @@ pub fn run_row(
     args.extend(daemon_args.iter().map(String::as_str));
     testbed.start_gateway_and_remote(dir, &args, &args)?;
     let gateway = lan_download(&testbed)?;
+    let first_byte_gateway = measure::time_to_first_byte(
+        &testbed.client,
+        &testbed.server,
+        first_byte_address,
+        FIRST_BYTE_EXCHANGES,
+    )?;
     testbed.check_running()?;
     Ok(RowResult {
         uplinks: uplinks.iter().map(ToString::to_string).collect(),
         singles,
         raw_mptcp,
         gateway,
+        first_byte_direct,
+        first_byte_gateway,
     })
 }

@@ -126,6 +126,64 @@ pub fn download(
     Ok(download)
 }
 
+/// Times `count` request/response exchanges on fresh connections from `client` to a
+/// responder in `server` listening on `address`: from the start of connect() to the
+/// first byte of the answer. Returns the median.
+pub fn time_to_first_byte(
+    client: &Netns,
+    server: &Netns,
+    address: SocketAddr,
+    count: usize,
+) -> anyhow::Result<Duration> {
+    let (listening_tx, listening_rx) = mpsc::channel();
+    let server_netns = server.name().to_owned();
+    let responder = thread::spawn(move || -> anyhow::Result<()> {
+        enter(&server_netns)?;
+        let listener = socket(address, Transport::Tcp)?;
+        listener.set_reuse_address(true)?;
+        listener.bind(&SocketAddr::new(unspecified(address.ip()), address.port()).into())?;
+        listener.listen(16)?;
+        listener.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let _ = listening_tx.send(());
+        for _ in 0..count {
+            let (stream, _) = listener.accept().context("no client connected")?;
+            let mut stream = std::net::TcpStream::from(stream);
+            stream.read_exact(&mut [0u8; 4])?;
+            stream.write_all(b"pong")?;
+        }
+        Ok(())
+    });
+    listening_rx
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| anyhow::anyhow!("the responder did not start"))?;
+    let client_netns = client.name().to_owned();
+    let times = thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
+        enter(&client_netns)?;
+        (0..count)
+            .map(|_| {
+                let start = Instant::now();
+                let mut stream =
+                    std::net::TcpStream::connect_timeout(&address, Duration::from_secs(10))?;
+                stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                stream.write_all(b"ping")?;
+                stream.read_exact(&mut [0u8; 1])?;
+                Ok(start.elapsed())
+            })
+            .collect()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the client panicked"))?;
+    responder
+        .join()
+        .map_err(|_| anyhow::anyhow!("the responder panicked"))??;
+    let mut times = times?;
+    times.sort();
+    times
+        .get(times.len() / 2)
+        .copied()
+        .context("no exchange was timed")
+}
+
 /// Connects to `address` and counts what arrives for `duration`.
 fn receive(
     address: SocketAddr,

@@ -140,6 +140,11 @@ fn print_row(number: usize, result: &aggregate::RowResult) {
         println!("  {name:<10} per second {}", per_second.join(" "));
     }
     println!(
+        "  first byte: direct {:.1} ms, through the gateway {:.1} ms",
+        result.first_byte_direct.as_secs_f64() * 1e3,
+        result.first_byte_gateway.as_secs_f64() * 1e3
+    );
+    println!(
         "  gateway / sum {:.3}   gateway / raw MPTCP {:.3}   >= best single: {}",
         result.share_of_sum(),
         result.share_of_raw(),
