@@ -2,8 +2,8 @@
 //!
 //! Measured on the testbed's emulated uplinks (`cargo xtask bench aggregate`, README
 //! "Benchmarks"): BBR keeps the sum of the uplinks where one of them loses packets, where
-//! CUBIC falls below the best single uplink; CUBIC is ahead only on zero-delay lines,
-//! which no household has. Hence BBR by default, set explicitly on every MPTCP socket
+//! CUBIC falls below the best single uplink; on clean lines the two are within a few
+//! percent (CUBIC steadier). Hence BBR by default, set explicitly on every MPTCP socket
 //! (the host's sysctl differs between distributions).
 //!
 //! An MPTCP sender keeps every byte until the slowest path has acknowledged it, so with a
