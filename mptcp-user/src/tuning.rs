@@ -29,8 +29,9 @@ pub struct TuningArgs {
 
     /// Fixed send buffer of each MPTCP connection in MiB, for uplinks with long round
     /// trips (satellite): the sum of the uplinks' rates times the longest round trip
-    /// (the kernel doubles it for bookkeeping). 0: the kernel's autotuning.
-    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    /// (the kernel doubles it for bookkeeping). 0: the kernel's autotuning; at most 1024.
+    #[arg(long, value_name = "MIB", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=1024))]
     pub send_buffer: u32,
 }
 
