@@ -449,3 +449,60 @@ fn floods_of_bad_connections_leak_no_descriptors() {
         "remote log: {remote_log}"
     );
 }
+
+#[test]
+fn client_abort_mid_download_ends_the_server_side() {
+    use std::{
+        io::{Read as _, Write as _},
+        net::{TcpListener, TcpStream},
+        sync::mpsc,
+        time::{Duration, Instant},
+    };
+    require_root();
+    let dir = TempDir::new("abort").unwrap();
+    let testbed = deploy(&dir, "abort", &[]);
+    let (server_netns, client_netns) = (testbed.server.name(), testbed.client.name());
+    let (ended_tx, ended_rx) = mpsc::channel();
+    let (listening_tx, listening_rx) = mpsc::channel();
+    std::thread::scope(|scope| {
+        // The server streams until its connection breaks, and reports when that was.
+        scope.spawn(move || {
+            mptcp_tests::netns::enter(server_netns).unwrap();
+            let listener = TcpListener::bind("0.0.0.0:7070").unwrap();
+            listening_tx.send(()).unwrap();
+            let (mut stream, _) = listener.accept().unwrap();
+            stream
+                .set_write_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            let block = [0u8; 64 * 1024];
+            let error = loop {
+                if let Err(error) = stream.write_all(&block) {
+                    break error;
+                }
+            };
+            ended_tx.send((Instant::now(), error.kind())).unwrap();
+        });
+        listening_rx.recv().unwrap();
+        // The client reads 1 MiB, then closes with data unread: its kernel resets.
+        let aborted = scope
+            .spawn(move || {
+                mptcp_tests::netns::enter(client_netns).unwrap();
+                let mut stream = TcpStream::connect(format!("{SERVER}:7070")).unwrap();
+                stream.read_exact(&mut vec![0u8; 1 << 20]).unwrap();
+                Instant::now()
+            })
+            .join()
+            .unwrap();
+        let (ended, kind) = ended_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_ne!(
+            kind,
+            std::io::ErrorKind::WouldBlock,
+            "the server was still blocked 20 s after the client left"
+        );
+        assert!(
+            ended.duration_since(aborted) < Duration::from_secs(10),
+            "the server noticed the abort only after {:?} ({kind:?})",
+            ended.duration_since(aborted)
+        );
+    });
+}
