@@ -474,7 +474,7 @@ fn client_abort_mid_download_ends_the_server_side() {
             stream
                 .set_write_timeout(Some(Duration::from_secs(20)))
                 .unwrap();
-            let block = [0u8; 64 * 1024];
+            let block = vec![0u8; 64 * 1024];
             let error = loop {
                 if let Err(error) = stream.write_all(&block) {
                     break error;
