@@ -30,6 +30,10 @@ use nix::{
     sys::{stat::Mode, time::TimeSpec},
 };
 
+/// TCP payload per Ethernet frame the emulator counts (1448 of 1514 bytes, timestamps
+/// on): the most goodput a line of a given rate can carry.
+pub const TCP_PAYLOAD_SHARE: f64 = 1448.0 / 1514.0;
+
 /// The shape of one direction of an emulated line.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Shape {

@@ -41,6 +41,20 @@ pub fn mptcp_user_bin() -> std::path::PathBuf {
     )
 }
 
+/// `len` pseudo-random bytes: incompressible, so nothing on the way can shrink them, and
+/// no two runs alike.
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    let mut state = u64::from(std::process::id()) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect()
+}
+
 /// A scratch directory for one test's files and logs, removed on drop.
 pub struct TempDir(std::path::PathBuf);
 

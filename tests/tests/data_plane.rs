@@ -5,25 +5,12 @@
 use std::{fs, process::Command};
 
 use mptcp_tests::{
-    TempDir, require_root,
+    TempDir, random_bytes, require_root,
     testbed::{SERVER, SERVER_PRIVATE, SERVER_V6, Testbed, Uplink},
 };
 
 /// Uplinks fast enough to keep the tests short, unequal like real ones.
 const UPLINKS: [Uplink; 2] = [Uplink::htb(80), Uplink::htb(40)];
-
-/// `len` pseudo-random bytes (incompressible, and no two runs alike).
-fn random_bytes(len: usize) -> Vec<u8> {
-    let mut state = u64::from(std::process::id()) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()[0]
-        })
-        .collect()
-}
 
 /// A testbed with the converter and the gateway running (`gateway_args` added to the
 /// gateway's command line), keeping its key and logs in `dir`.
@@ -83,6 +70,24 @@ fn curl(testbed: &Testbed, args: &[&str]) -> bool {
     status.success()
 }
 
+/// Downloads `url` with curl from the LAN host; returns the bytes and what each uplink
+/// carried meanwhile.
+fn download(testbed: &Testbed, dir: &TempDir, url: &str) -> (Vec<u8>, Vec<u64>) {
+    let output = dir.path().join("downloaded");
+    let before = testbed.uplink_rx_bytes().unwrap();
+    assert!(
+        curl(
+            testbed,
+            &["--fail", "--output", output.to_str().unwrap(), url]
+        ),
+        "download from {url} failed; gateway log: {}",
+        daemon_log(dir, "gateway")
+    );
+    let after = testbed.uplink_rx_bytes().unwrap();
+    let carried = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    (fs::read(&output).unwrap(), carried)
+}
+
 #[test]
 fn download_arrives_intact_over_both_uplinks() {
     require_root();
@@ -91,23 +96,12 @@ fn download_arrives_intact_over_both_uplinks() {
     let original = random_bytes(24 * 1024 * 1024);
     serve_files(&mut testbed, &dir, &[("file", &original)]);
 
-    let before = testbed.uplink_rx_bytes().unwrap();
-    let output = dir.path().join("downloaded");
-    let url = format!("http://{SERVER}/file");
-    assert!(
-        curl(&testbed, &["--output", output.to_str().unwrap(), &url]),
-        "download failed"
-    );
-    let after = testbed.uplink_rx_bytes().unwrap();
+    let (downloaded, carried) = download(&testbed, &dir, &format!("http://{SERVER}/file"));
 
-    assert!(
-        fs::read(&output).unwrap() == original,
-        "downloaded bytes differ"
-    );
-    for (uplink, (before, after)) in before.iter().zip(&after).enumerate() {
-        let carried = after - before;
+    assert!(downloaded == original, "downloaded bytes differ");
+    for (uplink, carried) in carried.iter().enumerate() {
         assert!(
-            carried > original.len() as u64 / 10,
+            *carried > original.len() as u64 / 10,
             "uplink {} carried only {carried} bytes of {}",
             uplink + 1,
             original.len()
@@ -127,22 +121,11 @@ fn ipv6_destination_is_converted() {
     let mut testbed = deploy(&dir, "v6", &[]);
     let original = random_bytes(4 * 1024 * 1024);
     serve_files(&mut testbed, &dir, &[("file", &original)]);
-    let output = dir.path().join("downloaded");
-    let before = testbed.uplink_rx_bytes().unwrap();
 
     // The gateway host has no IPv6 route to the server: only the converter reaches it.
-    let url = format!("http://[{SERVER_V6}]/file");
-    assert!(
-        curl(&testbed, &["--fail", "-o", output.to_str().unwrap(), &url]),
-        "download from {url} failed; gateway log: {}",
-        daemon_log(&dir, "gateway")
-    );
-    let after = testbed.uplink_rx_bytes().unwrap();
-    assert!(
-        fs::read(&output).unwrap() == original,
-        "downloaded bytes differ"
-    );
-    let carried: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+    let (downloaded, carried) = download(&testbed, &dir, &format!("http://[{SERVER_V6}]/file"));
+    assert!(downloaded == original, "downloaded bytes differ");
+    let carried: u64 = carried.iter().sum();
     assert!(
         carried > original.len() as u64,
         "the uplinks carried only {carried} bytes"

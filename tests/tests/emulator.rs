@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use mptcp_tests::{
+    emulator::TCP_PAYLOAD_SHARE,
     measure::{self, Transport},
     require_root,
     testbed::{Testbed, Uplink},
@@ -11,9 +12,6 @@ use mptcp_tests::{
 
 /// A DSL-like line: what the aggregation benchmark uses most.
 const DSL: Uplink = Uplink::line(20, 15);
-
-/// TCP payload per Ethernet frame the emulator counts: 1448 of 1514 bytes (timestamps on).
-const PAYLOAD_SHARE: f64 = 1448.0 / 1514.0;
 
 fn within_ten_percent(measured: f64, expected: f64) -> bool {
     (measured / expected - 1.0).abs() <= 0.10
@@ -46,7 +44,7 @@ fn single_flow_goodput_matches_the_rate() {
     )
     .unwrap();
     let goodput = download.steady_mbit_per_s(Duration::from_secs(1));
-    let expected = f64::from(DSL.rate_mbit) * PAYLOAD_SHARE;
+    let expected = f64::from(DSL.rate_mbit) * TCP_PAYLOAD_SHARE;
     eprintln!("goodput {goodput:.2} Mbit/s, expected {expected:.2}");
     assert!(
         within_ten_percent(goodput, expected),

@@ -6,7 +6,9 @@ use std::{process::Stdio, time::Duration};
 
 use anyhow::{Context as _, bail};
 use mptcp_tests::{
-    TempDir, catch_interrupts, interrupted, require_root,
+    TempDir, catch_interrupts,
+    emulator::TCP_PAYLOAD_SHARE,
+    interrupted, random_bytes, require_root,
     testbed::{SERVER, Testbed, Uplink},
 };
 
@@ -15,10 +17,6 @@ const UPLINKS: [(&str, Uplink); 2] = [("DSL", Uplink::line(20, 15)), ("LTE", Upl
 
 /// Size of the downloaded file: long enough for congestion control to settle.
 const FILE_MIB: usize = 32;
-
-/// Payload share of an Ethernet frame for TCP (1448 of 1514 bytes): what a line of a
-/// given rate can deliver at best.
-const PAYLOAD_SHARE: f64 = 1448.0 / 1514.0;
 
 /// One curl download: bytes and seconds.
 struct Transfer {
@@ -53,7 +51,7 @@ fn run() -> anyhow::Result<()> {
     let mut testbed = Testbed::new("demo", &uplinks)?;
     let www = dir.path().join("www");
     std::fs::create_dir(&www)?;
-    std::fs::write(www.join("file"), pseudo_random(FILE_MIB << 20))?;
+    std::fs::write(www.join("file"), random_bytes(FILE_MIB << 20))?;
     testbed.start_http_server(&www, &dir.path().join("http.log"))?;
 
     let best = best_uplink(&uplinks);
@@ -158,21 +156,7 @@ fn print_table(
         "speed-up: {:.2}x; share of the sum of the uplinks ({line_sum} Mbit/s, at most {:.1} \
          Mbit/s of TCP payload): {:.0}%",
         aggregated.mbit_per_s() / single.mbit_per_s(),
-        line_sum * PAYLOAD_SHARE,
-        100.0 * aggregated.mbit_per_s() / (line_sum * PAYLOAD_SHARE)
+        line_sum * TCP_PAYLOAD_SHARE,
+        100.0 * aggregated.mbit_per_s() / (line_sum * TCP_PAYLOAD_SHARE)
     );
-}
-
-/// `len` pseudo-random bytes: incompressible, so nothing on the way can shrink them.
-fn pseudo_random(len: usize) -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut bytes = Vec::with_capacity(len + 8);
-    while bytes.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    bytes.truncate(len);
-    bytes
 }
