@@ -80,50 +80,27 @@ pub fn download(
     congestion: Option<&str>,
     duration: Duration,
 ) -> anyhow::Result<Download> {
-    let (listening_tx, listening_rx) = mpsc::channel();
-    let server_netns = server.name().to_owned();
-    let congestion_owned = congestion.map(str::to_owned);
-    let sender = thread::spawn(move || -> anyhow::Result<()> {
-        enter(&server_netns)?;
-        let listener = socket(address, transport)?;
-        listener.set_reuse_address(true)?;
-        let bind = SocketAddr::new(unspecified(address.ip()), address.port());
-        listener.bind(&bind.into())?;
-        listener.listen(1)?;
-        // accept() honours the receive timeout: no receiver must not hang the sender.
-        listener.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let _ = listening_tx.send(());
-        let (stream, _) = listener.accept().context("no receiver connected")?;
-        if let Some(name) = &congestion_owned {
-            stream.set_tcp_congestion(name.as_bytes())?;
-        }
-        // The receiver resets the connection when it is done; should that reset be
-        // lost, the send timeout ends the sender anyway.
-        stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-        let mut stream = std::net::TcpStream::from(stream);
-        let block = vec![0u8; 128 * 1024];
-        while stream.write_all(&block).is_ok() {}
-        Ok(())
-    });
-    let received = listening_rx
-        .recv_timeout(Duration::from_secs(10))
-        .map_err(|_| anyhow::anyhow!("the sender did not start"))
-        .and_then(|()| {
-            let client_netns = client.name().to_owned();
-            let congestion = congestion.map(str::to_owned);
-            thread::spawn(move || {
-                enter(&client_netns)?;
-                receive(address, transport, congestion.as_deref(), duration)
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the receiver panicked"))?
-        });
-    let sent = sender
-        .join()
-        .map_err(|_| anyhow::anyhow!("the sender panicked"))?;
-    let download = received?;
-    sent?;
-    Ok(download)
+    let sender_congestion = congestion.map(str::to_owned);
+    let receiver_congestion = sender_congestion.clone();
+    client_and_server(
+        (client, server),
+        address,
+        transport,
+        move |listener| {
+            let (stream, _) = listener.accept().context("no receiver connected")?;
+            if let Some(name) = &sender_congestion {
+                stream.set_tcp_congestion(name.as_bytes())?;
+            }
+            // The receiver resets the connection when it is done; should that reset be
+            // lost, the send timeout ends the sender anyway.
+            stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+            let mut stream = std::net::TcpStream::from(stream);
+            let block = vec![0u8; 128 * 1024];
+            while stream.write_all(&block).is_ok() {}
+            Ok(())
+        },
+        move || receive(address, transport, receiver_congestion.as_deref(), duration),
+    )
 }
 
 /// Times `count` request/response exchanges on fresh connections from `client` to a
@@ -135,53 +112,82 @@ pub fn time_to_first_byte(
     address: SocketAddr,
     count: usize,
 ) -> anyhow::Result<Duration> {
-    let (listening_tx, listening_rx) = mpsc::channel();
-    let server_netns = server.name().to_owned();
-    let responder = thread::spawn(move || -> anyhow::Result<()> {
-        enter(&server_netns)?;
-        let listener = socket(address, Transport::Tcp)?;
-        listener.set_reuse_address(true)?;
-        listener.bind(&SocketAddr::new(unspecified(address.ip()), address.port()).into())?;
-        listener.listen(16)?;
-        listener.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let _ = listening_tx.send(());
-        for _ in 0..count {
-            let (stream, _) = listener.accept().context("no client connected")?;
-            let mut stream = std::net::TcpStream::from(stream);
-            stream.read_exact(&mut [0u8; 4])?;
-            stream.write_all(b"pong")?;
-        }
-        Ok(())
-    });
-    listening_rx
-        .recv_timeout(Duration::from_secs(10))
-        .map_err(|_| anyhow::anyhow!("the responder did not start"))?;
-    let client_netns = client.name().to_owned();
-    let times = thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
-        enter(&client_netns)?;
-        (0..count)
-            .map(|_| {
-                let start = Instant::now();
-                let mut stream =
-                    std::net::TcpStream::connect_timeout(&address, Duration::from_secs(10))?;
-                stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-                stream.write_all(b"ping")?;
-                stream.read_exact(&mut [0u8; 1])?;
-                Ok(start.elapsed())
-            })
-            .collect()
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the client panicked"))?;
-    responder
-        .join()
-        .map_err(|_| anyhow::anyhow!("the responder panicked"))??;
-    let mut times = times?;
+    let mut times = client_and_server(
+        (client, server),
+        address,
+        Transport::Tcp,
+        move |listener| {
+            for _ in 0..count {
+                let (stream, _) = listener.accept().context("no client connected")?;
+                let mut stream = std::net::TcpStream::from(stream);
+                stream.read_exact(&mut [0u8; 4])?;
+                stream.write_all(b"pong")?;
+            }
+            Ok(())
+        },
+        move || {
+            (0..count)
+                .map(|_| {
+                    let start = Instant::now();
+                    let mut stream =
+                        std::net::TcpStream::connect_timeout(&address, Duration::from_secs(10))?;
+                    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    stream.write_all(b"ping")?;
+                    stream.read_exact(&mut [0u8; 1])?;
+                    Ok(start.elapsed())
+                })
+                .collect::<anyhow::Result<Vec<Duration>>>()
+        },
+    )?;
     times.sort();
     times
         .get(times.len() / 2)
         .copied()
         .context("no exchange was timed")
+}
+
+/// Runs `serve` in a thread inside `server`'s namespace, with a listener on `address`'s
+/// port (every address of its family), and once it listens, `connect` in a thread
+/// inside `client`'s namespace. Returns what `connect` returned, after both ended.
+fn client_and_server<T: Send + 'static>(
+    (client, server): (&Netns, &Netns),
+    address: SocketAddr,
+    transport: Transport,
+    serve: impl FnOnce(Socket) -> anyhow::Result<()> + Send + 'static,
+    connect: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let (listening_tx, listening_rx) = mpsc::channel();
+    let server_netns = server.name().to_owned();
+    let server_thread = thread::spawn(move || -> anyhow::Result<()> {
+        enter(&server_netns)?;
+        let listener = socket(address, transport)?;
+        listener.set_reuse_address(true)?;
+        listener.bind(&SocketAddr::new(unspecified(address.ip()), address.port()).into())?;
+        listener.listen(16)?;
+        // accept() honours the receive timeout: a client that never comes must not
+        // hang the server.
+        listener.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let _ = listening_tx.send(());
+        serve(listener)
+    });
+    let client_result = listening_rx
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| anyhow::anyhow!("the server side did not start listening"))
+        .and_then(|()| {
+            let client_netns = client.name().to_owned();
+            thread::spawn(move || {
+                enter(&client_netns)?;
+                connect()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the client side panicked"))?
+        });
+    let server_result = server_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the server side panicked"))?;
+    let value = client_result?;
+    server_result?;
+    Ok(value)
 }
 
 /// Connects to `address` and counts what arrives for `duration`.
