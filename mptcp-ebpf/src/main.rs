@@ -1,4 +1,5 @@
-//! The gateway's kernel programs. One module per hook; all maps live in [`maps`].
+//! The gateway's kernel programs. One module per hook; all maps live in [`maps`], the
+//! settings the daemon writes at load time in [`config`].
 //!
 //! Built for `bpfel-unknown-none` by `mptcp-user/build.rs`, which embeds the object in the
 //! daemon's binary. On any other target this is an empty program, so that workspace-wide
@@ -7,7 +8,15 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod config;
+#[cfg(target_arch = "bpf")]
+mod connect;
+#[cfg(target_arch = "bpf")]
+mod lan;
+#[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod policy;
 #[cfg(target_arch = "bpf")]
 mod sock_ops;
 

@@ -1,11 +1,55 @@
-//! Every map of the gateway's programs, with who writes it and who reads it.
+//! Every map of the gateway's programs, with who writes it and who reads it. The statics'
+//! names are the map names of `mptcp_ebpf_common`, which userspace opens them by.
 
-use aya_ebpf::{macros::map, maps::LruHashMap};
-use mptcp_ebpf_common::connections::{self, Connection};
+use aya_ebpf::{
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
+    maps::{HashMap, LpmTrie, LruHashMap},
+};
+use mptcp_ebpf_common::{
+    Address, Endpoint,
+    flows::{self, Flow, Subflow},
+    policy,
+    redirect::{self, ClientKey},
+};
 
-/// Established TCP connections of the watched cgroups, keyed by socket cookie.
-/// Written by `sock_ops` (insert at established, delete at close); read by the daemon.
-/// The static's name must equal [`connections::MAP_NAME`].
+/// Destination prefix -> include/exclude. Written by the daemon and `mptcp-user policy`;
+/// read by the LAN ingress and connect programs at a flow's start.
 #[map]
-pub static CONNECTIONS: LruHashMap<u64, Connection> =
-    LruHashMap::with_max_entries(connections::MAX_ENTRIES, 0);
+pub static POLICY: LpmTrie<Address, u32> = LpmTrie::with_max_entries(policy::MAX_PREFIXES, 0);
+
+/// Destination port (host order) -> present. Written by `mptcp-user policy`; read with
+/// `POLICY`.
+#[map]
+pub static POLICY_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(policy::MAX_PORTS, 0);
+
+/// Opted-in cgroup v2 id -> present. Written by the daemon and `mptcp-user optin|optout`;
+/// read by the connect programs.
+#[map]
+pub static OPTED_IN: HashMap<u64, u32> = HashMap::with_max_entries(redirect::MAX_OPTED_IN, 0);
+
+/// Socket cookie of a redirected connect -> original destination. Written by connect4/6;
+/// read by getpeername4/6 and sock_ops; deleted by sock_ops at close.
+#[map]
+pub static REDIRECTS: LruHashMap<u64, Endpoint> =
+    LruHashMap::with_max_entries(redirect::MAX_REDIRECTS, 0);
+
+/// Client endpoint of a redirected connect -> original destination. Written by sock_ops
+/// when the SYN leaves; read and deleted by the splicer when it accepts.
+#[map]
+pub static ORIGINAL_DST: LruHashMap<ClientKey, Endpoint> =
+    LruHashMap::with_max_entries(redirect::MAX_REDIRECTS, 0);
+
+/// LAN-side socket cookie -> flow. Written and deleted by the daemon; read by the CLI.
+#[map]
+pub static FLOWS: HashMap<u64, Flow> = HashMap::with_max_entries(flows::MAX_FLOWS, 0);
+
+/// Subflow socket cookie -> subflow. Written by sock_ops; read by the CLI.
+#[map]
+pub static SUBFLOWS: LruHashMap<u64, Subflow> =
+    LruHashMap::with_max_entries(flows::MAX_SUBFLOWS, 0);
+
+/// Per upstream MPTCP socket: the key of its flow in `FLOWS`. Written by the daemon (by
+/// socket fd) before it connects; read by sock_ops through each subflow's MPTCP socket.
+#[btf_map]
+pub static FLOW_LABELS: SkStorage<u64> = SkStorage::new();

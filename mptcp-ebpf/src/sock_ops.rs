@@ -1,94 +1,145 @@
-//! cgroup/sock_ops: records the TCP connections of the cgroups it is attached to.
+//! cgroup/sock_ops, attached to the cgroup v2 root: hands redirected connects on to the
+//! splicer, and records the subflows of the gateway's upstream MPTCP connections.
 //!
-//! At active or passive establishment the connection goes into `CONNECTIONS` and the
-//! state callback is switched on for that socket, so that its entry is removed when it
-//! closes and the map only holds live connections.
+//! - `TCP_CONNECT_CB` of a socket connect4/6 redirected: its local port is known now,
+//!   before the SYN leaves, so its original destination moves to `ORIGINAL_DST` under
+//!   the client endpoint the splicer will see as its peer.
+//! - Established MPTCP subflows whose MPTCP socket carries a flow label (set by the
+//!   daemon in `FLOW_LABELS`) go into `SUBFLOWS`; their RTT samples refresh the entry.
+//! - At close, both kinds of entry are removed, so the maps only hold live sockets.
 
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
     },
-    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
+    helpers::{bpf_get_socket_cookie, bpf_sk_storage_get, bpf_skc_to_mptcp_sock},
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use core::ptr::read_volatile;
+use core::ptr::{null_mut, read_volatile};
 
-use aya_log_ebpf::{debug, warn};
-use mptcp_ebpf_common::connections::{Connection, DIRECTION_ACTIVE, DIRECTION_PASSIVE};
+use aya_log_ebpf::warn;
+use mptcp_ebpf_common::{Address, Endpoint, flows::Subflow, mapped_v4};
 
-use crate::maps::CONNECTIONS;
+use crate::maps::{FLOW_LABELS, ORIGINAL_DST, REDIRECTS, SUBFLOWS};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 /// `TCP_CLOSE` from include/net/tcp_states.h.
 const TCP_CLOSE: u32 = 7;
 
-// Named `record_connections`, not `sockops`: a function named like its section clashes
-// in bpf-linker ("symbol 'sockops' is already defined").
+// Named `track_sockets`, not `sockops`: a function named like its section clashes in
+// bpf-linker ("symbol 'sockops' is already defined").
 #[sock_ops]
-pub fn record_connections(ctx: SockOpsContext) -> u32 {
-    match try_record_connections(&ctx) {
-        Ok(()) => 1,
-        Err(errno) => {
-            warn!(&ctx, "sock_ops op {} failed: {}", ctx.op(), errno);
-            1
-        }
+pub fn track_sockets(ctx: SockOpsContext) -> u32 {
+    if let Err(errno) = try_track_sockets(&ctx) {
+        warn!(&ctx, "sock_ops op {} failed: {}", ctx.op(), errno);
     }
+    1
 }
 
-fn try_record_connections(ctx: &SockOpsContext) -> Result<(), i64> {
+fn try_track_sockets(ctx: &SockOpsContext) -> Result<(), i64> {
     let family = ctx.family();
     if family != AF_INET && family != AF_INET6 {
         return Ok(());
     }
     match ctx.op() {
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(ctx, family, DIRECTION_ACTIVE),
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_established(ctx, family, DIRECTION_PASSIVE),
+        BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(ctx, family),
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            on_established(ctx, family)
+        }
+        BPF_SOCK_OPS_RTT_CB => {
+            if let Some(subflow) = SUBFLOWS.get_ptr_mut(&socket_cookie(ctx)) {
+                // SAFETY: the pointer is to a live map value.
+                update_counters(ctx, unsafe { &mut *subflow });
+            }
+            Ok(())
+        }
         // For STATE_CB, args[1] is the new state.
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
-            // A missing entry is fine: the LRU may have evicted it.
-            let _ = CONNECTIONS.remove(socket_cookie(ctx));
+            let cookie = socket_cookie(ctx);
+            // Missing entries are fine: the socket may be of the other kind, or evicted.
+            let _ = REDIRECTS.remove(&cookie);
+            let _ = SUBFLOWS.remove(&cookie);
             Ok(())
         }
         _ => Ok(()),
     }
 }
 
-fn on_established(ctx: &SockOpsContext, family: u32, direction: u32) -> Result<(), i64> {
-    let fields = read_addresses(ctx);
-    let (local_addr, remote_addr) = if family == AF_INET {
-        ([fields.local_ip4, 0, 0, 0], [fields.remote_ip4, 0, 0, 0])
-    } else {
-        (fields.local_ip6, fields.remote_ip6)
-    };
-    let connection = Connection {
-        family,
-        direction,
-        local_addr,
-        remote_addr,
-        local_port: fields.local_port,
-        // sock_ops hands the remote port in network byte order, the local one in host order.
-        remote_port: u32::from_be(fields.remote_port),
-        // SAFETY: the helper takes no arguments and cannot fail.
-        established_ns: unsafe { bpf_ktime_get_ns() },
-    };
+/// A redirected connect is about to send its SYN: publish its original destination
+/// under its local endpoint.
+fn on_connect(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
     let cookie = socket_cookie(ctx);
-    CONNECTIONS
-        .insert(cookie, connection, 0)
+    // SAFETY: the lookup returns a copy.
+    let Some(original) = (unsafe { REDIRECTS.get(&cookie) }).copied() else {
+        return Ok(());
+    };
+    let (local, _) = endpoints(ctx, family);
+    ORIGINAL_DST
+        .insert(&local, &original, 0)
         .map_err(i64::from)?;
+    // The state callback removes the REDIRECTS entry when the socket closes.
     ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32)
+        .map_err(i64::from)
+}
+
+/// Records an MPTCP subflow of one of the daemon's labelled upstream connections.
+fn on_established(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
+    // SAFETY: `ops` is the context; `sk` is readable in sock_ops.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return Ok(());
+    }
+    // SAFETY: `sk` is the context's non-null socket.
+    let msk = unsafe { bpf_skc_to_mptcp_sock(sk.cast()) };
+    if msk.is_null() {
+        return Ok(());
+    }
+    // SAFETY: `msk` is a valid MPTCP socket; without the create flag nothing is written.
+    let label = unsafe {
+        bpf_sk_storage_get(
+            (&raw const FLOW_LABELS).cast_mut().cast(),
+            msk.cast(),
+            null_mut(),
+            0,
+        )
+    };
+    if label.is_null() {
+        return Ok(());
+    }
+    let (local, remote) = endpoints(ctx, family);
+    let mut subflow = Subflow {
+        // SAFETY: a non-null storage pointer points to our u64 value.
+        flow: unsafe { read_volatile(label.cast::<u64>()) },
+        local,
+        remote,
+        ..Subflow::default()
+    };
+    update_counters(ctx, &mut subflow);
+    SUBFLOWS
+        .insert(&socket_cookie(ctx), &subflow, 0)
         .map_err(i64::from)?;
-    debug!(
-        ctx,
-        "established cookie {} local port {} remote port {}",
-        cookie,
-        connection.local_port,
-        connection.remote_port
-    );
-    Ok(())
+    ctx.set_cb_flags((BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG) as i32)
+        .map_err(i64::from)
+}
+
+/// Copies the socket's current RTT, state and counters into `subflow`.
+#[inline(always)]
+fn update_counters(ctx: &SockOpsContext, subflow: &mut Subflow) {
+    let ops = ctx.ops;
+    // SAFETY: `ops` is the context; these fields are readable in sock_ops.
+    unsafe {
+        subflow.srtt_us = read_volatile(&raw const (*ops).srtt_us) >> 3;
+        subflow.state = read_volatile(&raw const (*ops).state);
+        subflow.bytes_acked = read_volatile(&raw const (*ops).bytes_acked);
+        subflow.bytes_received = read_volatile(&raw const (*ops).bytes_received);
+        subflow.total_retrans = read_volatile(&raw const (*ops).total_retrans);
+        subflow.snd_cwnd = read_volatile(&raw const (*ops).snd_cwnd);
+    }
 }
 
 fn socket_cookie(ctx: &SockOpsContext) -> u64 {
@@ -97,46 +148,52 @@ fn socket_cookie(ctx: &SockOpsContext) -> u64 {
     unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
-/// The address fields of the context, copied out.
-struct Addresses {
-    local_ip4: u32,
-    remote_ip4: u32,
-    local_ip6: [u32; 4],
-    remote_ip6: [u32; 4],
-    local_port: u32,
-    remote_port: u32,
-}
-
-/// Reads every address field, whatever the family, in straight-line code.
+/// The socket's (local, remote) endpoints in our address form.
 ///
 /// The verifier only accepts context loads at a constant offset from the unmodified
 /// context pointer. Reading the IPv4 or the IPv6 fields in two branches lets LLVM pick
-/// a pointer per branch and load through it ("dereference of modified ctx ptr"), so we
-/// read them all, each with a volatile load that LLVM may not merge or move. The IPv6
-/// fields of an IPv4 socket read as zeros (or the mapped address), which we ignore.
+/// a pointer per branch and load through it ("dereference of modified ctx ptr"), so every
+/// field is read, each with a volatile load that LLVM may not merge or move.
 #[inline(always)]
-fn read_addresses(ctx: &SockOpsContext) -> Addresses {
+fn endpoints(ctx: &SockOpsContext, family: u32) -> (Endpoint, Endpoint) {
     let ops = ctx.ops;
     // SAFETY: `ops` is the valid context the kernel passed to this program, and every
     // field read here is readable in sock_ops programs.
-    unsafe {
-        Addresses {
-            local_ip4: read_volatile(&raw const (*ops).local_ip4),
-            remote_ip4: read_volatile(&raw const (*ops).remote_ip4),
-            local_ip6: [
+    let (local_ip4, remote_ip4, local_ip6, remote_ip6, local_port, remote_port) = unsafe {
+        (
+            read_volatile(&raw const (*ops).local_ip4),
+            read_volatile(&raw const (*ops).remote_ip4),
+            [
                 read_volatile(&raw const (*ops).local_ip6[0]),
                 read_volatile(&raw const (*ops).local_ip6[1]),
                 read_volatile(&raw const (*ops).local_ip6[2]),
                 read_volatile(&raw const (*ops).local_ip6[3]),
             ],
-            remote_ip6: [
+            [
                 read_volatile(&raw const (*ops).remote_ip6[0]),
                 read_volatile(&raw const (*ops).remote_ip6[1]),
                 read_volatile(&raw const (*ops).remote_ip6[2]),
                 read_volatile(&raw const (*ops).remote_ip6[3]),
             ],
-            local_port: read_volatile(&raw const (*ops).local_port),
-            remote_port: read_volatile(&raw const (*ops).remote_port),
-        }
-    }
+            read_volatile(&raw const (*ops).local_port),
+            read_volatile(&raw const (*ops).remote_port),
+        )
+    };
+    let (local_address, remote_address): (Address, Address) = if family == AF_INET {
+        (mapped_v4(local_ip4), mapped_v4(remote_ip4))
+    } else {
+        (local_ip6, remote_ip6)
+    };
+    (
+        Endpoint {
+            address: local_address,
+            port: local_port,
+        },
+        Endpoint {
+            address: remote_address,
+            // sock_ops hands the remote port in network byte order, the local one in host
+            // order.
+            port: u32::from_be(remote_port),
+        },
+    )
 }

@@ -5,8 +5,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
-use aya_log::EbpfLogger;
-use log::{debug, error, info, warn};
+use log::{debug, info, warn};
 use tokio::{
     io::AsyncWriteExt as _,
     net::{TcpListener, TcpStream},
@@ -15,8 +14,8 @@ use tokio::{
 use crate::{
     auth::{self, Key},
     cli::GatewayArgs,
-    ebpf::Programs,
-    protocol::{self, Request, Response},
+    interception::Interception,
+    protocol::{Request, Response},
     relay::{self, PipePool},
     server,
     sys::{self, InstanceLock},
@@ -51,6 +50,8 @@ pub struct Gateway {
     pub tuning: Tuning,
     /// Pipes for the relays.
     pub pipes: PipePool,
+    /// The in-kernel redirect: original destinations and the flow list.
+    pub interception: Interception,
 }
 
 /// `mptcp-user gateway`: runs until SIGINT or SIGTERM.
@@ -79,15 +80,6 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
                 }
             }
         };
-        let mut programs = Programs::load()?;
-        if let Some(logger) = programs.take_logger() {
-            tokio::spawn(drain_ebpf_log(logger));
-        }
-        for cgroup in &args.cgroups {
-            programs.attach_sock_ops(cgroup)?;
-            info!("watching TCP connections of cgroup {}", cgroup.display());
-        }
-        programs.pin_maps(&args.pin_path)?;
         let listener = sys::listen(args.listen, false, true)
             .with_context(|| format!("failed to listen on {} (transparent)", args.listen))?;
         match &upstream {
@@ -100,6 +92,13 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
                 args.listen
             ),
         }
+        let never: Vec<_> = match &upstream {
+            Upstream::Remote { address, .. } => vec![address.ip()],
+            Upstream::Direct => Vec::new(),
+        };
+        let interception = Interception::install(args, &never)?;
+        // Tests and scripts wait for this line.
+        info!("gateway ready");
         let gateway = Arc::new(Gateway {
             upstream,
             listen: args.listen,
@@ -107,10 +106,17 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
             idle_timeout: Duration::from_secs(args.idle_timeout),
             tuning,
             pipes: PipePool::new(256),
+            interception,
         });
-        serve(listener, gateway, server::shutdown_signal()?).await;
-        info!("shutting down: detaching programs and removing pins");
-        drop(programs);
+        let signal = server::shutdown_signal()?;
+        let shutdown = async {
+            signal.await;
+            info!("shutting down: no new flows; live ones get a grace period");
+            gateway.interception.stop_new_flows();
+        };
+        serve(listener, Arc::clone(&gateway), shutdown).await;
+        info!("detaching programs, removing routes and pins");
+        drop(gateway);
         Ok(())
     })
 }
@@ -129,26 +135,31 @@ pub async fn serve(
 }
 
 async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
-    // With IP_TRANSPARENT, the accepted socket's local address is where the client
-    // wanted to go.
-    let destination = match lan.local_addr() {
-        Ok(local) => SocketAddr::new(protocol::canonical_ip(local.ip()), local.port()),
+    let local = match lan.local_addr() {
+        Ok(local) => local,
         Err(error) => {
-            warn!("{peer}: no original destination: {error}");
+            warn!("{peer}: no local address: {error}");
             return;
         }
     };
-    if destination == gateway.listen
-        || (destination.port() == gateway.listen.port() && gateway.listen.ip().is_unspecified())
-    {
-        warn!(
-            "{peer} -> {destination}: connection to the listener itself, not intercepted; closing"
-        );
+    let Some((destination, intercepted)) = gateway.interception.original_destination(local, peer)
+    else {
+        warn!("{peer} -> {local}: connection to the listener itself, not intercepted; closing");
         return;
-    }
+    };
+    let flow_key = match sys::socket_cookie(&lan) {
+        Ok(cookie) => cookie,
+        Err(error) => {
+            warn!("{peer} -> {destination}: no socket cookie: {error}");
+            return;
+        }
+    };
+    let _listed = gateway
+        .interception
+        .register(flow_key, peer, destination, intercepted);
     let opened = tokio::time::timeout(
         gateway.connect_timeout,
-        open_upstream(&lan, destination, &gateway),
+        open_upstream(&lan, destination, flow_key, &gateway),
     )
     .await;
     let (mut upstream, server_early) = match opened {
@@ -195,9 +206,13 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
 async fn open_upstream(
     lan: &TcpStream,
     destination: SocketAddr,
+    flow_key: u64,
     gateway: &Gateway,
 ) -> anyhow::Result<(TcpStream, Vec<u8>)> {
-    let configure = |socket: &socket2::Socket| gateway.tuning.apply(socket);
+    let configure = |socket: &socket2::Socket| {
+        gateway.tuning.apply(socket)?;
+        gateway.interception.label(socket, flow_key)
+    };
     let (remote, key) = match &gateway.upstream {
         Upstream::Direct => {
             let stream = sys::connect(destination, true, configure)
@@ -229,27 +244,5 @@ async fn open_upstream(
     match Response::from_message(&message) {
         Response::Connected => Ok((stream, server_early)),
         Response::Error(code) => bail!("the converter refused: {code}"),
-    }
-}
-
-/// Forwards the eBPF programs' log records to env_logger as they arrive.
-async fn drain_ebpf_log(logger: EbpfLogger<&'static dyn log::Log>) {
-    let mut logger = match sys::register_readable(logger) {
-        Ok(logger) => logger,
-        Err(error) => {
-            error!("cannot poll the eBPF log ring buffer: {error}");
-            return;
-        }
-    };
-    loop {
-        let mut guard = match logger.readable_mut().await {
-            Ok(guard) => guard,
-            Err(error) => {
-                error!("eBPF log ring buffer failed: {error}");
-                return;
-            }
-        };
-        guard.get_inner_mut().flush();
-        guard.clear_ready();
     }
 }

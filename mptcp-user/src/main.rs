@@ -12,6 +12,9 @@ fn main() -> anyhow::Result<()> {
         Command::Gateway(args) => gateway::run(&args),
         Command::Remote(args) => remote::run(&args),
         Command::Flows(args) => inspect::flows(&args),
+        Command::Policy(args) => inspect::policy(&args),
+        Command::Optin(args) => inspect::opt_in(&args),
+        Command::Optout(args) => inspect::opt_out(&args),
         Command::Keygen { path } => {
             auth::Key::generate(&path)?;
             println!("wrote a new key to {}", path.display());

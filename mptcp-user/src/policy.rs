@@ -18,6 +18,28 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// A prefix from its network address and length (bits beyond it are kept as given).
+    pub fn new(network: IpAddr, prefix_len: u8) -> anyhow::Result<Self> {
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        if prefix_len > max {
+            bail!("prefix length {prefix_len} is too long for {network}");
+        }
+        Ok(Self {
+            network,
+            prefix_len,
+        })
+    }
+
+    /// The prefix's network address.
+    pub const fn network(&self) -> IpAddr {
+        self.network
+    }
+
+    /// The prefix's length in bits.
+    pub const fn prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+
     /// Whether `ip` is inside the prefix (an IPv4-mapped IPv6 address counts as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, canonical(ip)) {
@@ -56,13 +78,7 @@ impl FromStr for Cidr {
                 .with_context(|| format!("bad prefix length in {text:?}"))?,
             None => max,
         };
-        if prefix_len > max {
-            bail!("prefix length {prefix_len} is too long for {network}");
-        }
-        Ok(Self {
-            network,
-            prefix_len,
-        })
+        Self::new(network, prefix_len)
     }
 }
 
@@ -90,6 +106,16 @@ const REFUSED: &[&str] = &[
     "ff00::/8",       // multicast
 ];
 
+/// The ranges that are not the public internet: loopback, private, link-local, CGNAT,
+/// multicast, unspecified and broadcast. The converter refuses them; the gateway does
+/// not intercept them.
+pub fn non_public_ranges() -> Vec<Cidr> {
+    REFUSED
+        .iter()
+        .map(|cidr| cidr.parse().expect("built-in prefixes parse"))
+        .collect()
+}
+
 /// Which destinations the converter connects to.
 #[derive(Clone, Debug)]
 pub struct DestinationPolicy {
@@ -112,12 +138,8 @@ pub enum Refusal {
 impl DestinationPolicy {
     /// The default policy, widened by `allowed`; `own` are this host's addresses.
     pub fn new(allowed: Vec<Cidr>, own: Vec<IpAddr>) -> Self {
-        let refused = REFUSED
-            .iter()
-            .map(|cidr| cidr.parse().expect("built-in prefixes parse"))
-            .collect();
         Self {
-            refused,
+            refused: non_public_ranges(),
             allowed,
             own: own.into_iter().map(canonical).collect(),
         }

@@ -194,3 +194,46 @@ pub fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     Ok(nix::fcntl::splice(from, None, to, None, len, flags)?)
 }
+
+/// Reads a 64-bit socket option at level SOL_SOCKET.
+fn get_socket_u64(socket: &impl AsFd, option: libc::c_int) -> io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    let mut value = 0u64;
+    let mut len: libc::socklen_t = 8;
+    // SAFETY: the pointers describe `value` and `len`, valid for the call; the kernel
+    // writes at most `len` bytes.
+    let ret = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&raw mut value).cast(),
+            &raw mut len,
+        )
+    };
+    if ret == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The kernel's cookie of a socket (`SO_COOKIE`): the key BPF programs see for it.
+pub fn socket_cookie(socket: &impl AsFd) -> io::Result<u64> {
+    get_socket_u64(socket, libc::SO_COOKIE)
+}
+
+/// The cookie of this process's network namespace (`SO_NETNS_COOKIE`), the value
+/// `bpf_get_netns_cookie` returns for its sockets.
+pub fn netns_cookie() -> io::Result<u64> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    get_socket_u64(&socket, libc::SO_NETNS_COOKIE)
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |now| {
+        u64::try_from(now.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(now.tv_nsec()).unwrap_or(0)
+    })
+}

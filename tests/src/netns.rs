@@ -34,6 +34,18 @@ impl Netns {
         command
     }
 
+    /// A command that runs `program` inside the namespace but in the host's mount
+    /// namespace (`ip netns exec` remounts /sys): our daemons and CLIs need the host's
+    /// bpffs, where the pins are, and its cgroup v2 hierarchy.
+    pub fn host_mounts_command(&self, program: &str) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
+        command
+    }
+
     /// Runs `ip -n <ns> ARGS`, failing with its stderr.
     pub fn ip(&self, args: &[&str]) -> anyhow::Result<()> {
         run(Command::new("ip").args(["-n", &self.name]).args(args))

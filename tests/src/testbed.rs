@@ -16,8 +16,9 @@
 //! of the wire emulator (rate, delay, loss: like DSL, LTE or satellite). The gateway's
 //! uplink addresses are MPTCP `subflow` endpoints, each with a
 //! source-address routing table so that its subflow leaves by its own uplink. Plain
-//! forwarding (no gateway daemon) goes by uplink 1. Until the eBPF redirect lands,
-//! LAN flows reach the gateway's transparent listener through an nftables tproxy rule.
+//! forwarding (no gateway daemon) goes by uplink 1. The gateway daemon intercepts the
+//! LAN with its own eBPF redirect (`--lan lan0`); an nftables tproxy rule is available
+//! for comparison (`steer_with_tproxy`).
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -360,9 +361,9 @@ impl Testbed {
     }
 
     /// Writes a fresh key, starts the converter on the remote host (`remote_args` added
-    /// to its command line) and the gateway (`gateway_args` added, e.g. another
-    /// --key-file), steers the LAN to it with tproxy, and waits until both listen. Logs
-    /// go to `dir`.
+    /// to its command line) and the gateway intercepting lan0 with its eBPF redirect
+    /// (`gateway_args` added, e.g. another --key-file), and waits until both listen.
+    /// Logs go to `dir`.
     pub fn start_gateway_and_remote(
         &mut self,
         dir: &Path,
@@ -385,8 +386,14 @@ impl Testbed {
         remote.args(remote_args);
         self.start("remote", &mut remote, &dir.join("remote.log"))?;
         let pin_path = format!("/sys/fs/bpf/{}", self.name);
-        let mut gateway = self.gateway.command(&binary);
-        gateway.args(["gateway", "--listen", &format!("[::]:{GATEWAY_PORT}")]);
+        let mut gateway = self.gateway.host_mounts_command(&binary);
+        gateway.args([
+            "gateway",
+            "--listen",
+            &format!("[::]:{GATEWAY_PORT}"),
+            "--lan",
+            "lan0",
+        ]);
         gateway.args([
             "--remote",
             &format!("{REMOTE}:{REMOTE_PORT}"),
@@ -398,11 +405,13 @@ impl Testbed {
         }
         gateway.args(gateway_args).env("RUST_LOG", "info");
         self.start("gateway", &mut gateway, &dir.join("gateway.log"))?;
-        self.steer_with_tproxy()?;
         self.remote
             .wait_listening(REMOTE_PORT, Duration::from_secs(10))?;
-        self.gateway
-            .wait_listening(GATEWAY_PORT, Duration::from_secs(10))?;
+        wait_for_line(
+            &dir.join("gateway.log"),
+            GATEWAY_READY,
+            Duration::from_secs(10),
+        )?;
         self.check_running()
     }
 
@@ -430,6 +439,27 @@ impl Drop for Testbed {
         // Processes and wires end before their namespaces go away.
         self.processes.clear();
         self.wires.clear();
+    }
+}
+
+/// What the gateway logs once its listener, programs and routes are all in place.
+pub const GATEWAY_READY: &str = "gateway ready";
+
+/// Waits until the log file at `path` has a line containing `text`.
+pub fn wait_for_line(path: &Path, text: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.contains(text) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "{} has no line {text:?} after {timeout:?}; it says:\n{log}",
+                path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

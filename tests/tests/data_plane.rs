@@ -211,7 +211,9 @@ fn gateway_with_a_wrong_key_is_not_authorized() {
 fn private_destinations_are_refused_by_the_converter() {
     require_root();
     let dir = TempDir::new("private").unwrap();
-    let mut testbed = deploy(&dir, "priv", &[]);
+    // The gateway itself leaves private ranges alone by default; include this one so
+    // that the converter's refusal is what is tested.
+    let mut testbed = deploy(&dir, "priv", &["--include", "10.9.0.0/24"]);
     serve_files(&mut testbed, &dir, &[("index.html", b"hello")]);
 
     // The same server on its public address works, so a failure is the policy's doing.

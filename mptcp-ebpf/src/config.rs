@@ -1,0 +1,61 @@
+//! Settings the daemon writes into the object before loading it (`EbpfLoader::set_global`).
+//!
+//! They live in `.rodata`, which the kernel freezes, so the verifier sees them as
+//! constants. Each is read with a volatile load: without it LLVM would fold the
+//! compile-time zero into the code.
+
+use core::ptr::read_volatile;
+
+use mptcp_ebpf_common::Address;
+
+/// The splicer's transparent listener port.
+#[unsafe(no_mangle)]
+static LISTEN_PORT: u16 = 0;
+
+/// The fwmark that routes a steered packet to local delivery (`ip rule fwmark`).
+#[unsafe(no_mangle)]
+static STEER_MARK: u32 = 0;
+
+/// Cookie of the daemon's network namespace: the cgroup programs run in every
+/// namespace of the host and only redirect in this one.
+#[unsafe(no_mangle)]
+static NETNS_COOKIE: u64 = 0;
+
+/// Where redirected IPv4 connects go (the listener's IPv4 loopback address, mapped);
+/// all zeros when the listener takes no IPv4.
+#[unsafe(no_mangle)]
+static REDIRECT_V4: Address = [0; 4];
+
+/// Where redirected IPv6 connects go; all zeros when the listener takes no IPv6.
+#[unsafe(no_mangle)]
+static REDIRECT_V6: Address = [0; 4];
+
+#[inline(always)]
+pub fn listen_port() -> u16 {
+    // SAFETY: a plain load of an initialised static.
+    unsafe { read_volatile(&raw const LISTEN_PORT) }
+}
+
+#[inline(always)]
+pub fn steer_mark() -> u32 {
+    // SAFETY: as above.
+    unsafe { read_volatile(&raw const STEER_MARK) }
+}
+
+#[inline(always)]
+pub fn netns_cookie() -> u64 {
+    // SAFETY: as above.
+    unsafe { read_volatile(&raw const NETNS_COOKIE) }
+}
+
+#[inline(always)]
+pub fn redirect_v4() -> Address {
+    // SAFETY: as above.
+    unsafe { read_volatile(&raw const REDIRECT_V4) }
+}
+
+#[inline(always)]
+pub fn redirect_v6() -> Address {
+    // SAFETY: as above.
+    unsafe { read_volatile(&raw const REDIRECT_V6) }
+}

@@ -1,0 +1,181 @@
+//! tc ingress on the LAN interfaces (attached through tcx links): steers the TCP flows
+//! the policy selects to the splicer's transparent listener.
+//!
+//! For a SYN the policy selects, the program looks up the listener and assigns the packet
+//! to it (`bpf_sk_assign`), and marks it so that the policy route (`ip rule fwmark ...
+//! lookup T`, `local default dev lo table T`) delivers it locally instead of forwarding
+//! it. The accepted socket's local address is then the original destination.
+//!
+//! Every later packet of a steered flow is found by its socket: if the exact 4-tuple
+//! names a socket of ours that is not a listener, the packet is marked (local delivery
+//! then finds that socket by itself). A flow that was not steered at its SYN has no
+//! socket and keeps being forwarded, whatever the policy says later: a flow's decision is
+//! taken once.
+//!
+//! Anything unexpected (not TCP, truncated headers, IPv6 extension headers, no listener)
+//! is passed on untouched: the packet is forwarded as if the gateway were not there.
+
+use aya_ebpf::{
+    bindings::{BPF_F_CURRENT_NETNS, TC_ACT_OK, bpf_sock, bpf_sock_tuple},
+    helpers::{bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp},
+    macros::classifier,
+    programs::TcContext,
+};
+use core::ptr::read_volatile;
+use mptcp_ebpf_common::{Address, mapped_v4};
+
+use crate::{config, policy};
+
+const ETH_HEADER_LEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const IPPROTO_TCP: u8 = 6;
+const IPV6_HEADER_LEN: usize = 40;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
+/// `TCP_LISTEN` from include/net/tcp_states.h.
+const TCP_LISTEN: u32 = 10;
+
+/// The socket lookup key for IPv4 (`bpf_sock_tuple.ipv4`).
+#[repr(C)]
+struct Tuple4 {
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+}
+
+/// The socket lookup key for IPv6 (`bpf_sock_tuple.ipv6`).
+#[repr(C)]
+struct Tuple6 {
+    saddr: [u32; 4],
+    daddr: [u32; 4],
+    sport: u16,
+    dport: u16,
+}
+
+/// A parsed TCP packet: the lookup tuple of either family, the destination in our
+/// address form, and the TCP flags.
+enum Tuple {
+    V4(Tuple4),
+    V6(Tuple6),
+}
+
+#[classifier]
+pub fn steer_lan(ctx: TcContext) -> i32 {
+    // Errors only mean "not a packet we can steer": let it through.
+    let _ = try_steer_lan(&ctx);
+    TC_ACT_OK as i32
+}
+
+fn try_steer_lan(ctx: &TcContext) -> Result<(), i64> {
+    let (mut tuple, destination, flags) = parse(ctx)?;
+    if let Some(socket) = lookup(ctx, &mut tuple) {
+        // SAFETY: `socket` is a valid socket reference from the lookup helper.
+        let state = unsafe { read_volatile(&raw const (*socket).state) };
+        release(socket);
+        if state != TCP_LISTEN {
+            // A packet of a flow we accepted (or are accepting): deliver it locally.
+            ctx.set_mark(config::steer_mark());
+            return Ok(());
+        }
+    }
+    if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
+        return Ok(());
+    }
+    let port = match &tuple {
+        Tuple::V4(tuple) => tuple.dport,
+        Tuple::V6(tuple) => tuple.dport,
+    };
+    if !policy::selects(destination, u16::from_be(port)) {
+        return Ok(());
+    }
+    steer_to_listener(ctx, &mut tuple)
+}
+
+/// Assigns the SYN to the transparent listener and marks it for local delivery.
+fn steer_to_listener(ctx: &TcContext, tuple: &mut Tuple) -> Result<(), i64> {
+    // The listener is bound to a wildcard address: the same tuple with the listener's
+    // port finds it.
+    let listen_port = config::listen_port().to_be();
+    match tuple {
+        Tuple::V4(tuple) => tuple.dport = listen_port,
+        Tuple::V6(tuple) => tuple.dport = listen_port,
+    }
+    let listener = lookup(ctx, tuple).ok_or(-2i64)?;
+    // SAFETY: `listener` is a valid socket reference; the helper takes its own reference.
+    let assigned = unsafe { bpf_sk_assign(ctx.skb.skb.cast(), listener.cast(), 0) };
+    release(listener);
+    if assigned != 0 {
+        return Err(assigned);
+    }
+    ctx.set_mark(config::steer_mark());
+    Ok(())
+}
+
+/// Looks up the socket for `tuple` in this namespace: established (or request, or
+/// time-wait) sockets first, then listeners. The caller must [`release`] it.
+fn lookup(ctx: &TcContext, tuple: &mut Tuple) -> Option<*mut bpf_sock> {
+    let (pointer, size): (*mut bpf_sock_tuple, usize) = match tuple {
+        Tuple::V4(tuple) => ((&raw mut *tuple).cast(), size_of::<Tuple4>()),
+        Tuple::V6(tuple) => ((&raw mut *tuple).cast(), size_of::<Tuple6>()),
+    };
+    // SAFETY: `pointer` and `size` describe an initialised tuple on our stack.
+    let socket = unsafe {
+        bpf_skc_lookup_tcp(
+            ctx.skb.skb.cast(),
+            pointer,
+            size as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
+    };
+    (!socket.is_null()).then_some(socket)
+}
+
+fn release(socket: *mut bpf_sock) {
+    // SAFETY: `socket` came from a lookup helper and is released exactly once.
+    unsafe { bpf_sk_release(socket.cast()) };
+}
+
+/// Reads the IP and TCP headers: the lookup tuple, the destination and the TCP flags.
+fn parse(ctx: &TcContext) -> Result<(Tuple, Address, u8), i64> {
+    let ether_type = u16::from_be(ctx.load::<u16>(12)?);
+    let (tuple, destination, tcp_offset) = match ether_type {
+        ETH_P_IP => {
+            let version_ihl: u8 = ctx.load(ETH_HEADER_LEN)?;
+            if ctx.load::<u8>(ETH_HEADER_LEN + 9)? != IPPROTO_TCP {
+                return Err(0);
+            }
+            let saddr: u32 = ctx.load(ETH_HEADER_LEN + 12)?;
+            let daddr: u32 = ctx.load(ETH_HEADER_LEN + 16)?;
+            let tcp_offset = ETH_HEADER_LEN + usize::from(version_ihl & 0x0f) * 4;
+            let tuple = Tuple4 {
+                saddr,
+                daddr,
+                sport: ctx.load(tcp_offset)?,
+                dport: ctx.load(tcp_offset + 2)?,
+            };
+            (Tuple::V4(tuple), mapped_v4(daddr), tcp_offset)
+        }
+        ETH_P_IPV6 => {
+            // Flows with extension headers are left alone (rare for TCP).
+            if ctx.load::<u8>(ETH_HEADER_LEN + 6)? != IPPROTO_TCP {
+                return Err(0);
+            }
+            let saddr: [u32; 4] = ctx.load(ETH_HEADER_LEN + 8)?;
+            let daddr: [u32; 4] = ctx.load(ETH_HEADER_LEN + 24)?;
+            let tcp_offset = ETH_HEADER_LEN + IPV6_HEADER_LEN;
+            let tuple = Tuple6 {
+                saddr,
+                daddr,
+                sport: ctx.load(tcp_offset)?,
+                dport: ctx.load(tcp_offset + 2)?,
+            };
+            (Tuple::V6(tuple), daddr, tcp_offset)
+        }
+        _ => return Err(0),
+    };
+    let flags: u8 = ctx.load(tcp_offset + 13)?;
+    Ok((tuple, destination, flags))
+}
