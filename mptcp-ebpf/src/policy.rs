@@ -18,7 +18,10 @@ pub fn selects(address: Address, port: u16) -> bool {
     if !intercepts(*action) {
         return false;
     }
+    // The key is copied to the stack: a reference to the constant itself would point
+    // into a read-only data section, and such map keys were not found.
+    let restricted_key: u16 = PORTS_RESTRICTED_KEY;
     // SAFETY: lookups in a hash map of plain integers.
-    let restricted = unsafe { POLICY_PORTS.get(&PORTS_RESTRICTED_KEY) }.is_some();
+    let restricted = unsafe { POLICY_PORTS.get(&restricted_key) }.is_some();
     !restricted || unsafe { POLICY_PORTS.get(&port) }.is_some()
 }

@@ -5,15 +5,17 @@
 //!   before the SYN leaves, so its original destination moves to `ORIGINAL_DST` under
 //!   the client endpoint the splicer will see as its peer.
 //! - Established MPTCP subflows whose MPTCP socket carries a flow label (set by the
-//!   daemon in `FLOW_LABELS`) go into `SUBFLOWS`; their RTT samples refresh the entry.
+//!   daemon in `FLOW_LABELS`) go into `SUBFLOWS`; their RTT samples and received
+//!   segments refresh the entry.
 //! - At close, both kinds of entry are removed, so the maps only hold live sockets.
 
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG,
+        BPF_SOCK_OPS_PARSE_HDR_OPT_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB,
+        BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB,
     },
     helpers::{bpf_get_socket_cookie, bpf_sk_storage_get, bpf_skc_to_mptcp_sock},
     macros::sock_ops,
@@ -51,7 +53,9 @@ fn try_track_sockets(ctx: &SockOpsContext) -> Result<(), i64> {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
             on_established(ctx, family)
         }
-        BPF_SOCK_OPS_RTT_CB => {
+        // RTT samples come with ACKs of data we sent, the header callback with every
+        // segment we receive: between them, uploads and downloads both stay current.
+        BPF_SOCK_OPS_RTT_CB | BPF_SOCK_OPS_PARSE_HDR_OPT_CB => {
             if let Some(subflow) = SUBFLOWS.get_ptr_mut(&socket_cookie(ctx)) {
                 // SAFETY: the pointer is to a live map value.
                 update_counters(ctx, unsafe { &mut *subflow });
@@ -123,8 +127,10 @@ fn on_established(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
     SUBFLOWS
         .insert(&socket_cookie(ctx), &subflow, 0)
         .map_err(i64::from)?;
-    ctx.set_cb_flags((BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG) as i32)
-        .map_err(i64::from)
+    let flags = BPF_SOCK_OPS_STATE_CB_FLAG
+        | BPF_SOCK_OPS_RTT_CB_FLAG
+        | BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG;
+    ctx.set_cb_flags(flags as i32).map_err(i64::from)
 }
 
 /// Copies the socket's current RTT, state and counters into `subflow`.

@@ -385,7 +385,7 @@ impl Testbed {
         ]);
         remote.args(remote_args);
         self.start("remote", &mut remote, &dir.join("remote.log"))?;
-        let pin_path = format!("/sys/fs/bpf/{}", self.name);
+        let pin_path = self.pin_path();
         let mut gateway = self.gateway.host_mounts_command(&binary);
         gateway.args([
             "gateway",
@@ -415,6 +415,23 @@ impl Testbed {
         self.check_running()
     }
 
+    /// Where the gateway pins its maps.
+    pub fn pin_path(&self) -> String {
+        format!("/sys/fs/bpf/{}", self.name)
+    }
+
+    /// Runs `mptcp-user ARGS --pin-path <ours>` on the gateway host (the inspection and
+    /// policy commands), returning its output whatever its exit status.
+    pub fn gateway_cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let binary = crate::mptcp_user_bin();
+        self.gateway
+            .host_mounts_command(&binary.to_string_lossy())
+            .args(args)
+            .args(["--pin-path", &self.pin_path()])
+            .output()
+            .context("running mptcp-user")
+    }
+
     /// Serves the files of `dir` over HTTP on port 80 of the server, IPv4 and IPv6
     /// (python3's stock http.server: a real third-party server).
     pub fn start_http_server(&mut self, dir: &Path, log: &Path) -> anyhow::Result<()> {
@@ -439,6 +456,9 @@ impl Drop for Testbed {
         // Processes and wires end before their namespaces go away.
         self.processes.clear();
         self.wires.clear();
+        // A gateway killed by the drop above leaves its pins, which would keep its maps
+        // alive in the kernel.
+        let _ = std::fs::remove_dir_all(self.pin_path());
     }
 }
 

@@ -1,0 +1,410 @@
+//! The eBPF redirect end to end: LAN steering with no nftables rule, the live selection
+//! policy, per-cgroup opt-in, the flow listing with its subflows, and fail-open.
+//!
+//! Who carried a connection is read off the server: a small server on port 8080 answers
+//! each connection with the address it came from. Through the converter that is the
+//! converter's server-side address; directly, it is the LAN client's (forwarded) or the
+//! gateway's uplink address (local process).
+
+use std::{
+    fs,
+    path::Path,
+    process::{Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use mptcp_tests::{
+    TempDir,
+    cgroup::Cgroup,
+    mptcp_user_bin,
+    netns::Netns,
+    require_root,
+    testbed::{SERVER, SERVER_V6, Testbed, Uplink},
+};
+
+const UPLINKS: [Uplink; 2] = [Uplink::htb(50), Uplink::htb(50)];
+/// The port of the who-am-I server.
+const WHOAMI_PORT: u16 = 8080;
+/// What the server sees when the converter carried the connection.
+const VIA_CONVERTER: &str = "203.0.113.1";
+/// The same over IPv6.
+const VIA_CONVERTER_V6: &str = "2001:db8:113::1";
+/// What the server sees for a LAN client forwarded directly.
+const LAN_CLIENT_DIRECT: &str = "192.168.50.2";
+/// What the server sees for a gateway-host process connecting directly (uplink 1).
+const GATEWAY_HOST_DIRECT: &str = "10.0.1.1";
+
+/// Answers every connection with the peer's address, then closes.
+const WHOAMI_SERVER: &str = r"
+import socket, sys
+server = socket.create_server(('::', int(sys.argv[1])), family=socket.AF_INET6, dualstack_ipv6=True)
+while True:
+    connection, peer = server.accept()
+    address = peer[0].removeprefix('::ffff:')
+    connection.sendall(address.encode() + b'\n')
+    connection.close()
+";
+
+/// Connects, prints the peer address the socket reports, then what the server said.
+const WHOAMI_CLIENT: &str = r"
+import socket, sys
+connection = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+peer = connection.getpeername()
+print(peer[0].removeprefix('::ffff:'), peer[1])
+print(connection.makefile().readline().strip())
+";
+
+/// A testbed with the gateway and converter running and the who-am-I server started.
+fn deploy(dir: &TempDir, label: &str, gateway_args: &[&str]) -> Testbed {
+    let mut testbed = Testbed::new(label, &UPLINKS).unwrap();
+    testbed
+        .start_gateway_and_remote(dir.path(), gateway_args, &[])
+        .unwrap();
+    let mut server = testbed.server.command("python3");
+    server.args(["-c", WHOAMI_SERVER, &WHOAMI_PORT.to_string()]);
+    testbed
+        .start("whoami", &mut server, &dir.path().join("whoami.log"))
+        .unwrap();
+    testbed
+        .server
+        .wait_listening(WHOAMI_PORT, Duration::from_secs(10))
+        .unwrap();
+    testbed
+}
+
+/// Runs the who-am-I client from `netns` (in `cgroup` if given): (the peer address the
+/// socket reports, the address the server saw), or `None` if it failed.
+fn whoami(netns: &Netns, cgroup: Option<&Cgroup>, server: &str) -> Option<(String, String)> {
+    let mut command = netns.host_mounts_command("python3");
+    command.args(["-c", WHOAMI_CLIENT, server, &WHOAMI_PORT.to_string()]);
+    if let Some(cgroup) = cgroup {
+        cgroup.put(&mut command);
+    }
+    let output = command.stderr(Stdio::null()).output().unwrap();
+    if !output.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut lines = text.lines();
+    Some((lines.next()?.to_owned(), lines.next()?.to_owned()))
+}
+
+/// The address the server saw for a connection from the LAN host.
+fn seen_from_lan(testbed: &Testbed, server: &str) -> String {
+    whoami(&testbed.client, None, server)
+        .unwrap_or_else(|| panic!("LAN connection to {server} failed"))
+        .1
+}
+
+fn cli(testbed: &Testbed, args: &[&str]) -> Output {
+    testbed.gateway_cli(args).unwrap()
+}
+
+fn cli_ok(testbed: &Testbed, args: &[&str]) -> String {
+    let output = cli(testbed, args);
+    assert!(
+        output.status.success(),
+        "mptcp-user {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn flows_json(testbed: &Testbed) -> Vec<serde_json::Value> {
+    serde_json::from_str(&cli_ok(testbed, &["flows", "--json"])).expect("flows --json is JSON")
+}
+
+#[test]
+fn lan_flows_are_steered_by_ebpf_and_listed_with_their_subflows() {
+    require_root();
+    let dir = TempDir::new("steer").unwrap();
+    let mut testbed = deploy(&dir, "steer", &[]);
+    let ruleset = testbed.gateway.exec("nft", &["list", "ruleset"]).unwrap();
+    assert!(ruleset.trim().is_empty(), "nftables rules: {ruleset}");
+    assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
+    // The gateway has no IPv6 route to the server: only the converter can reach it.
+    assert_eq!(seen_from_lan(&testbed, SERVER_V6), VIA_CONVERTER_V6);
+
+    // A slow download stays live long enough to be listed.
+    let www = dir.path().join("www");
+    fs::create_dir(&www).unwrap();
+    fs::write(www.join("big"), mptcp_tests::random_bytes(16 << 20)).unwrap();
+    testbed
+        .start_http_server(&www, &dir.path().join("http.log"))
+        .unwrap();
+    let mut curl = testbed
+        .client
+        .command("curl")
+        .args([
+            "--silent",
+            "--fail",
+            "--limit-rate",
+            "2M",
+            "--output",
+            "/dev/null",
+        ])
+        .arg(format!("http://{SERVER}/big"))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let listed = loop {
+        let flows = flows_json(&testbed);
+        let live = flows.into_iter().find(|flow| {
+            flow["destination"] == format!("{SERVER}:80")
+                && flow["subflows"].as_array().is_some_and(|subflows| {
+                    subflows.len() >= 2
+                        && subflows
+                            .iter()
+                            .all(|subflow| subflow["bytes_down"].as_u64() > Some(0))
+                })
+        });
+        if let Some(flow) = live {
+            break flow;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no live flow with two busy subflows listed; gateway log: {}",
+            fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    let _ = curl.kill();
+    let _ = curl.wait();
+    assert_eq!(listed["intercepted"], "lan");
+    assert!(
+        listed["client"]
+            .as_str()
+            .unwrap()
+            .starts_with("192.168.50.2:")
+    );
+    let mut uplinks: Vec<&str> = listed["subflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|subflow| {
+            subflow["local"]
+                .as_str()
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap()
+        })
+        .collect();
+    uplinks.sort_unstable();
+    assert_eq!(uplinks, ["10.0.1.1", "10.0.2.1"], "flow: {listed}");
+    assert!(listed["bytes_down"].as_u64() > Some(0));
+
+    // An ended flow leaves the listing.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !flows_json(&testbed).is_empty() {
+        assert!(Instant::now() < deadline, "ended flow still listed");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn policy_edits_apply_to_new_flows() {
+    require_root();
+    let dir = TempDir::new("policy").unwrap();
+    let testbed = deploy(&dir, "policy", &[]);
+    assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
+
+    cli_ok(&testbed, &["policy", "add", "exclude", SERVER]);
+    assert_eq!(seen_from_lan(&testbed, SERVER), LAN_CLIENT_DIRECT);
+    let listing: serde_json::Value =
+        serde_json::from_str(&cli_ok(&testbed, &["policy", "list", "--json"])).unwrap();
+    assert!(
+        listing["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|rule| rule["prefix"] == format!("{SERVER}/32") && rule["action"] == "exclude"),
+        "policy: {listing}"
+    );
+
+    // Only port 443 intercepted: our port 8080 goes direct even without the exclusion.
+    cli_ok(&testbed, &["policy", "del", SERVER]);
+    assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
+    cli_ok(&testbed, &["policy", "add-port", "443"]);
+    assert_eq!(seen_from_lan(&testbed, SERVER), LAN_CLIENT_DIRECT);
+    cli_ok(&testbed, &["policy", "del-port", "443"]);
+    assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
+
+    // The converter's address can never be intercepted (that would loop).
+    let refused = cli(&testbed, &["policy", "del", "10.0.1.2"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("excluded by the gateway itself"),
+        "stderr: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
+#[test]
+fn opted_in_cgroups_are_redirected_and_see_the_original_peer() {
+    require_root();
+    let dir = TempDir::new("optin").unwrap();
+    let opted = Cgroup::new("opted").unwrap();
+    let other = Cgroup::new("other").unwrap();
+    let opted_path = opted.path().to_str().unwrap().to_owned();
+    let testbed = deploy(&dir, "optin", &["--cgroup", &opted_path]);
+    let original_peer = (SERVER.to_owned(), WHOAMI_PORT.to_string());
+
+    let (peer, seen) = whoami(&testbed.gateway, Some(&opted), SERVER).expect("opted-in connect");
+    assert_eq!(
+        seen, VIA_CONVERTER,
+        "the opted-in process was not redirected"
+    );
+    assert_eq!(
+        peer.split_once(' ')
+            .map(|(ip, port)| (ip.to_owned(), port.to_owned())),
+        Some(original_peer.clone()),
+        "getpeername must show the original destination"
+    );
+    let (_, seen) = whoami(&testbed.gateway, Some(&other), SERVER).expect("direct connect");
+    assert_eq!(
+        seen, GATEWAY_HOST_DIRECT,
+        "a process outside was redirected"
+    );
+
+    // IPv6: the gateway has no route to the server, so only the redirect can succeed.
+    let (peer, seen) = whoami(&testbed.gateway, Some(&opted), SERVER_V6).expect("IPv6 connect");
+    assert_eq!(seen, VIA_CONVERTER_V6);
+    assert_eq!(peer, format!("{SERVER_V6} {WHOAMI_PORT}"));
+
+    // At run time: opt the other one in, the first one out.
+    let other_path = other.path().to_str().unwrap().to_owned();
+    cli_ok(&testbed, &["optin", &other_path]);
+    cli_ok(&testbed, &["optout", &opted_path]);
+    let (_, seen) = whoami(&testbed.gateway, Some(&other), SERVER).expect("connect");
+    assert_eq!(seen, VIA_CONVERTER, "optin did not take effect");
+    let (peer, seen) = whoami(&testbed.gateway, Some(&opted), SERVER).expect("connect");
+    assert_eq!(seen, GATEWAY_HOST_DIRECT, "optout did not take effect");
+    assert_eq!(peer, format!("{SERVER} {WHOAMI_PORT}"));
+}
+
+#[test]
+fn killed_gateway_fails_open_within_a_second() {
+    require_root();
+    let dir = TempDir::new("failopen").unwrap();
+    let opted = Cgroup::new("failopen").unwrap();
+    let testbed = deploy(
+        &dir,
+        "failopen",
+        &["--cgroup", opted.path().to_str().unwrap()],
+    );
+    assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
+
+    let pid = testbed.pid("gateway").unwrap().to_string();
+    let killed = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // New flows must work directly within a second of the kill.
+    let direct = loop {
+        if let Some((_, seen)) = whoami(&testbed.client, None, SERVER) {
+            break seen;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "no LAN flow works after the kill"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "the first direct LAN flow took {took:?}"
+    );
+    assert_eq!(direct, LAN_CLIENT_DIRECT);
+    let (_, seen) = whoami(&testbed.gateway, Some(&opted), SERVER).expect("local connect");
+    assert_eq!(seen, GATEWAY_HOST_DIRECT);
+}
+
+#[test]
+fn terminated_gateway_removes_what_it_installed() {
+    require_root();
+    let dir = TempDir::new("cleanup").unwrap();
+    let testbed = deploy(&dir, "cleanup", &[]);
+    let pin_path = testbed.pin_path();
+    assert!(Path::new(&pin_path).join("FLOWS").exists());
+    let rules = |family: &str| {
+        testbed
+            .gateway
+            .exec("ip", &[family, "rule", "show"])
+            .unwrap()
+    };
+    assert!(rules("-4").contains("fwmark 0x4d50"), "{}", rules("-4"));
+
+    // A second gateway with the same pin path refuses to start.
+    let binary = mptcp_user_bin();
+    let second = testbed
+        .gateway
+        .host_mounts_command(&binary.to_string_lossy())
+        .args([
+            "gateway",
+            "--direct",
+            "--listen",
+            "[::]:15999",
+            "--pin-path",
+            &pin_path,
+        ])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another gateway is already running"),
+        "stderr: {}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
+    let pid = testbed.pid("gateway").unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&pin_path).exists()
+        || rules("-4").contains("0x4d50")
+        || rules("-6").contains("0x4d50")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "pins or rules left after SIGTERM"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(seen_from_lan(&testbed, SERVER), LAN_CLIENT_DIRECT);
+    let gone = cli(&testbed, &["flows"]);
+    assert!(!gone.status.success());
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("no running gateway found"),
+        "stderr: {}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+}
+
+#[test]
+fn inspection_needs_root() {
+    require_root();
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(mptcp_user_bin())
+        .arg("flows")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("needs root"),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
