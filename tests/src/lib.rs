@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod emulator;
 pub mod measure;
 pub mod netns;
+pub mod redirect;
 pub mod testbed;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

@@ -45,6 +45,15 @@ pub const GATEWAY_PORT: u16 = 15124;
 const TPROXY_MARK: &str = "1";
 const TPROXY_TABLE: &str = "100";
 
+/// How LAN flows reach the gateway's listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Steering {
+    /// The gateway's own tc program (`--lan lan0`).
+    Ebpf,
+    /// An nftables tproxy rule (for comparison).
+    Nftables,
+}
+
 /// One uplink's shape, the same in both directions.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Uplink {
@@ -370,6 +379,17 @@ impl Testbed {
         gateway_args: &[&str],
         remote_args: &[&str],
     ) -> anyhow::Result<()> {
+        self.start_daemons(dir, Steering::Ebpf, gateway_args, remote_args)
+    }
+
+    /// [`Self::start_gateway_and_remote`], with the LAN steered by `steering`.
+    pub fn start_daemons(
+        &mut self,
+        dir: &Path,
+        steering: Steering,
+        gateway_args: &[&str],
+        remote_args: &[&str],
+    ) -> anyhow::Result<()> {
         let binary = crate::mptcp_user_bin();
         let key = dir.join("key");
         crate::netns::run(Command::new(&binary).arg("keygen").arg(&key))?;
@@ -387,13 +407,10 @@ impl Testbed {
         self.start("remote", &mut remote, &dir.join("remote.log"))?;
         let pin_path = self.pin_path();
         let mut gateway = self.gateway.host_mounts_command(&binary);
-        gateway.args([
-            "gateway",
-            "--listen",
-            &format!("[::]:{GATEWAY_PORT}"),
-            "--lan",
-            "lan0",
-        ]);
+        gateway.args(["gateway", "--listen", &format!("[::]:{GATEWAY_PORT}")]);
+        if steering == Steering::Ebpf {
+            gateway.args(["--lan", "lan0"]);
+        }
         gateway.args([
             "--remote",
             &format!("{REMOTE}:{REMOTE_PORT}"),
@@ -412,6 +429,9 @@ impl Testbed {
             GATEWAY_READY,
             Duration::from_secs(10),
         )?;
+        if steering == Steering::Nftables {
+            self.steer_with_tproxy()?;
+        }
         self.check_running()
     }
 

@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use mptcp_tests::{TempDir, aggregate, require_root};
+use mptcp_tests::{TempDir, aggregate, redirect, require_root};
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks on the namespace testbed")]
@@ -33,6 +33,19 @@ enum Bench {
         #[arg(long, env = "MPTCP_BENCH_DIR", default_value = "target/bench")]
         out: PathBuf,
     },
+    /// What interception costs: first byte through the gateway vs direct, and time per
+    /// new connection with the eBPF redirect vs an nftables tproxy rule.
+    Redirect {
+        /// Connections timed per round.
+        #[arg(long, default_value_t = 200)]
+        exchanges: usize,
+        /// Alternating rounds of eBPF and nftables.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Directory for the JSON results.
+        #[arg(long, env = "MPTCP_BENCH_DIR", default_value = "target/bench")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,7 +65,28 @@ fn main() -> anyhow::Result<()> {
             &row,
             &out,
         ),
+        Bench::Redirect {
+            exchanges,
+            rounds,
+            out,
+        } => {
+            let dir = TempDir::new("bench-redirect")?;
+            println!("redirect: {rounds} rounds of {exchanges} connections");
+            let result =
+                redirect::run(exchanges, rounds, dir.path(), &|step| println!("  {step}"))?;
+            redirect::print(&result);
+            write_json(&out, "redirect", &result.to_json())
+        }
     }
+}
+
+/// Writes `json` to `out/NAME-<unix time>.json` and says where.
+fn write_json(out: &std::path::Path, name: &str, json: &serde_json::Value) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let path = out.join(format!("{name}-{}.json", unix_seconds()));
+    std::fs::write(&path, serde_json::to_string_pretty(json)?)?;
+    println!("results: {}", path.display());
+    Ok(())
 }
 
 fn run_aggregate(
@@ -90,17 +124,13 @@ fn run_aggregate(
         print_row(number, &result);
         results.push(result.to_json());
     }
-    std::fs::create_dir_all(out)?;
-    let path = out.join(format!("aggregate-{congestion}-{}.json", unix_seconds()));
     let json = serde_json::json!({
         "congestion": congestion,
         "daemon_args": daemon_args,
         "seconds": duration.as_secs(),
         "rows": results,
     });
-    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
-    println!("results: {}", path.display());
-    Ok(())
+    write_json(out, &format!("aggregate-{congestion}"), &json)
 }
 
 fn print_row(number: usize, result: &aggregate::RowResult) {

@@ -1,0 +1,194 @@
+//! The redirect benchmark: what intercepting a connection costs.
+//!
+//! Method (README "Benchmarks" says the same):
+//! - First byte on realistic lines (DSL 20 Mbit/s 15 ms + LTE 10 Mbit/s 50 ms): the
+//!   median time from connect() to the first byte of the answer over fresh connections,
+//!   directly (plain forwarding over the DSL line) and through the gateway.
+//! - Cost per new connection, eBPF vs nftables: on two identical testbeds of zero-delay
+//!   HTB lines, where processing rather than propagation sets the time, one gateway
+//!   steered by its own tc program, the other by an nftables tproxy rule. The same
+//!   connect-to-first-byte exchange, many times, in alternating rounds so that both see
+//!   the same machine load; medians per connection. Plain forwarding without a gateway
+//!   is measured first on both, as the floor.
+//! - Cost on flows the gateway leaves alone: with the tc program attached and the
+//!   server's address excluded by the policy, the same exchange, against the floor.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use anyhow::Context as _;
+
+use crate::{
+    measure,
+    testbed::{SERVER, Steering, Testbed, Uplink},
+};
+
+/// Port of the responder on the server.
+const PORT: u16 = 5003;
+
+/// Everything the benchmark measured; durations are medians per connection.
+#[derive(Debug)]
+pub struct RedirectResult {
+    /// First byte over the DSL line directly.
+    pub first_byte_direct: Duration,
+    /// First byte through the gateway.
+    pub first_byte_gateway: Duration,
+    /// Plain forwarding on the zero-delay testbeds (no gateway), per round.
+    pub forwarded: Vec<Duration>,
+    /// Through the gateway steered by its tc program, per round.
+    pub ebpf: Vec<Duration>,
+    /// Through the gateway steered by nftables tproxy, per round.
+    pub nftables: Vec<Duration>,
+    /// Forwarded past the attached tc program (destination excluded), per round.
+    pub excluded: Vec<Duration>,
+}
+
+/// The median of `values`.
+fn median(values: &[Duration]) -> Duration {
+    let mut sorted = values.to_vec();
+    sorted.sort();
+    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+impl RedirectResult {
+    /// First byte through the gateway over first byte directly.
+    pub fn first_byte_ratio(&self) -> f64 {
+        self.first_byte_gateway.as_secs_f64() / self.first_byte_direct.as_secs_f64()
+    }
+
+    /// Time per new connection with the eBPF redirect over the same with nftables.
+    pub fn ebpf_over_nftables(&self) -> f64 {
+        median(&self.ebpf).as_secs_f64() / median(&self.nftables).as_secs_f64()
+    }
+
+    /// Time per new connection forwarded past the tc program over plain forwarding.
+    pub fn excluded_over_forwarded(&self) -> f64 {
+        median(&self.excluded).as_secs_f64() / median(&self.forwarded).as_secs_f64()
+    }
+
+    /// The results as JSON, for target/bench/.
+    pub fn to_json(&self) -> serde_json::Value {
+        let all = |values: &[Duration]| {
+            values
+                .iter()
+                .map(|&value| millis(value))
+                .collect::<Vec<_>>()
+        };
+        serde_json::json!({
+            "first_byte_direct_ms": millis(self.first_byte_direct),
+            "first_byte_gateway_ms": millis(self.first_byte_gateway),
+            "first_byte_ratio": self.first_byte_ratio(),
+            "per_connection_forwarded_ms": all(&self.forwarded),
+            "per_connection_ebpf_ms": all(&self.ebpf),
+            "per_connection_nftables_ms": all(&self.nftables),
+            "per_connection_excluded_ms": all(&self.excluded),
+            "ebpf_over_nftables": self.ebpf_over_nftables(),
+            "excluded_over_forwarded": self.excluded_over_forwarded(),
+        })
+    }
+}
+
+/// Runs the benchmark: `exchanges` connections per round, `rounds` alternating rounds;
+/// daemon logs in `dir`.
+pub fn run(
+    exchanges: usize,
+    rounds: usize,
+    dir: &Path,
+    progress: &dyn Fn(&str),
+) -> anyhow::Result<RedirectResult> {
+    let server = SocketAddr::new(SERVER.parse()?, PORT);
+    let time = |testbed: &Testbed, count: usize| {
+        measure::time_to_first_byte(&testbed.client, &testbed.server, server, count)
+    };
+
+    progress("first byte on DSL 20/15 + LTE 10/50: direct, then through the gateway");
+    let mut lines = Testbed::new("rdl", &[Uplink::line(20, 15), Uplink::line(10, 50)])?;
+    let first_byte_direct = time(&lines, 15)?;
+    let lines_dir = dir.join("lines");
+    std::fs::create_dir_all(&lines_dir)?;
+    lines.start_gateway_and_remote(&lines_dir, &[], &[])?;
+    let first_byte_gateway = time(&lines, 15)?;
+    drop(lines);
+
+    progress("cost per connection: two zero-delay testbeds, eBPF and nftables");
+    let uplinks = [Uplink::htb(100), Uplink::htb(100)];
+    let mut with_ebpf = Testbed::new("rde", &uplinks)?;
+    let mut with_nftables = Testbed::new("rdn", &uplinks)?;
+    let mut forwarded = Vec::new();
+    for _ in 0..rounds {
+        forwarded.push(time(&with_ebpf, exchanges)?);
+        forwarded.push(time(&with_nftables, exchanges)?);
+    }
+    for (testbed, steering, name) in [
+        (&mut with_ebpf, Steering::Ebpf, "ebpf"),
+        (&mut with_nftables, Steering::Nftables, "nftables"),
+    ] {
+        let logs = dir.join(name);
+        std::fs::create_dir_all(&logs)?;
+        testbed.start_daemons(&logs, steering, &[], &[])?;
+    }
+    let (mut ebpf, mut nftables) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        progress(&format!("  round {round}/{rounds}"));
+        ebpf.push(time(&with_ebpf, exchanges)?);
+        nftables.push(time(&with_nftables, exchanges)?);
+    }
+    with_ebpf.check_running()?;
+    with_nftables.check_running()?;
+    drop(with_nftables);
+
+    progress("cost on excluded flows: the tc program attached, the server excluded");
+    let output = with_ebpf.gateway_cli(&["policy", "add", "exclude", SERVER])?;
+    anyhow::ensure!(
+        output.status.success(),
+        "policy add failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let excluded = (0..rounds)
+        .map(|_| time(&with_ebpf, exchanges))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("timing excluded flows")?;
+    Ok(RedirectResult {
+        first_byte_direct,
+        first_byte_gateway,
+        forwarded,
+        ebpf,
+        nftables,
+        excluded,
+    })
+}
+
+/// Prints the results as a short table with the ratios.
+pub fn print(result: &RedirectResult) {
+    println!(
+        "first byte, DSL + LTE lines: direct {:.1} ms, through the gateway {:.1} ms, ratio {:.3}",
+        millis(result.first_byte_direct),
+        millis(result.first_byte_gateway),
+        result.first_byte_ratio()
+    );
+    println!("per new connection (median of rounds, zero-delay lines):");
+    for (name, values) in [
+        ("plain forwarding, no gateway", &result.forwarded),
+        ("gateway, eBPF redirect", &result.ebpf),
+        ("gateway, nftables tproxy", &result.nftables),
+        ("excluded flow past the tc program", &result.excluded),
+    ] {
+        let rounds: Vec<String> = values
+            .iter()
+            .map(|&value| format!("{:.3}", millis(value)))
+            .collect();
+        println!(
+            "  {name:<36} {:.3} ms   rounds: {}",
+            millis(median(values)),
+            rounds.join(" ")
+        );
+    }
+    println!(
+        "eBPF / nftables per connection: {:.3}   excluded / plain forwarding: {:.3}",
+        result.ebpf_over_nftables(),
+        result.excluded_over_forwarded()
+    );
+}
