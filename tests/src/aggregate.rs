@@ -7,6 +7,9 @@
 //!   uplink only, the server sending with the same congestion control as the daemons;
 //! - raw MPTCP: a sender on the remote host, a receiver on the gateway host, one MPTCP
 //!   connection with a subflow per uplink, no relay: the ceiling for the gateway;
+//! - shadowsocks, the tool people use for this today (OpenMPTCProuter's default):
+//!   `ss-redir` on the gateway host and `ss-server` on the remote host, both forced
+//!   onto MPTCP with mptcpize, AES-128-GCM, the LAN steered by an nftables tproxy rule;
 //! - gateway: the LAN host's TCP flow is steered to the gateway, carried over MPTCP to
 //!   the converter, and on to the server.
 //!
@@ -18,6 +21,8 @@
 //! goodput is payload bytes over the whole flow, slow start included.
 
 use std::{net::SocketAddr, path::Path, time::Duration};
+
+use anyhow::Context as _;
 
 use crate::{
     measure::{self, Download, Transport},
@@ -57,8 +62,14 @@ pub struct RowResult {
     pub singles: Vec<f64>,
     /// Raw kernel MPTCP between gateway and remote hosts.
     pub raw_mptcp: Download,
+    /// The LAN host's flow through shadowsocks over MPTCP (the tool people use today).
+    pub shadowsocks: Download,
     /// The LAN host's flow through gateway and converter.
     pub gateway: Download,
+    /// CPU seconds ss-redir and ss-server used for their flow.
+    pub shadowsocks_cpu_s: f64,
+    /// CPU seconds the gateway and converter daemons used for theirs.
+    pub gateway_cpu_s: f64,
     /// Median connect-to-first-byte over uplink 1 without the gateway.
     pub first_byte_direct: Duration,
     /// The same through gateway and converter (whose first subflow uses uplink 1).
@@ -86,6 +97,17 @@ impl RowResult {
         self.gateway.mbit_per_s() / self.raw_mptcp.mbit_per_s()
     }
 
+    /// The gateway's goodput over shadowsocks-over-MPTCP's.
+    pub fn over_shadowsocks(&self) -> f64 {
+        self.gateway.mbit_per_s() / self.shadowsocks.mbit_per_s()
+    }
+
+    /// CPU time per byte moved, the gateway's daemons over shadowsocks'.
+    pub fn cpu_per_byte_over_shadowsocks(&self) -> f64 {
+        (self.gateway_cpu_s / self.gateway.mbit_per_s())
+            / (self.shadowsocks_cpu_s / self.shadowsocks.mbit_per_s())
+    }
+
     /// The row as JSON.
     pub fn to_json(&self) -> serde_json::Value {
         let seconds =
@@ -97,6 +119,12 @@ impl RowResult {
             "raw_mptcp_mbit": self.raw_mptcp.mbit_per_s(),
             "raw_mptcp_time_to_90_s": seconds(&self.raw_mptcp),
             "raw_mptcp_per_second_mbit": self.raw_mptcp.per_second_mbit(),
+            "shadowsocks_mbit": self.shadowsocks.mbit_per_s(),
+            "shadowsocks_per_second_mbit": self.shadowsocks.per_second_mbit(),
+            "gateway_over_shadowsocks": self.over_shadowsocks(),
+            "shadowsocks_cpu_s": self.shadowsocks_cpu_s,
+            "gateway_cpu_s": self.gateway_cpu_s,
+            "cpu_per_byte_gateway_over_shadowsocks": self.cpu_per_byte_over_shadowsocks(),
             "gateway_mbit": self.gateway.mbit_per_s(),
             "gateway_time_to_90_s": seconds(&self.gateway),
             "gateway_per_second_mbit": self.gateway.per_second_mbit(),
@@ -159,11 +187,20 @@ pub fn run_row(
         duration,
     )?;
 
+    progress("shadowsocks over MPTCP: ss-redir + ss-server under mptcpize");
+    testbed.start_shadowsocks(dir, congestion)?;
+    let (shadowsocks, shadowsocks_cpu_s) =
+        with_cpu_time(&testbed, &["ss-redir", "ss-server"], lan_download)?;
+    testbed.check_running()?;
+    testbed.stop("ss-redir");
+    testbed.stop("ss-server");
+    testbed.unsteer_tproxy()?;
+
     progress("through gateway and converter");
     let mut args = vec!["--congestion", congestion];
     args.extend(daemon_args.iter().map(String::as_str));
     testbed.start_gateway_and_remote(dir, &args, &args)?;
-    let gateway = lan_download(&testbed)?;
+    let (gateway, gateway_cpu_s) = with_cpu_time(&testbed, &["gateway", "remote"], lan_download)?;
     let first_byte_gateway = measure::time_to_first_byte(
         &testbed.client,
         &testbed.server,
@@ -175,8 +212,33 @@ pub fn run_row(
         uplinks: uplinks.iter().map(ToString::to_string).collect(),
         singles,
         raw_mptcp,
+        shadowsocks,
         gateway,
+        shadowsocks_cpu_s,
+        gateway_cpu_s,
         first_byte_direct,
         first_byte_gateway,
     })
+}
+
+/// Runs `measure` and returns its result with the CPU seconds the testbed's processes
+/// labelled `labels` used meanwhile.
+fn with_cpu_time<T>(
+    testbed: &Testbed,
+    labels: &[&str],
+    measure: impl FnOnce(&Testbed) -> anyhow::Result<T>,
+) -> anyhow::Result<(T, f64)> {
+    let pids = labels
+        .iter()
+        .map(|label| {
+            testbed
+                .pid(label)
+                .with_context(|| format!("no process {label}"))
+        })
+        .collect::<anyhow::Result<Vec<u32>>>()?;
+    let total =
+        || -> anyhow::Result<f64> { pids.iter().map(|&pid| measure::cpu_seconds(pid)).sum() };
+    let before = total()?;
+    let result = measure(testbed)?;
+    Ok((result, total()? - before))
 }

@@ -323,6 +323,56 @@ impl Testbed {
         Ok(())
     }
 
+    /// Removes what [`Self::steer_with_tproxy`] installed.
+    pub fn unsteer_tproxy(&self) -> anyhow::Result<()> {
+        self.gateway
+            .exec("nft", &["delete", "table", "inet", "mptcp_testbed"])?;
+        for family in ["-4", "-6"] {
+            self.gateway.ip(&[
+                family,
+                "rule",
+                "del",
+                "fwmark",
+                TPROXY_MARK,
+                "lookup",
+                TPROXY_TABLE,
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Starts the tool people use today for this job, OpenMPTCProuter-style: shadowsocks
+    /// (`ss-redir` on the gateway, `ss-server` on the remote host), both forced onto
+    /// MPTCP by mptcpize, AES-128-GCM, the LAN steered to ss-redir by the tproxy rule.
+    /// Their TCP uses `congestion`. Logs go to `dir`.
+    pub fn start_shadowsocks(&mut self, dir: &Path, congestion: &str) -> anyhow::Result<()> {
+        const SS_PORT: &str = "8388";
+        let common = ["-k", "testbed-password", "-m", "aes-128-gcm", "--no-delay"];
+        for netns in [&self.gateway, &self.remote] {
+            netns.sysctl("net.ipv4.tcp_congestion_control", congestion)?;
+        }
+        let mut server = self.remote.command("mptcpize");
+        server
+            .args(["run", "ss-server", "-s", "0.0.0.0", "-p", SS_PORT])
+            .args(common);
+        self.start("ss-server", &mut server, &dir.join("ss-server.log"))?;
+        let mut redir = self.gateway.command("mptcpize");
+        redir
+            .args(["run", "ss-redir", "-s", REMOTE, "-p", SS_PORT, "-T"])
+            .args(["-b", "0.0.0.0", "-l", &GATEWAY_PORT.to_string()])
+            .args(common);
+        self.start("ss-redir", &mut redir, &dir.join("ss-redir.log"))?;
+        self.remote.wait_listening(8388, Duration::from_secs(10))?;
+        self.gateway
+            .wait_listening(GATEWAY_PORT, Duration::from_secs(10))?;
+        self.steer_with_tproxy()
+    }
+
+    /// Stops the started processes labelled `label`.
+    pub fn stop(&mut self, label: &str) {
+        self.processes.retain(|process| process.label() != label);
+    }
+
     /// Routes plain forwarded LAN traffic over uplink `i` (1-based) in both directions.
     pub fn route_lan_via(&self, i: usize) -> anyhow::Result<()> {
         let interface = format!("up{i}");

@@ -33,6 +33,9 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "iputils-ping",
     "python3",
+    // The aggregate benchmark's comparison: shadowsocks made MPTCP by mptcpize.
+    "shadowsocks-libev",
+    "mptcpd",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -154,12 +154,18 @@ fn print_row(number: usize, result: &aggregate::RowResult) {
         time_to_90(&result.raw_mptcp)
     );
     println!(
+        "  shadowsocks over MPTCP{:7.2} Mbit/s  90% after {}",
+        result.shadowsocks.mbit_per_s(),
+        time_to_90(&result.shadowsocks)
+    );
+    println!(
         "  gateway               {:7.2} Mbit/s  90% after {}",
         result.gateway.mbit_per_s(),
         time_to_90(&result.gateway)
     );
     for (name, download) in [
         ("raw MPTCP", &result.raw_mptcp),
+        ("shadowsocks", &result.shadowsocks),
         ("gateway", &result.gateway),
     ] {
         let per_second: Vec<String> = download
@@ -167,7 +173,7 @@ fn print_row(number: usize, result: &aggregate::RowResult) {
             .iter()
             .map(|rate| format!("{rate:.0}"))
             .collect();
-        println!("  {name:<10} per second {}", per_second.join(" "));
+        println!("  {name:<11} per second {}", per_second.join(" "));
     }
     println!(
         "  first byte: direct {:.1} ms, through the gateway {:.1} ms",
@@ -175,9 +181,17 @@ fn print_row(number: usize, result: &aggregate::RowResult) {
         result.first_byte_gateway.as_secs_f64() * 1e3
     );
     println!(
-        "  gateway / sum {:.3}   gateway / raw MPTCP {:.3}   >= best single: {}",
+        "  CPU: daemons {:.2} s, shadowsocks {:.2} s; per byte, gateway / shadowsocks {:.3}",
+        result.gateway_cpu_s,
+        result.shadowsocks_cpu_s,
+        result.cpu_per_byte_over_shadowsocks()
+    );
+    println!(
+        "  gateway / sum {:.3}   gateway / raw MPTCP {:.3}   gateway / shadowsocks {:.3}   \
+         >= best single: {}",
         result.share_of_sum(),
         result.share_of_raw(),
+        result.over_shadowsocks(),
         if result.gateway.mbit_per_s() >= result.best_single() {
             "yes"
         } else {
