@@ -137,19 +137,39 @@ impl RowResult {
     }
 }
 
-/// Runs one row: builds its testbed, measures each uplink alone, raw MPTCP, then the
-/// gateway (daemons started with `--congestion congestion` and `daemon_args`, logs in
-/// `dir`).
+/// How the rows are run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Congestion control of every sender.
+    pub congestion: String,
+    /// Extra arguments for both daemons.
+    pub daemon_args: Vec<String>,
+    /// `KEY=VALUE` sysctls set on the gateway and remote hosts first (e.g. buffer
+    /// limits): they apply to raw MPTCP, shadowsocks and the gateway alike.
+    pub host_sysctls: Vec<String>,
+    /// Length of each flow.
+    pub duration: Duration,
+}
+
+/// Runs one row: builds its testbed, measures each uplink alone, raw MPTCP,
+/// shadowsocks, then the gateway (daemons started with `--congestion` and the extra
+/// arguments of `options`, logs in `dir`).
 pub fn run_row(
     label: &str,
     uplinks: &[Uplink],
-    congestion: &str,
-    daemon_args: &[String],
-    duration: Duration,
+    options: &Options,
     dir: &Path,
     progress: &dyn Fn(&str),
 ) -> anyhow::Result<RowResult> {
+    let (congestion, duration) = (options.congestion.as_str(), options.duration);
     let mut testbed = Testbed::new(label, uplinks)?;
+    for setting in &options.host_sysctls {
+        let (key, value) = setting
+            .split_once('=')
+            .with_context(|| format!("{setting:?} is not KEY=VALUE"))?;
+        testbed.gateway.sysctl(key, value)?;
+        testbed.remote.sysctl(key, value)?;
+    }
     let server = SocketAddr::new(SERVER.parse()?, PORT);
     // The LAN host's download from the server, by whatever path the testbed gives it.
     let lan_download = |testbed: &Testbed| {
@@ -198,7 +218,7 @@ pub fn run_row(
 
     progress("through gateway and converter");
     let mut args = vec!["--congestion", congestion];
-    args.extend(daemon_args.iter().map(String::as_str));
+    args.extend(options.daemon_args.iter().map(String::as_str));
     testbed.start_gateway_and_remote(dir, &args, &args)?;
     let (gateway, gateway_cpu_s) = with_cpu_time(&testbed, &["gateway", "remote"], lan_download)?;
     let first_byte_gateway = measure::time_to_first_byte(

@@ -23,6 +23,10 @@ enum Bench {
         /// Extra arguments for both daemons, e.g. "--send-buffer=4" (repeatable).
         #[arg(long, allow_hyphen_values = true)]
         daemon_arg: Vec<String>,
+        /// A sysctl for the gateway and remote hosts, e.g.
+        /// "net.ipv4.tcp_wmem=4096 16384 16777216" (repeatable).
+        #[arg(long)]
+        host_sysctl: Vec<String>,
         /// Length of each flow.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
@@ -58,10 +62,14 @@ fn main() -> anyhow::Result<()> {
             row,
             out,
             daemon_arg,
+            host_sysctl,
         } => run_aggregate(
-            &congestion,
-            &daemon_arg,
-            Duration::from_secs(seconds),
+            &aggregate::Options {
+                congestion,
+                daemon_args: daemon_arg,
+                host_sysctls: host_sysctl,
+                duration: Duration::from_secs(seconds),
+            },
             &row,
             &out,
         ),
@@ -90,12 +98,11 @@ fn write_json(out: &std::path::Path, name: &str, json: &serde_json::Value) -> an
 }
 
 fn run_aggregate(
-    congestion: &str,
-    daemon_args: &[String],
-    duration: Duration,
+    options: &aggregate::Options,
     rows: &[usize],
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
+    let congestion = &options.congestion;
     let matrix = aggregate::matrix();
     let chosen: Vec<usize> = if rows.is_empty() {
         (1..=matrix.len()).collect()
@@ -104,7 +111,7 @@ fn run_aggregate(
     };
     println!(
         "aggregate: {} s flows, congestion control {congestion}",
-        duration.as_secs()
+        options.duration.as_secs()
     );
     let mut results = Vec::new();
     for number in chosen {
@@ -115,9 +122,7 @@ fn run_aggregate(
         let result = aggregate::run_row(
             &format!("agg{number}"),
             uplinks,
-            congestion,
-            daemon_args,
-            duration,
+            options,
             dir.path(),
             &|step| println!("  row {number}: {step}"),
         )?;
@@ -126,8 +131,9 @@ fn run_aggregate(
     }
     let json = serde_json::json!({
         "congestion": congestion,
-        "daemon_args": daemon_args,
-        "seconds": duration.as_secs(),
+        "daemon_args": options.daemon_args,
+        "host_sysctls": options.host_sysctls,
+        "seconds": options.duration.as_secs(),
         "rows": results,
     });
     write_json(out, &format!("aggregate-{congestion}"), &json)
