@@ -197,6 +197,7 @@ pub fn run_row(
         FIRST_BYTE_EXCHANGES,
     )?;
 
+    testbed.wait_uplinks_quiet()?;
     progress("raw MPTCP, gateway host <- remote host");
     let raw_mptcp = measure::download(
         &testbed.gateway,
@@ -207,6 +208,7 @@ pub fn run_row(
         duration,
     )?;
 
+    testbed.wait_uplinks_quiet()?;
     progress("shadowsocks over MPTCP: ss-redir + ss-server under mptcpize");
     testbed.start_shadowsocks(dir, congestion)?;
     let (shadowsocks, shadowsocks_cpu_s) =
@@ -215,11 +217,14 @@ pub fn run_row(
     testbed.stop("ss-redir");
     testbed.stop("ss-server");
     testbed.unsteer_tproxy()?;
+    // Killed, they leave orphaned MPTCP connections retransmitting for a second or
+    // two: measured, they cost the next flow half its first second.
+    testbed.wait_uplinks_quiet()?;
 
     progress("through gateway and converter");
     let mut args = vec!["--congestion", congestion];
     args.extend(options.daemon_args.iter().map(String::as_str));
-    testbed.start_gateway_and_remote(dir, &args, &args)?;
+    testbed.start_daemons(dir, crate::testbed::Steering::Nftables, &args, &args)?;
     let (gateway, gateway_cpu_s) = with_cpu_time(&testbed, &["gateway", "remote"], lan_download)?;
     let first_byte_gateway = measure::time_to_first_byte(
         &testbed.client,

@@ -216,6 +216,12 @@ impl Testbed {
         server.ip(&["-6", "route", "add", "default", "via", "2001:db8:113::1"])?;
         server.ip(&["route", "add", "default", "via", "203.0.113.1"])?;
 
+        // Measured flows follow each other between the same hosts; the kernel's cache of
+        // per-destination metrics (ssthresh, RTT) would make each start depend on how
+        // the previous one ended.
+        for netns in [client, gateway, remote, server] {
+            netns.sysctl("net.ipv4.tcp_no_metrics_save", "1")?;
+        }
         for netns in [gateway, remote] {
             netns.sysctl("net.ipv4.ip_forward", "1")?;
             netns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
@@ -311,7 +317,7 @@ impl Testbed {
             self.gateway.ip(&[
                 family,
                 "route",
-                "add",
+                "replace",
                 "local",
                 everything,
                 "dev",
@@ -518,6 +524,23 @@ impl Testbed {
         (1..=self.uplinks.len())
             .map(|i| Ok(self.gateway.interface_bytes(&format!("up{i}"))?.0))
             .collect()
+    }
+
+    /// Waits until the uplinks carry less than 10 kB in half a second (at most 20 s),
+    /// so that what an ended flow left behind (orphaned connections still retransmitting,
+    /// say) does not steal the next measurement's capacity. Returns how long it waited.
+    pub fn wait_uplinks_quiet(&self) -> anyhow::Result<Duration> {
+        let started = std::time::Instant::now();
+        let mut before = self.uplink_rx_bytes()?;
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = self.uplink_rx_bytes()?;
+            let moved: u64 = now.iter().zip(&before).map(|(a, b)| a - b).sum();
+            if moved < 10_000 || started.elapsed() > Duration::from_secs(20) {
+                return Ok(started.elapsed());
+            }
+            before = now;
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: the gateway on a namespace testbed with two unequal, realistic
 //! uplinks. A LAN host downloads a file with curl, first over the best uplink alone,
-//! then through the gateway, and the demo prints what each got.
+//! then through the gateway, and the demo prints what each got, and what `mptcp-user
+//! flows` showed during the second download.
 
 use std::{process::Stdio, time::Duration};
 
@@ -17,6 +18,9 @@ const UPLINKS: [(&str, Uplink); 2] = [("DSL", Uplink::line(20, 15)), ("LTE", Upl
 
 /// Size of the downloaded file: long enough for congestion control to settle.
 const FILE_MIB: usize = 32;
+
+/// When the demo lists the live flow with `mptcp-user flows`.
+const FLOWS_AFTER: Duration = Duration::from_secs(4);
 
 /// One curl download: bytes and seconds.
 struct Transfer {
@@ -60,18 +64,29 @@ fn run() -> anyhow::Result<()> {
         UPLINKS[best].0
     );
     testbed.route_lan_via(best + 1)?;
-    let single = curl(&testbed)?;
+    let (single, _) = curl(&testbed, None)?;
     testbed.route_lan_via(1)?;
 
     println!("\n2. Through the gateway: MPTCP over both uplinks to the converter");
     testbed.start_gateway_and_remote(dir.path(), &[], &[])?;
     let before = testbed.uplink_rx_bytes()?;
-    let aggregated = curl(&testbed)?;
+    let flows = || {
+        testbed
+            .gateway_cli(&["flows"])
+            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let (aggregated, listing) = curl(&testbed, Some(&flows))?;
     let after = testbed.uplink_rx_bytes()?;
     testbed.check_running()?;
 
     println!();
     print_table(&uplinks, &single, &aggregated, &before, &after);
+    if let Some(listing) = listing {
+        println!(
+            "\n`mptcp-user flows` {FLOWS_AFTER:?} into the download through the gateway:\n{listing}"
+        );
+    }
     Ok(())
 }
 
@@ -83,7 +98,14 @@ fn best_uplink(uplinks: &[Uplink]) -> usize {
 }
 
 /// Downloads the served file from the LAN host with curl, showing curl's progress bar.
-fn curl(testbed: &Testbed) -> anyhow::Result<Transfer> {
+/// If given, `snapshot` runs once, [`FLOWS_AFTER`] into the download; its output comes
+/// back with the transfer.
+fn curl(
+    testbed: &Testbed,
+    snapshot: Option<&dyn Fn() -> String>,
+) -> anyhow::Result<(Transfer, Option<String>)> {
+    let started = std::time::Instant::now();
+    let mut snapshot_taken = None;
     let mut child = testbed
         .client
         .command("curl")
@@ -103,6 +125,12 @@ fn curl(testbed: &Testbed) -> anyhow::Result<Transfer> {
         .spawn()
         .context("starting curl")?;
     while child.try_wait()?.is_none() {
+        if let Some(take) = snapshot
+            && snapshot_taken.is_none()
+            && started.elapsed() >= FLOWS_AFTER
+        {
+            snapshot_taken = Some(take());
+        }
         if interrupted() {
             let _ = child.kill();
             let _ = child.wait();
@@ -117,7 +145,9 @@ fn curl(testbed: &Testbed) -> anyhow::Result<Transfer> {
     let text = String::from_utf8_lossy(&output.stdout);
     let mut fields = text.split_whitespace().map(str::parse::<f64>);
     match (fields.next(), fields.next()) {
-        (Some(Ok(bytes)), Some(Ok(seconds))) if seconds > 0.0 => Ok(Transfer { bytes, seconds }),
+        (Some(Ok(bytes)), Some(Ok(seconds))) if seconds > 0.0 => {
+            Ok((Transfer { bytes, seconds }, snapshot_taken))
+        }
         _ => bail!("unexpected output from curl: {text}"),
     }
 }
