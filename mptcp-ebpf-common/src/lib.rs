@@ -13,6 +13,7 @@
 pub mod flows;
 pub mod policy;
 pub mod redirect;
+pub mod uplinks;
 
 /// An IPv4 or IPv6 address as four network-order words; IPv4 is IPv4-mapped.
 pub type Address = [u32; 4];

@@ -21,6 +21,11 @@ static STEER_MARK: u32 = 0;
 #[unsafe(no_mangle)]
 static NETNS_COOKIE: u64 = 0;
 
+/// 1 on the gateway, where a subflow's uplink is its local address; 0 on the converter,
+/// where it is the peer's.
+#[unsafe(no_mangle)]
+static UPLINK_IS_LOCAL: u32 = 0;
+
 /// Where redirected IPv4 connects go (the listener's IPv4 loopback address, mapped);
 /// all zeros when the listener takes no IPv4.
 #[unsafe(no_mangle)]
@@ -46,6 +51,12 @@ pub fn steer_mark() -> u32 {
 pub fn netns_cookie() -> u64 {
     // SAFETY: as above.
     unsafe { read_volatile(&raw const NETNS_COOKIE) }
+}
+
+#[inline(always)]
+pub fn uplink_is_local() -> bool {
+    // SAFETY: as above.
+    unsafe { read_volatile(&raw const UPLINK_IS_LOCAL) != 0 }
 }
 
 #[inline(always)]

@@ -11,6 +11,7 @@ use mptcp_ebpf_common::{
     flows::{self, Flow, Subflow},
     policy,
     redirect::{self, ClientKey},
+    uplinks::{self, CongestionName},
 };
 
 /// Destination prefix -> include/exclude. Written by the daemon and `mptcp-user policy`;
@@ -39,6 +40,12 @@ pub static REDIRECTS: LruHashMap<u64, Endpoint> =
 #[map]
 pub static ORIGINAL_DST: LruHashMap<ClientKey, Endpoint> =
     LruHashMap::with_max_entries(redirect::MAX_REDIRECTS, 0);
+
+/// Uplink address prefix -> congestion control of the subflows over it. Written by the
+/// daemons; read by sock_ops at each subflow's establishment.
+#[map]
+pub static UPLINK_CONGESTION: LpmTrie<Address, CongestionName> =
+    LpmTrie::with_max_entries(uplinks::MAX_RULES, 0);
 
 /// LAN-side socket cookie -> flow. Written and deleted by the daemon; read by the CLI.
 #[map]

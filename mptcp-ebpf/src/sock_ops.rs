@@ -4,6 +4,9 @@
 //! - `TCP_CONNECT_CB` of a socket connect4/6 redirected: its local port is known now,
 //!   before the SYN leaves, so its original destination moves to `ORIGINAL_DST` under
 //!   the client endpoint the splicer will see as its peer.
+//! - Established MPTCP subflows of the daemon's namespace get the congestion control
+//!   `UPLINK_CONGESTION` names for their uplink, if any (else the one the daemon set on
+//!   the MPTCP socket, which every subflow inherits).
 //! - Established MPTCP subflows whose MPTCP socket carries a flow label (set by the
 //!   daemon in `FLOW_LABELS`) go into `SUBFLOWS`; their RTT samples and received
 //!   segments refresh the entry.
@@ -17,21 +20,30 @@ use aya_ebpf::{
         BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
         BPF_SOCK_OPS_TCP_CONNECT_CB,
     },
-    helpers::{bpf_get_socket_cookie, bpf_sk_storage_get, bpf_skc_to_mptcp_sock},
+    helpers::{
+        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_setsockopt, bpf_sk_storage_get,
+        bpf_skc_to_mptcp_sock,
+    },
     macros::sock_ops,
     programs::SockOpsContext,
 };
 use core::ptr::{null_mut, read_volatile};
 
+use aya_ebpf::maps::lpm_trie::Key;
 use aya_log_ebpf::warn;
-use mptcp_ebpf_common::{Address, Endpoint, flows::Subflow, mapped_v4};
+use mptcp_ebpf_common::{Address, Endpoint, flows::Subflow, mapped_v4, uplinks::NAME_LEN};
 
-use crate::maps::{FLOW_LABELS, ORIGINAL_DST, REDIRECTS, SUBFLOWS};
+use crate::{
+    config,
+    maps::{FLOW_LABELS, ORIGINAL_DST, REDIRECTS, SUBFLOWS, UPLINK_CONGESTION},
+};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 /// `TCP_CLOSE` from include/net/tcp_states.h.
 const TCP_CLOSE: u32 = 7;
+const SOL_TCP: i32 = 6;
+const TCP_CONGESTION: i32 = 13;
 
 // Named `track_sockets`, not `sockops`: a function named like its section clashes in
 // bpf-linker ("symbol 'sockops' is already defined").
@@ -91,7 +103,8 @@ fn on_connect(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
         .map_err(i64::from)
 }
 
-/// Records an MPTCP subflow of one of the daemon's labelled upstream connections.
+/// Sets an MPTCP subflow's uplink congestion control, and records it if it belongs to
+/// one of the daemon's labelled upstream connections.
 fn on_established(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
     // SAFETY: `ops` is the context; `sk` is readable in sock_ops.
     let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
@@ -102,6 +115,16 @@ fn on_established(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
     let msk = unsafe { bpf_skc_to_mptcp_sock(sk.cast()) };
     if msk.is_null() {
         return Ok(());
+    }
+    let (local, remote) = endpoints(ctx, family);
+    // SAFETY: the helper takes the context.
+    if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == config::netns_cookie() {
+        let uplink = if config::uplink_is_local() {
+            local.address
+        } else {
+            remote.address
+        };
+        set_uplink_congestion(ctx, uplink)?;
     }
     // SAFETY: `msk` is a valid MPTCP socket; without the create flag nothing is written.
     let label = unsafe {
@@ -115,7 +138,6 @@ fn on_established(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
     if label.is_null() {
         return Ok(());
     }
-    let (local, remote) = endpoints(ctx, family);
     let mut subflow = Subflow {
         // SAFETY: a non-null storage pointer points to our u64 value.
         flow: unsafe { read_volatile(label.cast::<u64>()) },
@@ -131,6 +153,26 @@ fn on_established(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
         | BPF_SOCK_OPS_RTT_CB_FLAG
         | BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG;
     ctx.set_cb_flags(flags as i32).map_err(i64::from)
+}
+
+/// Gives the subflow the congestion control configured for `uplink`, if any.
+fn set_uplink_congestion(ctx: &SockOpsContext, uplink: Address) -> Result<(), i64> {
+    let Some(choice) = UPLINK_CONGESTION.get(Key::new(128, uplink)) else {
+        return Ok(());
+    };
+    // Copied to the stack: the helper reads the name from there.
+    let mut name = choice.name;
+    // SAFETY: `ops` is the context; `name` is NAME_LEN readable bytes, zero-terminated.
+    let ret = unsafe {
+        bpf_setsockopt(
+            ctx.ops.cast(),
+            SOL_TCP,
+            TCP_CONGESTION,
+            (&raw mut name).cast(),
+            NAME_LEN as i32,
+        )
+    };
+    if ret == 0 { Ok(()) } else { Err(ret) }
 }
 
 /// Copies the socket's current RTT, state and counters into `subflow`.

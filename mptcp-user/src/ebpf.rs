@@ -24,11 +24,15 @@ use aya::{
 use aya_log::EbpfLogger;
 use log::{debug, warn};
 
-use crate::selection::Policy;
+use crate::{
+    selection::{self, Policy},
+    tuning::UplinkCongestion,
+};
 use mptcp_ebpf_common::{
     Address, Endpoint,
     flows::{self, Flow},
     policy, redirect,
+    uplinks::{self, CongestionName},
 };
 
 /// The eBPF object built by build.rs, embedded so that the shipped binary needs no
@@ -79,6 +83,9 @@ pub struct Settings {
     pub redirect_v4: Address,
     /// Where redirected IPv6 connects go; zeros for none.
     pub redirect_v6: Address,
+    /// Whether a subflow's uplink is its local address (gateway) or its peer's
+    /// (converter).
+    pub uplink_is_local: bool,
 }
 
 /// The loaded programs and maps. Dropping it detaches every program and removes the pins.
@@ -97,6 +104,11 @@ impl Programs {
             .override_global("NETNS_COOKIE", &settings.netns_cookie, true)
             .override_global("REDIRECT_V4", &settings.redirect_v4, true)
             .override_global("REDIRECT_V6", &settings.redirect_v6, true)
+            .override_global(
+                "UPLINK_IS_LOCAL",
+                &u32::from(settings.uplink_is_local),
+                true,
+            )
             .load(EBPF_OBJECT)
             .context("failed to load the eBPF object")?;
         let classifier: &mut SchedClassifier = program_mut(&mut ebpf, LAN_PROGRAM)?.try_into()?;
@@ -149,25 +161,45 @@ impl Programs {
         Ok(())
     }
 
-    /// Attaches sock_ops and the connect/getpeername programs to the cgroup v2 root
-    /// `root`: they see every socket of the host and act on the opted-in cgroups' and
-    /// the daemon's own.
-    pub fn attach_cgroup_root(&mut self, root: &Path) -> anyhow::Result<()> {
-        let root_dir = File::open(root)
-            .with_context(|| format!("failed to open cgroup {}", root.display()))?;
+    /// Attaches sock_ops to the cgroup v2 root `root`: it sees every TCP socket of the
+    /// host and acts on redirected connects and on the daemon's own subflows.
+    pub fn attach_sock_ops(&mut self, root: &Path) -> anyhow::Result<()> {
+        let root_dir = open_cgroup(root)?;
         // A BPF link always coexists with other programs on the cgroup; the kernel rejects
         // the BPF_F_ALLOW_MULTI flag on links (EINVAL), so the mode must be Single.
         let sock_ops: &mut SockOps = program_mut(&mut self.ebpf, SOCK_OPS_PROGRAM)?.try_into()?;
         sock_ops
             .attach(&root_dir, CgroupAttachMode::Single)
             .with_context(|| format!("failed to attach sock_ops to {}", root.display()))?;
+        debug!("sock_ops attached to {}", root.display());
+        Ok(())
+    }
+
+    /// Attaches the connect/getpeername programs to the cgroup v2 root `root`: they see
+    /// every connect of the host and redirect the opted-in cgroups'.
+    pub fn attach_connect_redirect(&mut self, root: &Path) -> anyhow::Result<()> {
+        let root_dir = open_cgroup(root)?;
         for name in SOCK_ADDR_PROGRAMS {
             let program: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?.try_into()?;
             program
                 .attach(&root_dir, CgroupAttachMode::Single)
                 .with_context(|| format!("failed to attach {name} to {}", root.display()))?;
         }
-        debug!("cgroup programs attached to {}", root.display());
+        debug!("connect redirect attached to {}", root.display());
+        Ok(())
+    }
+
+    /// Installs the per-uplink congestion control rules for sock_ops.
+    pub fn set_uplink_congestion(&mut self, rules: &[UplinkCongestion]) -> anyhow::Result<()> {
+        let mut map: LpmTrie<&mut MapData, Address, CongestionName> = LpmTrie::try_from(
+            self.ebpf
+                .map_mut(uplinks::MAP_NAME)
+                .ok_or_else(|| anyhow!("the eBPF object has no map {}", uplinks::MAP_NAME))?,
+        )?;
+        for rule in rules {
+            map.insert(&selection::prefix_key(&rule.uplinks), rule.map_name(), 0)
+                .with_context(|| format!("failed to add --uplink-congestion {}", rule.uplinks))?;
+        }
         Ok(())
     }
 
@@ -254,6 +286,10 @@ fn remove_stale_pin(pin: &Path) -> anyhow::Result<()> {
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(error) => Err(error).with_context(|| format!("failed to remove {}", pin.display())),
     }
+}
+
+fn open_cgroup(path: &Path) -> anyhow::Result<File> {
+    File::open(path).with_context(|| format!("failed to open cgroup {}", path.display()))
 }
 
 fn program_mut<'a>(

@@ -63,6 +63,7 @@ impl Interception {
                 .context("cannot read the network namespace cookie")?,
             redirect_v4: redirect_v4.map_or([0; 4], selection::to_address),
             redirect_v6: redirect_v6.map_or([0; 4], selection::to_address),
+            uplink_is_local: true,
         };
         let mut programs = Programs::load(&settings)?;
         if let Some(logger) = programs.take_logger() {
@@ -95,7 +96,10 @@ impl Interception {
                 cgroup.display()
             );
         }
-        programs.attach_cgroup_root(&cgroups::root()?)?;
+        programs.set_uplink_congestion(args.tuning.uplink_congestion.as_slice())?;
+        let root = cgroups::root()?;
+        programs.attach_sock_ops(&root)?;
+        programs.attach_connect_redirect(&root)?;
 
         let routes = if args.lan.is_empty() {
             None

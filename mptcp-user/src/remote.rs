@@ -19,7 +19,9 @@ use tokio::{
 
 use crate::{
     auth::{self, AuthError, Key, Verifier},
+    cgroups,
     cli::RemoteArgs,
+    ebpf::{Programs, Settings},
     policy::{self, DestinationPolicy},
     protocol::{ErrorCode, Request, Response},
     relay::{self, PipePool},
@@ -52,6 +54,12 @@ pub struct Remote {
 pub fn run(args: &RemoteArgs) -> anyhow::Result<()> {
     let key = Key::load(&args.key_file)?;
     let tuning = Tuning::new(&args.tuning)?;
+    // Held for the daemon's life; without per-uplink rules the converter runs no eBPF.
+    let _uplink_programs = if tuning.uplink_congestion().is_empty() {
+        None
+    } else {
+        Some(load_uplink_congestion(&tuning)?)
+    };
     let mut own = policy::local_addresses()?;
     own.push(args.listen.ip());
     let remote = Arc::new(Remote {
@@ -68,10 +76,38 @@ pub fn run(args: &RemoteArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let listener = sys::listen(args.listen, true, false)
             .with_context(|| format!("failed to listen on {}", args.listen))?;
+        // On the listener, not on each accepted connection: there it would also reach
+        // the subflows sock_ops already gave their uplink's algorithm.
+        remote
+            .tuning
+            .apply_congestion(&socket2::SockRef::from(&listener))
+            .context("failed to set the congestion control")?;
         info!("remote converter listening on {} (MPTCP)", args.listen);
         serve(listener, remote, server::shutdown_signal()?).await;
         Ok(())
     })
+}
+
+/// Loads the sock_ops program that gives each subflow its uplink's congestion control
+/// (`--uplink-congestion`, matched against the gateway's address, the subflow's peer).
+fn load_uplink_congestion(tuning: &Tuning) -> anyhow::Result<Programs> {
+    let mut programs = Programs::load(&Settings {
+        netns_cookie: sys::netns_cookie().context("cannot read the network namespace cookie")?,
+        uplink_is_local: false,
+        ..Settings::default()
+    })?;
+    programs.set_uplink_congestion(tuning.uplink_congestion())?;
+    programs.attach_sock_ops(&cgroups::root()?)?;
+    info!(
+        "per-uplink congestion control: {}",
+        tuning
+            .uplink_congestion()
+            .iter()
+            .map(|rule| format!("{}={}", rule.uplinks, rule.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(programs)
 }
 
 /// Accepts connections until `shutdown` resolves, then gives live relays a grace period.
@@ -101,7 +137,10 @@ async fn handle(
     remote: Arc<Remote>,
     _permit: OwnedSemaphorePermit,
 ) {
-    if let Err(error) = remote.tuning.apply(&socket2::SockRef::from(&client)) {
+    if let Err(error) = remote
+        .tuning
+        .apply_send_buffer(&socket2::SockRef::from(&client))
+    {
         warn!("{peer}: cannot tune the MPTCP connection: {error}");
     }
     let (request, early_data) = match read_request(&mut client, &remote).await {

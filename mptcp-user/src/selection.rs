@@ -90,7 +90,8 @@ pub fn from_address(words: Address) -> IpAddr {
     crate::protocol::canonical_ip(IpAddr::V6(Ipv6Addr::from(octets)))
 }
 
-fn key(prefix: &Cidr) -> Key<Address> {
+/// The LPM trie key of `prefix` (IPv4 prefixes as IPv4-mapped, 96 bits longer).
+pub fn prefix_key(prefix: &Cidr) -> Key<Address> {
     let bits = u32::from(prefix.prefix_len()) + if prefix.network().is_ipv4() { 96 } else { 0 };
     Key::new(bits, to_address(prefix.network()))
 }
@@ -156,25 +157,25 @@ impl<P: Borrow<MapData>, Q: Borrow<MapData>> Policy<P, Q> {
 impl<P: BorrowMut<MapData>, Q: BorrowMut<MapData>> Policy<P, Q> {
     /// Sets the action for `prefix`, replacing any earlier one. A fixed exclusion stays.
     pub fn set(&mut self, prefix: Cidr, action: Action) -> anyhow::Result<()> {
-        if self.prefixes.get(&key(&prefix), 0).ok() == Some(ACTION_EXCLUDE_FIXED)
+        if self.prefixes.get(&prefix_key(&prefix), 0).ok() == Some(ACTION_EXCLUDE_FIXED)
             && action != Action::Fixed
         {
             bail!("{prefix} is excluded by the gateway itself (the converter or its own address)");
         }
         self.prefixes
-            .insert(&key(&prefix), action.to_map(), 0)
+            .insert(&prefix_key(&prefix), action.to_map(), 0)
             .with_context(|| format!("failed to add {prefix} to the policy"))
     }
 
     /// Removes the rule for exactly `prefix`.
     pub fn remove(&mut self, prefix: Cidr) -> anyhow::Result<()> {
-        match self.prefixes.get(&key(&prefix), 0) {
+        match self.prefixes.get(&prefix_key(&prefix), 0) {
             Ok(ACTION_EXCLUDE_FIXED) => bail!(
                 "{prefix} is excluded by the gateway itself (the converter or its own address)"
             ),
             Ok(_) => self
                 .prefixes
-                .remove(&key(&prefix))
+                .remove(&prefix_key(&prefix))
                 .with_context(|| format!("failed to remove {prefix}")),
             Err(_) => bail!("the policy has no rule for {prefix}"),
         }
@@ -236,7 +237,7 @@ impl<P: BorrowMut<MapData>, Q: BorrowMut<MapData>> Policy<P, Q> {
 
 #[cfg(test)]
 mod tests {
-    use super::{from_address, key, prefix_from_key, to_address};
+    use super::{from_address, prefix_from_key, prefix_key, to_address};
     use crate::policy::Cidr;
 
     #[test]
@@ -250,12 +251,12 @@ mod tests {
     #[test]
     fn ipv4_prefixes_are_mapped_with_96_more_bits() {
         let prefix: Cidr = "10.0.0.0/8".parse().unwrap();
-        let key = key(&prefix);
+        let key = prefix_key(&prefix);
         assert_eq!(key.prefix_len(), 104);
         assert_eq!(prefix_from_key(&key).unwrap(), prefix);
         let everything: Cidr = "0.0.0.0/0".parse().unwrap();
         assert_eq!(
-            prefix_from_key(&super::key(&everything)).unwrap(),
+            prefix_from_key(&prefix_key(&everything)).unwrap(),
             everything
         );
     }

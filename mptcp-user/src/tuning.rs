@@ -14,11 +14,14 @@
 //! 0.975): a locked buffer lets more data queue behind the slower subflow. So the
 //! default keeps the kernel's autotuning.
 
-use std::io;
+use std::{io, str::FromStr};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::Args;
+use mptcp_ebpf_common::uplinks::{CongestionName, NAME_LEN};
 use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::policy::Cidr;
 
 /// Flags both daemons share.
 #[derive(Debug, Clone, Args)]
@@ -33,6 +36,51 @@ pub struct TuningArgs {
     #[arg(long, value_name = "MIB", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=1024))]
     pub send_buffer: u32,
+
+    /// Congestion control of the subflows over the uplinks in CIDR (repeatable), e.g.
+    /// `203.0.113.7/32=bbr` for a lossy LTE line while the others keep --congestion.
+    /// The gateway matches a subflow's local address, the converter its peer's (the
+    /// uplink's public address). Set by the sock_ops program on each new subflow.
+    #[arg(long = "uplink-congestion", value_name = "CIDR=NAME")]
+    pub uplink_congestion: Vec<UplinkCongestion>,
+}
+
+/// One `--uplink-congestion` rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkCongestion {
+    /// The uplink addresses it applies to.
+    pub uplinks: Cidr,
+    /// The algorithm, as in /proc/sys/net/ipv4/tcp_available_congestion_control.
+    pub name: String,
+}
+
+impl UplinkCongestion {
+    /// The name as the map stores it.
+    pub fn map_name(&self) -> CongestionName {
+        let mut name = [0u8; NAME_LEN];
+        name[..self.name.len()].copy_from_slice(self.name.as_bytes());
+        CongestionName { name }
+    }
+}
+
+impl FromStr for UplinkCongestion {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        let (uplinks, name) = text
+            .split_once('=')
+            .with_context(|| format!("{text:?} is not CIDR=NAME"))?;
+        if name.is_empty() || name.len() >= NAME_LEN {
+            bail!(
+                "congestion control name {name:?} must have 1 to {} characters",
+                NAME_LEN - 1
+            );
+        }
+        Ok(Self {
+            uplinks: uplinks.parse()?,
+            name: name.to_owned(),
+        })
+    }
 }
 
 /// The checked settings, applied to each MPTCP socket.
@@ -40,6 +88,7 @@ pub struct TuningArgs {
 pub struct Tuning {
     congestion: String,
     send_buffer_bytes: usize,
+    uplink_congestion: Vec<UplinkCongestion>,
 }
 
 impl Tuning {
@@ -49,23 +98,45 @@ impl Tuning {
         let tuning = Self {
             congestion: args.congestion.clone(),
             send_buffer_bytes: usize::try_from(args.send_buffer)? << 20,
+            uplink_congestion: args.uplink_congestion.clone(),
         };
         let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-        socket
-            .set_tcp_congestion(tuning.congestion.as_bytes())
-            .with_context(|| {
-                format!(
-                    "congestion control {:?} is not available (see \
-                     /proc/sys/net/ipv4/tcp_available_congestion_control)",
-                    tuning.congestion
-                )
-            })?;
+        let names = std::iter::once(&tuning.congestion)
+            .chain(tuning.uplink_congestion.iter().map(|rule| &rule.name));
+        for name in names {
+            socket
+                .set_tcp_congestion(name.as_bytes())
+                .with_context(|| {
+                    format!(
+                        "congestion control {name:?} is not available (see \
+                     /proc/sys/net/ipv4/tcp_available_congestion_control)"
+                    )
+                })?;
+        }
         Ok(tuning)
     }
 
-    /// Applies the settings to `socket` (on MPTCP, they reach every subflow).
+    /// The per-uplink rules, for the sock_ops program.
+    pub fn uplink_congestion(&self) -> &[UplinkCongestion] {
+        &self.uplink_congestion
+    }
+
+    /// Applies the settings to `socket` before it connects (on MPTCP, they reach every
+    /// subflow, until sock_ops gives one its uplink's algorithm).
     pub fn apply(&self, socket: &Socket) -> io::Result<()> {
-        socket.set_tcp_congestion(self.congestion.as_bytes())?;
+        self.apply_congestion(socket)?;
+        self.apply_send_buffer(socket)
+    }
+
+    /// Sets the congestion control. On an MPTCP connection it reaches every subflow,
+    /// the established ones included, overriding their uplink's algorithm: set it on a
+    /// listener (its connections inherit it) or before connecting, not after.
+    pub fn apply_congestion(&self, socket: &Socket) -> io::Result<()> {
+        socket.set_tcp_congestion(self.congestion.as_bytes())
+    }
+
+    /// Sets the send buffer, if one was asked for.
+    pub fn apply_send_buffer(&self, socket: &Socket) -> io::Result<()> {
         if self.send_buffer_bytes == 0 {
             return Ok(());
         }

@@ -451,7 +451,7 @@ impl Testbed {
         crate::netns::run(Command::new(&binary).arg("keygen").arg(&key))?;
         let binary = binary.to_string_lossy().into_owned();
         let key_arg = key.to_string_lossy().into_owned();
-        let mut remote = self.remote.command(&binary);
+        let mut remote = self.remote.host_mounts_command(&binary);
         remote.args([
             "remote",
             "--listen",

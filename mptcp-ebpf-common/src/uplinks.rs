@@ -1,0 +1,28 @@
+//! The per-uplink congestion control: which algorithm the MPTCP subflows over an uplink
+//! use, where one algorithm for all does not suit every line.
+//!
+//! `UPLINK_CONGESTION` is an LPM trie keyed by uplink address prefixes (our
+//! [`crate::Address`] form). Written by the daemons from `--uplink-congestion`; read by
+//! sock_ops when a subflow is established. On the gateway a subflow's uplink is its local
+//! address; on the converter, its peer's.
+
+/// Name of the map.
+pub const MAP_NAME: &str = "UPLINK_CONGESTION";
+
+/// Most rules.
+pub const MAX_RULES: u32 = 64;
+
+/// `TCP_CA_NAME_MAX`: room for an algorithm's name and its terminating zero.
+pub const NAME_LEN: usize = 16;
+
+/// An algorithm's name, zero-padded, as `TCP_CONGESTION` takes it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CongestionName {
+    /// The name's bytes, then zeros (at least one).
+    pub name: [u8; NAME_LEN],
+}
+
+#[cfg(feature = "user")]
+// SAFETY: `repr(C)`, `Copy`, a plain byte array: no padding.
+unsafe impl aya::Pod for CongestionName {}
