@@ -355,7 +355,9 @@ impl Testbed {
         const SS_PORT: &str = "8388";
         let common = ["-k", "testbed-password", "-m", "aes-128-gcm", "--no-delay"];
         for netns in [&self.gateway, &self.remote] {
-            netns.sysctl("net.ipv4.tcp_congestion_control", congestion)?;
+            netns
+                .sysctl("net.ipv4.tcp_congestion_control", congestion)
+                .with_context(|| format!("{congestion} cannot be this host's default"))?;
         }
         let mut server = self.remote.command("mptcpize");
         server

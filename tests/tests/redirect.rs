@@ -111,6 +111,13 @@ fn cli_ok(testbed: &Testbed, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Asserts that a command failed and said `text` on stderr.
+fn assert_fails_with(output: &Output, text: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "succeeded; stderr: {stderr}");
+    assert!(stderr.contains(text), "stderr: {stderr}");
+}
+
 fn flows_json(testbed: &Testbed) -> Vec<serde_json::Value> {
     serde_json::from_str(&cli_ok(testbed, &["flows", "--json"])).expect("flows --json is JSON")
 }
@@ -233,12 +240,7 @@ fn policy_edits_apply_to_new_flows() {
 
     // The converter's address can never be intercepted (that would loop).
     let refused = cli(&testbed, &["policy", "del", "10.0.1.2"]);
-    assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("excluded by the gateway itself"),
-        "stderr: {}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    assert_fails_with(&refused, "excluded by the gateway itself");
 }
 
 #[test]
@@ -356,12 +358,7 @@ fn terminated_gateway_removes_what_it_installed() {
         ])
         .output()
         .unwrap();
-    assert!(!second.status.success());
-    assert!(
-        String::from_utf8_lossy(&second.stderr).contains("another gateway is already running"),
-        "stderr: {}",
-        String::from_utf8_lossy(&second.stderr)
-    );
+    assert_fails_with(&second, "another gateway is already running");
 
     let pid = testbed.pid("gateway").unwrap().to_string();
     assert!(
@@ -384,12 +381,7 @@ fn terminated_gateway_removes_what_it_installed() {
     }
     assert_eq!(seen_from_lan(&testbed, SERVER), LAN_CLIENT_DIRECT);
     let gone = cli(&testbed, &["flows"]);
-    assert!(!gone.status.success());
-    assert!(
-        String::from_utf8_lossy(&gone.stderr).contains("no running gateway found"),
-        "stderr: {}",
-        String::from_utf8_lossy(&gone.stderr)
-    );
+    assert_fails_with(&gone, "no running gateway found");
 }
 
 #[test]
@@ -401,10 +393,5 @@ fn inspection_needs_root() {
         .arg("flows")
         .output()
         .unwrap();
-    assert!(!output.status.success());
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("needs root"),
-        "stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_fails_with(&output, "needs root");
 }

@@ -159,21 +159,25 @@ fn print_row(number: usize, result: &aggregate::RowResult) {
         result.raw_mptcp.mbit_per_s(),
         time_to_90(&result.raw_mptcp)
     );
-    println!(
-        "  shadowsocks over MPTCP{:7.2} Mbit/s  90% after {}",
-        result.shadowsocks.mbit_per_s(),
-        time_to_90(&result.shadowsocks)
-    );
+    if let Some((shadowsocks, _)) = &result.shadowsocks {
+        println!(
+            "  shadowsocks over MPTCP{:7.2} Mbit/s  90% after {}",
+            shadowsocks.mbit_per_s(),
+            time_to_90(shadowsocks)
+        );
+    }
     println!(
         "  gateway               {:7.2} Mbit/s  90% after {}",
         result.gateway.mbit_per_s(),
         time_to_90(&result.gateway)
     );
+    let shadowsocks = result.shadowsocks.as_ref().map(|(download, _)| download);
     for (name, download) in [
-        ("raw MPTCP", &result.raw_mptcp),
-        ("shadowsocks", &result.shadowsocks),
-        ("gateway", &result.gateway),
+        ("raw MPTCP", Some(&result.raw_mptcp)),
+        ("shadowsocks", shadowsocks),
+        ("gateway", Some(&result.gateway)),
     ] {
+        let Some(download) = download else { continue };
         let per_second: Vec<String> = download
             .per_second_mbit()
             .iter()
@@ -186,18 +190,22 @@ fn print_row(number: usize, result: &aggregate::RowResult) {
         result.first_byte_direct.as_secs_f64() * 1e3,
         result.first_byte_gateway.as_secs_f64() * 1e3
     );
+    let ratio = |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
     println!(
-        "  CPU: daemons {:.2} s, shadowsocks {:.2} s; per byte, gateway / shadowsocks {:.3}",
+        "  CPU: daemons {:.2} s, shadowsocks {}; per byte, gateway / shadowsocks {}",
         result.gateway_cpu_s,
-        result.shadowsocks_cpu_s,
-        result.cpu_per_byte_over_shadowsocks()
+        result
+            .shadowsocks
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |(_, cpu_s)| format!("{cpu_s:.2} s")),
+        ratio(result.cpu_per_byte_over_shadowsocks())
     );
     println!(
-        "  gateway / sum {:.3}   gateway / raw MPTCP {:.3}   gateway / shadowsocks {:.3}   \
+        "  gateway / sum {:.3}   gateway / raw MPTCP {:.3}   gateway / shadowsocks {}   \
          >= best single: {}",
         result.share_of_sum(),
         result.share_of_raw(),
-        result.over_shadowsocks(),
+        ratio(result.over_shadowsocks()),
         if result.gateway.mbit_per_s() >= result.best_single() {
             "yes"
         } else {
