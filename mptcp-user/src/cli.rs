@@ -63,7 +63,7 @@ pub struct GatewayArgs {
 
     /// Intercept destinations in this prefix (repeatable); the longest matching prefix
     /// wins. By default everything is intercepted except private, loopback, link-local,
-    /// CGNAT and multicast ranges, this host's addresses and the converter.
+    /// CGNAT and multicast ranges, this host's networks and addresses, and the converter.
     #[arg(long = "include", value_name = "CIDR")]
     pub include: Vec<Cidr>,
 

@@ -73,13 +73,18 @@ impl Interception {
 
         let mut never = never.to_vec();
         never.extend(crate::policy::local_addresses()?);
-        let rules: Vec<Rule> = args
-            .include
-            .iter()
-            .map(|&prefix| Rule {
+        // The gateway's own networks (LAN and uplink prefixes, public ones included)
+        // go directly unless --include says otherwise.
+        let rules: Vec<Rule> = crate::policy::local_prefixes()?
+            .into_iter()
+            .map(|prefix| Rule {
+                prefix,
+                action: Action::Exclude,
+            })
+            .chain(args.include.iter().map(|&prefix| Rule {
                 prefix,
                 action: Action::Include,
-            })
+            }))
             .chain(args.exclude.iter().map(|&prefix| Rule {
                 prefix,
                 action: Action::Exclude,

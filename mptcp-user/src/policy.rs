@@ -175,6 +175,45 @@ pub fn local_addresses() -> anyhow::Result<Vec<IpAddr>> {
         .collect())
 }
 
+/// The prefixes of this host's networks (each interface address with its netmask, the
+/// host bits cleared), loopback left out.
+pub fn local_prefixes() -> anyhow::Result<Vec<Cidr>> {
+    let addresses = nix::ifaddrs::getifaddrs().context("getifaddrs failed")?;
+    let mut prefixes = Vec::new();
+    for interface in addresses {
+        let (Some(address), Some(netmask)) = (interface.address, interface.netmask) else {
+            continue;
+        };
+        let (network, prefix_len) = if let (Some(address), Some(mask)) =
+            (address.as_sockaddr_in(), netmask.as_sockaddr_in())
+        {
+            let mask = u32::from(mask.ip());
+            (
+                IpAddr::V4((u32::from(address.ip()) & mask).into()),
+                mask.count_ones(),
+            )
+        } else if let (Some(address), Some(mask)) =
+            (address.as_sockaddr_in6(), netmask.as_sockaddr_in6())
+        {
+            let mask = u128::from(mask.ip());
+            (
+                IpAddr::V6((u128::from(address.ip()) & mask).into()),
+                mask.count_ones(),
+            )
+        } else {
+            continue;
+        };
+        if network.is_loopback() {
+            continue;
+        }
+        let prefix = Cidr::new(network, u8::try_from(prefix_len)?)?;
+        if !prefixes.contains(&prefix) {
+            prefixes.push(prefix);
+        }
+    }
+    Ok(prefixes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -221,14 +221,20 @@ fn policy_edits_apply_to_new_flows() {
     assert_eq!(seen_from_lan(&testbed, SERVER), LAN_CLIENT_DIRECT);
     let listing: serde_json::Value =
         serde_json::from_str(&cli_ok(&testbed, &["policy", "list", "--json"])).unwrap();
-    assert!(
+    let has_rule = |prefix: &str, action: &str| {
         listing["rules"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|rule| rule["prefix"] == format!("{SERVER}/32") && rule["action"] == "exclude"),
+            .any(|rule| rule["prefix"] == prefix && rule["action"] == action)
+    };
+    assert!(
+        has_rule(&format!("{SERVER}/32"), "exclude"),
         "policy: {listing}"
     );
+    // The gateway's own networks and addresses are excluded from the start.
+    assert!(has_rule("fd00:50::/64", "exclude"), "policy: {listing}");
+    assert!(has_rule("192.168.50.1/32", "fixed"), "policy: {listing}");
 
     // Only port 443 intercepted: our port 8080 goes direct even without the exclusion.
     cli_ok(&testbed, &["policy", "del", SERVER]);
