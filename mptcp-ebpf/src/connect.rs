@@ -42,19 +42,14 @@ pub fn redirect_connect4(ctx: SockAddrContext) -> i32 {
     let original = unsafe {
         Endpoint {
             address: mapped_v4(read_volatile(&raw const (*addr).user_ip4)),
-            port: u32::from(u16::from_be(
-                read_volatile(&raw const (*addr).user_port) as u16
-            )),
+            port: user_port(addr),
         }
     };
     if let Some(listener) = redirect(&ctx, original, config::redirect_v4()) {
         // SAFETY: as above.
         unsafe {
             write_volatile(&raw mut (*addr).user_ip4, listener[3]);
-            write_volatile(
-                &raw mut (*addr).user_port,
-                u32::from(config::listen_port().to_be()),
-            );
+            set_user_port(addr, u32::from(config::listen_port()));
         }
     }
     ALLOW
@@ -67,9 +62,7 @@ pub fn redirect_connect6(ctx: SockAddrContext) -> i32 {
     let original = unsafe {
         Endpoint {
             address: read_ip6(addr),
-            port: u32::from(u16::from_be(
-                read_volatile(&raw const (*addr).user_port) as u16
-            )),
+            port: user_port(addr),
         }
     };
     // An IPv4-mapped destination on an IPv6 socket goes to the listener's mapped IPv4
@@ -83,10 +76,7 @@ pub fn redirect_connect6(ctx: SockAddrContext) -> i32 {
         // SAFETY: as above; user_ip6 is writable word by word.
         unsafe {
             write_ip6(addr, listener);
-            write_volatile(
-                &raw mut (*addr).user_port,
-                u32::from(config::listen_port().to_be()),
-            );
+            set_user_port(addr, u32::from(config::listen_port()));
         }
     }
     ALLOW
@@ -99,7 +89,7 @@ pub fn restore_getpeername4(ctx: SockAddrContext) -> i32 {
         // SAFETY: user_ip4 and user_port are writable in getpeername4.
         unsafe {
             write_volatile(&raw mut (*addr).user_ip4, original.address[3]);
-            write_volatile(&raw mut (*addr).user_port, port_be(original.port));
+            set_user_port(addr, original.port);
         }
     }
     ALLOW
@@ -112,7 +102,7 @@ pub fn restore_getpeername6(ctx: SockAddrContext) -> i32 {
         // SAFETY: user_ip6 and user_port are writable in getpeername6.
         unsafe {
             write_ip6(addr, original.address);
-            write_volatile(&raw mut (*addr).user_port, port_be(original.port));
+            set_user_port(addr, original.port);
         }
     }
     ALLOW
@@ -179,9 +169,22 @@ fn opted_in() -> bool {
     false
 }
 
+/// The call's port, in host order (the context holds it in network order).
+#[inline(always)]
 #[expect(clippy::cast_possible_truncation, reason = "ports fit in 16 bits")]
-fn port_be(port: u32) -> u32 {
-    u32::from((port as u16).to_be())
+unsafe fn user_port(addr: *mut bpf_sock_addr) -> u32 {
+    // SAFETY: the caller passes the context, whose user_port is readable.
+    u32::from(u16::from_be(
+        unsafe { read_volatile(&raw const (*addr).user_port) } as u16,
+    ))
+}
+
+/// Sets the call's port, given in host order.
+#[inline(always)]
+#[expect(clippy::cast_possible_truncation, reason = "ports fit in 16 bits")]
+unsafe fn set_user_port(addr: *mut bpf_sock_addr, port: u32) {
+    // SAFETY: the caller passes the context, whose user_port is writable.
+    unsafe { write_volatile(&raw mut (*addr).user_port, u32::from((port as u16).to_be())) };
 }
 
 /// Reads user_ip6 one word at a time: the verifier accepts only 4-byte accesses there.
