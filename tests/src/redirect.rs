@@ -10,8 +10,11 @@
 //!   connect-to-first-byte exchange, many times, in alternating rounds so that both see
 //!   the same machine load; medians per connection. Plain forwarding without a gateway
 //!   is measured first on both, as the floor.
-//! - Cost on flows the gateway leaves alone: with the tc program attached and the
-//!   server's address excluded by the policy, the same exchange, against the floor.
+//! - Cost on flows the gateway leaves alone: with the server's address excluded by the
+//!   policy, the same exchange, against the floor measured before any gateway ran. So
+//!   it counts everything a running gateway adds to such a flow: the tc program's socket
+//!   lookup per packet, and the cgroup programs that see every connect of the host
+//!   (here two gateways' worth).
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
