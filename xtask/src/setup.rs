@@ -6,6 +6,8 @@
 //!   that builds it, and rustup cannot download rust-src here.
 //! - bpf-linker 0.13 linked against LLVM 22 (llvm-22-dev), the LLVM of that rustc.
 //! - bpftool, iproute2, nftables, curl, iputils-ping, python3: used by the tests and the testbed.
+//! - For the benchmarks only (`bench_tools`): shadowsocks-libev and mptcpd, the
+//!   comparison the aggregate benchmark runs.
 //!
 //! Every step checks first, so a second run takes well under a second.
 
@@ -33,28 +35,44 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "iputils-ping",
     "python3",
-    // The aggregate benchmark's comparison: shadowsocks made MPTCP by mptcpize.
-    "shadowsocks-libev",
-    "mptcpd",
 ];
+
+/// Debian packages only the benchmarks need: shadowsocks made MPTCP by mptcpize.
+const BENCH_APT_PACKAGES: &[&str] = &["shadowsocks-libev", "mptcpd"];
+
+/// The service shadowsocks-libev's package starts on systemd machines; the benchmark
+/// starts its own daemons in namespaces and needs none on the host.
+const SHADOWSOCKS_SERVICE: &str = "shadowsocks-libev.service";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Installs whatever is missing.
 pub fn run() -> anyhow::Result<()> {
-    install_apt_packages()?;
+    install_apt_packages(APT_PACKAGES)?;
     install_bpf_linker()?;
     Ok(())
 }
 
-fn install_apt_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+/// Installs what the benchmarks need besides [`run`]'s, leaving no service running.
+pub fn bench_tools() -> anyhow::Result<()> {
+    if install_apt_packages(BENCH_APT_PACKAGES)?
+        && std::path::Path::new("/run/systemd/system").exists()
+    {
+        eprintln!("setup: stopping and disabling {SHADOWSOCKS_SERVICE}, which the package started");
+        cmd::run(Command::new("systemctl").args(["disable", "--now", SHADOWSOCKS_SERVICE]))?;
+    }
+    Ok(())
+}
+
+/// Installs the missing ones of `packages`; returns whether it installed any.
+fn install_apt_packages(packages: &[&str]) -> anyhow::Result<bool> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|package| !apt_installed(package))
         .collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     if !cmd::is_root() {
         bail!(
@@ -69,7 +87,8 @@ fn install_apt_packages() -> anyhow::Result<()> {
             .args(["install", "-y", "-q"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    )?;
+    Ok(true)
 }
 
 fn apt_installed(package: &str) -> bool {

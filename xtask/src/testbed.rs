@@ -23,6 +23,7 @@ pub struct BenchOptions {
 /// Runs a benchmark; its JSON results go to target/bench/.
 pub fn bench(options: &BenchOptions) -> anyhow::Result<()> {
     let mut bench = tool("mptcp-bench")?;
+    crate::setup::bench_tools()?;
     bench.arg(&options.name).args(&options.args);
     bench.env(
         "MPTCP_BENCH_DIR",
