@@ -124,7 +124,11 @@ fn on_established(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
         } else {
             remote.address
         };
-        set_uplink_congestion(ctx, uplink)?;
+        // A failure (the algorithm's module gone, say) leaves the subflow on the MPTCP
+        // socket's algorithm; it is still recorded.
+        if let Err(errno) = set_uplink_congestion(ctx, uplink) {
+            warn!(ctx, "cannot set the uplink's congestion control: {}", errno);
+        }
     }
     // SAFETY: `msk` is a valid MPTCP socket; without the create flag nothing is written.
     let label = unsafe {
