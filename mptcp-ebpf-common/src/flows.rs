@@ -17,10 +17,11 @@ pub const FLOW_LABELS_MAP_NAME: &str = "FLOW_LABELS";
 /// Name of the subflows map.
 pub const SUBFLOWS_MAP_NAME: &str = "SUBFLOWS";
 
-/// Most flows listed at once.
-pub const MAX_FLOWS: u32 = 65_536;
-/// Most subflows tracked at once (an LRU map).
-pub const MAX_SUBFLOWS: u32 = 65_536;
+/// Most flows listed at once (a household's gateway relays hundreds; memory is taken
+/// per live entry).
+pub const MAX_FLOWS: u32 = 16_384;
+/// Most subflows tracked at once (memory is taken per live entry).
+pub const MAX_SUBFLOWS: u32 = 32_768;
 
 /// The flow came in on a LAN interface (tc ingress program).
 pub const INTERCEPTED_LAN: u32 = 1;

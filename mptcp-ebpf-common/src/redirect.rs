@@ -22,8 +22,10 @@ pub const ORIGINAL_DST_MAP_NAME: &str = "ORIGINAL_DST";
 
 /// Most cgroups that can be opted in.
 pub const MAX_OPTED_IN: u32 = 1024;
-/// Most redirected connections tracked at once (LRU maps).
-pub const MAX_REDIRECTS: u32 = 65_536;
+/// Most redirected connections tracked at once. These are LRU maps, whose memory is
+/// taken up front (about 110 bytes an entry), so they are sized for a gateway's local
+/// services, not a server farm.
+pub const MAX_REDIRECTS: u32 = 8_192;
 /// How deep in the cgroup tree an opted-in ancestor is looked for.
 pub const MAX_CGROUP_DEPTH: i32 = 16;
 

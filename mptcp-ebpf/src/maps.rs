@@ -1,7 +1,13 @@
 //! Every map of the gateway's programs, with who writes it and who reads it. The statics'
 //! names are the map names of `mptcp_ebpf_common`, which userspace opens them by.
+//!
+//! Hash maps are created with `BPF_F_NO_PREALLOC`: a gateway runs on small routers, and
+//! a preallocated map takes its full size in kernel memory from the start (the first
+//! version's maps took 32 MB before a single flow). LRU maps cannot skip it; they are
+//! sized small.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     btf_maps::SkStorage,
     macros::{btf_map, map},
     maps::{HashMap, LpmTrie, LruHashMap},
@@ -22,12 +28,14 @@ pub static POLICY: LpmTrie<Address, u32> = LpmTrie::with_max_entries(policy::MAX
 /// Destination port (host order) -> present. Written by `mptcp-user policy`; read with
 /// `POLICY`.
 #[map]
-pub static POLICY_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(policy::MAX_PORTS, 0);
+pub static POLICY_PORTS: HashMap<u16, u32> =
+    HashMap::with_max_entries(policy::MAX_PORTS, BPF_F_NO_PREALLOC);
 
 /// Opted-in cgroup v2 id -> present. Written by the daemon and `mptcp-user optin|optout`;
 /// read by the connect programs.
 #[map]
-pub static OPTED_IN: HashMap<u64, u32> = HashMap::with_max_entries(redirect::MAX_OPTED_IN, 0);
+pub static OPTED_IN: HashMap<u64, u32> =
+    HashMap::with_max_entries(redirect::MAX_OPTED_IN, BPF_F_NO_PREALLOC);
 
 /// Socket cookie of a redirected connect -> original destination. Written by connect4/6;
 /// read by getpeername4/6 and sock_ops; deleted by sock_ops at close.
@@ -49,12 +57,14 @@ pub static UPLINK_CONGESTION: LpmTrie<Address, CongestionName> =
 
 /// LAN-side socket cookie -> flow. Written and deleted by the daemon; read by the CLI.
 #[map]
-pub static FLOWS: HashMap<u64, Flow> = HashMap::with_max_entries(flows::MAX_FLOWS, 0);
+pub static FLOWS: HashMap<u64, Flow> =
+    HashMap::with_max_entries(flows::MAX_FLOWS, BPF_F_NO_PREALLOC);
 
-/// Subflow socket cookie -> subflow. Written by sock_ops; read by the CLI.
+/// Subflow socket cookie -> subflow. Written by sock_ops (inserted at established,
+/// deleted at close); read by the CLI.
 #[map]
-pub static SUBFLOWS: LruHashMap<u64, Subflow> =
-    LruHashMap::with_max_entries(flows::MAX_SUBFLOWS, 0);
+pub static SUBFLOWS: HashMap<u64, Subflow> =
+    HashMap::with_max_entries(flows::MAX_SUBFLOWS, BPF_F_NO_PREALLOC);
 
 /// Per upstream MPTCP socket: the key of its flow in `FLOWS`. Written by the daemon (by
 /// socket fd) before it connects; read by sock_ops through each subflow's MPTCP socket.

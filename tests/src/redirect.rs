@@ -10,6 +10,8 @@
 //!   connect-to-first-byte exchange, many times, in alternating rounds so that both see
 //!   the same machine load; medians per connection. Plain forwarding without a gateway
 //!   is measured first on both, as the floor.
+//! - Kernel memory of the gateway's BPF maps (their `memlock`, idle): an absolute figure,
+//!   since it does not depend on the machine's load.
 //! - Cost on flows the gateway leaves alone: with the server's address excluded by the
 //!   policy, the same exchange, against the floor measured before any gateway ran. So
 //!   it counts everything a running gateway adds to such a flow: the tc program's socket
@@ -43,6 +45,8 @@ pub struct RedirectResult {
     pub nftables: Vec<Duration>,
     /// Forwarded past the attached tc program (destination excluded), per round.
     pub excluded: Vec<Duration>,
+    /// Kernel memory of the eBPF gateway's maps, in bytes.
+    pub map_memory_bytes: u64,
 }
 
 /// The median of `values`.
@@ -90,6 +94,7 @@ impl RedirectResult {
             "per_connection_excluded_ms": all(&self.excluded),
             "ebpf_over_nftables": self.ebpf_over_nftables(),
             "excluded_over_forwarded": self.excluded_over_forwarded(),
+            "map_memory_bytes": self.map_memory_bytes,
         })
     }
 }
@@ -141,6 +146,7 @@ pub fn run(
     }
     with_ebpf.check_running()?;
     with_nftables.check_running()?;
+    let map_memory_bytes = map_memory(with_ebpf.pid("gateway").context("no gateway")?)?;
     drop(with_nftables);
 
     progress("cost on excluded flows: the tc program attached, the server excluded");
@@ -161,7 +167,26 @@ pub fn run(
         ebpf,
         nftables,
         excluded,
+        map_memory_bytes,
     })
+}
+
+/// Kernel memory of the BPF maps process `pid` holds: the `memlock` of each map file
+/// descriptor, from /proc/PID/fdinfo.
+fn map_memory(pid: u32) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let info = std::fs::read_to_string(entry?.path()).unwrap_or_default();
+        if !info.contains("map_type:") {
+            continue;
+        }
+        total += info
+            .lines()
+            .find_map(|line| line.strip_prefix("memlock:"))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
 }
 
 /// Prints the results as a short table with the ratios.
@@ -194,4 +219,7 @@ pub fn print(result: &RedirectResult) {
         result.ebpf_over_nftables(),
         result.excluded_over_forwarded()
     );
+    #[expect(clippy::cast_precision_loss, reason = "displayed")]
+    let mib = result.map_memory_bytes as f64 / f64::from(1 << 20);
+    println!("kernel memory of the gateway's BPF maps: {mib:.2} MiB");
 }
