@@ -108,9 +108,11 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
             pipes: PipePool::new(256),
             interception,
         });
+        let follower = tokio::spawn(follow_lan_interfaces(Arc::clone(&gateway)));
         let signal = server::shutdown_signal()?;
         let shutdown = async {
             signal.await;
+            follower.abort();
             info!("shutting down: no new flows; live ones get a grace period");
             gateway.interception.stop_new_flows();
         };
@@ -119,6 +121,16 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
         drop(gateway);
         Ok(())
     })
+}
+
+/// Every two seconds, re-attaches the LAN program to `--lan` interfaces that were
+/// deleted and created again.
+async fn follow_lan_interfaces(gateway: Arc<Gateway>) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        ticks.tick().await;
+        gateway.interception.follow_lan_interfaces();
+    }
 }
 
 /// Accepts intercepted connections until `shutdown` resolves, then gives live relays a

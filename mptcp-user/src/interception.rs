@@ -43,8 +43,11 @@ pub enum Intercepted {
 /// pins first (fields drop in declaration order), then the policy routes, so nothing is
 /// steered to routes that are gone.
 pub struct Interception {
-    _programs: Programs,
+    programs: Mutex<Programs>,
     _routes: Option<PolicyRoutes>,
+    /// The `--lan` interfaces and the index the program is attached to (`None` while
+    /// the interface is gone).
+    lan: Mutex<Vec<(String, Option<u32>)>>,
     policy: Mutex<Policy<MapData, MapData>>,
     maps: Mutex<FlowMaps>,
     listen: SocketAddr,
@@ -111,18 +114,45 @@ impl Interception {
         } else {
             Some(PolicyRoutes::install(args.steer_mark, args.steer_table)?)
         };
+        let mut lan = Vec::new();
         for interface in &args.lan {
             programs.attach_lan(interface)?;
             info!("intercepting TCP flows arriving on {interface}");
+            lan.push((interface.clone(), interface_index(interface)));
         }
         let maps = programs.take_flow_maps()?;
         Ok(Self {
-            _programs: programs,
+            programs: Mutex::new(programs),
             _routes: routes,
+            lan: Mutex::new(lan),
             policy: Mutex::new(policy),
             maps: Mutex::new(maps),
             listen: args.listen,
         })
+    }
+
+    /// Follows the `--lan` interfaces: a tcx link goes with its interface, so when one
+    /// is deleted and created again (a bridge rebuilt by a network restart, say), the
+    /// program is attached to the new one. Meanwhile its flows go directly.
+    pub fn follow_lan_interfaces(&self) {
+        let mut lan = lock(&self.lan);
+        for (name, attached) in lan.iter_mut() {
+            let current = interface_index(name);
+            if current == *attached {
+                continue;
+            }
+            match current {
+                None => warn!("LAN interface {name} is gone; until it is back, nothing is steered"),
+                Some(_) => match lock(&self.programs).attach_lan(name) {
+                    Ok(()) => info!("LAN interface {name} is back; intercepting it again"),
+                    Err(error) => {
+                        warn!("{error:#}");
+                        continue;
+                    }
+                },
+            }
+            *attached = current;
+        }
     }
 
     /// Stops intercepting new flows (the include rules go), while the flows already
@@ -220,6 +250,10 @@ impl Drop for Registration<'_> {
     fn drop(&mut self) {
         let _ = lock(&self.interception.maps).flows.remove(&self.key);
     }
+}
+
+fn interface_index(name: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(name).ok()
 }
 
 /// A poisoned lock only means another relay panicked mid-update; the maps are still

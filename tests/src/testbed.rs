@@ -189,15 +189,9 @@ impl Testbed {
 
     fn wire(&mut self) -> anyhow::Result<()> {
         self.make_uplinks()?;
+        self.wire_lan()?;
         let (client, gateway, remote, server) =
             (&self.client, &self.gateway, &self.remote, &self.server);
-        veth(client, "lan0", gateway, "lan0")?;
-        client.ip(&["addr", "add", "192.168.50.2/24", "dev", "lan0"])?;
-        gateway.ip(&["addr", "add", "192.168.50.1/24", "dev", "lan0"])?;
-        client.ip(&["route", "add", "default", "via", "192.168.50.1"])?;
-        client.ip(&["addr", "add", "fd00:50::2/64", "dev", "lan0", "nodad"])?;
-        gateway.ip(&["addr", "add", "fd00:50::1/64", "dev", "lan0", "nodad"])?;
-        client.ip(&["-6", "route", "add", "default", "via", "fd00:50::1"])?;
 
         veth(remote, "srv0", server, "srv0")?;
         remote.ip(&["addr", "add", "203.0.113.1/24", "dev", "srv0"])?;
@@ -280,6 +274,25 @@ impl Testbed {
             }
         }
         self.route_lan_via(1)
+    }
+
+    /// The LAN: a veth pair between the client and the gateway, IPv4 and IPv6.
+    fn wire_lan(&self) -> anyhow::Result<()> {
+        let (client, gateway) = (&self.client, &self.gateway);
+        veth(client, "lan0", gateway, "lan0")?;
+        client.ip(&["addr", "add", "192.168.50.2/24", "dev", "lan0"])?;
+        gateway.ip(&["addr", "add", "192.168.50.1/24", "dev", "lan0"])?;
+        client.ip(&["route", "add", "default", "via", "192.168.50.1"])?;
+        client.ip(&["addr", "add", "fd00:50::2/64", "dev", "lan0", "nodad"])?;
+        gateway.ip(&["addr", "add", "fd00:50::1/64", "dev", "lan0", "nodad"])?;
+        client.ip(&["-6", "route", "add", "default", "via", "fd00:50::1"])
+    }
+
+    /// Deletes the LAN's veth pair and creates it again, as a network restart that
+    /// rebuilds a router's LAN bridge does.
+    pub fn recreate_lan(&self) -> anyhow::Result<()> {
+        self.gateway.ip(&["link", "del", "lan0"])?;
+        self.wire_lan()
     }
 
     /// Steers every TCP flow arriving on the gateway's LAN interface to its transparent

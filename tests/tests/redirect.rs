@@ -391,6 +391,33 @@ fn terminated_gateway_removes_what_it_installed() {
 }
 
 #[test]
+fn recreated_lan_interface_is_intercepted_again() {
+    require_root();
+    let dir = TempDir::new("relan").unwrap();
+    let testbed = deploy(&dir, "relan", &[]);
+    assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
+    testbed.recreate_lan().unwrap();
+    // The gateway looks every two seconds; meanwhile flows go directly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if whoami(&testbed.client, None, SERVER).is_some_and(|(_, seen)| seen == VIA_CONVERTER) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new LAN interface is not intercepted; gateway log: {}",
+            fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let log = fs::read_to_string(dir.path().join("gateway.log")).unwrap();
+    assert!(
+        log.contains("LAN interface lan0 is back"),
+        "gateway log: {log}"
+    );
+}
+
+#[test]
 fn inspection_needs_root() {
     require_root();
     let output = Command::new("setpriv")
