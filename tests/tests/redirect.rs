@@ -111,6 +111,15 @@ fn cli_ok(testbed: &Testbed, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Polls `done` every 100 ms until it holds; fails with `what()` after `timeout`.
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", what());
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Asserts that a command failed and said `text` on stderr.
 fn assert_fails_with(output: &Output, text: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -203,11 +212,11 @@ fn lan_flows_are_steered_by_ebpf_and_listed_with_their_subflows() {
     assert!(listed["bytes_down"].as_u64() > Some(0));
 
     // An ended flow leaves the listing.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !flows_json(&testbed).is_empty() {
-        assert!(Instant::now() < deadline, "ended flow still listed");
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(5),
+        || flows_json(&testbed).is_empty(),
+        || "ended flow still listed".to_owned(),
+    );
 }
 
 #[test]
@@ -374,17 +383,15 @@ fn terminated_gateway_removes_what_it_installed() {
             .unwrap()
             .success()
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Path::new(&pin_path).exists()
-        || rules("-4").contains("0x4d50")
-        || rules("-6").contains("0x4d50")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "pins or rules left after SIGTERM"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            !Path::new(&pin_path).exists()
+                && !rules("-4").contains("0x4d50")
+                && !rules("-6").contains("0x4d50")
+        },
+        || "pins or rules left after SIGTERM".to_owned(),
+    );
     assert_eq!(seen_from_lan(&testbed, SERVER), LAN_CLIENT_DIRECT);
     let gone = cli(&testbed, &["flows"]);
     assert_fails_with(&gone, "no running gateway found");
@@ -398,18 +405,16 @@ fn recreated_lan_interface_is_intercepted_again() {
     assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
     testbed.recreate_lan().unwrap();
     // The gateway looks every two seconds; meanwhile flows go directly.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if whoami(&testbed.client, None, SERVER).is_some_and(|(_, seen)| seen == VIA_CONVERTER) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the new LAN interface is not intercepted; gateway log: {}",
-            fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        || whoami(&testbed.client, None, SERVER).is_some_and(|(_, seen)| seen == VIA_CONVERTER),
+        || {
+            format!(
+                "the new LAN interface is not intercepted; gateway log: {}",
+                fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
+            )
+        },
+    );
     let log = fs::read_to_string(dir.path().join("gateway.log")).unwrap();
     assert!(
         log.contains("LAN interface lan0 is back"),
