@@ -301,7 +301,7 @@ fn program_mut<'a>(
 }
 
 /// Opens a map a running gateway pinned under `pin_dir`, with errors that say what to do.
-pub fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<MapData> {
+pub fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
     let pin = pin_dir.join(name);
     if !nix::unistd::geteuid().is_root() {
         bail!(
@@ -317,5 +317,7 @@ pub fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<MapData> {
             pin_dir.display()
         );
     }
-    MapData::from_pin(&pin).with_context(|| format!("failed to open {}", pin.display()))
+    let data =
+        MapData::from_pin(&pin).with_context(|| format!("failed to open {}", pin.display()))?;
+    Map::from_map_data(data).with_context(|| format!("unexpected map type at {}", pin.display()))
 }

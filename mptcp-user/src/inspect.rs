@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{HashMap, LpmTrie, Map, MapData};
+use aya::maps::{HashMap, LpmTrie, MapData};
 use mptcp_ebpf_common::{
     Endpoint,
     flows::{self, Flow, INTERCEPTED_CGROUP, Subflow},
@@ -102,13 +102,10 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
 
 /// Reads the flows and subflows a gateway pinned under `pin_dir`, oldest flow first.
 pub fn read_flows(pin_dir: &Path) -> anyhow::Result<Vec<FlowRow>> {
-    let flows: HashMap<MapData, u64, Flow> = HashMap::try_from(Map::from_map_data(open_pinned(
-        pin_dir,
-        flows::FLOWS_MAP_NAME,
-    )?)?)?;
-    let subflows: HashMap<MapData, u64, Subflow> = HashMap::try_from(Map::from_map_data(
-        open_pinned(pin_dir, flows::SUBFLOWS_MAP_NAME)?,
-    )?)?;
+    let flows: HashMap<MapData, u64, Flow> =
+        HashMap::try_from(open_pinned(pin_dir, flows::FLOWS_MAP_NAME)?)?;
+    let subflows: HashMap<MapData, u64, Subflow> =
+        HashMap::try_from(open_pinned(pin_dir, flows::SUBFLOWS_MAP_NAME)?)?;
     let mut by_flow: BTreeMap<u64, Vec<Subflow>> = BTreeMap::new();
     for entry in &subflows {
         let (_, subflow) = entry.context("failed to read the subflows map")?;
@@ -161,14 +158,8 @@ fn endpoint_text(endpoint: Endpoint) -> String {
 /// The policy a gateway pinned under `pin_dir`.
 fn pinned_policy(pin_dir: &Path) -> anyhow::Result<Policy<MapData, MapData>> {
     Ok(Policy::new(
-        LpmTrie::try_from(Map::from_map_data(open_pinned(
-            pin_dir,
-            policy_maps::MAP_NAME,
-        )?)?)?,
-        HashMap::try_from(Map::from_map_data(open_pinned(
-            pin_dir,
-            policy_maps::PORTS_MAP_NAME,
-        )?)?)?,
+        LpmTrie::try_from(open_pinned(pin_dir, policy_maps::MAP_NAME)?)?,
+        HashMap::try_from(open_pinned(pin_dir, policy_maps::PORTS_MAP_NAME)?)?,
     ))
 }
 
@@ -227,10 +218,10 @@ pub fn policy(args: &PolicyArgs) -> anyhow::Result<()> {
 }
 
 fn pinned_opted_in(pin_dir: &Path) -> anyhow::Result<HashMap<MapData, u64, u32>> {
-    Ok(HashMap::try_from(Map::from_map_data(open_pinned(
+    Ok(HashMap::try_from(open_pinned(
         pin_dir,
         redirect::OPTED_IN_MAP_NAME,
-    )?)?)?)
+    )?)?)
 }
 
 /// `mptcp-user optin PATH`.

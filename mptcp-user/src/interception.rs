@@ -159,16 +159,14 @@ impl Interception {
     /// intercepted go on: used at shutdown, for the grace period.
     pub fn stop_new_flows(&self) {
         let mut policy = lock(&self.policy);
-        let includes = match policy.rules() {
-            Ok(rules) => rules
-                .into_iter()
-                .filter(|rule| rule.action == Action::Include),
+        let rules = match policy.rules() {
+            Ok(rules) => rules,
             Err(error) => {
                 warn!("cannot read the policy to stop new flows: {error:#}");
                 return;
             }
         };
-        for rule in includes.collect::<Vec<_>>() {
+        for rule in rules.iter().filter(|rule| rule.action == Action::Include) {
             if let Err(error) = policy.remove(rule.prefix) {
                 warn!("{error:#}");
             }

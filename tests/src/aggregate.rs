@@ -216,9 +216,7 @@ pub fn run_row(
         Ok(()) => {
             let measured = with_cpu_time(&testbed, &["ss-redir", "ss-server"], lan_download)?;
             testbed.check_running()?;
-            testbed.stop("ss-redir");
-            testbed.stop("ss-server");
-            testbed.unsteer_tproxy()?;
+            testbed.stop_shadowsocks()?;
             // Killed, they leave orphaned MPTCP connections retransmitting for a second
             // or two: measured, they cost the next flow half its first second.
             testbed.wait_uplinks_quiet()?;

@@ -389,9 +389,11 @@ impl Testbed {
         self.steer_with_tproxy()
     }
 
-    /// Stops the started processes labelled `label`.
-    pub fn stop(&mut self, label: &str) {
-        self.processes.retain(|process| process.label() != label);
+    /// Stops what [`Self::start_shadowsocks`] started and removes its steering.
+    pub fn stop_shadowsocks(&mut self) -> anyhow::Result<()> {
+        self.processes
+            .retain(|process| !matches!(process.label(), "ss-redir" | "ss-server"));
+        self.unsteer_tproxy()
     }
 
     /// Routes plain forwarded LAN traffic over uplink `i` (1-based) in both directions.
