@@ -6,7 +6,7 @@
 
 use core::ptr::read_volatile;
 
-use mptcp_ebpf_common::Address;
+use mptcp_ebpf_common::{Address, uplinks::CongestionName};
 
 /// The splicer's transparent listener port.
 #[unsafe(no_mangle)]
@@ -25,6 +25,21 @@ static NETNS_COOKIE: u64 = 0;
 /// where it is the peer's.
 #[unsafe(no_mangle)]
 static UPLINK_IS_LOCAL: u32 = 0;
+
+/// Subflows whose handshake took at least this long (µs; 0: no such rule) are
+/// long-RTT subflows (a satellite uplink): they get the settings below.
+#[unsafe(no_mangle)]
+static LONG_RTT_US: u32 = 0;
+
+/// The congestion control of long-RTT subflows; all zeros: the MPTCP socket's.
+#[unsafe(no_mangle)]
+static LONG_RTT_CONGESTION: CongestionName = CongestionName {
+    name: [0; mptcp_ebpf_common::uplinks::NAME_LEN],
+};
+
+/// The send buffer (SO_SNDBUF, bytes) of long-RTT subflows; 0: autotuned.
+#[unsafe(no_mangle)]
+static LONG_RTT_SEND_BUFFER: u32 = 0;
 
 /// Where redirected IPv4 connects go (the listener's IPv4 loopback address, mapped);
 /// all zeros when the listener takes no IPv4.
@@ -69,4 +84,22 @@ pub fn redirect_v4() -> Address {
 pub fn redirect_v6() -> Address {
     // SAFETY: as above.
     unsafe { read_volatile(&raw const REDIRECT_V6) }
+}
+
+#[inline(always)]
+pub fn long_rtt_us() -> u32 {
+    // SAFETY: as above.
+    unsafe { read_volatile(&raw const LONG_RTT_US) }
+}
+
+#[inline(always)]
+pub fn long_rtt_congestion() -> CongestionName {
+    // SAFETY: as above.
+    unsafe { read_volatile(&raw const LONG_RTT_CONGESTION) }
+}
+
+#[inline(always)]
+pub fn long_rtt_send_buffer() -> u32 {
+    // SAFETY: as above.
+    unsafe { read_volatile(&raw const LONG_RTT_SEND_BUFFER) }
 }

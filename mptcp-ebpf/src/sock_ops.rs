@@ -5,8 +5,10 @@
 //!   before the SYN leaves, so its original destination moves to `ORIGINAL_DST` under
 //!   the client endpoint the splicer will see as its peer.
 //! - Established MPTCP subflows of the daemon's namespace get the congestion control
-//!   `UPLINK_CONGESTION` names for their uplink, if any (else the one the daemon set on
-//!   the MPTCP socket, which every subflow inherits).
+//!   `UPLINK_CONGESTION` names for their uplink, if any; else, if their handshake took
+//!   long (a satellite uplink), the long-RTT one; else the one the daemon set on the
+//!   MPTCP socket, which every subflow inherits. Long-RTT subflows also get a fixed
+//!   send buffer.
 //! - Established MPTCP subflows whose MPTCP socket carries a flow label (set by the
 //!   daemon in `FLOW_LABELS`) go into `SUBFLOWS`; their RTT samples and received
 //!   segments refresh the entry.
@@ -42,6 +44,8 @@ const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 /// `TCP_CLOSE` from include/net/tcp_states.h.
 const TCP_CLOSE: u32 = 7;
+const SOL_SOCKET: i32 = 1;
+const SO_SNDBUF: i32 = 7;
 const SOL_TCP: i32 = 6;
 const TCP_CONGESTION: i32 = 13;
 
@@ -124,11 +128,7 @@ fn on_established(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
         } else {
             remote.address
         };
-        // A failure (the algorithm's module gone, say) leaves the subflow on the MPTCP
-        // socket's algorithm; it is still recorded.
-        if let Err(errno) = set_uplink_congestion(ctx, uplink) {
-            warn!(ctx, "cannot set the uplink's congestion control: {}", errno);
-        }
+        tune_subflow(ctx, uplink);
     }
     // SAFETY: `msk` is a valid MPTCP socket; without the create flag nothing is written.
     let label = unsafe {
@@ -159,24 +159,61 @@ fn on_established(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
     ctx.set_cb_flags(flags as i32).map_err(i64::from)
 }
 
-/// Gives the subflow the congestion control configured for `uplink`, if any.
-fn set_uplink_congestion(ctx: &SockOpsContext, uplink: Address) -> Result<(), i64> {
-    let Some(choice) = UPLINK_CONGESTION.get(Key::new(128, uplink)) else {
-        return Ok(());
+/// Gives a new subflow its congestion control: its uplink's rule if one matches, else
+/// the long-RTT algorithm if its handshake was slow; and a long-RTT subflow a fixed send
+/// buffer, which raises its MPTCP socket's (the sum of its subflows'). A failure (the
+/// algorithm's module gone, say) leaves the subflow as it was.
+fn tune_subflow(ctx: &SockOpsContext, uplink: Address) {
+    let threshold = config::long_rtt_us();
+    // SAFETY: `ops` is the context; `srtt_us` is readable in sock_ops. The kernel keeps
+    // it scaled by 8; the handshake gave the first sample.
+    let srtt_us = unsafe { read_volatile(&raw const (*ctx.ops).srtt_us) } >> 3;
+    let long_rtt = threshold != 0 && srtt_us >= threshold;
+    let congestion = match UPLINK_CONGESTION.get(Key::new(128, uplink)) {
+        Some(rule) => Some(rule.name),
+        None if long_rtt => Some(config::long_rtt_congestion().name).filter(|name| name[0] != 0),
+        None => None,
     };
-    // Copied to the stack: the helper reads the name from there.
-    let mut name = choice.name;
-    // SAFETY: `ops` is the context; `name` is NAME_LEN readable bytes, zero-terminated.
-    let ret = unsafe {
-        bpf_setsockopt(
-            ctx.ops.cast(),
-            SOL_TCP,
-            TCP_CONGESTION,
-            (&raw mut name).cast(),
-            NAME_LEN as i32,
-        )
-    };
-    if ret == 0 { Ok(()) } else { Err(ret) }
+    if let Some(mut name) = congestion {
+        // SAFETY: `name` is NAME_LEN readable bytes on the stack, zero-terminated.
+        let ret = unsafe {
+            set_option(
+                ctx,
+                SOL_TCP,
+                TCP_CONGESTION,
+                (&raw mut name).cast(),
+                NAME_LEN,
+            )
+        };
+        if ret != 0 {
+            warn!(ctx, "cannot set the subflow's congestion control: {}", ret);
+        }
+    }
+    let mut send_buffer = config::long_rtt_send_buffer();
+    if long_rtt && send_buffer != 0 {
+        // SAFETY: `send_buffer` is an int on the stack.
+        let ret =
+            unsafe { set_option(ctx, SOL_SOCKET, SO_SNDBUF, (&raw mut send_buffer).cast(), 4) };
+        if ret != 0 {
+            warn!(ctx, "cannot set the subflow's send buffer: {}", ret);
+        }
+    }
+}
+
+/// `bpf_setsockopt` on the context's socket.
+///
+/// # Safety
+/// `value` must point to `len` readable bytes on the stack.
+#[inline(always)]
+unsafe fn set_option(
+    ctx: &SockOpsContext,
+    level: i32,
+    name: i32,
+    value: *mut core::ffi::c_void,
+    len: usize,
+) -> i64 {
+    // SAFETY: `ops` is the context; the caller vouches for `value`.
+    unsafe { bpf_setsockopt(ctx.ops.cast(), level, name, value, len as i32) }
 }
 
 /// Copies the socket's current RTT, state and counters into `subflow`.

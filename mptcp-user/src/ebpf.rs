@@ -26,7 +26,7 @@ use log::{debug, warn};
 
 use crate::{
     selection::{self, Policy},
-    tuning::UplinkCongestion,
+    tuning::{LongRtt, UplinkCongestion},
 };
 use mptcp_ebpf_common::{
     Address, Endpoint,
@@ -86,6 +86,8 @@ pub struct Settings {
     /// Whether a subflow's uplink is its local address (gateway) or its peer's
     /// (converter).
     pub uplink_is_local: bool,
+    /// What long-RTT subflows get.
+    pub long_rtt: LongRtt,
 }
 
 /// The loaded programs and maps. Dropping it detaches every program and removes the pins.
@@ -109,6 +111,9 @@ impl Programs {
                 &u32::from(settings.uplink_is_local),
                 true,
             )
+            .override_global("LONG_RTT_US", &settings.long_rtt.threshold_us, true)
+            .override_global("LONG_RTT_CONGESTION", &settings.long_rtt.congestion, true)
+            .override_global("LONG_RTT_SEND_BUFFER", &settings.long_rtt.send_buffer, true)
             .load(EBPF_OBJECT)
             .context("failed to load the eBPF object")?;
         let classifier: &mut SchedClassifier = program_mut(&mut ebpf, LAN_PROGRAM)?.try_into()?;

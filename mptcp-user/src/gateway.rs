@@ -96,7 +96,7 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
             Upstream::Remote { address, .. } => vec![address.ip()],
             Upstream::Direct => Vec::new(),
         };
-        let interception = Interception::install(args, &never)?;
+        let interception = Interception::install(args, &tuning, &never)?;
         // Tests and scripts wait for this line.
         info!("gateway ready");
         let gateway = Arc::new(Gateway {

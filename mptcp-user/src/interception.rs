@@ -26,6 +26,7 @@ use crate::{
     selection::{self, Action, Policy, Rule},
     steering::PolicyRoutes,
     sys,
+    tuning::Tuning,
 };
 
 /// How a connection reached the transparent listener.
@@ -57,7 +58,7 @@ impl Interception {
     /// Loads the programs and installs the redirect for `args`. `never` are addresses
     /// that must never be intercepted (the converter). The listener must already listen:
     /// the LAN program steers to it from the moment it is attached.
-    pub fn install(args: &GatewayArgs, never: &[IpAddr]) -> anyhow::Result<Self> {
+    pub fn install(args: &GatewayArgs, tuning: &Tuning, never: &[IpAddr]) -> anyhow::Result<Self> {
         let (redirect_v4, redirect_v6) = redirect_targets(args.listen.ip());
         let settings = Settings {
             listen_port: args.listen.port(),
@@ -67,6 +68,7 @@ impl Interception {
             redirect_v4: redirect_v4.map_or([0; 4], selection::to_address),
             redirect_v6: redirect_v6.map_or([0; 4], selection::to_address),
             uplink_is_local: true,
+            long_rtt: tuning.long_rtt(),
         };
         let mut programs = Programs::load(&settings)?;
         if let Some(logger) = programs.take_logger() {
@@ -104,7 +106,10 @@ impl Interception {
                 cgroup.display()
             );
         }
-        programs.set_uplink_congestion(args.tuning.uplink_congestion.as_slice())?;
+        programs.set_uplink_congestion(tuning.uplink_congestion())?;
+        if tuning.tunes_subflows() {
+            info!("subflow tuning: {}", tuning.describe_subflow_rules());
+        }
         let root = cgroups::root()?;
         programs.attach_sock_ops(&root)?;
         programs.attach_connect_redirect(&root)?;

@@ -54,12 +54,8 @@ pub struct Remote {
 pub fn run(args: &RemoteArgs) -> anyhow::Result<()> {
     let key = Key::load(&args.key_file)?;
     let tuning = Tuning::new(&args.tuning)?;
-    // Held for the daemon's life; without per-uplink rules the converter runs no eBPF.
-    let _uplink_programs = if tuning.uplink_congestion().is_empty() {
-        None
-    } else {
-        Some(load_uplink_congestion(&tuning)?)
-    };
+    // Held for the daemon's life.
+    let _subflow_programs = load_subflow_tuning(&tuning)?;
     let mut own = policy::local_addresses()?;
     own.push(args.listen.ip());
     let remote = Arc::new(Remote {
@@ -88,26 +84,40 @@ pub fn run(args: &RemoteArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Loads the sock_ops program that gives each subflow its uplink's congestion control
-/// (`--uplink-congestion`, matched against the gateway's address, the subflow's peer).
-fn load_uplink_congestion(tuning: &Tuning) -> anyhow::Result<Programs> {
-    let mut programs = Programs::load(&Settings {
-        netns_cookie: sys::netns_cookie().context("cannot read the network namespace cookie")?,
-        uplink_is_local: false,
-        ..Settings::default()
-    })?;
-    programs.set_uplink_congestion(tuning.uplink_congestion())?;
-    programs.attach_sock_ops(&cgroups::root()?)?;
-    info!(
-        "per-uplink congestion control: {}",
-        tuning
-            .uplink_congestion()
-            .iter()
-            .map(|rule| format!("{}={}", rule.uplinks, rule.name))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    Ok(programs)
+/// Loads the sock_ops program that tunes each subflow: `--uplink-congestion` rules
+/// (matched against the gateway's address, the subflow's peer) and the long-RTT
+/// settings. `None` when there is nothing to tune, or when only the long-RTT default
+/// asks and the host cannot load eBPF: the converter then runs without it.
+fn load_subflow_tuning(tuning: &Tuning) -> anyhow::Result<Option<Programs>> {
+    if !tuning.tunes_subflows() {
+        return Ok(None);
+    }
+    let loaded = (|| {
+        let mut programs = Programs::load(&Settings {
+            netns_cookie: sys::netns_cookie()
+                .context("cannot read the network namespace cookie")?,
+            uplink_is_local: false,
+            long_rtt: tuning.long_rtt(),
+            ..Settings::default()
+        })?;
+        programs.set_uplink_congestion(tuning.uplink_congestion())?;
+        programs.attach_sock_ops(&cgroups::root()?)?;
+        anyhow::Ok(programs)
+    })();
+    match loaded {
+        Ok(programs) => {
+            info!("subflow tuning: {}", tuning.describe_subflow_rules());
+            Ok(Some(programs))
+        }
+        Err(error) if tuning.uplink_congestion().is_empty() => {
+            warn!(
+                "long-RTT subflows keep --congestion and an autotuned buffer: {error:#} \
+                 (--long-rtt 0 silences this)"
+            );
+            Ok(None)
+        }
+        Err(error) => Err(error.context("--uplink-congestion needs the sock_ops program")),
+    }
 }
 
 /// Accepts connections until `shutdown` resolves, then gives live relays a grace period.

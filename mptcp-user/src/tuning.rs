@@ -6,18 +6,25 @@
 //! percent (CUBIC steadier). Hence BBR by default, set explicitly on every MPTCP socket
 //! (the host's sysctl differs between distributions).
 //!
-//! An MPTCP sender keeps every byte until the slowest path has acknowledged it, so with a
-//! satellite uplink (600 ms round trip and more) the kernel's send buffer limit
-//! (tcp_wmem, 4 MiB by default) holds back the fast uplinks as well. A fixed, larger
-//! send buffer (`--send-buffer 4`) lifted such a line from 0.82 to 0.94-0.96 of the sum
-//! of the uplinks, but it cost the common DSL + LTE case 4-6% (0.91-0.93 instead of
-//! 0.975): a locked buffer lets more data queue behind the slower subflow. So the
-//! default keeps the kernel's autotuning.
+//! A satellite uplink (600 ms round trip and more) needs more. Measured with DSL 20 Mbit/s
+//! 15 ms + satellite 10 Mbit/s 300 ms (one way), BBR on both subflows reached 0.77-0.85
+//! of the sum of the uplinks, raw kernel MPTCP alike. The flows stalled for 1-2 s about
+//! 11 s in: when BBR's ProbeRTT (every 10 s) cuts the satellite subflow to 4 packets for
+//! a round trip or two, the data the scheduler had queued on it arrives seconds late and
+//! the DSL subflow waits behind it; with CUBIC on that subflow the stalls went. And an
+//! MPTCP sender keeps every byte until the slowest path has acknowledged it, which the
+//! autotuned send buffer does not cover. So subflows whose handshake takes long
+//! (`--long-rtt`, 300 ms) get CUBIC (no ProbeRTT) and a fixed 4 MiB send buffer
+//! (`--long-rtt-send-buffer`), from the sock_ops program: 0.93-0.98 of the sum. Only
+//! those subflows: a fixed send buffer on every connection (`--send-buffer 4`) cost the
+//! DSL + LTE case 4-6%, a locked buffer letting more data queue behind the slower
+//! subflow.
 
 use std::{io, str::FromStr};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use log::warn;
 use mptcp_ebpf_common::uplinks::{CongestionName, NAME_LEN};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -43,6 +50,35 @@ pub struct TuningArgs {
     /// uplink's public address). Set by the sock_ops program on each new subflow.
     #[arg(long = "uplink-congestion", value_name = "CIDR=NAME")]
     pub uplink_congestion: Vec<UplinkCongestion>,
+
+    /// Subflows whose handshake takes at least this many milliseconds (a geostationary
+    /// satellite uplink: 550 ms and more) get --long-rtt-congestion, unless an
+    /// --uplink-congestion rule names their uplink, and --long-rtt-send-buffer.
+    /// 0: no such rule.
+    #[arg(long, value_name = "MS", default_value_t = 300)]
+    pub long_rtt: u32,
+
+    /// Congestion control of long-RTT subflows.
+    #[arg(long, value_name = "NAME", default_value = "cubic")]
+    pub long_rtt_congestion: String,
+
+    /// Send buffer of each long-RTT subflow in MiB (doubled by the kernel, capped by
+    /// net.core.wmem_max); it raises the MPTCP connection's, the sum of its subflows'.
+    /// 0: autotuned.
+    #[arg(long, value_name = "MIB", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub long_rtt_send_buffer: u32,
+}
+
+/// What long-RTT subflows get (`--long-rtt*`), in the form the sock_ops program takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LongRtt {
+    /// Handshake round trip from which a subflow is long-RTT, µs; 0: none is.
+    pub threshold_us: u32,
+    /// Their congestion control.
+    pub congestion: CongestionName,
+    /// Their SO_SNDBUF in bytes; 0: autotuned.
+    pub send_buffer: u32,
 }
 
 /// One `--uplink-congestion` rule.
@@ -57,9 +93,8 @@ pub struct UplinkCongestion {
 impl UplinkCongestion {
     /// The name as the map stores it.
     pub fn map_name(&self) -> CongestionName {
-        let mut name = [0u8; NAME_LEN];
-        name[..self.name.len()].copy_from_slice(self.name.as_bytes());
-        CongestionName { name }
+        // Checked when parsed.
+        congestion_name(&self.name).unwrap_or_default()
     }
 }
 
@@ -70,12 +105,7 @@ impl FromStr for UplinkCongestion {
         let (uplinks, name) = text
             .split_once('=')
             .with_context(|| format!("{text:?} is not CIDR=NAME"))?;
-        if name.is_empty() || name.len() >= NAME_LEN {
-            bail!(
-                "congestion control name {name:?} must have 1 to {} characters",
-                NAME_LEN - 1
-            );
-        }
+        congestion_name(name)?;
         Ok(Self {
             uplinks: uplinks.parse()?,
             name: name.to_owned(),
@@ -89,6 +119,7 @@ pub struct Tuning {
     congestion: String,
     send_buffer_bytes: usize,
     uplink_congestion: Vec<UplinkCongestion>,
+    long_rtt: LongRtt,
 }
 
 impl Tuning {
@@ -99,9 +130,15 @@ impl Tuning {
             congestion: args.congestion.clone(),
             send_buffer_bytes: usize::try_from(args.send_buffer)? << 20,
             uplink_congestion: args.uplink_congestion.clone(),
+            long_rtt: LongRtt {
+                threshold_us: args.long_rtt.saturating_mul(1000),
+                congestion: congestion_name(&args.long_rtt_congestion)?,
+                send_buffer: long_rtt_send_buffer(args.long_rtt_send_buffer)?,
+            },
         };
         let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-        let names = std::iter::once(&tuning.congestion)
+        let names = [&tuning.congestion, &args.long_rtt_congestion]
+            .into_iter()
             .chain(tuning.uplink_congestion.iter().map(|rule| &rule.name));
         for name in names {
             socket
@@ -119,6 +156,40 @@ impl Tuning {
     /// The per-uplink rules, for the sock_ops program.
     pub fn uplink_congestion(&self) -> &[UplinkCongestion] {
         &self.uplink_congestion
+    }
+
+    /// The long-RTT settings, for the sock_ops program.
+    pub fn long_rtt(&self) -> LongRtt {
+        self.long_rtt
+    }
+
+    /// The subflow rules as a log line: `10.0.2.1/32=reno, RTT >= 300 ms: cubic, 8192 KiB`.
+    pub fn describe_subflow_rules(&self) -> String {
+        let mut rules: Vec<String> = self
+            .uplink_congestion
+            .iter()
+            .map(|rule| format!("{}={}", rule.uplinks, rule.name))
+            .collect();
+        if self.long_rtt.threshold_us != 0 {
+            let name = &self.long_rtt.congestion.name;
+            let name = String::from_utf8_lossy(
+                &name[..name.iter().position(|&b| b == 0).unwrap_or(NAME_LEN)],
+            );
+            let buffer = match self.long_rtt.send_buffer {
+                0 => "autotuned buffer".to_owned(),
+                bytes => format!("{} KiB send buffer (doubled)", bytes >> 10),
+            };
+            rules.push(format!(
+                "handshake RTT >= {} ms: {name}, {buffer}",
+                self.long_rtt.threshold_us / 1000
+            ));
+        }
+        rules.join("; ")
+    }
+
+    /// Whether sock_ops has anything to set on subflows.
+    pub fn tunes_subflows(&self) -> bool {
+        !self.uplink_congestion.is_empty() || self.long_rtt.threshold_us != 0
     }
 
     /// Applies the settings to `socket` before it connects (on MPTCP, they reach every
@@ -142,6 +213,57 @@ impl Tuning {
         }
         set_send_buffer(socket, self.send_buffer_bytes)
     }
+}
+
+/// `name` as sock_ops takes it: zero-padded to `TCP_CA_NAME_MAX`.
+fn congestion_name(name: &str) -> anyhow::Result<CongestionName> {
+    if name.is_empty() || name.len() >= NAME_LEN {
+        bail!(
+            "congestion control name {name:?} must have 1 to {} characters",
+            NAME_LEN - 1
+        );
+    }
+    let mut bytes = [0u8; NAME_LEN];
+    bytes[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(CongestionName { name: bytes })
+}
+
+/// The long-RTT send buffer in bytes, checked against what the host lets sock_ops set:
+/// `bpf_setsockopt(SO_SNDBUF)` is capped by net.core.wmem_max, and a cap below the
+/// autotuning limit (net.ipv4.tcp_wmem) would shrink the buffer, not grow it.
+fn long_rtt_send_buffer(mib: u32) -> anyhow::Result<u32> {
+    if mib == 0 {
+        return Ok(0);
+    }
+    let asked = u64::from(mib) << 20;
+    let cap = read_sysctl("net/core/wmem_max")?;
+    let autotuning_limit = read_sysctl("net/ipv4/tcp_wmem")?;
+    let granted = asked.min(cap);
+    if 2 * granted <= autotuning_limit {
+        warn!(
+            "net.core.wmem_max ({cap} bytes) is too low for --long-rtt-send-buffer \
+             {mib}: long-RTT subflows keep an autotuned send buffer (raise it with \
+             sysctl -w net.core.wmem_max={asked})"
+        );
+        return Ok(0);
+    }
+    if granted < asked {
+        warn!(
+            "net.core.wmem_max caps --long-rtt-send-buffer at {} KiB",
+            granted >> 10
+        );
+    }
+    Ok(u32::try_from(granted).unwrap_or(u32::MAX))
+}
+
+/// The last number of /proc/sys/`path` (for a triple like tcp_wmem, its maximum).
+fn read_sysctl(path: &str) -> anyhow::Result<u64> {
+    let file = format!("/proc/sys/{path}");
+    let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {file}"))?;
+    text.split_whitespace()
+        .last()
+        .and_then(|value| value.parse().ok())
+        .with_context(|| format!("{file} holds no number: {text:?}"))
 }
 
 /// SO_SNDBUFFORCE, which is not capped by net.core.wmem_max; SO_SNDBUF (capped) without
