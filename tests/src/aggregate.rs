@@ -6,7 +6,10 @@
 //! - each uplink alone: plain IP forwarding through the gateway host, routed over that
 //!   uplink only, the server sending with the same congestion control as the daemons;
 //! - raw MPTCP: a sender on the remote host, a receiver on the gateway host, one MPTCP
-//!   connection with a subflow per uplink, no relay: the ceiling for the gateway;
+//!   connection with a subflow per uplink, no relay, the kernel's defaults;
+//! - raw MPTCP tuned alike: the same while the daemons run, so that their sock_ops
+//!   program tunes its subflows as it tunes theirs (long-RTT subflows): the ceiling for
+//!   the gateway, and what the relay itself costs;
 //! - shadowsocks, the tool people use for this today (OpenMPTCProuter's default):
 //!   `ss-redir` on the gateway host and `ss-server` on the remote host, both forced
 //!   onto MPTCP with mptcpize, AES-128-GCM, the LAN steered by an nftables tproxy rule;
@@ -62,6 +65,8 @@ pub struct RowResult {
     pub singles: Vec<f64>,
     /// Raw kernel MPTCP between gateway and remote hosts.
     pub raw_mptcp: Download,
+    /// The same with the daemons' subflow tuning.
+    pub raw_mptcp_tuned: Download,
     /// The LAN host's flow through shadowsocks over MPTCP (the tool people use today),
     /// with the CPU seconds ss-redir and ss-server used; `None` when it could not run
     /// with the row's congestion control.
@@ -97,6 +102,12 @@ impl RowResult {
         self.gateway.mbit_per_s() / self.raw_mptcp.mbit_per_s()
     }
 
+    /// The gateway's goodput over raw MPTCP's with the same subflow tuning: the relay's
+    /// cost.
+    pub fn share_of_raw_tuned(&self) -> f64 {
+        self.gateway.mbit_per_s() / self.raw_mptcp_tuned.mbit_per_s()
+    }
+
     /// The gateway's goodput over shadowsocks-over-MPTCP's.
     pub fn over_shadowsocks(&self) -> Option<f64> {
         let (shadowsocks, _) = self.shadowsocks.as_ref()?;
@@ -120,6 +131,8 @@ impl RowResult {
             "raw_mptcp_mbit": self.raw_mptcp.mbit_per_s(),
             "raw_mptcp_time_to_90_s": seconds(&self.raw_mptcp),
             "raw_mptcp_per_second_mbit": self.raw_mptcp.per_second_mbit(),
+            "raw_mptcp_tuned_mbit": self.raw_mptcp_tuned.mbit_per_s(),
+            "raw_mptcp_tuned_per_second_mbit": self.raw_mptcp_tuned.per_second_mbit(),
             "shadowsocks_mbit": self.shadowsocks.as_ref().map(|(download, _)| download.mbit_per_s()),
             "shadowsocks_per_second_mbit":
                 self.shadowsocks.as_ref().map(|(download, _)| download.per_second_mbit()),
@@ -132,6 +145,7 @@ impl RowResult {
             "gateway_per_second_mbit": self.gateway.per_second_mbit(),
             "share_of_sum": self.share_of_sum(),
             "share_of_raw_mptcp": self.share_of_raw(),
+            "share_of_raw_mptcp_tuned": self.share_of_raw_tuned(),
             "at_least_best_single": self.gateway.mbit_per_s() >= self.best_single(),
             "first_byte_direct_ms": self.first_byte_direct.as_secs_f64() * 1e3,
             "first_byte_gateway_ms": self.first_byte_gateway.as_secs_f64() * 1e3,
@@ -199,16 +213,19 @@ pub fn run_row(
         FIRST_BYTE_EXCHANGES,
     )?;
 
+    let raw_download = |testbed: &Testbed| {
+        measure::download(
+            &testbed.gateway,
+            &testbed.remote,
+            SocketAddr::new(REMOTE.parse()?, PORT),
+            Transport::Mptcp,
+            Some(congestion),
+            duration,
+        )
+    };
     testbed.wait_uplinks_quiet()?;
     progress("raw MPTCP, gateway host <- remote host");
-    let raw_mptcp = measure::download(
-        &testbed.gateway,
-        &testbed.remote,
-        SocketAddr::new(REMOTE.parse()?, PORT),
-        Transport::Mptcp,
-        Some(congestion),
-        duration,
-    )?;
+    let raw_mptcp = raw_download(&testbed)?;
 
     testbed.wait_uplinks_quiet()?;
     progress("shadowsocks over MPTCP: ss-redir + ss-server under mptcpize");
@@ -241,11 +258,15 @@ pub fn run_row(
         first_byte_address,
         FIRST_BYTE_EXCHANGES,
     )?;
+    testbed.wait_uplinks_quiet()?;
+    progress("raw MPTCP, the daemons' subflow tuning");
+    let raw_mptcp_tuned = raw_download(&testbed)?;
     testbed.check_running()?;
     Ok(RowResult {
         uplinks: uplinks.iter().map(ToString::to_string).collect(),
         singles,
         raw_mptcp,
+        raw_mptcp_tuned,
         shadowsocks,
         gateway,
         gateway_cpu_s,

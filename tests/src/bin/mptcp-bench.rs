@@ -159,6 +159,11 @@ fn print_row(number: usize, result: &aggregate::RowResult) {
         result.raw_mptcp.mbit_per_s(),
         time_to_90(&result.raw_mptcp)
     );
+    println!(
+        "  raw MPTCP tuned alike {:7.2} Mbit/s  90% after {}",
+        result.raw_mptcp_tuned.mbit_per_s(),
+        time_to_90(&result.raw_mptcp_tuned)
+    );
     if let Some((shadowsocks, _)) = &result.shadowsocks {
         println!(
             "  shadowsocks over MPTCP{:7.2} Mbit/s  90% after {}",
@@ -174,6 +179,7 @@ fn print_row(number: usize, result: &aggregate::RowResult) {
     let shadowsocks = result.shadowsocks.as_ref().map(|(download, _)| download);
     for (name, download) in [
         ("raw MPTCP", Some(&result.raw_mptcp)),
+        ("raw tuned", Some(&result.raw_mptcp_tuned)),
         ("shadowsocks", shadowsocks),
         ("gateway", Some(&result.gateway)),
     ] {
@@ -201,10 +207,11 @@ fn print_row(number: usize, result: &aggregate::RowResult) {
         ratio(result.cpu_per_byte_over_shadowsocks())
     );
     println!(
-        "  gateway / sum {:.3}   gateway / raw MPTCP {:.3}   gateway / shadowsocks {}   \
-         >= best single: {}",
+        "  gateway / sum {:.3}   gateway / raw MPTCP {:.3} (tuned alike {:.3})   \
+         gateway / shadowsocks {}   >= best single: {}",
         result.share_of_sum(),
         result.share_of_raw(),
+        result.share_of_raw_tuned(),
         ratio(result.over_shadowsocks()),
         if result.gateway.mbit_per_s() >= result.best_single() {
             "yes"
