@@ -274,3 +274,38 @@ fn set_send_buffer(socket: &Socket, bytes: usize) -> io::Result<()> {
         result => Ok(result?),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uplink_rules_parse_into_zero_padded_names() {
+        let rule: UplinkCongestion = "10.0.2.1/32=cubic".parse().unwrap();
+        assert_eq!(rule.uplinks, "10.0.2.1/32".parse().unwrap());
+        let mut expected = [0u8; NAME_LEN];
+        expected[..5].copy_from_slice(b"cubic");
+        assert_eq!(rule.map_name().name, expected);
+    }
+
+    #[test]
+    fn bad_uplink_rules_are_refused() {
+        for text in ["10.0.2.1/32", "10.0.2.1/32=", "nonsense=bbr"] {
+            assert!(text.parse::<UplinkCongestion>().is_err(), "{text}");
+        }
+        // One byte must stay for the terminating zero.
+        let too_long = format!("10.0.0.0/8={}", "x".repeat(NAME_LEN));
+        assert!(too_long.parse::<UplinkCongestion>().is_err());
+    }
+
+    #[test]
+    fn sysctl_triples_read_as_their_maximum() {
+        let text = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").unwrap();
+        let fields: Vec<u64> = text
+            .split_whitespace()
+            .map(|f| f.parse().unwrap())
+            .collect();
+        assert_eq!(read_sysctl("net/ipv4/tcp_wmem").unwrap(), fields[2]);
+        assert!(read_sysctl("net/ipv4/no_such_sysctl").is_err());
+    }
+}
