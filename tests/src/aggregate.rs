@@ -65,16 +65,20 @@ pub struct RowResult {
     pub singles: Vec<f64>,
     /// Raw kernel MPTCP between gateway and remote hosts.
     pub raw_mptcp: Download,
-    /// The same with the daemons' subflow tuning.
+    /// The same with the daemons' subflow tuning (the median round).
     pub raw_mptcp_tuned: Download,
+    /// Its goodput in each round.
+    pub raw_mptcp_tuned_rounds_mbit: Vec<f64>,
     /// The LAN host's flow through shadowsocks over MPTCP (the tool people use today),
     /// with the CPU seconds ss-redir and ss-server used; `None` when it could not run
     /// with the row's congestion control.
     pub shadowsocks: Option<(Download, f64)>,
-    /// The LAN host's flow through gateway and converter.
+    /// The LAN host's flow through gateway and converter (the median round).
     pub gateway: Download,
     /// CPU seconds the gateway and converter daemons used for it.
     pub gateway_cpu_s: f64,
+    /// Its goodput in each round.
+    pub gateway_rounds_mbit: Vec<f64>,
     /// Median connect-to-first-byte over uplink 1 without the gateway.
     pub first_byte_direct: Duration,
     /// The same through gateway and converter (whose first subflow uses uplink 1).
@@ -133,6 +137,7 @@ impl RowResult {
             "raw_mptcp_per_second_mbit": self.raw_mptcp.per_second_mbit(),
             "raw_mptcp_tuned_mbit": self.raw_mptcp_tuned.mbit_per_s(),
             "raw_mptcp_tuned_per_second_mbit": self.raw_mptcp_tuned.per_second_mbit(),
+            "raw_mptcp_tuned_rounds_mbit": self.raw_mptcp_tuned_rounds_mbit,
             "shadowsocks_mbit": self.shadowsocks.as_ref().map(|(download, _)| download.mbit_per_s()),
             "shadowsocks_per_second_mbit":
                 self.shadowsocks.as_ref().map(|(download, _)| download.per_second_mbit()),
@@ -143,6 +148,7 @@ impl RowResult {
             "gateway_mbit": self.gateway.mbit_per_s(),
             "gateway_time_to_90_s": seconds(&self.gateway),
             "gateway_per_second_mbit": self.gateway.per_second_mbit(),
+            "gateway_rounds_mbit": self.gateway_rounds_mbit,
             "share_of_sum": self.share_of_sum(),
             "share_of_raw_mptcp": self.share_of_raw(),
             "share_of_raw_mptcp_tuned": self.share_of_raw_tuned(),
@@ -152,6 +158,10 @@ impl RowResult {
         })
     }
 }
+
+/// Rounds on zero-delay rows by default: there BBR swings by 10-20% from one flow to
+/// the next (42-56 Mbit/s on 10 + 20 + 30 Mbit/s), too much to compare single flows.
+pub const ZERO_DELAY_ROUNDS: usize = 5;
 
 /// How the rows are run.
 #[derive(Clone, Debug)]
@@ -165,11 +175,16 @@ pub struct Options {
     pub host_sysctls: Vec<String>,
     /// Length of each flow.
     pub duration: Duration,
+    /// Alternating rounds of the gateway's flow and raw MPTCP tuned alike, whose
+    /// medians are compared; `None`: [`ZERO_DELAY_ROUNDS`] on rows of zero-delay HTB
+    /// veths, 1 on emulated lines.
+    pub rounds: Option<usize>,
 }
 
 /// Runs one row: builds its testbed, measures each uplink alone, raw MPTCP,
 /// shadowsocks, then the gateway (daemons started with `--congestion` and the extra
-/// arguments of `options`, logs in `dir`).
+/// arguments of `options`, logs in `dir`) and raw MPTCP tuned alike, in alternating
+/// rounds.
 pub fn run_row(
     label: &str,
     uplinks: &[Uplink],
@@ -247,32 +262,81 @@ pub fn run_row(
         }
     };
 
-    progress("through gateway and converter");
     let mut args = vec!["--congestion", congestion];
     args.extend(options.daemon_args.iter().map(String::as_str));
     testbed.start_gateway_and_remote(dir, &args, &args)?;
-    let (gateway, gateway_cpu_s) = with_cpu_time(&testbed, &["gateway", "remote"], lan_download)?;
     let first_byte_gateway = measure::time_to_first_byte(
         &testbed.client,
         &testbed.server,
         first_byte_address,
         FIRST_BYTE_EXCHANGES,
     )?;
-    testbed.wait_uplinks_quiet()?;
-    progress("raw MPTCP, the daemons' subflow tuning");
-    let raw_mptcp_tuned = raw_download(&testbed)?;
+    let zero_delay = uplinks.iter().any(|uplink| !uplink.emulated);
+    let rounds = options
+        .rounds
+        .unwrap_or(if zero_delay { ZERO_DELAY_ROUNDS } else { 1 });
+    let (gateway_rounds, raw_tuned_rounds) =
+        alternate(&testbed, rounds, &lan_download, &raw_download, progress)?;
     testbed.check_running()?;
+    let gateway_rounds_mbit = gateway_rounds
+        .iter()
+        .map(|(download, _)| download.mbit_per_s())
+        .collect();
+    let raw_mptcp_tuned_rounds_mbit = raw_tuned_rounds.iter().map(Download::mbit_per_s).collect();
+    let (gateway, gateway_cpu_s) = median(gateway_rounds, |(download, _)| download.mbit_per_s());
+    let raw_mptcp_tuned = median(raw_tuned_rounds, Download::mbit_per_s);
     Ok(RowResult {
         uplinks: uplinks.iter().map(ToString::to_string).collect(),
         singles,
         raw_mptcp,
         raw_mptcp_tuned,
+        raw_mptcp_tuned_rounds_mbit,
         shadowsocks,
         gateway,
         gateway_cpu_s,
+        gateway_rounds_mbit,
         first_byte_direct,
         first_byte_gateway,
     })
+}
+
+/// A flow and the CPU seconds its daemons used.
+type WithCpu = (Download, f64);
+
+/// Measures the gateway's flow (with its daemons' CPU seconds) and raw MPTCP tuned
+/// alike in `rounds` alternating rounds, the daemons running.
+fn alternate(
+    testbed: &Testbed,
+    rounds: usize,
+    lan_download: &dyn Fn(&Testbed) -> anyhow::Result<Download>,
+    raw_download: &dyn Fn(&Testbed) -> anyhow::Result<Download>,
+    progress: &dyn Fn(&str),
+) -> anyhow::Result<(Vec<WithCpu>, Vec<Download>)> {
+    let (mut gateway_rounds, mut raw_tuned_rounds) = (Vec::new(), Vec::new());
+    for round in 1..=rounds.max(1) {
+        let of = if rounds > 1 {
+            format!(" (round {round} of {rounds})")
+        } else {
+            String::new()
+        };
+        testbed.wait_uplinks_quiet()?;
+        progress(&format!("through gateway and converter{of}"));
+        gateway_rounds.push(with_cpu_time(
+            testbed,
+            &["gateway", "remote"],
+            lan_download,
+        )?);
+        testbed.wait_uplinks_quiet()?;
+        progress(&format!("raw MPTCP, the daemons' subflow tuning{of}"));
+        raw_tuned_rounds.push(raw_download(testbed)?);
+    }
+    Ok((gateway_rounds, raw_tuned_rounds))
+}
+
+/// The median of `rounds` by `rate` (the lower one of the middle two for an even count).
+fn median<T>(mut rounds: Vec<T>, rate: impl Fn(&T) -> f64) -> T {
+    rounds.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+    rounds.swap_remove((rounds.len() - 1) / 2)
 }
 
 /// Runs `measure` and returns its result with the CPU seconds the testbed's processes

@@ -33,6 +33,10 @@ enum Bench {
         /// Only these rows of the matrix (1-based; repeatable).
         #[arg(long)]
         row: Vec<usize>,
+        /// Alternating rounds of the gateway and raw MPTCP tuned alike, compared by
+        /// their medians [default: 5 on the zero-delay row, 1 on the others].
+        #[arg(long)]
+        rounds: Option<usize>,
         /// Directory for the JSON results.
         #[arg(long, env = "MPTCP_BENCH_DIR", default_value = "target/bench")]
         out: PathBuf,
@@ -60,6 +64,7 @@ fn main() -> anyhow::Result<()> {
             congestion,
             seconds,
             row,
+            rounds,
             out,
             daemon_arg,
             host_sysctl,
@@ -69,6 +74,7 @@ fn main() -> anyhow::Result<()> {
                 daemon_args: daemon_arg,
                 host_sysctls: host_sysctl,
                 duration: Duration::from_secs(seconds),
+                rounds,
             },
             &row,
             &out,
@@ -134,6 +140,7 @@ fn run_aggregate(
         "daemon_args": options.daemon_args,
         "host_sysctls": options.host_sysctls,
         "seconds": options.duration.as_secs(),
+        "rounds": options.rounds,
         "rows": results,
     });
     write_json(out, &format!("aggregate-{congestion}"), &json)
@@ -176,6 +183,20 @@ fn print_row(number: usize, result: &aggregate::RowResult) {
         result.gateway.mbit_per_s(),
         time_to_90(&result.gateway)
     );
+    if result.gateway_rounds_mbit.len() > 1 {
+        let rates = |rounds: &[f64]| {
+            rounds
+                .iter()
+                .map(|rate| format!("{rate:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "  rounds (medians above): gateway {}; raw tuned alike {}",
+            rates(&result.gateway_rounds_mbit),
+            rates(&result.raw_mptcp_tuned_rounds_mbit)
+        );
+    }
     let shadowsocks = result.shadowsocks.as_ref().map(|(download, _)| download);
     for (name, download) in [
         ("raw MPTCP", Some(&result.raw_mptcp)),
