@@ -37,9 +37,9 @@ pub struct TuningArgs {
     #[arg(long, value_name = "NAME", default_value = "bbr")]
     pub congestion: String,
 
-    /// Fixed send buffer of each MPTCP connection in MiB, for uplinks with long round
-    /// trips (satellite): the sum of the uplinks' rates times the longest round trip
-    /// (the kernel doubles it for bookkeeping). 0: the kernel's autotuning; at most 1024.
+    /// Fixed send buffer of every MPTCP connection in MiB (the kernel doubles it for
+    /// bookkeeping). 0: the kernel's autotuning; at most 1024. Long round trips are
+    /// better served by --long-rtt-send-buffer, which leaves the others autotuned.
     #[arg(long, value_name = "MIB", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=1024))]
     pub send_buffer: u32,
@@ -126,19 +126,25 @@ impl Tuning {
     /// Checks the settings on a scratch socket, so that a typo fails at start instead
     /// of on every connection.
     pub fn new(args: &TuningArgs) -> anyhow::Result<Self> {
+        let long_rtt = if args.long_rtt == 0 {
+            LongRtt::default()
+        } else {
+            LongRtt {
+                threshold_us: args.long_rtt.saturating_mul(1000),
+                congestion: congestion_name(&args.long_rtt_congestion)?,
+                send_buffer: long_rtt_send_buffer(args.long_rtt_send_buffer)?,
+            }
+        };
         let tuning = Self {
             congestion: args.congestion.clone(),
             send_buffer_bytes: usize::try_from(args.send_buffer)? << 20,
             uplink_congestion: args.uplink_congestion.clone(),
-            long_rtt: LongRtt {
-                threshold_us: args.long_rtt.saturating_mul(1000),
-                congestion: congestion_name(&args.long_rtt_congestion)?,
-                send_buffer: long_rtt_send_buffer(args.long_rtt_send_buffer)?,
-            },
+            long_rtt,
         };
         let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-        let names = [&tuning.congestion, &args.long_rtt_congestion]
-            .into_iter()
+        let long_rtt_congestion = (args.long_rtt != 0).then_some(&args.long_rtt_congestion);
+        let names = std::iter::once(&tuning.congestion)
+            .chain(long_rtt_congestion)
             .chain(tuning.uplink_congestion.iter().map(|rule| &rule.name));
         for name in names {
             socket
