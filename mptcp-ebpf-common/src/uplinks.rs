@@ -23,6 +23,18 @@ pub struct CongestionName {
     pub name: [u8; NAME_LEN],
 }
 
+impl CongestionName {
+    /// The name up to its terminating zero; empty if it is not UTF-8.
+    pub fn as_str(&self) -> &str {
+        let end = self
+            .name
+            .iter()
+            .position(|&byte| byte == 0)
+            .unwrap_or(NAME_LEN);
+        core::str::from_utf8(&self.name[..end]).unwrap_or_default()
+    }
+}
+
 #[cfg(feature = "user")]
 // SAFETY: `repr(C)`, `Copy`, a plain byte array: no padding.
 unsafe impl aya::Pod for CongestionName {}

@@ -92,19 +92,7 @@ fn load_subflow_tuning(tuning: &Tuning) -> anyhow::Result<Option<Programs>> {
     if !tuning.tunes_subflows() {
         return Ok(None);
     }
-    let loaded = (|| {
-        let mut programs = Programs::load(&Settings {
-            netns_cookie: sys::netns_cookie()
-                .context("cannot read the network namespace cookie")?,
-            uplink_is_local: false,
-            long_rtt: tuning.long_rtt(),
-            ..Settings::default()
-        })?;
-        programs.set_uplink_congestion(tuning.uplink_congestion())?;
-        programs.attach_sock_ops(&cgroups::root()?)?;
-        anyhow::Ok(programs)
-    })();
-    match loaded {
+    match attach_subflow_tuning(tuning) {
         Ok(programs) => {
             info!("subflow tuning: {}", tuning.describe_subflow_rules());
             Ok(Some(programs))
@@ -118,6 +106,20 @@ fn load_subflow_tuning(tuning: &Tuning) -> anyhow::Result<Option<Programs>> {
         }
         Err(error) => Err(error.context("--uplink-congestion needs the sock_ops program")),
     }
+}
+
+/// Loads the programs with the converter's settings and attaches sock_ops to the
+/// cgroup v2 root.
+fn attach_subflow_tuning(tuning: &Tuning) -> anyhow::Result<Programs> {
+    let mut programs = Programs::load(&Settings {
+        netns_cookie: sys::netns_cookie().context("cannot read the network namespace cookie")?,
+        uplink_is_local: false,
+        long_rtt: tuning.long_rtt(),
+        ..Settings::default()
+    })?;
+    programs.set_uplink_congestion(tuning.uplink_congestion())?;
+    programs.attach_sock_ops(&cgroups::root()?)?;
+    Ok(programs)
 }
 
 /// Accepts connections until `shutdown` resolves, then gives live relays a grace period.

@@ -177,17 +177,14 @@ impl Tuning {
             .map(|rule| format!("{}={}", rule.uplinks, rule.name))
             .collect();
         if self.long_rtt.threshold_us != 0 {
-            let name = &self.long_rtt.congestion.name;
-            let name = String::from_utf8_lossy(
-                &name[..name.iter().position(|&b| b == 0).unwrap_or(NAME_LEN)],
-            );
             let buffer = match self.long_rtt.send_buffer {
                 0 => "autotuned buffer".to_owned(),
                 bytes => format!("{} KiB send buffer (doubled)", bytes >> 10),
             };
             rules.push(format!(
-                "handshake RTT >= {} ms: {name}, {buffer}",
-                self.long_rtt.threshold_us / 1000
+                "handshake RTT >= {} ms: {}, {buffer}",
+                self.long_rtt.threshold_us / 1000,
+                self.long_rtt.congestion.as_str()
             ));
         }
         rules.join("; ")
@@ -292,6 +289,7 @@ mod tests {
         let mut expected = [0u8; NAME_LEN];
         expected[..5].copy_from_slice(b"cubic");
         assert_eq!(rule.map_name().name, expected);
+        assert_eq!(rule.map_name().as_str(), "cubic");
     }
 
     #[test]
