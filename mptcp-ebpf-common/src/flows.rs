@@ -56,8 +56,8 @@ pub struct Subflow {
     pub remote: Endpoint,
     /// Smoothed RTT in microseconds.
     pub srtt_us: u32,
-    /// TCP state (include/net/tcp_states.h).
-    pub state: u32,
+    /// Keeps the counters 8-byte aligned with no implicit padding.
+    pub reserved: u32,
     /// Bytes sent and acknowledged.
     pub bytes_acked: u64,
     /// Bytes received.

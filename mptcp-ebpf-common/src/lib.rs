@@ -6,13 +6,13 @@
 //!
 //! Addresses are kept in one form everywhere: four 32-bit words in network byte order
 //! (the form the kernel hands to BPF programs), an IPv4 address as its IPv4-mapped IPv6
-//! address `::ffff:a.b.c.d`. So one LPM trie holds the policy of both families, and a map
+//! address `::ffff:a.b.c.d`. So one LPM trie holds the selection of both families, and a map
 //! key never needs a family field.
 #![no_std]
 
+pub mod cgroups;
 pub mod flows;
-pub mod policy;
-pub mod redirect;
+pub mod selection;
 pub mod uplinks;
 
 /// An IPv4 or IPv6 address as four network-order words; IPv4 is IPv4-mapped.

@@ -12,12 +12,12 @@ use mptcp_ebpf_common::{Address, uplinks::CongestionName};
 #[unsafe(no_mangle)]
 static LISTEN_PORT: u16 = 0;
 
-/// The fwmark that routes a steered packet to local delivery (`ip rule fwmark`).
+/// The fwmark that routes an intercepted packet to local delivery (`ip rule fwmark`).
 #[unsafe(no_mangle)]
-static STEER_MARK: u32 = 0;
+static INTERCEPT_MARK: u32 = 0;
 
 /// Cookie of the daemon's network namespace: the cgroup programs run in every
-/// namespace of the host and only redirect in this one.
+/// namespace of the host and only intercept in this one.
 #[unsafe(no_mangle)]
 static NETNS_COOKIE: u64 = 0;
 
@@ -41,14 +41,14 @@ static LONG_RTT_CONGESTION: CongestionName = CongestionName {
 #[unsafe(no_mangle)]
 static LONG_RTT_SEND_BUFFER: u32 = 0;
 
-/// Where redirected IPv4 connects go (the listener's IPv4 loopback address, mapped);
-/// all zeros when the listener takes no IPv4.
+/// Where intercepted IPv4 connects go (the listener's IPv4 address, mapped); all zeros
+/// when the listener takes no IPv4.
 #[unsafe(no_mangle)]
-static REDIRECT_V4: Address = [0; 4];
+static LISTENER_V4: Address = [0; 4];
 
-/// Where redirected IPv6 connects go; all zeros when the listener takes no IPv6.
+/// Where intercepted IPv6 connects go; all zeros when the listener takes no IPv6.
 #[unsafe(no_mangle)]
-static REDIRECT_V6: Address = [0; 4];
+static LISTENER_V6: Address = [0; 4];
 
 #[inline(always)]
 pub fn listen_port() -> u16 {
@@ -57,9 +57,9 @@ pub fn listen_port() -> u16 {
 }
 
 #[inline(always)]
-pub fn steer_mark() -> u32 {
+pub fn intercept_mark() -> u32 {
     // SAFETY: as above.
-    unsafe { read_volatile(&raw const STEER_MARK) }
+    unsafe { read_volatile(&raw const INTERCEPT_MARK) }
 }
 
 #[inline(always)]
@@ -75,15 +75,15 @@ pub fn uplink_is_local() -> bool {
 }
 
 #[inline(always)]
-pub fn redirect_v4() -> Address {
+pub fn listener_v4() -> Address {
     // SAFETY: as above.
-    unsafe { read_volatile(&raw const REDIRECT_V4) }
+    unsafe { read_volatile(&raw const LISTENER_V4) }
 }
 
 #[inline(always)]
-pub fn redirect_v6() -> Address {
+pub fn listener_v6() -> Address {
     // SAFETY: as above.
-    unsafe { read_volatile(&raw const REDIRECT_V6) }
+    unsafe { read_volatile(&raw const LISTENER_V6) }
 }
 
 #[inline(always)]

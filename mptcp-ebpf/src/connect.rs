@@ -1,13 +1,13 @@
-//! cgroup/connect4, connect6, getpeername4, getpeername6: the local-service redirect.
+//! cgroup/connect4, connect6, getpeername4, getpeername6: intercepting local services.
 //!
 //! Attached to the cgroup v2 root through links, they act only for processes in an
 //! opted-in cgroup or below one (`OPTED_IN`, checked through the calling task's cgroup
 //! ancestors), in the daemon's network namespace, and only on TCP connects the policy
-//! selects. Such a connect is rewritten to the splicer's listener and its original
+//! selection takes. Such a connect is rewritten to the splicer's listener and its original
 //! destination saved under the socket's cookie; sock_ops hands it on to the splicer once
 //! the local port is known, and getpeername shows it to the application.
 //!
-//! Never redirected: MPTCP sockets and their subflows (connect4/6 also run for the
+//! Never intercepted: MPTCP sockets and their subflows (connect4/6 also run for the
 //! subflows the kernel creates, with protocol TCP), hence never the daemons' own
 //! upstream connections, which are all MPTCP.
 
@@ -22,12 +22,12 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use core::ptr::{read_volatile, write_volatile};
-use mptcp_ebpf_common::{Address, Endpoint, is_mapped_v4, mapped_v4, redirect::MAX_CGROUP_DEPTH};
+use mptcp_ebpf_common::{Address, Endpoint, cgroups::MAX_CGROUP_DEPTH, is_mapped_v4, mapped_v4};
 
 use crate::{
     config,
-    maps::{OPTED_IN, REDIRECTS},
-    policy,
+    maps::{CONNECTS, OPTED_IN},
+    selection,
 };
 
 /// What a cgroup/sock_addr program returns to let the call go on.
@@ -35,7 +35,7 @@ const ALLOW: i32 = 1;
 const IPPROTO_TCP: u32 = 6;
 
 #[cgroup_sock_addr(connect4)]
-pub fn redirect_connect4(ctx: SockAddrContext) -> i32 {
+pub fn intercept_connect4(ctx: SockAddrContext) -> i32 {
     let addr = ctx.sock_addr;
     // SAFETY: `addr` is the context the kernel passed; user_ip4 and user_port are
     // readable and writable in connect4.
@@ -45,7 +45,7 @@ pub fn redirect_connect4(ctx: SockAddrContext) -> i32 {
             port: user_port(addr),
         }
     };
-    if let Some(listener) = redirect(&ctx, original, config::redirect_v4()) {
+    if let Some(listener) = intercept(&ctx, original, config::listener_v4()) {
         // SAFETY: as above.
         unsafe {
             write_volatile(&raw mut (*addr).user_ip4, listener[3]);
@@ -56,7 +56,7 @@ pub fn redirect_connect4(ctx: SockAddrContext) -> i32 {
 }
 
 #[cgroup_sock_addr(connect6)]
-pub fn redirect_connect6(ctx: SockAddrContext) -> i32 {
+pub fn intercept_connect6(ctx: SockAddrContext) -> i32 {
     let addr = ctx.sock_addr;
     // SAFETY: `addr` is the context; user_ip6 and user_port are readable in connect6.
     let original = unsafe {
@@ -68,11 +68,11 @@ pub fn redirect_connect6(ctx: SockAddrContext) -> i32 {
     // An IPv4-mapped destination on an IPv6 socket goes to the listener's mapped IPv4
     // address, so the socket stays on IPv4.
     let target = if is_mapped_v4(&original.address) {
-        config::redirect_v4()
+        config::listener_v4()
     } else {
-        config::redirect_v6()
+        config::listener_v6()
     };
-    if let Some(listener) = redirect(&ctx, original, target) {
+    if let Some(listener) = intercept(&ctx, original, target) {
         // SAFETY: as above; user_ip6 is writable word by word.
         unsafe {
             write_ip6(addr, listener);
@@ -85,7 +85,7 @@ pub fn redirect_connect6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 pub fn restore_getpeername4(ctx: SockAddrContext) -> i32 {
     let addr = ctx.sock_addr;
-    if let Some(original) = redirected_to(&ctx) {
+    if let Some(original) = original_destination(&ctx) {
         // SAFETY: user_ip4 and user_port are writable in getpeername4.
         unsafe {
             write_volatile(&raw mut (*addr).user_ip4, original.address[3]);
@@ -98,7 +98,7 @@ pub fn restore_getpeername4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn restore_getpeername6(ctx: SockAddrContext) -> i32 {
     let addr = ctx.sock_addr;
-    if let Some(original) = redirected_to(&ctx) {
+    if let Some(original) = original_destination(&ctx) {
         // SAFETY: user_ip6 and user_port are writable in getpeername6.
         unsafe {
             write_ip6(addr, original.address);
@@ -108,10 +108,10 @@ pub fn restore_getpeername6(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// Decides whether this connect is redirected; if so, records the original destination
+/// Decides whether this connect is intercepted; if so, records the original destination
 /// and returns where to send it instead.
 #[inline(always)]
-fn redirect(ctx: &SockAddrContext, original: Endpoint, target: Address) -> Option<Address> {
+fn intercept(ctx: &SockAddrContext, original: Endpoint, target: Address) -> Option<Address> {
     let addr = ctx.sock_addr;
     // SAFETY: protocol and sk are readable in connect4/6.
     let (protocol, sk) = unsafe {
@@ -135,21 +135,22 @@ fn redirect(ctx: &SockAddrContext, original: Endpoint, target: Address) -> Optio
         return None;
     }
     #[expect(clippy::cast_possible_truncation, reason = "ports fit in 16 bits")]
-    if !policy::selects(original.address, original.port as u16) {
+    if !selection::selects(original.address, original.port as u16) {
         return None;
     }
     // SAFETY: as above.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    REDIRECTS.insert(&cookie, &original, 0).ok()?;
+    CONNECTS.insert(&cookie, &original, 0).ok()?;
     Some(target)
 }
 
-/// The original destination of a redirected socket, if this one is.
+/// The original destination of an intercepted socket, if this one is.
 #[inline(always)]
-fn redirected_to(ctx: &SockAddrContext) -> Option<Endpoint> {
-    // SAFETY: the helper takes the context; the lookup returns a copy.
+fn original_destination(ctx: &SockAddrContext) -> Option<Endpoint> {
+    // SAFETY: the helper takes the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    unsafe { REDIRECTS.get(&cookie) }.copied()
+    // SAFETY: the lookup returns a copy.
+    unsafe { CONNECTS.get(&cookie) }.copied()
 }
 
 /// Whether the calling task's cgroup, or one of its ancestors, is opted in.

@@ -1,5 +1,5 @@
-//! tc ingress on the LAN interfaces (attached through tcx links): steers the TCP flows
-//! the policy selects to the splicer's transparent listener.
+//! tc ingress on the LAN interfaces (attached through tcx links): intercepts the TCP flows
+//! the selection takes to the splicer's transparent listener.
 //!
 //! For a SYN the policy selects, the program looks up the listener and assigns the packet
 //! to it (`bpf_sk_assign`), and marks it so that the policy route (`ip rule fwmark ...
@@ -24,7 +24,7 @@ use aya_ebpf::{
 use core::ptr::read_volatile;
 use mptcp_ebpf_common::{Address, mapped_v4};
 
-use crate::{config, policy};
+use crate::{config, selection};
 
 const ETH_HEADER_LEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -62,13 +62,13 @@ enum Tuple {
 }
 
 #[classifier]
-pub fn steer_lan(ctx: TcContext) -> i32 {
-    // Errors only mean "not a packet we can steer": let it through.
-    let _ = try_steer_lan(&ctx);
+pub fn intercept_lan(ctx: TcContext) -> i32 {
+    // Errors only mean "not a packet we can intercept": let it through.
+    let _ = try_intercept_lan(&ctx);
     TC_ACT_OK as i32
 }
 
-fn try_steer_lan(ctx: &TcContext) -> Result<(), i64> {
+fn try_intercept_lan(ctx: &TcContext) -> Result<(), i64> {
     let (mut tuple, destination, flags) = parse(ctx)?;
     if let Some(socket) = lookup(ctx, &mut tuple) {
         // SAFETY: `socket` is a valid socket reference from the lookup helper.
@@ -76,7 +76,7 @@ fn try_steer_lan(ctx: &TcContext) -> Result<(), i64> {
         release(socket);
         if state != TCP_LISTEN {
             // A packet of a flow we accepted (or are accepting): deliver it locally.
-            ctx.set_mark(config::steer_mark());
+            ctx.set_mark(config::intercept_mark());
             return Ok(());
         }
     }
@@ -87,14 +87,14 @@ fn try_steer_lan(ctx: &TcContext) -> Result<(), i64> {
         Tuple::V4(tuple) => tuple.dport,
         Tuple::V6(tuple) => tuple.dport,
     };
-    if !policy::selects(destination, u16::from_be(port)) {
+    if !selection::selects(destination, u16::from_be(port)) {
         return Ok(());
     }
-    steer_to_listener(ctx, &mut tuple)
+    hand_to_listener(ctx, &mut tuple)
 }
 
 /// Assigns the SYN to the transparent listener and marks it for local delivery.
-fn steer_to_listener(ctx: &TcContext, tuple: &mut Tuple) -> Result<(), i64> {
+fn hand_to_listener(ctx: &TcContext, tuple: &mut Tuple) -> Result<(), i64> {
     // The listener is bound to a wildcard address: the same tuple with the listener's
     // port finds it.
     let listen_port = config::listen_port().to_be();
@@ -109,7 +109,7 @@ fn steer_to_listener(ctx: &TcContext, tuple: &mut Tuple) -> Result<(), i64> {
     if assigned != 0 {
         return Err(assigned);
     }
-    ctx.set_mark(config::steer_mark());
+    ctx.set_mark(config::intercept_mark());
     Ok(())
 }
 

@@ -16,7 +16,7 @@ mod lan;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
-mod policy;
+mod selection;
 #[cfg(target_arch = "bpf")]
 mod sock_ops;
 

@@ -14,40 +14,40 @@ use aya_ebpf::{
 };
 use mptcp_ebpf_common::{
     Address, Endpoint,
+    cgroups::{self, ClientKey},
     flows::{self, Flow, Subflow},
-    policy,
-    redirect::{self, ClientKey},
+    selection,
     uplinks::{self, CongestionName},
 };
 
-/// Destination prefix -> include/exclude. Written by the daemon and `mptcp-user policy`;
-/// read by the LAN ingress and connect programs at a flow's start.
+/// Destination prefix -> include/exclude. Written by the daemon and `mptcp-user
+/// selection`; read by the LAN ingress and connect programs at a flow's start.
 #[map]
-pub static POLICY: LpmTrie<Address, u32> = LpmTrie::with_max_entries(policy::MAX_PREFIXES, 0);
+pub static SELECTION: LpmTrie<Address, u32> = LpmTrie::with_max_entries(selection::MAX_PREFIXES, 0);
 
-/// Destination port (host order) -> present. Written by `mptcp-user policy`; read with
-/// `POLICY`.
+/// Destination port (host order) -> present. Written by the daemon and `mptcp-user
+/// selection`; read with `SELECTION`.
 #[map]
-pub static POLICY_PORTS: HashMap<u16, u32> =
-    HashMap::with_max_entries(policy::MAX_PORTS, BPF_F_NO_PREALLOC);
+pub static SELECTION_PORTS: HashMap<u16, u32> =
+    HashMap::with_max_entries(selection::MAX_PORTS, BPF_F_NO_PREALLOC);
 
 /// Opted-in cgroup v2 id -> present. Written by the daemon and `mptcp-user optin|optout`;
 /// read by the connect programs.
 #[map]
 pub static OPTED_IN: HashMap<u64, u32> =
-    HashMap::with_max_entries(redirect::MAX_OPTED_IN, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(cgroups::MAX_OPTED_IN, BPF_F_NO_PREALLOC);
 
-/// Socket cookie of a redirected connect -> original destination. Written by connect4/6;
+/// Socket cookie of an intercepted connect -> original destination. Written by connect4/6;
 /// read by getpeername4/6 and sock_ops; deleted by sock_ops at close.
 #[map]
-pub static REDIRECTS: LruHashMap<u64, Endpoint> =
-    LruHashMap::with_max_entries(redirect::MAX_REDIRECTS, 0);
+pub static CONNECTS: LruHashMap<u64, Endpoint> =
+    LruHashMap::with_max_entries(cgroups::MAX_CONNECTS, 0);
 
-/// Client endpoint of a redirected connect -> original destination. Written by sock_ops
+/// Client endpoint of an intercepted connect -> original destination. Written by sock_ops
 /// when the SYN leaves; read and deleted by the splicer when it accepts.
 #[map]
 pub static ORIGINAL_DST: LruHashMap<ClientKey, Endpoint> =
-    LruHashMap::with_max_entries(redirect::MAX_REDIRECTS, 0);
+    LruHashMap::with_max_entries(cgroups::MAX_CONNECTS, 0);
 
 /// Uplink address prefix -> congestion control of the subflows over it. Written by the
 /// daemons; read by sock_ops at each subflow's establishment.

@@ -37,7 +37,7 @@ use mptcp_ebpf_common::{Address, Endpoint, flows::Subflow, mapped_v4, uplinks::N
 
 use crate::{
     config,
-    maps::{FLOW_LABELS, ORIGINAL_DST, REDIRECTS, SUBFLOWS, UPLINK_CONGESTION},
+    maps::{CONNECTS, FLOW_LABELS, ORIGINAL_DST, SUBFLOWS, UPLINK_CONGESTION},
 };
 
 const AF_INET: u32 = 2;
@@ -82,7 +82,7 @@ fn try_track_sockets(ctx: &SockOpsContext) -> Result<(), i64> {
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
             let cookie = socket_cookie(ctx);
             // Missing entries are fine: the socket may be of the other kind, or evicted.
-            let _ = REDIRECTS.remove(&cookie);
+            let _ = CONNECTS.remove(&cookie);
             let _ = SUBFLOWS.remove(&cookie);
             Ok(())
         }
@@ -90,19 +90,19 @@ fn try_track_sockets(ctx: &SockOpsContext) -> Result<(), i64> {
     }
 }
 
-/// A redirected connect is about to send its SYN: publish its original destination
+/// An intercepted connect is about to send its SYN: publish its original destination
 /// under its local endpoint.
 fn on_connect(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
     let cookie = socket_cookie(ctx);
     // SAFETY: the lookup returns a copy.
-    let Some(original) = (unsafe { REDIRECTS.get(&cookie) }).copied() else {
+    let Some(original) = (unsafe { CONNECTS.get(&cookie) }).copied() else {
         return Ok(());
     };
     let (local, _) = endpoints(ctx, family);
     ORIGINAL_DST
         .insert(&local, &original, 0)
         .map_err(i64::from)?;
-    // The state callback removes the REDIRECTS entry when the socket closes.
+    // The state callback removes the CONNECTS entry when the socket closes.
     ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32)
         .map_err(i64::from)
 }
@@ -216,14 +216,13 @@ unsafe fn set_option(
     unsafe { bpf_setsockopt(ctx.ops.cast(), level, name, value, len as i32) }
 }
 
-/// Copies the socket's current RTT, state and counters into `subflow`.
+/// Copies the socket's current RTT and counters into `subflow`.
 #[inline(always)]
 fn update_counters(ctx: &SockOpsContext, subflow: &mut Subflow) {
     let ops = ctx.ops;
     // SAFETY: `ops` is the context; these fields are readable in sock_ops.
     unsafe {
         subflow.srtt_us = read_volatile(&raw const (*ops).srtt_us) >> 3;
-        subflow.state = read_volatile(&raw const (*ops).state);
         subflow.bytes_acked = read_volatile(&raw const (*ops).bytes_acked);
         subflow.bytes_received = read_volatile(&raw const (*ops).bytes_received);
         subflow.total_retrans = read_volatile(&raw const (*ops).total_retrans);

@@ -1,44 +1,36 @@
-//! The MPTCP gateway: LAN TCP flows are redirected in-kernel by eBPF and spliced onto
-//! Multipath TCP connections to a remote converter.
+//! The MPTCP gateway: LAN TCP flows are intercepted in the kernel by eBPF and spliced
+//! onto Multipath TCP connections to a converter, which carries them on to their
+//! destinations by plain TCP.
 //!
 //! # Layout
-//! - [`cli`]: the command line (clap); `main.rs` only parses it and calls the modules.
-//! - [`ebpf`]: loads the embedded eBPF object, attaches its programs through links the
-//!   process owns (so they vanish when it dies), pins the maps for the CLI.
-//! - [`gateway`]: the gateway daemon: transparent listener, MPTCP upstream, relay.
-//! - [`remote`]: the remote converter: authenticates requests, connects, relays.
-//! - [`interception`]: the daemon's side of the redirect: installs programs, policy and
-//!   routes; finds each connection's original destination; lists flows for the CLI.
-//! - [`selection`]: the selection policy in the BPF maps (which destinations to
-//!   intercept), shared by the daemon and `mptcp-user policy`.
-//! - [`steering`]: the policy routes that deliver steered LAN packets locally.
-//! - [`cgroups`]: the cgroup v2 root and opting cgroups in and out.
-//! - [`inspect`]: the commands that read and edit a running gateway's pinned maps
-//!   (`flows`, `policy`, `optin`, `optout`).
-//! - [`policy`]: which destinations the remote converter agrees to connect to, and the
-//!   address prefixes both policies use.
-//! - [`protocol`]: the RFC 8803 Convert codec (pure, no I/O).
-//! - [`auth`]: the cookie that authenticates Convert requests (HMAC-SHA256, replay window).
-//! - [`relay`]: the splice(2) engine that moves bytes between two sockets.
-//! - [`server`]: the accept loop, shutdown signals and grace period both daemons share.
-//! - [`tuning`]: congestion control and send buffer of the daemons' MPTCP sockets.
-//! - [`wire`]: reading a whole Convert message off a socket.
-//! - [`sys`]: host set-up that needs raw system calls (bpffs, rlimits).
+//! Two roles, and what they share:
+//! - [`gateway`]: the role on the multi-uplink router: intercepts flows (eBPF programs,
+//!   selection, routes, cgroups), carries each over MPTCP, and the control commands
+//!   (`flows`, `selection`, `optin`, `optout`) that work on a running gateway.
+//! - [`converter`]: the role on a well-connected host: checks each request against its
+//!   destination policy, connects to the destination, relays.
+//! - [`convert`]: the Convert protocol both roles speak (RFC 8803 codec, message reader,
+//!   authentication cookie).
+//! - [`net`]: addresses and prefixes, sockets, the splice relay and the accept loop.
+//! - [`bpf`]: loading the eBPF object and attaching its programs, and the tuning of
+//!   MPTCP connections and subflows it carries out.
+//! - [`sys`]: the raw system calls (every `unsafe` of the crate).
+//! - [`cli`]: the command line, turned into each module's plain config; `main.rs` only
+//!   parses it and calls [`cli::run`].
 
-pub mod auth;
-pub mod cgroups;
+pub mod bpf;
 pub mod cli;
-pub mod ebpf;
+pub mod convert;
+pub mod converter;
 pub mod gateway;
-pub mod inspect;
-pub mod interception;
-pub mod policy;
-pub mod protocol;
-pub mod relay;
-pub mod remote;
-pub mod selection;
-pub mod server;
-pub mod steering;
+pub mod net;
 pub mod sys;
-pub mod tuning;
-pub mod wire;
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Locks `mutex`, also when another task panicked while holding it: every value we
+/// guard is changed in one step (a map update is one system call), so it is never left
+/// half-changed.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,12 +1,11 @@
-//! Everything that talks to the kernel below the level of tokio and std: sockets with
-//! options std does not offer (MPTCP, IP_TRANSPARENT), splice and pipes, bpffs, rlimits.
-//! Every `unsafe` block of the daemon lives here, each with its SAFETY comment.
+//! Host plumbing below the level of tokio and std: splice and pipes, bpffs, rlimits, the
+//! instance lock, clocks and socket options nix and socket2 do not offer. Every `unsafe`
+//! block of the daemon lives here, each with its SAFETY comment.
 
 use std::{
     fs::{self, File, OpenOptions},
     io,
-    net::SocketAddr,
-    os::fd::{AsFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd as _, OwnedFd},
     path::Path,
 };
 
@@ -15,34 +14,25 @@ use log::{debug, info};
 use nix::{
     fcntl::{Flock, FlockArg, OFlag, SpliceFFlags},
     mount::{MsFlags, mount},
-    sys::statfs::{BPF_FS_MAGIC, statfs},
+    sys::{
+        resource::{RLIM_INFINITY, Resource, setrlimit},
+        statfs::{BPF_FS_MAGIC, statfs},
+    },
     unistd::pipe2,
 };
-use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    net::{TcpListener, TcpStream},
-};
+use socket2::{Domain, Socket, Type};
+use tokio::io::{Interest, unix::AsyncFd};
 
 /// Where bpffs is mounted on every mainstream distribution.
-const BPFFS: &str = "/sys/fs/bpf";
+pub const BPFFS: &str = "/sys/fs/bpf";
 /// Where instance locks are kept; /run is a tmpfs, so a reboot clears them.
 const LOCK_DIR: &str = "/run/mptcp-user";
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK, whose default (64 KiB or
 /// 8 MiB) is too small for our maps. Newer kernels use memory cgroups and ignore it.
 pub fn raise_memlock_rlimit() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: setrlimit reads a valid, initialised rlimit struct and keeps no pointer.
-    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
-    if ret != 0 {
-        debug!(
-            "could not raise RLIMIT_MEMLOCK: {}",
-            std::io::Error::last_os_error()
-        );
+    if let Err(error) = setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY) {
+        debug!("could not raise RLIMIT_MEMLOCK: {error}");
     }
 }
 
@@ -102,85 +92,14 @@ impl InstanceLock {
     }
 }
 
-/// Registers an object that owns its file descriptor with tokio, for read readiness.
-/// Must be called inside a tokio runtime.
-pub fn register_readable<T: AsFd + std::os::fd::AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
-    // SAFETY: `T: AsFd` owns its descriptor: it stays open, and stays the same, for as long
-    // as the `AsyncFd` owns `inner`.
-    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }.map_err(Into::into)
-}
-
-/// Fills `buf` from the kernel's random number generator.
-pub fn fill_random(buf: &mut [u8]) -> io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: the pointer and length describe `rest`, a valid writable slice.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if let Ok(n) = usize::try_from(n) {
-            filled += n;
-        } else {
-            let error = io::Error::last_os_error();
-            if error.kind() != io::ErrorKind::Interrupted {
-                return Err(error);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A non-blocking stream socket of `addr`'s family: MPTCP when `mptcp`, else TCP.
-fn stream_socket(addr: SocketAddr, mptcp: bool) -> io::Result<Socket> {
-    let protocol = if mptcp {
-        Protocol::MPTCP
-    } else {
-        Protocol::TCP
-    };
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(protocol))?;
-    socket.set_nonblocking(true)?;
-    Ok(socket)
-}
-
-/// Connects a socket (MPTCP when `mptcp`) to `addr`, after `configure` has set its
-/// options; callers bound the wait. The kernel falls back to plain TCP by itself when the
-/// peer does not speak MPTCP.
-pub async fn connect(
-    addr: SocketAddr,
-    mptcp: bool,
-    configure: impl FnOnce(&Socket) -> io::Result<()>,
-) -> io::Result<TcpStream> {
-    let socket = stream_socket(addr, mptcp)?;
-    configure(&socket)?;
-    let socket =
-        tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(OwnedFd::from(socket)));
-    socket.connect(addr).await
-}
-
-/// A listening socket for `addr`: MPTCP when `mptcp`; `[::]` serves IPv4 too.
-/// `transparent` sets IP_TRANSPARENT, so that it accepts connections addressed to any
-/// destination a TPROXY rule or the eBPF redirect steers to it; an accepted socket's
-/// local address is then the client's original destination.
-pub fn listen(addr: SocketAddr, mptcp: bool, transparent: bool) -> io::Result<TcpListener> {
-    let socket = stream_socket(addr, mptcp)?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-        if transparent {
-            socket.set_ip_transparent_v6(true)?;
-        }
-    }
-    if transparent {
-        // IPv4 (and IPv4-mapped on a dual-stack socket) needs the IPv4-level option.
-        socket.set_ip_transparent_v4(true)?;
-    }
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(std::net::TcpListener::from(OwnedFd::from(socket)))
-}
-
-/// Makes the next close of `stream` send a reset instead of a FIN (SO_LINGER 0).
-pub fn reset_on_close(stream: &TcpStream) {
-    let _ = SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+/// Registers `fd` with tokio, for read readiness. Must be called inside a tokio runtime.
+///
+/// Takes an `OwnedFd` (a duplicate, for a descriptor some other object owns): only then
+/// is the descriptor guaranteed to stay open, and the same, while tokio watches it.
+pub fn register_readable(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the `AsyncFd` owns `fd`, which closes only when the `AsyncFd` drops, after
+    // it has deregistered it; nothing else can close or replace it meanwhile.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(Into::into)
 }
 
 /// A non-blocking pipe: (read end, write end).
@@ -197,7 +116,6 @@ pub fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
 
 /// Reads a 64-bit socket option at level SOL_SOCKET.
 fn get_socket_u64(socket: &impl AsFd, option: libc::c_int) -> io::Result<u64> {
-    use std::os::fd::AsRawFd as _;
     let mut value = 0u64;
     let mut len: libc::socklen_t = 8;
     // SAFETY: the pointers describe `value` and `len`, valid for the call; the kernel
@@ -216,11 +134,6 @@ fn get_socket_u64(socket: &impl AsFd, option: libc::c_int) -> io::Result<u64> {
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-/// The kernel's cookie of a socket (`SO_COOKIE`): the key BPF programs see for it.
-pub fn socket_cookie(socket: &impl AsFd) -> io::Result<u64> {
-    get_socket_u64(socket, libc::SO_COOKIE)
 }
 
 /// The cookie of this process's network namespace (`SO_NETNS_COOKIE`), the value

@@ -1,17 +1,17 @@
 //! The aggregation benchmark: one long download from the server to the LAN host on a
 //! testbed of realistic uplinks, through the gateway and, in the same run, over each
-//! uplink alone and over raw kernel MPTCP between the gateway and remote hosts.
+//! uplink alone and over raw kernel MPTCP between the gateway and converter hosts.
 //!
 //! Method (README "Benchmarks" says the same):
 //! - each uplink alone: plain IP forwarding through the gateway host, routed over that
 //!   uplink only, the server sending with the same congestion control as the daemons;
-//! - raw MPTCP: a sender on the remote host, a receiver on the gateway host, one MPTCP
+//! - raw MPTCP: a sender on the converter host, a receiver on the gateway host, one MPTCP
 //!   connection with a subflow per uplink, no relay, the kernel's defaults;
 //! - raw MPTCP tuned alike: the same while the daemons run, so that their sock_ops
 //!   program tunes its subflows as it tunes theirs (long-RTT subflows): the ceiling for
 //!   the gateway, and what the relay itself costs;
 //! - shadowsocks, the tool people use for this today (OpenMPTCProuter's default):
-//!   `ss-redir` on the gateway host and `ss-server` on the remote host, both forced
+//!   `ss-redir` on the gateway host and `ss-server` on the converter host, both forced
 //!   onto MPTCP with mptcpize, AES-128-GCM, the LAN steered by an nftables tproxy rule;
 //! - gateway: the LAN host's TCP flow is steered to the gateway, carried over MPTCP to
 //!   the converter, and on to the server.
@@ -29,10 +29,10 @@ use anyhow::Context as _;
 
 use crate::{
     measure::{self, Download, Transport},
-    testbed::{REMOTE, SERVER, Testbed, Uplink},
+    testbed::{CONVERTER, SERVER, Testbed, Uplink},
 };
 
-/// Port of the benchmark's sender on the server (through the gateway) and on the remote
+/// Port of the benchmark's sender on the server (through the gateway) and on the converter
 /// host (raw MPTCP).
 const PORT: u16 = 5001;
 /// Port of the responder that times connect-to-first-byte.
@@ -63,7 +63,7 @@ pub struct RowResult {
     pub uplinks: Vec<String>,
     /// Goodput over each uplink alone.
     pub singles: Vec<f64>,
-    /// Raw kernel MPTCP between gateway and remote hosts.
+    /// Raw kernel MPTCP between gateway and converter hosts.
     pub raw_mptcp: Download,
     /// The same with the daemons' subflow tuning (the median round).
     pub raw_mptcp_tuned: Download,
@@ -170,7 +170,7 @@ pub struct Options {
     pub congestion: String,
     /// Extra arguments for both daemons.
     pub daemon_args: Vec<String>,
-    /// `KEY=VALUE` sysctls set on the gateway and remote hosts first (e.g. buffer
+    /// `KEY=VALUE` sysctls set on the gateway and converter hosts first (e.g. buffer
     /// limits): they apply to raw MPTCP, shadowsocks and the gateway alike.
     pub host_sysctls: Vec<String>,
     /// Length of each flow.
@@ -199,7 +199,7 @@ pub fn run_row(
             .split_once('=')
             .with_context(|| format!("{setting:?} is not KEY=VALUE"))?;
         testbed.gateway.sysctl(key, value)?;
-        testbed.remote.sysctl(key, value)?;
+        testbed.converter.sysctl(key, value)?;
     }
     let server = SocketAddr::new(SERVER.parse()?, PORT);
     // The LAN host's download from the server, by whatever path the testbed gives it.
@@ -231,15 +231,15 @@ pub fn run_row(
     let raw_download = |testbed: &Testbed| {
         measure::download(
             &testbed.gateway,
-            &testbed.remote,
-            SocketAddr::new(REMOTE.parse()?, PORT),
+            &testbed.converter,
+            SocketAddr::new(CONVERTER.parse()?, PORT),
             Transport::Mptcp,
             Some(congestion),
             duration,
         )
     };
     testbed.wait_uplinks_quiet()?;
-    progress("raw MPTCP, gateway host <- remote host");
+    progress("raw MPTCP, gateway host <- converter host");
     let raw_mptcp = raw_download(&testbed)?;
 
     testbed.wait_uplinks_quiet()?;
@@ -264,7 +264,7 @@ pub fn run_row(
 
     let mut args = vec!["--congestion", congestion];
     args.extend(options.daemon_args.iter().map(String::as_str));
-    testbed.start_gateway_and_remote(dir, &args, &args)?;
+    testbed.start_gateway_and_converter(dir, &args, &args)?;
     let first_byte_gateway = measure::time_to_first_byte(
         &testbed.client,
         &testbed.server,
@@ -323,7 +323,7 @@ fn alternate(
         progress(&format!("through gateway and converter{of}"));
         gateway_rounds.push(with_cpu_time(
             testbed,
-            &["gateway", "remote"],
+            &["gateway", "converter"],
             lan_download,
         )?);
         testbed.wait_uplinks_quiet()?;

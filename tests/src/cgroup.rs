@@ -12,18 +12,15 @@ use std::{
 
 use anyhow::Context as _;
 
-/// The cgroup v2 mount point on our machines (a hybrid hierarchy).
-pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
-
 /// A child cgroup that is removed on drop, after killing any process still in it.
 pub struct Cgroup {
     path: PathBuf,
 }
 
 impl Cgroup {
-    /// Creates `CGROUP2_ROOT/<unique name>`.
+    /// Creates `<cgroup v2 root>/<unique name>`, under the root the gateway attaches to.
     pub fn new(label: &str) -> anyhow::Result<Self> {
-        let path = Path::new(CGROUP2_ROOT).join(crate::unique_name(label));
+        let path = mptcp_user::bpf::cgroup_root()?.join(crate::unique_name(label));
         fs::create_dir(&path).with_context(|| format!("failed to create {}", path.display()))?;
         Ok(Self { path })
     }

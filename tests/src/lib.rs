@@ -7,9 +7,9 @@
 pub mod aggregate;
 pub mod cgroup;
 pub mod emulator;
+pub mod interception;
 pub mod measure;
 pub mod netns;
-pub mod redirect;
 pub mod testbed;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

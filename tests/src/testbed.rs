@@ -1,8 +1,8 @@
-//! The namespace testbed: a LAN client, a gateway with N shaped uplinks, a remote
+//! The namespace testbed: a LAN client, a gateway with N shaped uplinks, a converter
 //! converter host, and a server behind it.
 //!
 //! ```text
-//! client --lan0-- gateway --up1..upN-- remote --srv0-- server
+//! client --lan0-- gateway --up1..upN-- converter --srv0-- server
 //! 192.168.50.2   .50.1 | 10.0.I.1    10.0.I.2 | 203.0.113.1   203.0.113.10
 //! fd00:50::2  fd00:50::1                       | 2001:db8:113::1  2001:db8:113::10
 //!                                              |  10.9.0.1     10.9.0.10 (private)
@@ -17,8 +17,8 @@
 //! uplink addresses are MPTCP `subflow` endpoints, each with a
 //! source-address routing table so that its subflow leaves by its own uplink. Plain
 //! forwarding (no gateway daemon) goes by uplink 1. The gateway daemon intercepts the
-//! LAN with its own eBPF redirect (`--lan lan0`); an nftables tproxy rule is available
-//! for comparison (`steer_with_tproxy`).
+//! LAN with its own eBPF programs (`--lan lan0`); an nftables tproxy rule is available
+//! for comparison (`intercept_with_tproxy`).
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -35,19 +35,19 @@ pub const SERVER: &str = "203.0.113.10";
 pub const SERVER_V6: &str = "2001:db8:113::10";
 /// A second server address, in a private range the converter refuses by default.
 pub const SERVER_PRIVATE: &str = "10.9.0.10";
-/// The remote converter's address (on uplink 1) and port.
-pub const REMOTE: &str = "10.0.1.2";
+/// The converter's address (on uplink 1) and port.
+pub const CONVERTER: &str = "10.0.1.2";
 /// The converter's port.
-pub const REMOTE_PORT: u16 = 5124;
+pub const CONVERTER_PORT: u16 = mptcp_user::converter::DEFAULT_PORT;
 /// The gateway's transparent listener port.
-pub const GATEWAY_PORT: u16 = 15124;
+pub const GATEWAY_PORT: u16 = mptcp_user::gateway::DEFAULT_LISTEN_PORT;
 /// fwmark and table of the tproxy policy route.
 const TPROXY_MARK: &str = "1";
 const TPROXY_TABLE: &str = "100";
 
 /// How LAN flows reach the gateway's listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Steering {
+pub enum Interception {
     /// The gateway's own tc program (`--lan lan0`).
     Ebpf,
     /// An nftables tproxy rule (for comparison).
@@ -136,8 +136,8 @@ pub struct Testbed {
     pub client: Netns,
     /// The multi-uplink gateway.
     pub gateway: Netns,
-    /// The remote converter's host.
-    pub remote: Netns,
+    /// The converter's host.
+    pub converter: Netns,
     /// The destination server.
     pub server: Netns,
     /// The uplinks, in order (interface upI is `uplinks[I-1]`).
@@ -155,7 +155,7 @@ impl Testbed {
             wires: Vec::new(),
             client: Netns::new(format!("{name}-c"))?,
             gateway: Netns::new(format!("{name}-g"))?,
-            remote: Netns::new(format!("{name}-r"))?,
+            converter: Netns::new(format!("{name}-r"))?,
             server: Netns::new(format!("{name}-s"))?,
             uplinks: uplinks.to_vec(),
             name,
@@ -171,15 +171,15 @@ impl Testbed {
             if uplink.emulated {
                 self.wires.push(EmulatedLink::new(
                     (self.gateway.name(), &interface),
-                    (self.remote.name(), &interface),
+                    (self.converter.name(), &interface),
                     uplink.shape(),
                     uplink.shape(),
                 )?);
                 self.gateway.ip(&["link", "set", &interface, "up"])?;
-                self.remote.ip(&["link", "set", &interface, "up"])?;
+                self.converter.ip(&["link", "set", &interface, "up"])?;
             } else {
-                veth(&self.gateway, &interface, &self.remote, &interface)?;
-                for netns in [&self.gateway, &self.remote] {
+                veth(&self.gateway, &interface, &self.converter, &interface)?;
+                for netns in [&self.gateway, &self.converter] {
                     shape(netns, &interface, uplink.rate_mbit)?;
                 }
             }
@@ -190,15 +190,15 @@ impl Testbed {
     fn wire(&mut self) -> anyhow::Result<()> {
         self.make_uplinks()?;
         self.wire_lan()?;
-        let (client, gateway, remote, server) =
-            (&self.client, &self.gateway, &self.remote, &self.server);
+        let (client, gateway, converter, server) =
+            (&self.client, &self.gateway, &self.converter, &self.server);
 
-        veth(remote, "srv0", server, "srv0")?;
-        remote.ip(&["addr", "add", "203.0.113.1/24", "dev", "srv0"])?;
-        remote.ip(&["addr", "add", "10.9.0.1/24", "dev", "srv0"])?;
+        veth(converter, "srv0", server, "srv0")?;
+        converter.ip(&["addr", "add", "203.0.113.1/24", "dev", "srv0"])?;
+        converter.ip(&["addr", "add", "10.9.0.1/24", "dev", "srv0"])?;
         server.ip(&["addr", "add", "203.0.113.10/24", "dev", "srv0"])?;
         server.ip(&["addr", "add", "10.9.0.10/24", "dev", "srv0"])?;
-        remote.ip(&["addr", "add", "2001:db8:113::1/64", "dev", "srv0", "nodad"])?;
+        converter.ip(&["addr", "add", "2001:db8:113::1/64", "dev", "srv0", "nodad"])?;
         server.ip(&[
             "addr",
             "add",
@@ -213,10 +213,10 @@ impl Testbed {
         // Measured flows follow each other between the same hosts; the kernel's cache of
         // per-destination metrics (ssthresh, RTT) would make each start depend on how
         // the previous one ended.
-        for netns in [client, gateway, remote, server] {
+        for netns in [client, gateway, converter, server] {
             netns.sysctl("net.ipv4.tcp_no_metrics_save", "1")?;
         }
-        for netns in [gateway, remote] {
+        for netns in [gateway, converter] {
             netns.sysctl("net.ipv4.ip_forward", "1")?;
             netns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
             netns.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
@@ -233,7 +233,8 @@ impl Testbed {
         }
         for i in 1..=self.uplinks.len() {
             let interface = format!("up{i}");
-            let (gateway_address, remote_address) = (format!("10.0.{i}.1"), format!("10.0.{i}.2"));
+            let (gateway_address, converter_address) =
+                (format!("10.0.{i}.1"), format!("10.0.{i}.2"));
             gateway.ip(&[
                 "addr",
                 "add",
@@ -241,10 +242,10 @@ impl Testbed {
                 "dev",
                 &interface,
             ])?;
-            remote.ip(&[
+            converter.ip(&[
                 "addr",
                 "add",
-                &format!("{remote_address}/24"),
+                &format!("{converter_address}/24"),
                 "dev",
                 &interface,
             ])?;
@@ -255,7 +256,7 @@ impl Testbed {
                 "add",
                 "default",
                 "via",
-                &remote_address,
+                &converter_address,
                 "dev",
                 &interface,
                 "table",
@@ -295,9 +296,9 @@ impl Testbed {
         self.wire_lan()
     }
 
-    /// Steers every TCP flow arriving on the gateway's LAN interface to its transparent
+    /// Intercepts every TCP flow arriving on the gateway's LAN interface to its transparent
     /// listener, with an nftables tproxy rule and a local-delivery policy route.
-    pub fn steer_with_tproxy(&self) -> anyhow::Result<()> {
+    pub fn intercept_with_tproxy(&self) -> anyhow::Result<()> {
         let rules = format!(
             "table inet mptcp_testbed {{
                 chain prerouting {{
@@ -342,8 +343,8 @@ impl Testbed {
         Ok(())
     }
 
-    /// Removes what [`Self::steer_with_tproxy`] installed.
-    pub fn unsteer_tproxy(&self) -> anyhow::Result<()> {
+    /// Removes what [`Self::intercept_with_tproxy`] installed.
+    pub fn remove_tproxy(&self) -> anyhow::Result<()> {
         self.gateway
             .exec("nft", &["delete", "table", "inet", "mptcp_testbed"])?;
         for family in ["-4", "-6"] {
@@ -361,39 +362,40 @@ impl Testbed {
     }
 
     /// Starts the tool people use today for this job, OpenMPTCProuter-style: shadowsocks
-    /// (`ss-redir` on the gateway, `ss-server` on the remote host), both forced onto
+    /// (`ss-redir` on the gateway, `ss-server` on the converter host), both forced onto
     /// MPTCP by mptcpize, AES-128-GCM, the LAN steered to ss-redir by the tproxy rule.
     /// Their TCP uses `congestion`. Logs go to `dir`.
     pub fn start_shadowsocks(&mut self, dir: &Path, congestion: &str) -> anyhow::Result<()> {
         const SS_PORT: &str = "8388";
         let common = ["-k", "testbed-password", "-m", "aes-128-gcm", "--no-delay"];
-        for netns in [&self.gateway, &self.remote] {
+        for netns in [&self.gateway, &self.converter] {
             netns
                 .sysctl("net.ipv4.tcp_congestion_control", congestion)
                 .with_context(|| format!("{congestion} cannot be this host's default"))?;
         }
-        let mut server = self.remote.command("mptcpize");
+        let mut server = self.converter.command("mptcpize");
         server
             .args(["run", "ss-server", "-s", "0.0.0.0", "-p", SS_PORT])
             .args(common);
         self.start("ss-server", &mut server, &dir.join("ss-server.log"))?;
         let mut redir = self.gateway.command("mptcpize");
         redir
-            .args(["run", "ss-redir", "-s", REMOTE, "-p", SS_PORT, "-T"])
+            .args(["run", "ss-redir", "-s", CONVERTER, "-p", SS_PORT, "-T"])
             .args(["-b", "0.0.0.0", "-l", &GATEWAY_PORT.to_string()])
             .args(common);
         self.start("ss-redir", &mut redir, &dir.join("ss-redir.log"))?;
-        self.remote.wait_listening(8388, Duration::from_secs(10))?;
+        self.converter
+            .wait_listening(8388, Duration::from_secs(10))?;
         self.gateway
             .wait_listening(GATEWAY_PORT, Duration::from_secs(10))?;
-        self.steer_with_tproxy()
+        self.intercept_with_tproxy()
     }
 
     /// Stops what [`Self::start_shadowsocks`] started and removes its steering.
     pub fn stop_shadowsocks(&mut self) -> anyhow::Result<()> {
         self.processes
             .retain(|process| !matches!(process.label(), "ss-redir" | "ss-server"));
-        self.unsteer_tproxy()
+        self.remove_tproxy()
     }
 
     /// Routes plain forwarded LAN traffic over uplink `i` (1-based) in both directions.
@@ -408,7 +410,7 @@ impl Testbed {
             "dev",
             &interface,
         ])?;
-        self.remote.ip(&[
+        self.converter.ip(&[
             "route",
             "replace",
             "192.168.50.0/24",
@@ -427,7 +429,7 @@ impl Testbed {
         Ok(())
     }
 
-    /// The process id of the started process labelled `label` ("gateway", "remote").
+    /// The process id of the started process labelled `label` ("gateway", "converter").
     pub fn pid(&self, label: &str) -> Option<u32> {
         self.processes
             .iter()
@@ -442,51 +444,51 @@ impl Testbed {
             .try_for_each(Process::check_running)
     }
 
-    /// Writes a fresh key, starts the converter on the remote host (`remote_args` added
-    /// to its command line) and the gateway intercepting lan0 with its eBPF redirect
+    /// Writes a fresh key, starts the converter on the converter host (`converter_args` added
+    /// to its command line) and the gateway intercepting lan0 with its eBPF programs
     /// (`gateway_args` added, e.g. another --key-file), and waits until both listen.
     /// Logs go to `dir`.
-    pub fn start_gateway_and_remote(
+    pub fn start_gateway_and_converter(
         &mut self,
         dir: &Path,
         gateway_args: &[&str],
-        remote_args: &[&str],
+        converter_args: &[&str],
     ) -> anyhow::Result<()> {
-        self.start_daemons(dir, Steering::Ebpf, gateway_args, remote_args)
+        self.start_daemons(dir, Interception::Ebpf, gateway_args, converter_args)
     }
 
-    /// [`Self::start_gateway_and_remote`], with the LAN steered by `steering`.
+    /// [`Self::start_gateway_and_converter`], with the LAN intercepted by `interception`.
     pub fn start_daemons(
         &mut self,
         dir: &Path,
-        steering: Steering,
+        interception: Interception,
         gateway_args: &[&str],
-        remote_args: &[&str],
+        converter_args: &[&str],
     ) -> anyhow::Result<()> {
         let binary = crate::mptcp_user_bin();
         let key = dir.join("key");
         crate::netns::run(Command::new(&binary).arg("keygen").arg(&key))?;
         let binary = binary.to_string_lossy().into_owned();
         let key_arg = key.to_string_lossy().into_owned();
-        let mut remote = self.remote.host_mounts_command(&binary);
-        remote.args([
-            "remote",
+        let mut converter = self.converter.host_mounts_command(&binary);
+        converter.args([
+            "converter",
             "--listen",
-            &format!("0.0.0.0:{REMOTE_PORT}"),
+            &format!("0.0.0.0:{CONVERTER_PORT}"),
             "--key-file",
             &key_arg,
         ]);
-        remote.args(remote_args);
-        self.start("remote", &mut remote, &dir.join("remote.log"))?;
+        converter.args(converter_args);
+        self.start("converter", &mut converter, &dir.join("converter.log"))?;
         let pin_path = self.pin_path();
         let mut gateway = self.gateway.host_mounts_command(&binary);
         gateway.args(["gateway", "--listen", &format!("[::]:{GATEWAY_PORT}")]);
-        if steering == Steering::Ebpf {
+        if interception == Interception::Ebpf {
             gateway.args(["--lan", "lan0"]);
         }
         gateway.args([
-            "--remote",
-            &format!("{REMOTE}:{REMOTE_PORT}"),
+            "--converter",
+            &format!("{CONVERTER}:{CONVERTER_PORT}"),
             "--pin-path",
             &pin_path,
         ]);
@@ -495,22 +497,22 @@ impl Testbed {
         }
         gateway.args(gateway_args).env("RUST_LOG", "info");
         self.start("gateway", &mut gateway, &dir.join("gateway.log"))?;
-        self.remote
-            .wait_listening(REMOTE_PORT, Duration::from_secs(10))?;
+        self.converter
+            .wait_listening(CONVERTER_PORT, Duration::from_secs(10))?;
         wait_for_line(
             &dir.join("gateway.log"),
-            GATEWAY_READY,
+            mptcp_user::gateway::READY,
             Duration::from_secs(10),
         )?;
-        if steering == Steering::Nftables {
-            self.steer_with_tproxy()?;
+        if interception == Interception::Nftables {
+            self.intercept_with_tproxy()?;
         }
         self.check_running()
     }
 
     /// Where the gateway pins its maps.
     pub fn pin_path(&self) -> String {
-        format!("/sys/fs/bpf/{}", self.name)
+        format!("{}/{}", mptcp_user::sys::BPFFS, self.name)
     }
 
     /// Runs `mptcp-user ARGS --pin-path <ours>` on the gateway host (the inspection and
@@ -571,9 +573,6 @@ impl Drop for Testbed {
         let _ = std::fs::remove_dir_all(self.pin_path());
     }
 }
-
-/// What the gateway logs once its listener, programs and routes are all in place.
-pub const GATEWAY_READY: &str = "gateway ready";
 
 /// Waits until the log file at `path` has a line containing `text`.
 pub fn wait_for_line(path: &Path, text: &str, timeout: Duration) -> anyhow::Result<()> {

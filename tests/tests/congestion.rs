@@ -15,7 +15,7 @@ use std::{
 
 use mptcp_tests::{
     TempDir, random_bytes, require_root,
-    testbed::{REMOTE, SERVER, Testbed, Uplink},
+    testbed::{CONVERTER, SERVER, Testbed, Uplink},
 };
 
 /// What `ss -tmi` shows of one socket.
@@ -111,22 +111,22 @@ fn subflows_during_download(
     let subflows = || {
         let gateway: BTreeMap<String, SocketInfo> = ss(&testbed.gateway)
             .into_iter()
-            .filter(|((_, peer), _)| peer == REMOTE)
+            .filter(|((_, peer), _)| peer == CONVERTER)
             .map(|((local, _), info)| (local, info))
             .collect();
-        let remote: BTreeMap<String, SocketInfo> = ss(&testbed.remote)
+        let converter: BTreeMap<String, SocketInfo> = ss(&testbed.converter)
             .into_iter()
-            .filter(|((local, _), _)| local == REMOTE)
+            .filter(|((local, _), _)| local == CONVERTER)
             .map(|((_, peer), info)| (peer, info))
             .collect();
-        (gateway, remote)
+        (gateway, converter)
     };
     let uplinks = testbed.uplinks.len();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (gateway, remote) = subflows();
-        if (gateway.len() >= uplinks && remote.len() >= uplinks) || Instant::now() > deadline {
-            return (download, gateway, remote);
+        let (gateway, converter) = subflows();
+        if (gateway.len() >= uplinks && converter.len() >= uplinks) || Instant::now() > deadline {
+            return (download, gateway, converter);
         }
         thread::sleep(Duration::from_millis(200));
     }
@@ -170,9 +170,9 @@ fn subflows_over_the_chosen_uplink_get_their_own_congestion_control() {
         "10.0.1.1/32=reno",
     ];
     testbed
-        .start_gateway_and_remote(dir.path(), &rule, &rule)
+        .start_gateway_and_converter(dir.path(), &rule, &rule)
         .unwrap();
-    let (_download, gateway, remote) = subflows_during_download(&mut testbed, dir.path());
+    let (_download, gateway, converter) = subflows_during_download(&mut testbed, dir.path());
     let expected = expected(&[("10.0.1.1", "reno"), ("10.0.2.1", "cubic")]);
     assert_eq!(
         congestion(&gateway),
@@ -181,7 +181,7 @@ fn subflows_over_the_chosen_uplink_get_their_own_congestion_control() {
         fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
     );
     assert_eq!(
-        congestion(&remote),
+        congestion(&converter),
         expected,
         "converter subflows by peer address"
     );
@@ -195,14 +195,14 @@ fn long_rtt_subflows_get_the_long_rtt_algorithm_and_a_fixed_send_buffer() {
     let mut testbed =
         Testbed::new("longrtt", &[Uplink::line(20, 5), Uplink::line(10, 220)]).unwrap();
     testbed
-        .start_gateway_and_remote(dir.path(), &[], &[])
+        .start_gateway_and_converter(dir.path(), &[], &[])
         .unwrap();
-    let (_download, gateway, remote) = subflows_during_download(&mut testbed, dir.path());
+    let (_download, gateway, converter) = subflows_during_download(&mut testbed, dir.path());
     let logs = || {
         format!(
             "gateway log:\n{}\nremote log:\n{}",
             fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default(),
-            fs::read_to_string(dir.path().join("remote.log")).unwrap_or_default()
+            fs::read_to_string(dir.path().join("converter.log")).unwrap_or_default()
         )
     };
     // The defaults: bbr, and cubic for long round trips.
@@ -214,7 +214,7 @@ fn long_rtt_subflows_get_the_long_rtt_algorithm_and_a_fixed_send_buffer() {
         logs()
     );
     assert_eq!(
-        congestion(&remote),
+        congestion(&converter),
         expected,
         "converter subflows; {}",
         logs()
@@ -224,7 +224,7 @@ fn long_rtt_subflows_get_the_long_rtt_algorithm_and_a_fixed_send_buffer() {
     // skip it, and say so, where that cap is below what autotuning may reach.
     let fixed = 2 * (4u64 << 20).min(sysctl("net/core/wmem_max"));
     if fixed > sysctl("net/ipv4/tcp_wmem") {
-        for (end, subflows) in [("gateway", &gateway), ("converter", &remote)] {
+        for (end, subflows) in [("gateway", &gateway), ("converter", &converter)] {
             assert_eq!(subflows["10.0.2.1"].send_buffer, fixed, "{end}; {}", logs());
             assert_ne!(subflows["10.0.1.1"].send_buffer, fixed, "{end}: autotuned");
         }

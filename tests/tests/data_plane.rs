@@ -17,7 +17,7 @@ const UPLINKS: [Uplink; 2] = [Uplink::htb(80), Uplink::htb(40)];
 fn deploy(dir: &TempDir, label: &str, gateway_args: &[&str]) -> Testbed {
     let mut testbed = Testbed::new(label, &UPLINKS).unwrap();
     testbed
-        .start_gateway_and_remote(dir.path(), gateway_args, &[])
+        .start_gateway_and_converter(dir.path(), gateway_args, &[])
         .unwrap();
     testbed
 }
@@ -53,7 +53,7 @@ fn start_python_server(
         .unwrap();
 }
 
-/// What a daemon ("gateway" or "remote") has logged so far.
+/// What a daemon ("gateway" or "converter") has logged so far.
 fn daemon_log(dir: &TempDir, daemon: &str) -> String {
     fs::read_to_string(dir.path().join(format!("{daemon}.log"))).unwrap()
 }
@@ -201,8 +201,11 @@ fn gateway_with_a_wrong_key_is_not_authorized() {
         gateway_log.contains("Not Authorized (32)"),
         "gateway log: {gateway_log}"
     );
-    let remote_log = daemon_log(&dir, "remote");
-    assert!(remote_log.contains("bad MAC"), "remote log: {remote_log}");
+    let converter_log = daemon_log(&dir, "converter");
+    assert!(
+        converter_log.contains("bad MAC"),
+        "converter log: {converter_log}"
+    );
     // The converter stays healthy.
     testbed.check_running().unwrap();
 }
@@ -229,12 +232,12 @@ fn private_destinations_are_refused_by_the_converter() {
             &format!("http://{SERVER_PRIVATE}/")
         ]
     ));
-    let remote_log = daemon_log(&dir, "remote");
+    let converter_log = daemon_log(&dir, "converter");
     assert!(
-        remote_log.contains(&format!(
+        converter_log.contains(&format!(
             "destination refused: {SERVER_PRIVATE} is in the refused range"
         )),
-        "remote log: {remote_log}"
+        "converter log: {converter_log}"
     );
 }
 
@@ -305,17 +308,17 @@ print(answer.hex())
 
 #[test]
 fn converter_answers_bad_requests_with_rfc_error_codes() {
-    use mptcp_tests::testbed::{REMOTE, REMOTE_PORT};
+    use mptcp_tests::testbed::{CONVERTER, CONVERTER_PORT};
     require_root();
     let dir = TempDir::new("rawreq").unwrap();
     let mut testbed = deploy(&dir, "raw", &[]);
-    let port = REMOTE_PORT.to_string();
+    let port = CONVERTER_PORT.to_string();
     let ask = |hex: &str| {
         testbed
             .gateway
             .exec(
                 "timeout",
-                &["10", "python3", "-c", RAW_CLIENT, REMOTE, &port, hex],
+                &["10", "python3", "-c", RAW_CLIENT, CONVERTER, &port, hex],
             )
             .unwrap()
             .trim()
@@ -341,10 +344,10 @@ fn converter_answers_bad_requests_with_rfc_error_codes() {
     );
     // A request cut short: after the 5 s request timeout, Malformed Message (1).
     assert_eq!(ask("010122"), "010222631e010100", "Malformed Message (1)");
-    let remote_log = daemon_log(&dir, "remote");
+    let converter_log = daemon_log(&dir, "converter");
     assert!(
-        remote_log.contains("refused (Missing Cookie (3))"),
-        "remote log: {remote_log}"
+        converter_log.contains("refused (Missing Cookie (3))"),
+        "converter log: {converter_log}"
     );
     testbed.check_running().unwrap();
 }
@@ -402,7 +405,7 @@ fn floods_of_bad_connections_leak_no_descriptors() {
     serve_files(&mut testbed, &dir, &[("index.html", b"hello")]);
     let pids = [
         testbed.pid("gateway").unwrap(),
-        testbed.pid("remote").unwrap(),
+        testbed.pid("converter").unwrap(),
     ];
     // The converter waits up to 2 s for a refused client's input to drain.
     let settle = std::time::Duration::from_secs(4);
@@ -414,7 +417,11 @@ fn floods_of_bad_connections_leak_no_descriptors() {
     flood(&testbed, 150);
     std::thread::sleep(settle);
     let after_two = pids.map(open_fds);
-    for ((one, two), daemon) in after_one.iter().zip(&after_two).zip(["gateway", "remote"]) {
+    for ((one, two), daemon) in after_one
+        .iter()
+        .zip(&after_two)
+        .zip(["gateway", "converter"])
+    {
         assert!(
             two <= &(one + 4),
             "{daemon}: {one} fds after one flood, {two} after two"
@@ -428,10 +435,10 @@ fn floods_of_bad_connections_leak_no_descriptors() {
         ),
         "a good request fails after the floods"
     );
-    let remote_log = daemon_log(&dir, "remote");
+    let converter_log = daemon_log(&dir, "converter");
     assert!(
-        remote_log.contains("refused") && !remote_log.contains("panicked"),
-        "remote log: {remote_log}"
+        converter_log.contains("refused") && !converter_log.contains("panicked"),
+        "converter log: {converter_log}"
     );
 }
 

@@ -36,7 +36,7 @@ fn single_flow_goodput_matches_the_rate() {
     let testbed = Testbed::new("emu-rate", &[DSL]).unwrap();
     let download = measure::download(
         &testbed.gateway,
-        &testbed.remote,
+        &testbed.converter,
         SocketAddr::from(([10, 0, 1, 2], 5001)),
         Transport::Tcp,
         None,
@@ -61,7 +61,7 @@ fn loss_costs_a_cubic_flow_throughput() {
     let testbed = Testbed::new("emu-loss", &[DSL.with_loss(2.0)]).unwrap();
     let download = measure::download(
         &testbed.gateway,
-        &testbed.remote,
+        &testbed.converter,
         SocketAddr::from(([10, 0, 1, 2], 5001)),
         Transport::Tcp,
         Some("cubic"),

@@ -25,7 +25,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     if options.args.is_empty() {
         println!(
             "No arguments: running the demo on a namespace testbed (`cargo xtask demo`).\n\
-             For a real gateway: cargo xtask run -- gateway --lan IFACE --remote HOST:PORT \
+             For a real gateway: cargo xtask run -- gateway --lan IFACE --converter HOST:PORT \
              --key-file KEY (see README.md)."
         );
         return testbed::demo();

@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use mptcp_tests::{TempDir, aggregate, redirect, require_root};
+use mptcp_tests::{TempDir, aggregate, interception, require_root};
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks on the namespace testbed")]
@@ -23,7 +23,7 @@ enum Bench {
         /// Extra arguments for both daemons, e.g. "--send-buffer=4" (repeatable).
         #[arg(long, allow_hyphen_values = true)]
         daemon_arg: Vec<String>,
-        /// A sysctl for the gateway and remote hosts, e.g.
+        /// A sysctl for the gateway and converter hosts, e.g.
         /// "net.ipv4.tcp_wmem=4096 16384 16777216" (repeatable).
         #[arg(long)]
         host_sysctl: Vec<String>,
@@ -42,8 +42,10 @@ enum Bench {
         out: PathBuf,
     },
     /// What interception costs: first byte through the gateway vs direct, and time per
-    /// new connection with the eBPF redirect vs an nftables tproxy rule.
-    Redirect {
+    /// new connection with the eBPF programs vs an nftables tproxy rule (`redirect` is
+    /// an alias).
+    #[command(alias = "redirect")]
+    Interception {
         /// Connections timed per round.
         #[arg(long, default_value_t = 200)]
         exchanges: usize,
@@ -79,17 +81,17 @@ fn main() -> anyhow::Result<()> {
             &row,
             &out,
         ),
-        Bench::Redirect {
+        Bench::Interception {
             exchanges,
             rounds,
             out,
         } => {
-            let dir = TempDir::new("bench-redirect")?;
-            println!("redirect: {rounds} rounds of {exchanges} connections");
+            let dir = TempDir::new("bench-interception")?;
+            println!("interception: {rounds} rounds of {exchanges} connections");
             let result =
-                redirect::run(exchanges, rounds, dir.path(), &|step| println!("  {step}"))?;
-            redirect::print(&result);
-            write_json(&out, "redirect", &result.to_json())
+                interception::run(exchanges, rounds, dir.path(), &|step| println!("  {step}"))?;
+            interception::print(&result);
+            write_json(&out, "interception", &result.to_json())
         }
     }
 }

@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
 
 fn run() -> anyhow::Result<()> {
     let uplinks: Vec<Uplink> = UPLINKS.iter().map(|(_, uplink)| *uplink).collect();
-    println!("Building the testbed: LAN host, gateway, remote converter, server");
+    println!("Building the testbed: LAN host, gateway, converter, server");
     for (i, (name, uplink)) in UPLINKS.iter().enumerate() {
         println!("  uplink {} {name}: {uplink}", i + 1);
     }
@@ -68,7 +68,7 @@ fn run() -> anyhow::Result<()> {
     testbed.route_lan_via(1)?;
 
     println!("\n2. Through the gateway: MPTCP over both uplinks to the converter");
-    testbed.start_gateway_and_remote(dir.path(), &[], &[])?;
+    testbed.start_gateway_and_converter(dir.path(), &[], &[])?;
     let before = testbed.uplink_rx_bytes()?;
     let flows = || {
         testbed

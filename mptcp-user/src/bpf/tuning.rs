@@ -23,51 +23,52 @@
 use std::{io, str::FromStr};
 
 use anyhow::{Context as _, bail};
-use clap::Args;
+use ipnet::IpNet;
 use log::warn;
 use mptcp_ebpf_common::uplinks::{CongestionName, NAME_LEN};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::policy::Cidr;
+use crate::net::addr;
 
-/// Flags both daemons share.
-#[derive(Debug, Clone, Args)]
-pub struct TuningArgs {
-    /// Congestion control of the MPTCP connections (all their subflows), e.g. bbr, cubic.
-    #[arg(long, value_name = "NAME", default_value = "bbr")]
+/// Congestion control of the MPTCP connections unless told otherwise.
+pub const DEFAULT_CONGESTION: &str = "bbr";
+/// Handshake round trip (ms) from which a subflow is long-RTT, unless told otherwise.
+pub const DEFAULT_LONG_RTT_MS: u32 = 300;
+/// Congestion control of long-RTT subflows unless told otherwise.
+pub const DEFAULT_LONG_RTT_CONGESTION: &str = "cubic";
+/// Send buffer (MiB) of long-RTT subflows unless told otherwise.
+pub const DEFAULT_LONG_RTT_SEND_BUFFER_MIB: u32 = 4;
+/// Largest send buffer (MiB) a setting may ask for.
+pub const MAX_SEND_BUFFER_MIB: u32 = 1024;
+
+/// How both daemons tune their MPTCP connections and subflows, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TuningConfig {
+    /// Congestion control of the MPTCP connections (all their subflows).
     pub congestion: String,
-
-    /// Fixed send buffer of every MPTCP connection in MiB (the kernel doubles it for
-    /// bookkeeping). 0: the kernel's autotuning; at most 1024. Long round trips are
-    /// better served by --long-rtt-send-buffer, which leaves the others autotuned.
-    #[arg(long, value_name = "MIB", default_value_t = 0,
-          value_parser = clap::value_parser!(u32).range(0..=1024))]
-    pub send_buffer: u32,
-
-    /// Congestion control of the subflows over the uplinks in CIDR (repeatable), e.g.
-    /// `203.0.113.7/32=bbr` for a lossy LTE line while the others keep --congestion.
-    /// The gateway matches a subflow's local address, the converter its peer's (the
-    /// uplink's public address). Set by the sock_ops program on each new subflow.
-    #[arg(long = "uplink-congestion", value_name = "CIDR=NAME")]
+    /// Fixed send buffer of every MPTCP connection in MiB; 0: autotuned.
+    pub send_buffer_mib: u32,
+    /// Congestion control per uplink prefix, set per subflow by sock_ops.
     pub uplink_congestion: Vec<UplinkCongestion>,
-
-    /// Subflows whose handshake takes at least this many milliseconds (a geostationary
-    /// satellite uplink: 550 ms and more) get --long-rtt-congestion, unless an
-    /// --uplink-congestion rule names their uplink, and --long-rtt-send-buffer.
-    /// 0: no such rule.
-    #[arg(long, value_name = "MS", default_value_t = 300)]
-    pub long_rtt: u32,
-
+    /// Handshake round trip (ms) from which a subflow is long-RTT; 0: none is.
+    pub long_rtt_ms: u32,
     /// Congestion control of long-RTT subflows.
-    #[arg(long, value_name = "NAME", default_value = "cubic")]
     pub long_rtt_congestion: String,
+    /// Send buffer of each long-RTT subflow in MiB; 0: autotuned.
+    pub long_rtt_send_buffer_mib: u32,
+}
 
-    /// Send buffer of each long-RTT subflow in MiB (doubled by the kernel, capped by
-    /// net.core.wmem_max); it raises the MPTCP connection's, the sum of its subflows'.
-    /// 0: autotuned.
-    #[arg(long, value_name = "MIB", default_value_t = 4,
-          value_parser = clap::value_parser!(u32).range(0..=1024))]
-    pub long_rtt_send_buffer: u32,
+impl Default for TuningConfig {
+    fn default() -> Self {
+        Self {
+            congestion: DEFAULT_CONGESTION.to_owned(),
+            send_buffer_mib: 0,
+            uplink_congestion: Vec::new(),
+            long_rtt_ms: DEFAULT_LONG_RTT_MS,
+            long_rtt_congestion: DEFAULT_LONG_RTT_CONGESTION.to_owned(),
+            long_rtt_send_buffer_mib: DEFAULT_LONG_RTT_SEND_BUFFER_MIB,
+        }
+    }
 }
 
 /// What long-RTT subflows get (`--long-rtt*`), in the form the sock_ops program takes.
@@ -85,7 +86,7 @@ pub struct LongRtt {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UplinkCongestion {
     /// The uplink addresses it applies to.
-    pub uplinks: Cidr,
+    pub uplinks: IpNet,
     /// The algorithm, as in /proc/sys/net/ipv4/tcp_available_congestion_control.
     pub name: String,
 }
@@ -107,7 +108,7 @@ impl FromStr for UplinkCongestion {
             .with_context(|| format!("{text:?} is not CIDR=NAME"))?;
         congestion_name(name)?;
         Ok(Self {
-            uplinks: uplinks.parse()?,
+            uplinks: addr::parse_prefix(uplinks)?,
             name: name.to_owned(),
         })
     }
@@ -125,24 +126,29 @@ pub struct Tuning {
 impl Tuning {
     /// Checks the settings on a scratch socket, so that a typo fails at start instead
     /// of on every connection.
-    pub fn new(args: &TuningArgs) -> anyhow::Result<Self> {
-        let long_rtt = if args.long_rtt == 0 {
+    pub fn new(config: &TuningConfig) -> anyhow::Result<Self> {
+        if config.send_buffer_mib > MAX_SEND_BUFFER_MIB
+            || config.long_rtt_send_buffer_mib > MAX_SEND_BUFFER_MIB
+        {
+            bail!("a send buffer is at most {MAX_SEND_BUFFER_MIB} MiB");
+        }
+        let long_rtt = if config.long_rtt_ms == 0 {
             LongRtt::default()
         } else {
             LongRtt {
-                threshold_us: args.long_rtt.saturating_mul(1000),
-                congestion: congestion_name(&args.long_rtt_congestion)?,
-                send_buffer: long_rtt_send_buffer(args.long_rtt_send_buffer)?,
+                threshold_us: config.long_rtt_ms.saturating_mul(1000),
+                congestion: congestion_name(&config.long_rtt_congestion)?,
+                send_buffer: long_rtt_send_buffer(config.long_rtt_send_buffer_mib)?,
             }
         };
         let tuning = Self {
-            congestion: args.congestion.clone(),
-            send_buffer_bytes: usize::try_from(args.send_buffer)? << 20,
-            uplink_congestion: args.uplink_congestion.clone(),
+            congestion: config.congestion.clone(),
+            send_buffer_bytes: usize::try_from(config.send_buffer_mib)? << 20,
+            uplink_congestion: config.uplink_congestion.clone(),
             long_rtt,
         };
         let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-        let long_rtt_congestion = (args.long_rtt != 0).then_some(&args.long_rtt_congestion);
+        let long_rtt_congestion = (config.long_rtt_ms != 0).then_some(&config.long_rtt_congestion);
         let names = std::iter::once(&tuning.congestion)
             .chain(long_rtt_congestion)
             .chain(tuning.uplink_congestion.iter().map(|rule| &rule.name));
@@ -285,7 +291,7 @@ mod tests {
     #[test]
     fn uplink_rules_parse_into_zero_padded_names() {
         let rule: UplinkCongestion = "10.0.2.1/32=cubic".parse().unwrap();
-        assert_eq!(rule.uplinks, "10.0.2.1/32".parse().unwrap());
+        assert_eq!(rule.uplinks.to_string(), "10.0.2.1/32");
         let mut expected = [0u8; NAME_LEN];
         expected[..5].copy_from_slice(b"cubic");
         assert_eq!(rule.map_name().name, expected);

@@ -12,9 +12,11 @@
 //! The converter answers with an Extended TCP Header TLV when the destination accepted
 //! the connection, or an Error TLV before it closes.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv6Addr, SocketAddr};
 
 use thiserror::Error;
+
+use crate::net::addr::{canonical, mapped};
 
 /// The only protocol version there is.
 pub const VERSION: u8 = 1;
@@ -342,7 +344,7 @@ fn decode_tlv(message: &[u8], offset: usize) -> Result<(Tlv, usize), DecodeError
             let mut address = [0u8; 16];
             address.copy_from_slice(&tlv[4..20]);
             Tlv::Connect {
-                destination: SocketAddr::new(unmapped(Ipv6Addr::from(address)), port),
+                destination: SocketAddr::new(canonical(Ipv6Addr::from(address).into()), port),
                 tcp_options: tlv[CONNECT_MIN_LEN..].to_vec(),
             }
         }
@@ -356,28 +358,6 @@ fn decode_tlv(message: &[u8], offset: usize) -> Result<(Tlv, usize), DecodeError
         tlv_type => return Err(DecodeError::UnknownTlv { tlv_type, offset }),
     };
     Ok((decoded, tlv_len))
-}
-
-/// IPv4 travels as an IPv4-mapped IPv6 address (::ffff:a.b.c.d).
-fn mapped(ip: IpAddr) -> Ipv6Addr {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    }
-}
-
-/// The inverse of [`mapped`]: an IPv4-mapped address becomes IPv4 again.
-pub fn unmapped(ip: Ipv6Addr) -> IpAddr {
-    ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4)
-}
-
-/// An address as the IPv4 address it is when it is IPv4-mapped (dual-stack sockets
-/// report IPv4 peers that way).
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => unmapped(v6),
-        IpAddr::V4(_) => ip,
-    }
 }
 
 /// What a gateway asks of the converter.
@@ -499,7 +479,7 @@ impl Response {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, SocketAddr};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
     use proptest::prelude::*;
 
@@ -624,7 +604,7 @@ mod tests {
     fn any_ip() -> impl Strategy<Value = IpAddr> {
         prop_oneof![
             any::<[u8; 4]>().prop_map(IpAddr::from),
-            any::<[u8; 16]>().prop_map(|b| unmapped(Ipv6Addr::from(b))),
+            any::<[u8; 16]>().prop_map(|b| canonical(Ipv6Addr::from(b).into())),
         ]
     }
 

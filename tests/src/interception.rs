@@ -1,4 +1,4 @@
-//! The redirect benchmark: what intercepting a connection costs.
+//! The interception benchmark: what intercepting a connection costs.
 //!
 //! Method (README "Benchmarks" says the same):
 //! - First byte on realistic lines (DSL 20 Mbit/s 15 ms + LTE 10 Mbit/s 50 ms): the
@@ -6,14 +6,14 @@
 //!   directly (plain forwarding over the DSL line) and through the gateway.
 //! - Cost per new connection, eBPF vs nftables: on two identical testbeds of zero-delay
 //!   HTB lines, where processing rather than propagation sets the time, one gateway
-//!   steered by its own tc program, the other by an nftables tproxy rule. The same
+//!   intercepting with its own tc program, the other by an nftables tproxy rule. The same
 //!   connect-to-first-byte exchange, many times, in alternating rounds so that both see
 //!   the same machine load; medians per connection. Plain forwarding without a gateway
 //!   is measured first on both, as the floor.
 //! - Kernel memory of the gateway's BPF maps (their `memlock`, idle): an absolute figure,
 //!   since it does not depend on the machine's load.
 //! - Cost on flows the gateway leaves alone: with the server's address excluded by the
-//!   policy, the same exchange, against the floor measured before any gateway ran. So
+//!   selection, the same exchange, against the floor measured before any gateway ran. So
 //!   it counts everything a running gateway adds to such a flow: the tc program's socket
 //!   lookup per packet, and the cgroup programs that see every connect of the host
 //!   (here two gateways' worth).
@@ -24,7 +24,7 @@ use anyhow::Context as _;
 
 use crate::{
     measure,
-    testbed::{SERVER, Steering, Testbed, Uplink},
+    testbed::{Interception, SERVER, Testbed, Uplink},
 };
 
 /// Port of the responder on the server.
@@ -32,16 +32,16 @@ const PORT: u16 = 5003;
 
 /// Everything the benchmark measured; durations are medians per connection.
 #[derive(Debug)]
-pub struct RedirectResult {
+pub struct InterceptionResult {
     /// First byte over the DSL line directly.
     pub first_byte_direct: Duration,
     /// First byte through the gateway.
     pub first_byte_gateway: Duration,
     /// Plain forwarding on the zero-delay testbeds (no gateway), per round.
     pub forwarded: Vec<Duration>,
-    /// Through the gateway steered by its tc program, per round.
+    /// Through the gateway intercepting with its tc program, per round.
     pub ebpf: Vec<Duration>,
-    /// Through the gateway steered by nftables tproxy, per round.
+    /// Through the gateway intercepting with an nftables tproxy rule, per round.
     pub nftables: Vec<Duration>,
     /// Forwarded past the attached tc program (destination excluded), per round.
     pub excluded: Vec<Duration>,
@@ -60,13 +60,13 @@ fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e3
 }
 
-impl RedirectResult {
+impl InterceptionResult {
     /// First byte through the gateway over first byte directly.
     pub fn first_byte_ratio(&self) -> f64 {
         self.first_byte_gateway.as_secs_f64() / self.first_byte_direct.as_secs_f64()
     }
 
-    /// Time per new connection with the eBPF redirect over the same with nftables.
+    /// Time per new connection with the eBPF programs over the same with nftables.
     pub fn ebpf_over_nftables(&self) -> f64 {
         median(&self.ebpf).as_secs_f64() / median(&self.nftables).as_secs_f64()
     }
@@ -106,7 +106,7 @@ pub fn run(
     rounds: usize,
     dir: &Path,
     progress: &dyn Fn(&str),
-) -> anyhow::Result<RedirectResult> {
+) -> anyhow::Result<InterceptionResult> {
     let server = SocketAddr::new(SERVER.parse()?, PORT);
     let time = |testbed: &Testbed, count: usize| {
         measure::time_to_first_byte(&testbed.client, &testbed.server, server, count)
@@ -117,7 +117,7 @@ pub fn run(
     let first_byte_direct = time(&lines, 15)?;
     let lines_dir = dir.join("lines");
     std::fs::create_dir_all(&lines_dir)?;
-    lines.start_gateway_and_remote(&lines_dir, &[], &[])?;
+    lines.start_gateway_and_converter(&lines_dir, &[], &[])?;
     let first_byte_gateway = time(&lines, 15)?;
     drop(lines);
 
@@ -130,13 +130,13 @@ pub fn run(
         forwarded.push(time(&with_ebpf, exchanges)?);
         forwarded.push(time(&with_nftables, exchanges)?);
     }
-    for (testbed, steering, name) in [
-        (&mut with_ebpf, Steering::Ebpf, "ebpf"),
-        (&mut with_nftables, Steering::Nftables, "nftables"),
+    for (testbed, interception, name) in [
+        (&mut with_ebpf, Interception::Ebpf, "ebpf"),
+        (&mut with_nftables, Interception::Nftables, "nftables"),
     ] {
         let logs = dir.join(name);
         std::fs::create_dir_all(&logs)?;
-        testbed.start_daemons(&logs, steering, &[], &[])?;
+        testbed.start_daemons(&logs, interception, &[], &[])?;
     }
     let (mut ebpf, mut nftables) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
@@ -150,17 +150,17 @@ pub fn run(
     drop(with_nftables);
 
     progress("cost on excluded flows: the tc program attached, the server excluded");
-    let output = with_ebpf.gateway_cli(&["policy", "add", "exclude", SERVER])?;
+    let output = with_ebpf.gateway_cli(&["selection", "add", "exclude", SERVER])?;
     anyhow::ensure!(
         output.status.success(),
-        "policy add failed: {}",
+        "selection add failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     let excluded = (0..rounds)
         .map(|_| time(&with_ebpf, exchanges))
         .collect::<anyhow::Result<Vec<_>>>()
         .context("timing excluded flows")?;
-    Ok(RedirectResult {
+    Ok(InterceptionResult {
         first_byte_direct,
         first_byte_gateway,
         forwarded,
@@ -190,7 +190,7 @@ fn map_memory(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// Prints the results as a short table with the ratios.
-pub fn print(result: &RedirectResult) {
+pub fn print(result: &InterceptionResult) {
     println!(
         "first byte, DSL + LTE lines: direct {:.1} ms, through the gateway {:.1} ms, ratio {:.3}",
         millis(result.first_byte_direct),
@@ -200,7 +200,7 @@ pub fn print(result: &RedirectResult) {
     println!("per new connection (median of rounds, zero-delay lines):");
     for (name, values) in [
         ("plain forwarding, no gateway", &result.forwarded),
-        ("gateway, eBPF redirect", &result.ebpf),
+        ("gateway, eBPF programs", &result.ebpf),
         ("gateway, nftables tproxy", &result.nftables),
         ("excluded flow past the tc program", &result.excluded),
     ] {

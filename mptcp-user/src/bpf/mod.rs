@@ -1,4 +1,6 @@
-//! Loading the gateway's eBPF programs and attaching them.
+//! The eBPF object both daemons load: loading it with their settings, attaching its
+//! programs, pinning its maps, and how each MPTCP socket and subflow is tuned
+//! ([`tuning`]).
 //!
 //! Every program is attached through a BPF link whose file descriptor this process owns:
 //! when the process exits, even by SIGKILL, the kernel detaches the programs. That is
@@ -15,60 +17,49 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, LpmTrie, Map, MapData, SkStorage},
+    maps::{LpmTrie, Map, MapData, lpm_trie::Key},
     programs::{
         CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, SockOps, TcAttachType,
         tc::TcAttachOptions,
     },
 };
 use aya_log::EbpfLogger;
-use log::{debug, warn};
-
-use crate::{
-    selection::{self, Policy},
-    tuning::{LongRtt, UplinkCongestion},
-};
+use ipnet::IpNet;
+use log::{debug, error, warn};
 use mptcp_ebpf_common::{
-    Address, Endpoint,
-    flows::{self, Flow},
-    policy, redirect,
+    Address, cgroups, flows, selection,
     uplinks::{self, CongestionName},
 };
+
+use crate::{net::addr, sys};
+use tuning::{LongRtt, UplinkCongestion};
+
+pub mod tuning;
 
 /// The eBPF object built by build.rs, embedded so that the shipped binary needs no
 /// toolchain at run time. Aligned because aya parses it in place as an ELF file.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mptcp-ebpf"));
 
 /// The tc program of the LAN interfaces.
-const LAN_PROGRAM: &str = "steer_lan";
+const LAN_PROGRAM: &str = "intercept_lan";
 /// The sock_ops program (redirect hand-over, subflow records).
 const SOCK_OPS_PROGRAM: &str = "track_sockets";
-/// The cgroup/sock_addr programs of the local-service redirect.
+/// The cgroup/sock_addr programs that intercept the connects of opted-in cgroups.
 const SOCK_ADDR_PROGRAMS: [&str; 4] = [
-    "redirect_connect4",
-    "redirect_connect6",
+    "intercept_connect4",
+    "intercept_connect6",
     "restore_getpeername4",
     "restore_getpeername6",
 ];
 
-/// The maps `mptcp-user flows|policy|optin|optout` work on, pinned under `--pin-path`.
+/// The maps `mptcp-user flows|selection|optin|optout` work on, pinned under `--pin-path`.
 pub const PINNED_MAPS: [&str; 5] = [
-    policy::MAP_NAME,
-    policy::PORTS_MAP_NAME,
-    redirect::OPTED_IN_MAP_NAME,
+    selection::MAP_NAME,
+    selection::PORTS_MAP_NAME,
+    cgroups::OPTED_IN_MAP_NAME,
     flows::FLOWS_MAP_NAME,
     flows::SUBFLOWS_MAP_NAME,
 ];
-
-/// The maps the gateway updates as flows come and go.
-pub struct FlowMaps {
-    /// Live flows, by LAN-side socket cookie.
-    pub flows: HashMap<MapData, u64, Flow>,
-    /// Flow labels of upstream MPTCP sockets, by socket fd.
-    pub labels: SkStorage<MapData, u64>,
-    /// Original destinations of redirected local connects, by client endpoint.
-    pub original_destinations: HashMap<MapData, Endpoint, Endpoint>,
-}
 
 /// What the programs are told at load time.
 #[derive(Clone, Copy, Debug, Default)]
@@ -76,13 +67,13 @@ pub struct Settings {
     /// The transparent listener's port.
     pub listen_port: u16,
     /// The fwmark of the local-delivery policy route.
-    pub steer_mark: u32,
+    pub intercept_mark: u32,
     /// The daemon's network namespace cookie (`SO_NETNS_COOKIE`).
     pub netns_cookie: u64,
-    /// Where redirected IPv4 connects go; zeros for none.
-    pub redirect_v4: Address,
-    /// Where redirected IPv6 connects go; zeros for none.
-    pub redirect_v6: Address,
+    /// Where intercepted IPv4 connects go (the listener); zeros for none.
+    pub listener_v4: Address,
+    /// Where intercepted IPv6 connects go; zeros for none.
+    pub listener_v6: Address,
     /// Whether a subflow's uplink is its local address (gateway) or its peer's
     /// (converter).
     pub uplink_is_local: bool,
@@ -99,13 +90,13 @@ pub struct Programs {
 impl Programs {
     /// Loads the embedded object into the kernel with `settings`; nothing is attached.
     pub fn load(settings: &Settings) -> anyhow::Result<Self> {
-        crate::sys::raise_memlock_rlimit();
+        sys::raise_memlock_rlimit();
         let mut ebpf = EbpfLoader::new()
             .override_global("LISTEN_PORT", &settings.listen_port, true)
-            .override_global("STEER_MARK", &settings.steer_mark, true)
+            .override_global("INTERCEPT_MARK", &settings.intercept_mark, true)
             .override_global("NETNS_COOKIE", &settings.netns_cookie, true)
-            .override_global("REDIRECT_V4", &settings.redirect_v4, true)
-            .override_global("REDIRECT_V6", &settings.redirect_v6, true)
+            .override_global("LISTENER_V4", &settings.listener_v4, true)
+            .override_global("LISTENER_V6", &settings.listener_v6, true)
             .override_global(
                 "UPLINK_IS_LOCAL",
                 &u32::from(settings.uplink_is_local),
@@ -149,7 +140,7 @@ impl Programs {
         }
     }
 
-    /// Attaches the steering program to the ingress of LAN interface `interface`, as a
+    /// Attaches the interception program to the ingress of LAN interface `interface`, as a
     /// tcx link (kernel 6.6 or later).
     pub fn attach_lan(&mut self, interface: &str) -> anyhow::Result<()> {
         let program: &mut SchedClassifier = program_mut(&mut self.ebpf, LAN_PROGRAM)?.try_into()?;
@@ -167,7 +158,7 @@ impl Programs {
     }
 
     /// Attaches sock_ops to the cgroup v2 root `root`: it sees every TCP socket of the
-    /// host and acts on redirected connects and on the daemon's own subflows.
+    /// host and acts on intercepted connects and on the daemon's own subflows.
     pub fn attach_sock_ops(&mut self, root: &Path) -> anyhow::Result<()> {
         let root_dir = open_cgroup(root)?;
         // A BPF link always coexists with other programs on the cgroup; the kernel rejects
@@ -181,8 +172,8 @@ impl Programs {
     }
 
     /// Attaches the connect/getpeername programs to the cgroup v2 root `root`: they see
-    /// every connect of the host and redirect the opted-in cgroups'.
-    pub fn attach_connect_redirect(&mut self, root: &Path) -> anyhow::Result<()> {
+    /// every connect of the host and intercept the opted-in cgroups'.
+    pub fn attach_connect_interception(&mut self, root: &Path) -> anyhow::Result<()> {
         let root_dir = open_cgroup(root)?;
         for name in SOCK_ADDR_PROGRAMS {
             let program: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?.try_into()?;
@@ -190,7 +181,7 @@ impl Programs {
                 .attach(&root_dir, CgroupAttachMode::Single)
                 .with_context(|| format!("failed to attach {name} to {}", root.display()))?;
         }
-        debug!("connect redirect attached to {}", root.display());
+        debug!("connect interception attached to {}", root.display());
         Ok(())
     }
 
@@ -202,39 +193,14 @@ impl Programs {
                 .ok_or_else(|| anyhow!("the eBPF object has no map {}", uplinks::MAP_NAME))?,
         )?;
         for rule in rules {
-            map.insert(&selection::prefix_key(&rule.uplinks), rule.map_name(), 0)
+            map.insert(&prefix_key(&rule.uplinks), rule.map_name(), 0)
                 .with_context(|| format!("failed to add --uplink-congestion {}", rule.uplinks))?;
         }
         Ok(())
     }
 
-    /// Takes the selection policy's maps out of the object (pin first).
-    pub fn take_policy(&mut self) -> anyhow::Result<Policy<MapData, MapData>> {
-        Ok(Policy::new(
-            LpmTrie::try_from(self.take_map(policy::MAP_NAME)?)?,
-            HashMap::try_from(self.take_map(policy::PORTS_MAP_NAME)?)?,
-        ))
-    }
-
-    /// Takes the opted-in cgroups map out of the object (pin first).
-    pub fn take_opted_in(&mut self) -> anyhow::Result<HashMap<MapData, u64, u32>> {
-        Ok(HashMap::try_from(
-            self.take_map(redirect::OPTED_IN_MAP_NAME)?,
-        )?)
-    }
-
-    /// Takes the maps the daemon updates for each flow out of the object (pin first).
-    pub fn take_flow_maps(&mut self) -> anyhow::Result<FlowMaps> {
-        Ok(FlowMaps {
-            flows: HashMap::try_from(self.take_map(flows::FLOWS_MAP_NAME)?)?,
-            labels: SkStorage::try_from(self.take_map(flows::FLOW_LABELS_MAP_NAME)?)?,
-            original_destinations: HashMap::try_from(
-                self.take_map(redirect::ORIGINAL_DST_MAP_NAME)?,
-            )?,
-        })
-    }
-
-    fn take_map(&mut self, name: &str) -> anyhow::Result<Map> {
+    /// Takes map `name` out of the object, for the caller to own (pin first).
+    pub fn take_map(&mut self, name: &str) -> anyhow::Result<Map> {
         self.ebpf
             .take_map(name)
             .ok_or_else(|| anyhow!("the eBPF object has no map {name} (or it was taken)"))
@@ -243,7 +209,7 @@ impl Programs {
     /// Pins the maps the inspection CLI uses under `dir` (created if needed, on bpffs).
     /// The pins are removed when `self` is dropped.
     pub fn pin_maps(&mut self, dir: &Path) -> anyhow::Result<()> {
-        crate::sys::mount_bpffs_if_missing()?;
+        sys::mount_bpffs_if_missing()?;
         fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
         self.pin_dir = Some(dir.to_path_buf());
         for name in PINNED_MAPS {
@@ -293,6 +259,25 @@ fn remove_stale_pin(pin: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// The mount point of the cgroup v2 hierarchy, from /proc/self/mountinfo
+/// (/sys/fs/cgroup on most systems, /sys/fs/cgroup/unified in hybrid mode).
+pub fn cgroup_root() -> anyhow::Result<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .context("failed to read /proc/self/mountinfo")?;
+    // Fields: id parent major:minor root mount-point options... - fstype source options.
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let mount_point = before.split_whitespace().nth(4)?;
+            (after.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .context(
+            "no cgroup v2 hierarchy is mounted here; the gateway needs one (note: `ip netns \
+             exec` remounts /sys, hiding it and bpffs: use `nsenter --net=/run/netns/NAME`)",
+        )
+}
+
 fn open_cgroup(path: &Path) -> anyhow::Result<File> {
     File::open(path).with_context(|| format!("failed to open cgroup {}", path.display()))
 }
@@ -325,4 +310,70 @@ pub fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
     let data =
         MapData::from_pin(&pin).with_context(|| format!("failed to open {}", pin.display()))?;
     Map::from_map_data(data).with_context(|| format!("unexpected map type at {}", pin.display()))
+}
+
+/// The LPM trie key of `prefix` (IPv4 prefixes as IPv4-mapped, 96 bits longer).
+#[must_use]
+pub fn prefix_key(prefix: &IpNet) -> Key<Address> {
+    let bits = u32::from(prefix.prefix_len()) + if prefix.addr().is_ipv4() { 96 } else { 0 };
+    Key::new(bits, addr::to_map_address(prefix.network()))
+}
+
+/// The prefix of an LPM trie key (the inverse of [`prefix_key`]).
+pub fn prefix_from_key(key: &Key<Address>) -> anyhow::Result<IpNet> {
+    let network = addr::from_map_address(key.data());
+    let bits = match network {
+        std::net::IpAddr::V4(_) => key
+            .prefix_len()
+            .checked_sub(96)
+            .context("bad IPv4 prefix in the map")?,
+        std::net::IpAddr::V6(_) => key.prefix_len(),
+    };
+    Ok(IpNet::new(network, u8::try_from(bits)?)?)
+}
+
+/// Forwards the eBPF programs' log records to env_logger as they arrive, until the ring
+/// buffer fails.
+pub async fn forward_log(mut logger: EbpfLogger<&'static dyn log::Log>) {
+    use std::os::fd::AsFd as _;
+    let readiness = logger
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(sys::register_readable);
+    let readiness = match readiness {
+        Ok(readiness) => readiness,
+        Err(error) => {
+            error!("cannot poll the eBPF log ring buffer: {error}");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match readiness.readable().await {
+            Ok(guard) => guard,
+            Err(error) => {
+                error!("eBPF log ring buffer failed: {error}");
+                return;
+            }
+        };
+        logger.flush();
+        guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{prefix_from_key, prefix_key};
+    use crate::net::addr::parse_prefix;
+
+    #[test]
+    fn ipv4_prefixes_are_mapped_with_96_more_bits() {
+        let prefix = parse_prefix("10.0.0.0/8").unwrap();
+        let key = prefix_key(&prefix);
+        assert_eq!(key.prefix_len(), 104);
+        assert_eq!(prefix_from_key(&key).unwrap(), prefix);
+        for text in ["0.0.0.0/0", "::/0", "2001:db8::/32"] {
+            let prefix = parse_prefix(text).unwrap();
+            assert_eq!(prefix_from_key(&prefix_key(&prefix)).unwrap(), prefix);
+        }
+    }
 }

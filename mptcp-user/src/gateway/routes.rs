@@ -1,4 +1,4 @@
-//! The policy routes that deliver steered LAN packets locally, for both families:
+//! The routes that deliver intercepted LAN packets locally, for both families:
 //! `ip rule add fwmark MARK lookup TABLE` and `ip route add local default dev lo table
 //! TABLE`. The LAN program marks a packet only when it assigned it to one of our
 //! sockets, so when the daemon is gone (and its tcx links with it) nothing is marked
@@ -12,19 +12,20 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 use log::{debug, warn};
 
-/// The fwmark the LAN program sets on steered packets, unless `--steer-mark` says
-/// otherwise ("MP" in ASCII).
+/// The fwmark the LAN program sets on intercepted packets, unless `--intercept-mark`
+/// says otherwise ("MP" in ASCII).
 pub const DEFAULT_MARK: u32 = 0x4d50;
-/// The routing table of the local-delivery route, unless `--steer-table` says otherwise.
+/// The routing table of the local-delivery route, unless `--intercept-table` says
+/// otherwise.
 pub const DEFAULT_TABLE: u32 = 15124;
 
 /// The installed rules and routes; dropping it removes them.
-pub struct PolicyRoutes {
+pub struct LocalDelivery {
     mark: u32,
     table: u32,
 }
 
-impl PolicyRoutes {
+impl LocalDelivery {
     /// Installs the rule and the route for IPv4 and IPv6, replacing leftovers of a
     /// daemon that was killed.
     pub fn install(mark: u32, table: u32) -> anyhow::Result<Self> {
@@ -53,7 +54,7 @@ impl PolicyRoutes {
                 &table.to_string(),
             ])?;
         }
-        debug!("policy routes installed: fwmark {mark:#x} -> table {table}");
+        debug!("local-delivery routes installed: fwmark {mark:#x} -> table {table}");
         Ok(routes)
     }
 
@@ -79,7 +80,7 @@ impl PolicyRoutes {
     }
 }
 
-impl Drop for PolicyRoutes {
+impl Drop for LocalDelivery {
     fn drop(&mut self) {
         self.remove_rules();
         for family in ["-4", "-6"] {

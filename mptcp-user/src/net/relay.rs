@@ -27,10 +27,13 @@ use tokio::{
     net::{TcpStream, tcp::ReadHalf},
 };
 
-use crate::sys;
+use crate::{lock, net::socket, sys};
 
 /// Most bytes one splice moves; the default pipe capacity.
 const CHUNK: usize = 64 * 1024;
+/// Idle pipes a daemon's pool keeps: enough for the bursts of a household's flows,
+/// 512 file descriptors at most.
+const MAX_IDLE_PIPES: usize = 256;
 
 /// A pipe: bytes spliced into `write` come out of `read`.
 struct Pipe {
@@ -53,15 +56,8 @@ impl PipePool {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pipe>> {
-        // A panic while holding the lock cannot leave the Vec half-changed.
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     fn take(&self) -> io::Result<Pipe> {
-        if let Some(pipe) = self.lock().pop() {
+        if let Some(pipe) = lock(&self.idle).pop() {
             return Ok(pipe);
         }
         let (read, write) = sys::pipe()?;
@@ -70,15 +66,21 @@ impl PipePool {
 
     /// Only empty pipes may come back; a pipe with bytes left is dropped instead.
     fn give(&self, pipe: Pipe) {
-        let mut idle = self.lock();
+        let mut idle = lock(&self.idle);
         if idle.len() < self.max_idle {
             idle.push(pipe);
         }
     }
 
-    /// Idle pipes in the pool (for tests and the log).
+    /// Idle pipes in the pool.
     pub fn idle_count(&self) -> usize {
-        self.lock().len()
+        lock(&self.idle).len()
+    }
+}
+
+impl Default for PipePool {
+    fn default() -> Self {
+        Self::new(MAX_IDLE_PIPES)
     }
 }
 
@@ -136,8 +138,8 @@ pub async fn relay(
     match result {
         Ok((forward, backward)) => Ok(Transferred { forward, backward }),
         Err(error) => {
-            sys::reset_on_close(a);
-            sys::reset_on_close(b);
+            socket::reset_on_close(a);
+            socket::reset_on_close(b);
             Err(error)
         }
     }
@@ -274,21 +276,19 @@ mod tests {
         (client, server)
     }
 
+    /// What a relay task returns: its result and the pipes idle in its pool after it.
+    type Relayed = (Result<Transferred, RelayError>, usize);
+
     /// client <-> [a relay b] <-> server; returns (client, server, relay task).
     async fn relayed(
         idle_timeout: Duration,
-    ) -> (
-        TcpStream,
-        TcpStream,
-        tokio::task::JoinHandle<Result<Transferred, RelayError>>,
-    ) {
+    ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Relayed>) {
         let (client, mut a) = pair().await;
         let (mut b, server) = pair().await;
         let task = tokio::spawn(async move {
             let pool = PipePool::new(4);
             let result = relay(&mut a, &mut b, &pool, idle_timeout).await;
-            assert!(pool.idle_count() <= 2, "pipes must come back to the pool");
-            result
+            (result, pool.idle_count())
         });
         (client, server, task)
     }
@@ -311,17 +311,23 @@ mod tests {
         client.read_to_end(&mut reply).await.unwrap();
         assert_eq!(reply, b"thanks");
         assert!(server_side.await.unwrap() == expected, "upload corrupted");
-        let transferred = task.await.unwrap().unwrap();
+        let (result, idle_pipes) = task.await.unwrap();
+        let transferred = result.unwrap();
         assert_eq!(transferred.forward, 3_000_000);
         assert_eq!(transferred.backward, 6);
+        // Each direction holds one pipe at a time and gives it back after each chunk.
+        assert!(
+            (1..=2).contains(&idle_pipes),
+            "{idle_pipes} pipes came back to the pool, expected 1 or 2"
+        );
     }
 
     #[tokio::test]
     async fn a_reset_on_one_side_resets_the_other() {
         let (mut client, server, task) = relayed(Duration::from_secs(10)).await;
-        sys::reset_on_close(&server);
+        socket::reset_on_close(&server);
         drop(server);
-        let result = task.await.unwrap();
+        let (result, _) = task.await.unwrap();
         assert!(result.is_err(), "relay must report the reset: {result:?}");
         let mut buffer = [0u8; 16];
         let error = client.read(&mut buffer).await.unwrap_err();
@@ -334,7 +340,8 @@ mod tests {
         let result = tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .expect("relay must end")
-            .unwrap();
+            .unwrap()
+            .0;
         assert!(matches!(result, Err(RelayError::Idle(_))), "{result:?}");
         let mut buffer = [0u8; 16];
         assert!(client.read(&mut buffer).await.is_err());

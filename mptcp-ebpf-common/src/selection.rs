@@ -1,26 +1,26 @@
-//! The selection policy: which destinations the gateway intercepts.
+//! The selection: which flows the gateway intercepts, by destination prefix and port.
 //!
 //! Written by the daemon at start (defaults and `--include`/`--exclude`) and by
-//! `mptcp-user policy add|del` while it runs; read by the LAN ingress program and the
+//! `mptcp-user selection add|del` while it runs; read by the LAN ingress program and the
 //! connect programs when a flow starts (its SYN or its `connect()`), so a flow keeps the
 //! decision it started with.
 //!
-//! `POLICY` is an LPM trie keyed by [`crate::Address`] prefixes (IPv4 as IPv4-mapped,
+//! `SELECTION` is an LPM trie keyed by [`crate::Address`] prefixes (IPv4 as IPv4-mapped,
 //! prefix length + 96). The longest matching prefix decides; no match means "not
 //! intercepted". The daemon installs `::/0` as include, so by default everything is
 //! intercepted except the excluded ranges.
 //!
-//! `POLICY_PORTS` optionally restricts interception to some destination ports: when the
+//! `SELECTION_PORTS` optionally restricts interception to some destination ports: when the
 //! entry [`PORTS_RESTRICTED_KEY`] is present, only the listed ports are intercepted.
 
 /// Name of the LPM trie of destination prefixes.
-pub const MAP_NAME: &str = "POLICY";
+pub const MAP_NAME: &str = "SELECTION";
 /// Name of the hash map of destination ports.
-pub const PORTS_MAP_NAME: &str = "POLICY_PORTS";
+pub const PORTS_MAP_NAME: &str = "SELECTION_PORTS";
 
-/// Most prefixes the policy holds.
+/// Most prefixes the selection holds.
 pub const MAX_PREFIXES: u32 = 4096;
-/// Most ports the policy lists.
+/// Most ports the selection lists.
 pub const MAX_PORTS: u32 = 1024;
 
 /// Destinations under this prefix are intercepted.
@@ -28,11 +28,11 @@ pub const ACTION_INCLUDE: u32 = 1;
 /// Destinations under this prefix go directly.
 pub const ACTION_EXCLUDE: u32 = 2;
 /// Like [`ACTION_EXCLUDE`], installed by the daemon for addresses that must never be
-/// intercepted (the remote converter, the gateway's own addresses); `policy del` refuses
+/// intercepted (the converter, the gateway's own addresses); `selection del` refuses
 /// to remove it.
 pub const ACTION_EXCLUDE_FIXED: u32 = 3;
 
-/// Port 0 is never a destination port; its presence in `POLICY_PORTS` switches the port
+/// Port 0 is never a destination port; its presence in `SELECTION_PORTS` switches the port
 /// restriction on.
 pub const PORTS_RESTRICTED_KEY: u16 = 0;
 

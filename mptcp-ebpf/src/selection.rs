@@ -1,18 +1,18 @@
-//! The selection policy, as both interception paths evaluate it at a flow's start.
+//! The selection, as both interception paths evaluate it at a flow's start.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use mptcp_ebpf_common::{
     Address,
-    policy::{PORTS_RESTRICTED_KEY, intercepts},
+    selection::{PORTS_RESTRICTED_KEY, intercepts},
 };
 
-use crate::maps::{POLICY, POLICY_PORTS};
+use crate::maps::{SELECTION, SELECTION_PORTS};
 
 /// Whether a new flow to `address`:`port` (host order) is intercepted: the longest
-/// matching prefix says include, and the port is allowed.
+/// matching prefix says include, and the port is listed (or none is).
 #[inline(always)]
 pub fn selects(address: Address, port: u16) -> bool {
-    let Some(action) = POLICY.get(Key::new(128, address)) else {
+    let Some(action) = SELECTION.get(Key::new(128, address)) else {
         return false;
     };
     if !intercepts(*action) {
@@ -22,6 +22,7 @@ pub fn selects(address: Address, port: u16) -> bool {
     // into a read-only data section, and such map keys were not found.
     let restricted_key: u16 = PORTS_RESTRICTED_KEY;
     // SAFETY: lookups in a hash map of plain integers.
-    let restricted = unsafe { POLICY_PORTS.get(&restricted_key) }.is_some();
-    !restricted || unsafe { POLICY_PORTS.get(&port) }.is_some()
+    let restricted = unsafe { SELECTION_PORTS.get(&restricted_key) }.is_some();
+    // SAFETY: as above.
+    !restricted || unsafe { SELECTION_PORTS.get(&port) }.is_some()
 }

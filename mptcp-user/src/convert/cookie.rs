@@ -10,7 +10,7 @@ use std::{
     collections::HashMap,
     fs,
     io::Write as _,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::Path,
     time::Duration,
@@ -20,6 +20,8 @@ use anyhow::{Context as _, bail};
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use sha2::Sha256;
 use thiserror::Error;
+
+use crate::net::addr::mapped;
 
 /// Bytes of a pre-shared key.
 pub const KEY_LEN: usize = 32;
@@ -91,7 +93,7 @@ impl Key {
     /// Writes a fresh random key to `path` with mode 0600; refuses to overwrite a file.
     pub fn generate(path: &Path) -> anyhow::Result<()> {
         let mut bytes = [0u8; KEY_LEN];
-        crate::sys::fill_random(&mut bytes)?;
+        getrandom::fill(&mut bytes).context("the kernel gave no random bytes")?;
         let hex = bytes.iter().fold(String::new(), |mut hex, byte| {
             use std::fmt::Write as _;
             let _ = write!(hex, "{byte:02x}");
@@ -111,11 +113,7 @@ impl Key {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
         mac.update(DOMAIN);
         mac.update(&destination.port().to_be_bytes());
-        let address = match destination.ip() {
-            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-            IpAddr::V6(v6) => v6,
-        };
-        mac.update(&address.octets());
+        mac.update(&mapped(destination.ip()).octets());
         mac.update(&timestamp.to_be_bytes());
         mac.update(nonce);
         mac
@@ -124,7 +122,7 @@ impl Key {
     /// The Cookie TLV value for a request to `destination`, at Unix time `now`.
     pub fn cookie(&self, destination: SocketAddr, now: u64) -> anyhow::Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
-        crate::sys::fill_random(&mut nonce)?;
+        getrandom::fill(&mut nonce).context("the kernel gave no random bytes")?;
         let tag = self.mac(destination, now, &nonce).finalize().into_bytes();
         let mut cookie = Vec::with_capacity(COOKIE_LEN);
         cookie.extend_from_slice(&now.to_be_bytes());

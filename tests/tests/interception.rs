@@ -1,5 +1,6 @@
-//! The eBPF redirect end to end: LAN steering with no nftables rule, the live selection
-//! policy, per-cgroup opt-in, the flow listing with its subflows, and fail-open.
+//! Interception end to end: LAN flows taken by the gateway's eBPF programs with no
+//! nftables rule, the live selection, per-cgroup opt-in, the flow listing with its
+//! subflows, and fail-open.
 //!
 //! Who carried a connection is read off the server: a small server on port 8080 answers
 //! each connection with the address it came from. Through the converter that is the
@@ -14,14 +15,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use mptcp_ebpf_common::flows::FLOWS_MAP_NAME;
 use mptcp_tests::{
     TempDir,
     cgroup::Cgroup,
     mptcp_user_bin,
     netns::Netns,
     require_root,
-    testbed::{SERVER, SERVER_V6, Testbed, Uplink},
+    testbed::{GATEWAY_PORT, SERVER, SERVER_V6, Testbed, Uplink},
 };
+use mptcp_user::gateway::routes::DEFAULT_MARK;
 
 const UPLINKS: [Uplink; 2] = [Uplink::htb(50), Uplink::htb(50)];
 /// The port of the who-am-I server.
@@ -59,25 +62,39 @@ print(connection.makefile().readline().strip())
 fn deploy(dir: &TempDir, label: &str, gateway_args: &[&str]) -> Testbed {
     let mut testbed = Testbed::new(label, &UPLINKS).unwrap();
     testbed
-        .start_gateway_and_remote(dir.path(), gateway_args, &[])
+        .start_gateway_and_converter(dir.path(), gateway_args, &[])
         .unwrap();
-    let mut server = testbed.server.command("python3");
-    server.args(["-c", WHOAMI_SERVER, &WHOAMI_PORT.to_string()]);
+    start_whoami_server(&mut testbed, dir, WHOAMI_PORT);
     testbed
-        .start("whoami", &mut server, &dir.path().join("whoami.log"))
-        .unwrap();
+}
+
+/// Starts a who-am-I server on `port` of the server host.
+fn start_whoami_server(testbed: &mut Testbed, dir: &TempDir, port: u16) {
+    let mut server = testbed.server.command("python3");
+    server.args(["-c", WHOAMI_SERVER, &port.to_string()]);
+    let log = dir.path().join(format!("whoami-{port}.log"));
+    testbed.start("whoami", &mut server, &log).unwrap();
     testbed
         .server
-        .wait_listening(WHOAMI_PORT, Duration::from_secs(10))
+        .wait_listening(port, Duration::from_secs(10))
         .unwrap();
-    testbed
 }
 
 /// Runs the who-am-I client from `netns` (in `cgroup` if given): (the peer address the
 /// socket reports, the address the server saw), or `None` if it failed.
 fn whoami(netns: &Netns, cgroup: Option<&Cgroup>, server: &str) -> Option<(String, String)> {
+    whoami_at(netns, cgroup, server, WHOAMI_PORT)
+}
+
+/// [`whoami`] with a server on `port`.
+fn whoami_at(
+    netns: &Netns,
+    cgroup: Option<&Cgroup>,
+    server: &str,
+    port: u16,
+) -> Option<(String, String)> {
     let mut command = netns.host_mounts_command("python3");
-    command.args(["-c", WHOAMI_CLIENT, server, &WHOAMI_PORT.to_string()]);
+    command.args(["-c", WHOAMI_CLIENT, server, &port.to_string()]);
     if let Some(cgroup) = cgroup {
         cgroup.put(&mut command);
     }
@@ -132,10 +149,10 @@ fn flows_json(testbed: &Testbed) -> Vec<serde_json::Value> {
 }
 
 #[test]
-fn lan_flows_are_steered_by_ebpf_and_listed_with_their_subflows() {
+fn lan_flows_are_intercepted_by_ebpf_and_listed_with_their_subflows() {
     require_root();
-    let dir = TempDir::new("steer").unwrap();
-    let mut testbed = deploy(&dir, "steer", &[]);
+    let dir = TempDir::new("intercept").unwrap();
+    let mut testbed = deploy(&dir, "intercept", &[]);
     let ruleset = testbed.gateway.exec("nft", &["list", "ruleset"]).unwrap();
     assert!(ruleset.trim().is_empty(), "nftables rules: {ruleset}");
     assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
@@ -220,16 +237,16 @@ fn lan_flows_are_steered_by_ebpf_and_listed_with_their_subflows() {
 }
 
 #[test]
-fn policy_edits_apply_to_new_flows() {
+fn selection_edits_apply_to_new_flows() {
     require_root();
-    let dir = TempDir::new("policy").unwrap();
-    let testbed = deploy(&dir, "policy", &[]);
+    let dir = TempDir::new("selection").unwrap();
+    let testbed = deploy(&dir, "selection", &[]);
     assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
 
-    cli_ok(&testbed, &["policy", "add", "exclude", SERVER]);
+    cli_ok(&testbed, &["selection", "add", "exclude", SERVER]);
     assert_eq!(seen_from_lan(&testbed, SERVER), LAN_CLIENT_DIRECT);
     let listing: serde_json::Value =
-        serde_json::from_str(&cli_ok(&testbed, &["policy", "list", "--json"])).unwrap();
+        serde_json::from_str(&cli_ok(&testbed, &["selection", "list", "--json"])).unwrap();
     let has_rule = |prefix: &str, action: &str| {
         listing["rules"]
             .as_array()
@@ -246,20 +263,20 @@ fn policy_edits_apply_to_new_flows() {
     assert!(has_rule("192.168.50.1/32", "fixed"), "policy: {listing}");
 
     // Only port 443 intercepted: our port 8080 goes direct even without the exclusion.
-    cli_ok(&testbed, &["policy", "del", SERVER]);
+    cli_ok(&testbed, &["selection", "del", SERVER]);
     assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
-    cli_ok(&testbed, &["policy", "add-port", "443"]);
+    cli_ok(&testbed, &["selection", "add-port", "443"]);
     assert_eq!(seen_from_lan(&testbed, SERVER), LAN_CLIENT_DIRECT);
-    cli_ok(&testbed, &["policy", "del-port", "443"]);
+    cli_ok(&testbed, &["selection", "del-port", "443"]);
     assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
 
     // The converter's address can never be intercepted (that would loop).
-    let refused = cli(&testbed, &["policy", "del", "10.0.1.2"]);
+    let refused = cli(&testbed, &["selection", "del", "10.0.1.2"]);
     assert_fails_with(&refused, "excluded by the gateway itself");
 }
 
 #[test]
-fn opted_in_cgroups_are_redirected_and_see_the_original_peer() {
+fn opted_in_cgroups_are_intercepted_and_see_the_original_peer() {
     require_root();
     let dir = TempDir::new("optin").unwrap();
     let opted = Cgroup::new("opted").unwrap();
@@ -271,7 +288,7 @@ fn opted_in_cgroups_are_redirected_and_see_the_original_peer() {
     let (peer, seen) = whoami(&testbed.gateway, Some(&opted), SERVER).expect("opted-in connect");
     assert_eq!(
         seen, VIA_CONVERTER,
-        "the opted-in process was not redirected"
+        "the opted-in process was not intercepted"
     );
     assert_eq!(
         peer.split_once(' ')
@@ -282,10 +299,10 @@ fn opted_in_cgroups_are_redirected_and_see_the_original_peer() {
     let (_, seen) = whoami(&testbed.gateway, Some(&other), SERVER).expect("direct connect");
     assert_eq!(
         seen, GATEWAY_HOST_DIRECT,
-        "a process outside was redirected"
+        "a process outside was intercepted"
     );
 
-    // IPv6: the gateway has no route to the server, so only the redirect can succeed.
+    // IPv6: the gateway has no route to the server, so only interception can succeed.
     let (peer, seen) = whoami(&testbed.gateway, Some(&opted), SERVER_V6).expect("IPv6 connect");
     assert_eq!(seen, VIA_CONVERTER_V6);
     assert_eq!(peer, format!("{SERVER_V6} {WHOAMI_PORT}"));
@@ -349,14 +366,15 @@ fn terminated_gateway_removes_what_it_installed() {
     let dir = TempDir::new("cleanup").unwrap();
     let testbed = deploy(&dir, "cleanup", &[]);
     let pin_path = testbed.pin_path();
-    assert!(Path::new(&pin_path).join("FLOWS").exists());
+    assert!(Path::new(&pin_path).join(FLOWS_MAP_NAME).exists());
+    let mark = format!("fwmark {DEFAULT_MARK:#x}");
     let rules = |family: &str| {
         testbed
             .gateway
             .exec("ip", &[family, "rule", "show"])
             .unwrap()
     };
-    assert!(rules("-4").contains("fwmark 0x4d50"), "{}", rules("-4"));
+    assert!(rules("-4").contains(&mark), "{}", rules("-4"));
 
     // A second gateway with the same pin path refuses to start.
     let binary = mptcp_user_bin();
@@ -387,14 +405,45 @@ fn terminated_gateway_removes_what_it_installed() {
         Duration::from_secs(10),
         || {
             !Path::new(&pin_path).exists()
-                && !rules("-4").contains("0x4d50")
-                && !rules("-6").contains("0x4d50")
+                && !rules("-4").contains(&mark)
+                && !rules("-6").contains(&mark)
         },
         || "pins or rules left after SIGTERM".to_owned(),
     );
     assert_eq!(seen_from_lan(&testbed, SERVER), LAN_CLIENT_DIRECT);
     let gone = cli(&testbed, &["flows"]);
     assert_fails_with(&gone, "no running gateway found");
+}
+
+#[test]
+fn lan_flows_to_the_listeners_port_elsewhere_are_relayed() {
+    require_root();
+    let dir = TempDir::new("port").unwrap();
+    let opted = Cgroup::new("port").unwrap();
+    let opted_path = opted.path().to_str().unwrap().to_owned();
+    let mut testbed = deploy(&dir, "port", &["--cgroup", &opted_path]);
+    // A server that happens to use the gateway's listener port.
+    start_whoami_server(&mut testbed, &dir, GATEWAY_PORT);
+
+    let seen = whoami_at(&testbed.client, None, SERVER, GATEWAY_PORT)
+        .expect("LAN connection to the server's port 15124");
+    assert_eq!(seen.1, VIA_CONVERTER, "not relayed through the converter");
+    let (peer, seen) = whoami_at(&testbed.gateway, Some(&opted), SERVER, GATEWAY_PORT)
+        .expect("local connection to the server's port 15124");
+    assert_eq!(seen, VIA_CONVERTER, "the opted-in connect was not relayed");
+    assert_eq!(peer, format!("{SERVER} {GATEWAY_PORT}"));
+
+    // A connection made to the listener itself is never relayed (it would loop).
+    let itself = whoami_at(&testbed.gateway, None, "127.0.0.1", GATEWAY_PORT);
+    assert!(
+        itself.as_ref().is_none_or(|(_, seen)| seen.is_empty()),
+        "the listener answered for itself: {itself:?}"
+    );
+    let log = fs::read_to_string(dir.path().join("gateway.log")).unwrap();
+    assert!(
+        log.contains("connection to the listener itself"),
+        "gateway log: {log}"
+    );
 }
 
 #[test]

@@ -1,25 +1,34 @@
-//! The gateway's selection policy: which destinations it intercepts, kept in the BPF
-//! maps the LAN and connect programs read at each flow's start (see
-//! `mptcp_ebpf_common::policy`). Used by the daemon to install its defaults and by
-//! `mptcp-user policy` to edit a running gateway's pinned maps.
+//! The gateway's selection: which flows it intercepts, by destination prefix and port,
+//! kept in the BPF maps the LAN and connect programs read at each flow's start (see
+//! `mptcp_ebpf_common::selection`). Used by the daemon to install its defaults and by
+//! `mptcp-user selection` to edit a running gateway's pinned maps.
 
 use std::{
     borrow::{Borrow, BorrowMut},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+    str::FromStr,
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::{HashMap, LpmTrie, MapData, lpm_trie::Key};
+use aya::maps::{HashMap, LpmTrie, MapData};
+use ipnet::IpNet;
 use mptcp_ebpf_common::{
     Address,
-    policy::{ACTION_EXCLUDE, ACTION_EXCLUDE_FIXED, ACTION_INCLUDE, PORTS_RESTRICTED_KEY},
+    selection::{
+        ACTION_EXCLUDE, ACTION_EXCLUDE_FIXED, ACTION_INCLUDE, MAP_NAME, PORTS_MAP_NAME,
+        PORTS_RESTRICTED_KEY,
+    },
 };
 use serde::Serialize;
 
-use crate::policy::{Cidr, non_public_ranges};
+use crate::{
+    bpf::{self, Programs, prefix_from_key, prefix_key},
+    net::addr::{self, non_public_ranges},
+};
 
-/// What the policy does with destinations under a prefix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+/// What the selection does with destinations under a prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Intercept and convert to MPTCP.
@@ -28,7 +37,6 @@ pub enum Action {
     Exclude,
     /// Excluded by the daemon (the converter, the gateway's own addresses); cannot be
     /// deleted.
-    #[value(skip)]
     Fixed,
 }
 
@@ -46,85 +54,89 @@ impl Action {
             ACTION_INCLUDE => Self::Include,
             ACTION_EXCLUDE => Self::Exclude,
             ACTION_EXCLUDE_FIXED => Self::Fixed,
-            other => bail!("unknown policy action {other} in the map"),
+            other => bail!("unknown selection action {other} in the map"),
         })
+    }
+
+    /// The action's name, as the CLI takes and prints it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Include => "include",
+            Self::Exclude => "exclude",
+            Self::Fixed => "fixed",
+        }
     }
 }
 
-/// One policy entry.
+impl FromStr for Action {
+    type Err = anyhow::Error;
+
+    /// `include` or `exclude`; `fixed` is the daemon's alone.
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        match text {
+            "include" => Ok(Self::Include),
+            "exclude" => Ok(Self::Exclude),
+            other => bail!("{other:?} is not an action: say include or exclude"),
+        }
+    }
+}
+
+/// One selection rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Rule {
     /// The destination prefix.
-    #[serde(serialize_with = "crate::selection::serialize_display")]
-    pub prefix: Cidr,
+    #[serde(serialize_with = "serialize_display")]
+    pub prefix: IpNet,
     /// What happens to destinations under it (the longest matching prefix decides).
     pub action: Action,
 }
 
-fn serialize_display<S: serde::Serializer>(cidr: &Cidr, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(cidr)
-}
-
-/// An address in the maps' form (IPv4 as IPv4-mapped).
-#[must_use]
-pub fn to_address(ip: IpAddr) -> Address {
-    let v6 = match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    };
-    let octets = v6.octets();
-    let mut words = [0u32; 4];
-    for (word, chunk) in words.iter_mut().zip(octets.chunks_exact(4)) {
-        *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+impl Rule {
+    /// A rule for `prefix`.
+    pub const fn new(prefix: IpNet, action: Action) -> Self {
+        Self { prefix, action }
     }
-    words
 }
 
-/// The address of the maps' form as an [`IpAddr`] (IPv4-mapped comes back as IPv4).
-#[must_use]
-pub fn from_address(words: Address) -> IpAddr {
-    let mut octets = [0u8; 16];
-    for (chunk, word) in octets.chunks_exact_mut(4).zip(words) {
-        chunk.copy_from_slice(&word.to_ne_bytes());
-    }
-    crate::protocol::canonical_ip(IpAddr::V6(Ipv6Addr::from(octets)))
+fn serialize_display<S: serde::Serializer>(
+    prefix: &IpNet,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(prefix)
 }
 
-/// The LPM trie key of `prefix` (IPv4 prefixes as IPv4-mapped, 96 bits longer).
-pub fn prefix_key(prefix: &Cidr) -> Key<Address> {
-    let bits = u32::from(prefix.prefix_len()) + if prefix.network().is_ipv4() { 96 } else { 0 };
-    Key::new(bits, to_address(prefix.network()))
-}
-
-fn prefix_from_key(key: &Key<Address>) -> anyhow::Result<Cidr> {
-    let bits = key.prefix_len();
-    let network = from_address(key.data());
-    let bits = match network {
-        IpAddr::V4(_) => bits.checked_sub(96).context("bad IPv4 prefix in the map")?,
-        IpAddr::V6(_) => bits,
-    };
-    Cidr::new(network, u8::try_from(bits)?)
-}
-
-/// The policy in a gateway's maps (loaded by the daemon, or pinned).
-pub struct Policy<P, Q> {
+/// The selection in a gateway's maps (loaded by the daemon, or pinned).
+pub struct Selection<P, Q> {
     prefixes: LpmTrie<P, Address, u32>,
     ports: HashMap<Q, u16, u32>,
 }
 
-impl<P: Borrow<MapData>, Q: Borrow<MapData>> Policy<P, Q> {
-    /// Wraps the two policy maps.
-    pub const fn new(prefixes: LpmTrie<P, Address, u32>, ports: HashMap<Q, u16, u32>) -> Self {
-        Self { prefixes, ports }
+impl Selection<MapData, MapData> {
+    /// Takes the selection maps out of the loaded programs (pin them first).
+    pub fn take(programs: &mut Programs) -> anyhow::Result<Self> {
+        Ok(Self {
+            prefixes: LpmTrie::try_from(programs.take_map(MAP_NAME)?)?,
+            ports: HashMap::try_from(programs.take_map(PORTS_MAP_NAME)?)?,
+        })
     }
 
+    /// Opens the selection a running gateway pinned under `pin_dir`.
+    pub fn pinned(pin_dir: &Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            prefixes: LpmTrie::try_from(bpf::open_pinned(pin_dir, MAP_NAME)?)?,
+            ports: HashMap::try_from(bpf::open_pinned(pin_dir, PORTS_MAP_NAME)?)?,
+        })
+    }
+}
+
+impl<P: Borrow<MapData>, Q: Borrow<MapData>> Selection<P, Q> {
     /// Every prefix rule, most general first.
     pub fn rules(&self) -> anyhow::Result<Vec<Rule>> {
         let mut rules = self
             .prefixes
             .iter()
             .map(|entry| {
-                let (key, value) = entry.context("failed to read the policy map")?;
+                let (key, value) = entry.context("failed to read the selection map")?;
                 Ok(Rule {
                     prefix: prefix_from_key(&key)?,
                     action: Action::from_map(value)?,
@@ -133,7 +145,7 @@ impl<P: Borrow<MapData>, Q: Borrow<MapData>> Policy<P, Q> {
             .collect::<anyhow::Result<Vec<_>>>()?;
         rules.sort_by_key(|rule| {
             (
-                rule.prefix.network().is_ipv6(),
+                rule.prefix.addr().is_ipv6(),
                 rule.prefix.prefix_len(),
                 rule.prefix.network(),
             )
@@ -147,16 +159,16 @@ impl<P: Borrow<MapData>, Q: Borrow<MapData>> Policy<P, Q> {
             .ports
             .keys()
             .collect::<Result<Vec<_>, _>>()
-            .context("failed to read the policy ports map")?;
+            .context("failed to read the selection's ports map")?;
         ports.retain(|&port| port != PORTS_RESTRICTED_KEY);
         ports.sort_unstable();
         Ok(ports)
     }
 }
 
-impl<P: BorrowMut<MapData>, Q: BorrowMut<MapData>> Policy<P, Q> {
+impl<P: BorrowMut<MapData>, Q: BorrowMut<MapData>> Selection<P, Q> {
     /// Sets the action for `prefix`, replacing any earlier one. A fixed exclusion stays.
-    pub fn set(&mut self, prefix: Cidr, action: Action) -> anyhow::Result<()> {
+    pub fn set(&mut self, prefix: IpNet, action: Action) -> anyhow::Result<()> {
         if self.prefixes.get(&prefix_key(&prefix), 0).ok() == Some(ACTION_EXCLUDE_FIXED)
             && action != Action::Fixed
         {
@@ -164,11 +176,11 @@ impl<P: BorrowMut<MapData>, Q: BorrowMut<MapData>> Policy<P, Q> {
         }
         self.prefixes
             .insert(&prefix_key(&prefix), action.to_map(), 0)
-            .with_context(|| format!("failed to add {prefix} to the policy"))
+            .with_context(|| format!("failed to add {prefix} to the selection"))
     }
 
     /// Removes the rule for exactly `prefix`.
-    pub fn remove(&mut self, prefix: Cidr) -> anyhow::Result<()> {
+    pub fn remove(&mut self, prefix: IpNet) -> anyhow::Result<()> {
         match self.prefixes.get(&prefix_key(&prefix), 0) {
             Ok(ACTION_EXCLUDE_FIXED) => bail!(
                 "{prefix} is excluded by the gateway itself (the converter or its own address)"
@@ -177,7 +189,7 @@ impl<P: BorrowMut<MapData>, Q: BorrowMut<MapData>> Policy<P, Q> {
                 .prefixes
                 .remove(&prefix_key(&prefix))
                 .with_context(|| format!("failed to remove {prefix}")),
-            Err(_) => bail!("the policy has no rule for {prefix}"),
+            Err(_) => bail!("the selection has no rule for {prefix}"),
         }
     }
 
@@ -194,7 +206,7 @@ impl<P: BorrowMut<MapData>, Q: BorrowMut<MapData>> Policy<P, Q> {
     /// Takes `port` off the list; when the list empties, every port is intercepted again.
     pub fn remove_port(&mut self, port: u16) -> anyhow::Result<()> {
         if port == PORTS_RESTRICTED_KEY || self.ports.remove(&port).is_err() {
-            bail!("the policy does not list port {port}");
+            bail!("the selection does not list port {port}");
         }
         if self.ports()?.is_empty() {
             self.ports.remove(&PORTS_RESTRICTED_KEY)?;
@@ -202,7 +214,7 @@ impl<P: BorrowMut<MapData>, Q: BorrowMut<MapData>> Policy<P, Q> {
         Ok(())
     }
 
-    /// Installs the daemon's starting policy: everything included, the non-public
+    /// Installs the daemon's starting selection: everything included, the non-public
     /// ranges excluded, then `rules` from the command line, then the addresses that
     /// must never be intercepted (the converter, the gateway's own) as fixed exclusions.
     pub fn install(
@@ -215,7 +227,7 @@ impl<P: BorrowMut<MapData>, Q: BorrowMut<MapData>> Policy<P, Q> {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         ] {
-            self.set(Cidr::new(everything, 0)?, Action::Include)?;
+            self.set(IpNet::new(everything, 0)?, Action::Include)?;
         }
         for range in non_public_ranges() {
             self.set(range, Action::Exclude)?;
@@ -224,9 +236,7 @@ impl<P: BorrowMut<MapData>, Q: BorrowMut<MapData>> Policy<P, Q> {
             self.set(rule.prefix, rule.action)?;
         }
         for &ip in never {
-            let ip = crate::protocol::canonical_ip(ip);
-            let len = if ip.is_ipv4() { 32 } else { 128 };
-            self.set(Cidr::new(ip, len)?, Action::Fixed)?;
+            self.set(addr::host_prefix(ip), Action::Fixed)?;
         }
         for &port in ports {
             self.add_port(port)?;
@@ -237,27 +247,13 @@ impl<P: BorrowMut<MapData>, Q: BorrowMut<MapData>> Policy<P, Q> {
 
 #[cfg(test)]
 mod tests {
-    use super::{from_address, prefix_from_key, prefix_key, to_address};
-    use crate::policy::Cidr;
+    use super::Action;
 
     #[test]
-    fn addresses_round_trip_in_both_families() {
-        for text in ["192.0.2.1", "2001:db8::7", "::1"] {
-            let ip = text.parse().unwrap();
-            assert_eq!(from_address(to_address(ip)), ip);
-        }
-    }
-
-    #[test]
-    fn ipv4_prefixes_are_mapped_with_96_more_bits() {
-        let prefix: Cidr = "10.0.0.0/8".parse().unwrap();
-        let key = prefix_key(&prefix);
-        assert_eq!(key.prefix_len(), 104);
-        assert_eq!(prefix_from_key(&key).unwrap(), prefix);
-        let everything: Cidr = "0.0.0.0/0".parse().unwrap();
-        assert_eq!(
-            prefix_from_key(&prefix_key(&everything)).unwrap(),
-            everything
-        );
+    fn actions_parse_from_the_command_line_but_fixed_does_not() {
+        assert_eq!("include".parse::<Action>().unwrap(), Action::Include);
+        assert_eq!("exclude".parse::<Action>().unwrap(), Action::Exclude);
+        assert!("fixed".parse::<Action>().is_err());
+        assert_eq!(Action::Exclude.as_str(), "exclude");
     }
 }

@@ -2,7 +2,7 @@
 
 use tokio::{io::AsyncReadExt as _, net::TcpStream};
 
-use crate::protocol::{self, DecodeError, HEADER_LEN, Message};
+use super::codec::{self as protocol, DecodeError, HEADER_LEN, Message};
 
 /// Why no message could be read.
 #[derive(Debug, thiserror::Error)]

@@ -1,15 +1,20 @@
-//! The remote converter: accepts MPTCP connections from gateways (plain TCP clients fall
-//! back transparently), authenticates each Convert request, checks its destination,
-//! connects by TCP, answers, and relays.
+//! The converter, on a well-connected host: accepts MPTCP connections from gateways
+//! (plain TCP clients fall back transparently), authenticates each Convert request,
+//! checks its destination against the [`destination_policy`], connects by TCP, answers,
+//! and relays.
+
+pub mod destination_policy;
 
 use std::{
     future::Future,
     net::SocketAddr,
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use anyhow::Context as _;
+use ipnet::IpNet;
 use log::{debug, info, warn};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -18,20 +23,55 @@ use tokio::{
 };
 
 use crate::{
-    auth::{self, AuthError, Key, Verifier},
-    cgroups,
-    cli::RemoteArgs,
-    ebpf::{Programs, Settings},
-    policy::{self, DestinationPolicy},
-    protocol::{ErrorCode, Request, Response},
-    relay::{self, PipePool},
-    server, sys,
-    tuning::Tuning,
-    wire,
+    bpf::{
+        self, Programs, Settings,
+        tuning::{Tuning, TuningConfig},
+    },
+    convert::{
+        codec::{ErrorCode, Request, Response},
+        cookie::{self, AuthError, Key, Verifier},
+        wire,
+    },
+    lock,
+    net::{
+        addr,
+        relay::{self, PipePool},
+        server, socket,
+    },
+    sys,
 };
+use destination_policy::DestinationPolicy;
 
-/// Settings of a running converter.
-pub struct Remote {
+/// Default port the converter listens on, on every address (`[::]`).
+pub const DEFAULT_PORT: u16 = 5124;
+/// Logged once the converter accepts connections; scripts wait for it.
+pub const READY: &str = "converter listening";
+
+/// Everything `mptcp-user converter` is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConverterConfig {
+    /// Where gateways connect (MPTCP).
+    pub listen: SocketAddr,
+    /// The pre-shared key's file.
+    pub key_file: PathBuf,
+    /// Destinations allowed although the default policy refuses them.
+    pub allow: Vec<IpNet>,
+    /// Most connections served at once.
+    pub max_conns: usize,
+    /// How long a client may take to send its request.
+    pub request_timeout: Duration,
+    /// How long connecting to a destination may take.
+    pub connect_timeout: Duration,
+    /// Relays with no traffic for this long are reset.
+    pub idle_timeout: Duration,
+    /// How far a cookie's timestamp may be from this host's clock.
+    pub replay_window: Duration,
+    /// Congestion control and buffers of the MPTCP connections and subflows.
+    pub tuning: TuningConfig,
+}
+
+/// What each connection's task needs.
+pub struct Converter {
     /// Checks cookies; a mutex because it remembers nonces.
     pub verifier: Mutex<Verifier>,
     /// Which destinations are allowed.
@@ -50,36 +90,36 @@ pub struct Remote {
     pub pipes: PipePool,
 }
 
-/// `mptcp-user remote`: runs until SIGINT or SIGTERM.
-pub fn run(args: &RemoteArgs) -> anyhow::Result<()> {
-    let key = Key::load(&args.key_file)?;
-    let tuning = Tuning::new(&args.tuning)?;
+/// `mptcp-user converter`: runs until SIGINT or SIGTERM.
+pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
+    let key = Key::load(&config.key_file)?;
+    let tuning = Tuning::new(&config.tuning)?;
     // Held for the daemon's life.
     let _subflow_programs = load_subflow_tuning(&tuning)?;
-    let mut own = policy::local_addresses()?;
-    own.push(args.listen.ip());
-    let remote = Arc::new(Remote {
-        verifier: Mutex::new(Verifier::new(key, Duration::from_secs(args.replay_window))),
-        policy: DestinationPolicy::new(args.allow.clone(), own),
-        request_timeout: Duration::from_secs(args.request_timeout),
-        connect_timeout: Duration::from_secs(args.connect_timeout),
-        idle_timeout: Duration::from_secs(args.idle_timeout),
-        connections: Arc::new(Semaphore::new(args.max_conns)),
+    let mut own = addr::local_addresses()?;
+    own.push(config.listen.ip());
+    let converter = Arc::new(Converter {
+        verifier: Mutex::new(Verifier::new(key, config.replay_window)),
+        policy: DestinationPolicy::new(config.allow.clone(), own),
+        request_timeout: config.request_timeout,
+        connect_timeout: config.connect_timeout,
+        idle_timeout: config.idle_timeout,
+        connections: Arc::new(Semaphore::new(config.max_conns)),
         tuning,
-        pipes: PipePool::new(256),
+        pipes: PipePool::default(),
     });
     let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
     runtime.block_on(async {
-        let listener = sys::listen(args.listen, true, false)
-            .with_context(|| format!("failed to listen on {}", args.listen))?;
+        let listener = socket::listen(config.listen, true, false)
+            .with_context(|| format!("failed to listen on {}", config.listen))?;
         // On the listener, not on each accepted connection: there it would also reach
         // the subflows sock_ops already gave their uplink's algorithm.
-        remote
+        converter
             .tuning
             .apply_congestion(&socket2::SockRef::from(&listener))
             .context("failed to set the congestion control")?;
-        info!("remote converter listening on {} (MPTCP)", args.listen);
-        serve(listener, remote, server::shutdown_signal()?).await;
+        info!("{READY} on {} (MPTCP)", config.listen);
+        serve(listener, converter, server::shutdown_signal()?).await;
         Ok(())
     })
 }
@@ -118,15 +158,19 @@ fn attach_subflow_tuning(tuning: &Tuning) -> anyhow::Result<Programs> {
         ..Settings::default()
     })?;
     programs.set_uplink_congestion(tuning.uplink_congestion())?;
-    programs.attach_sock_ops(&cgroups::root()?)?;
+    programs.attach_sock_ops(&bpf::cgroup_root()?)?;
     Ok(programs)
 }
 
 /// Accepts connections until `shutdown` resolves, then gives live relays a grace period.
-pub async fn serve(listener: TcpListener, remote: Arc<Remote>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    converter: Arc<Converter>,
+    shutdown: impl Future<Output = ()>,
+) {
     server::accept_until(listener, shutdown, |stream, peer, tasks| {
-        if let Ok(permit) = remote.connections.clone().try_acquire_owned() {
-            tasks.spawn(handle(stream, peer, Arc::clone(&remote), permit));
+        if let Ok(permit) = converter.connections.clone().try_acquire_owned() {
+            tasks.spawn(handle(stream, peer, Arc::clone(&converter), permit));
         } else {
             warn!("{peer}: too many connections, refusing");
             refuse_now(&stream, ErrorCode::ResourceExceeded);
@@ -146,16 +190,16 @@ fn refuse_now(stream: &TcpStream, code: ErrorCode) {
 async fn handle(
     mut client: TcpStream,
     peer: SocketAddr,
-    remote: Arc<Remote>,
+    converter: Arc<Converter>,
     _permit: OwnedSemaphorePermit,
 ) {
-    if let Err(error) = remote
+    if let Err(error) = converter
         .tuning
         .apply_send_buffer(&socket2::SockRef::from(&client))
     {
         warn!("{peer}: cannot tune the MPTCP connection: {error}");
     }
-    let (request, early_data) = match read_request(&mut client, &remote).await {
+    let (request, early_data) = match read_request(&mut client, &converter).await {
         Ok(found) => found,
         Err((code, reason)) => {
             warn!("{peer}: refused ({code}): {reason}");
@@ -164,7 +208,7 @@ async fn handle(
         }
     };
     let destination = request.destination;
-    let mut server = match connect(destination, remote.connect_timeout).await {
+    let mut server = match connect(destination, converter.connect_timeout).await {
         Ok(server) => server,
         Err((code, reason)) => {
             info!("{peer} -> {destination}: {code}: {reason}");
@@ -185,7 +229,14 @@ async fn handle(
         warn!("{peer} -> {destination}: {error}");
         return;
     }
-    match relay::relay(&mut client, &mut server, &remote.pipes, remote.idle_timeout).await {
+    match relay::relay(
+        &mut client,
+        &mut server,
+        &converter.pipes,
+        converter.idle_timeout,
+    )
+    .await
+    {
         Ok(moved) => debug!(
             "{peer} -> {destination}: done, {} bytes up, {} down",
             moved.forward + early_data.len() as u64,
@@ -199,14 +250,14 @@ async fn handle(
 /// answer with and the reason to log.
 async fn read_request(
     client: &mut TcpStream,
-    remote: &Remote,
+    converter: &Converter,
 ) -> Result<(Request, Vec<u8>), (ErrorCode, String)> {
-    let read = tokio::time::timeout(remote.request_timeout, wire::read_message(client)).await;
+    let read = tokio::time::timeout(converter.request_timeout, wire::read_message(client)).await;
     let (message, early_data) = match read {
         Err(_) => {
             return Err((
                 ErrorCode::MalformedMessage,
-                format!("no request within {:?}", remote.request_timeout),
+                format!("no request within {:?}", converter.request_timeout),
             ));
         }
         Ok(Err(wire::WireError::Decode(error))) => {
@@ -217,14 +268,11 @@ async fn read_request(
     };
     let request =
         Request::from_message(&message).map_err(|error| (error.error_code(), error.to_string()))?;
-    remote
-        .verifier
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    lock(&converter.verifier)
         .verify(
             request.destination,
             request.cookie.as_deref(),
-            auth::unix_now(),
+            cookie::unix_now(),
         )
         .map_err(|error| {
             let code = if error == AuthError::Missing {
@@ -234,7 +282,7 @@ async fn read_request(
             };
             (code, format!("authentication failed: {error}"))
         })?;
-    remote
+    converter
         .policy
         .check(request.destination.ip())
         .map_err(|refusal| {
@@ -251,7 +299,7 @@ async fn connect(
     destination: SocketAddr,
     timeout: Duration,
 ) -> Result<TcpStream, (ErrorCode, String)> {
-    match tokio::time::timeout(timeout, sys::connect(destination, false, |_| Ok(()))).await {
+    match tokio::time::timeout(timeout, socket::connect(destination, false, |_| Ok(()))).await {
         Err(_) => Err((
             ErrorCode::NetworkFailure,
             format!("no answer within {timeout:?}"),

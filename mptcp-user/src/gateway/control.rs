@@ -1,30 +1,40 @@
-//! The commands that read and edit a running gateway's pinned maps: `flows`, `policy`,
-//! `optin`, `optout`. They talk to the kernel, not to the daemon, so they work whatever
-//! the daemon is doing.
+//! The commands that read and edit a running gateway's pinned maps: `flows`,
+//! `selection`, `optin`, `optout`. They talk to the kernel, not to the daemon, so they
+//! work whatever the daemon is doing.
 
 use std::{
     collections::BTreeMap,
     io::{self, Write as _},
-    net::SocketAddr,
     path::Path,
 };
 
 use anyhow::Context as _;
-use aya::maps::{HashMap, LpmTrie, MapData};
+use aya::maps::{HashMap, MapData};
+use ipnet::IpNet;
 use mptcp_ebpf_common::{
-    Endpoint,
+    Endpoint, cgroups as cgroup_maps,
     flows::{self, Flow, INTERCEPTED_CGROUP, Subflow},
-    policy as policy_maps, redirect,
 };
 use serde::Serialize;
 
-use crate::{
+use super::{
     cgroups,
-    cli::{CgroupArgs, FlowsArgs, PolicyArgs, PolicyCommand},
-    ebpf::open_pinned,
-    selection::{self, Policy},
-    sys,
+    selection::{Action, Selection},
 };
+use crate::{bpf::open_pinned, net::addr, sys};
+
+/// A change to a running gateway's selection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelectionChange {
+    /// Add or change the rule for a prefix.
+    Set(IpNet, Action),
+    /// Delete the rule for exactly this prefix.
+    Remove(IpNet),
+    /// Add a port to the list of intercepted ports.
+    AddPort(u16),
+    /// Take a port off that list.
+    RemovePort(u16),
+}
 
 /// One relayed flow, as `mptcp-user flows` shows it.
 #[derive(Debug, Serialize)]
@@ -64,19 +74,29 @@ pub struct SubflowRow {
     pub cwnd: u32,
 }
 
-/// `mptcp-user flows`: prints the flows and their subflows.
-pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
-    let rows = read_flows(&args.pin_path)?;
+/// Column titles of the `flows` table.
+pub const FLOWS_HEADER: [&str; 6] = [
+    "CLIENT",
+    "DESTINATION",
+    "VIA",
+    "AGE s",
+    "UP bytes",
+    "DOWN bytes",
+];
+
+/// `mptcp-user flows`: prints the flows and their subflows, as a table or JSON.
+pub fn print_flows(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let rows = read_flows(pin_dir)?;
     let mut out = io::stdout().lock();
-    if args.json {
+    if json {
         serde_json::to_writer_pretty(&mut out, &rows)?;
         writeln!(out)?;
         return Ok(());
     }
+    let [client, destination, via, age, up, down] = FLOWS_HEADER;
     writeln!(
         out,
-        "{:<42} {:<42} {:<7} {:>8} {:>12} {:>12}",
-        "CLIENT", "DESTINATION", "VIA", "AGE s", "UP bytes", "DOWN bytes"
+        "{client:<42} {destination:<42} {via:<7} {age:>8} {up:>12} {down:>12}"
     )?;
     for row in &rows {
         writeln!(
@@ -148,69 +168,57 @@ pub fn read_flows(pin_dir: &Path) -> anyhow::Result<Vec<FlowRow>> {
 }
 
 fn endpoint_text(endpoint: Endpoint) -> String {
-    SocketAddr::new(
-        selection::from_address(endpoint.address),
-        u16::try_from(endpoint.port).unwrap_or(0),
-    )
-    .to_string()
+    addr::from_endpoint(endpoint).map_or_else(|| "?".to_owned(), |address| address.to_string())
 }
 
-/// The policy a gateway pinned under `pin_dir`.
-fn pinned_policy(pin_dir: &Path) -> anyhow::Result<Policy<MapData, MapData>> {
-    Ok(Policy::new(
-        LpmTrie::try_from(open_pinned(pin_dir, policy_maps::MAP_NAME)?)?,
-        HashMap::try_from(open_pinned(pin_dir, policy_maps::PORTS_MAP_NAME)?)?,
-    ))
+/// `mptcp-user selection list`: prints the prefix rules and the port list.
+pub fn print_selection(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let selection = Selection::pinned(pin_dir)?;
+    let rules = selection.rules()?;
+    let ports = selection.ports()?;
+    let mut out = io::stdout().lock();
+    if json {
+        let listing = serde_json::json!({ "rules": rules, "ports": ports });
+        serde_json::to_writer_pretty(&mut out, &listing)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "{:<44} ACTION", "PREFIX")?;
+    for rule in rules {
+        writeln!(
+            out,
+            "{:<44} {}",
+            rule.prefix.to_string(),
+            rule.action.as_str()
+        )?;
+    }
+    if ports.is_empty() {
+        writeln!(out, "ports: all")?;
+    } else {
+        let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
+        writeln!(out, "ports: only {}", ports.join(", "))?;
+    }
+    Ok(())
 }
 
-/// `mptcp-user policy ...`.
-pub fn policy(args: &PolicyArgs) -> anyhow::Result<()> {
-    let mut policy = pinned_policy(&args.pin_path)?;
-    match &args.command {
-        PolicyCommand::List { json } => {
-            let rules = policy.rules()?;
-            let ports = policy.ports()?;
-            let mut out = io::stdout().lock();
-            if *json {
-                let listing = serde_json::json!({ "rules": rules, "ports": ports });
-                serde_json::to_writer_pretty(&mut out, &listing)?;
-                writeln!(out)?;
-            } else {
-                writeln!(out, "{:<44} ACTION", "PREFIX")?;
-                for rule in rules {
-                    let action = serde_json::to_value(rule.action)?;
-                    writeln!(
-                        out,
-                        "{:<44} {}",
-                        rule.prefix.to_string(),
-                        action.as_str().unwrap_or("?")
-                    )?;
-                }
-                if ports.is_empty() {
-                    writeln!(out, "ports: all")?;
-                } else {
-                    let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
-                    writeln!(out, "ports: only {}", ports.join(", "))?;
-                }
-            }
+/// `mptcp-user selection add|del|add-port|del-port`: applies to new flows at once.
+pub fn change_selection(pin_dir: &Path, change: SelectionChange) -> anyhow::Result<()> {
+    let mut selection = Selection::pinned(pin_dir)?;
+    match change {
+        SelectionChange::Set(prefix, action) => {
+            selection.set(prefix, action)?;
+            println!("{prefix}: {}", action.as_str());
         }
-        PolicyCommand::Add { action, prefix } => {
-            policy.set(*prefix, *action)?;
-            println!(
-                "{prefix}: {}",
-                serde_json::to_value(action)?.as_str().unwrap_or("?")
-            );
-        }
-        PolicyCommand::Del { prefix } => {
-            policy.remove(*prefix)?;
+        SelectionChange::Remove(prefix) => {
+            selection.remove(prefix)?;
             println!("{prefix}: rule deleted");
         }
-        PolicyCommand::AddPort { port } => {
-            policy.add_port(*port)?;
+        SelectionChange::AddPort(port) => {
+            selection.add_port(port)?;
             println!("port {port} added");
         }
-        PolicyCommand::DelPort { port } => {
-            policy.remove_port(*port)?;
+        SelectionChange::RemovePort(port) => {
+            selection.remove_port(port)?;
             println!("port {port} deleted");
         }
     }
@@ -220,20 +228,20 @@ pub fn policy(args: &PolicyArgs) -> anyhow::Result<()> {
 fn pinned_opted_in(pin_dir: &Path) -> anyhow::Result<HashMap<MapData, u64, u32>> {
     Ok(HashMap::try_from(open_pinned(
         pin_dir,
-        redirect::OPTED_IN_MAP_NAME,
+        cgroup_maps::OPTED_IN_MAP_NAME,
     )?)?)
 }
 
 /// `mptcp-user optin PATH`.
-pub fn opt_in(args: &CgroupArgs) -> anyhow::Result<()> {
-    cgroups::opt_in(&mut pinned_opted_in(&args.pin_path)?, &args.path)?;
-    println!("{}: TCP connects are now redirected", args.path.display());
+pub fn opt_in(pin_dir: &Path, cgroup: &Path) -> anyhow::Result<()> {
+    cgroups::opt_in(&mut pinned_opted_in(pin_dir)?, cgroup)?;
+    println!("{}: TCP connects are now intercepted", cgroup.display());
     Ok(())
 }
 
 /// `mptcp-user optout PATH`.
-pub fn opt_out(args: &CgroupArgs) -> anyhow::Result<()> {
-    cgroups::opt_out(&mut pinned_opted_in(&args.pin_path)?, &args.path)?;
-    println!("{}: new TCP connects go directly", args.path.display());
+pub fn opt_out(pin_dir: &Path, cgroup: &Path) -> anyhow::Result<()> {
+    cgroups::opt_out(&mut pinned_opted_in(pin_dir)?, cgroup)?;
+    println!("{}: new TCP connects go directly", cgroup.display());
     Ok(())
 }

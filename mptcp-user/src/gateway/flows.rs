@@ -1,0 +1,138 @@
+//! Per-flow bookkeeping while the gateway runs: where each accepted connection wanted to
+//! go, and the flow list that `mptcp-user flows` reads. Each map has a lock of its own;
+//! every update is one system call.
+
+use std::{io, net::SocketAddr, sync::Mutex};
+
+use aya::maps::{HashMap, MapData, SkStorage};
+use log::warn;
+use mptcp_ebpf_common::{
+    Endpoint, cgroups,
+    flows::{self, Flow, INTERCEPTED_CGROUP, INTERCEPTED_LAN},
+};
+
+use crate::{
+    bpf::Programs,
+    lock,
+    net::{addr, socket},
+    sys,
+};
+
+/// How a connection reached the transparent listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Intercepted {
+    /// From a LAN interface (tc program); the accepted socket's local address is the
+    /// original destination.
+    Lan,
+    /// From an opted-in local cgroup (connect programs); the original destination is in
+    /// `ORIGINAL_DST`.
+    Cgroup,
+}
+
+/// The maps the gateway updates as flows come and go.
+pub struct FlowTable {
+    /// The transparent listener's port.
+    listen_port: u16,
+    /// Live flows, by LAN-side socket cookie.
+    flows: Mutex<HashMap<MapData, u64, Flow>>,
+    /// Flow keys of upstream MPTCP sockets, by socket.
+    labels: Mutex<SkStorage<MapData, u64>>,
+    /// Original destinations of intercepted local connects, by client endpoint.
+    original_destinations: Mutex<HashMap<MapData, Endpoint, Endpoint>>,
+}
+
+impl FlowTable {
+    /// Takes the maps out of the loaded programs (pin them first).
+    pub fn take(programs: &mut Programs, listen_port: u16) -> anyhow::Result<Self> {
+        Ok(Self {
+            listen_port,
+            flows: Mutex::new(HashMap::try_from(
+                programs.take_map(flows::FLOWS_MAP_NAME)?,
+            )?),
+            labels: Mutex::new(SkStorage::try_from(
+                programs.take_map(flows::FLOW_LABELS_MAP_NAME)?,
+            )?),
+            original_destinations: Mutex::new(HashMap::try_from(
+                programs.take_map(cgroups::ORIGINAL_DST_MAP_NAME)?,
+            )?),
+        })
+    }
+
+    /// Where the accepted connection from `peer` to `local` wanted to go, and how it got
+    /// here; `None` for a connection made to the listener itself (never relayed: that
+    /// would loop).
+    ///
+    /// A local connect the connect programs intercepted left its original destination
+    /// under its client endpoint; any other connection came from the LAN, and its local
+    /// address is its destination, whatever port that is.
+    pub fn original_destination(
+        &self,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) -> Option<(SocketAddr, Intercepted)> {
+        if let Some(destination) = self.take_connect_destination(peer) {
+            return Some((destination, Intercepted::Cgroup));
+        }
+        let local = SocketAddr::new(addr::canonical(local.ip()), local.port());
+        if local.port() == self.listen_port && socket::is_host_address(local.ip()) {
+            return None;
+        }
+        Some((local, Intercepted::Lan))
+    }
+
+    /// Reads and deletes the original destination the connect programs recorded for the
+    /// connection from `client`; the accept is its only reader.
+    fn take_connect_destination(&self, client: SocketAddr) -> Option<SocketAddr> {
+        let client = addr::to_endpoint(client);
+        let mut map = lock(&self.original_destinations);
+        let original = map.get(&client, 0).ok()?;
+        let _ = map.remove(&client);
+        addr::from_endpoint(original)
+    }
+
+    /// Lists the flow under `key` (the LAN-side socket cookie) for `mptcp-user flows`,
+    /// until the returned guard drops.
+    pub fn register(
+        &self,
+        key: u64,
+        client: SocketAddr,
+        destination: SocketAddr,
+        intercepted: Intercepted,
+    ) -> Registration<'_> {
+        let flow = Flow {
+            started_ns: sys::monotonic_ns(),
+            client: addr::to_endpoint(client),
+            destination: addr::to_endpoint(destination),
+            intercepted: match intercepted {
+                Intercepted::Lan => INTERCEPTED_LAN,
+                Intercepted::Cgroup => INTERCEPTED_CGROUP,
+            },
+            reserved: 0,
+        };
+        if let Err(error) = lock(&self.flows).insert(key, flow, 0) {
+            // Only the listing suffers; the flow itself goes on.
+            warn!("cannot list flow {client} -> {destination}: {error}");
+        }
+        Registration { table: self, key }
+    }
+
+    /// Labels an upstream MPTCP socket with its flow's key, so that sock_ops files its
+    /// subflows under the flow. Call before connecting.
+    pub fn label(&self, socket: &socket2::Socket, key: u64) -> io::Result<()> {
+        lock(&self.labels)
+            .insert(socket, key, 0)
+            .map_err(io::Error::other)
+    }
+}
+
+/// A flow listed in `FLOWS`; dropping it takes the flow off the list.
+pub struct Registration<'a> {
+    table: &'a FlowTable,
+    key: u64,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let _ = lock(&self.table.flows).remove(&self.key);
+    }
+}

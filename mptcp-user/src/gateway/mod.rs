@@ -1,0 +1,233 @@
+//! The gateway: intercepts LAN flows (and the connects of opted-in local services) in the
+//! kernel, accepts them on a transparent listener, opens an MPTCP connection for each
+//! (through the converter, or straight to the original destination with `--direct`),
+//! and relays.
+//!
+//! - [`interception`]: installs the programs, selection, cgroups and routes, and follows
+//!   the LAN interfaces.
+//! - [`flows`]: per-flow bookkeeping: original destinations and the flow list.
+//! - [`selection`]: which flows are intercepted, in the BPF maps.
+//! - [`routes`]: the local-delivery routes of intercepted LAN packets.
+//! - [`cgroups`]: the cgroup v2 root and opting cgroups in and out.
+//! - [`upstream`]: the connection each flow is carried on.
+//! - [`control`]: the commands that read and edit a running gateway.
+
+pub mod cgroups;
+pub mod control;
+pub mod flows;
+pub mod interception;
+pub mod routes;
+pub mod selection;
+pub mod upstream;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use log::{debug, info, warn};
+use tokio::{
+    io::AsyncWriteExt as _,
+    net::{TcpListener, TcpStream},
+};
+
+use crate::{
+    bpf::{
+        self,
+        tuning::{Tuning, TuningConfig},
+    },
+    net::{
+        relay::{self, PipePool},
+        server, socket,
+    },
+    sys::InstanceLock,
+};
+use flows::FlowTable;
+use interception::{Interception, InterceptionConfig};
+use upstream::{Upstream, UpstreamConfig};
+
+/// Default directory (on bpffs) where a running gateway pins its maps.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/mptcp-gateway";
+/// Default port of the transparent listener, on every address (`[::]`).
+pub const DEFAULT_LISTEN_PORT: u16 = 15124;
+/// Logged once everything is installed and flows are intercepted; scripts wait for it.
+pub const READY: &str = "gateway ready";
+
+/// Everything `mptcp-user gateway` is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// The transparent listener intercepted connections are handed to.
+    pub listen: SocketAddr,
+    /// Where flows go.
+    pub upstream: UpstreamConfig,
+    /// How long opening the upstream connection may take, the converter's answer
+    /// included.
+    pub connect_timeout: Duration,
+    /// Relays with no traffic for this long are reset.
+    pub idle_timeout: Duration,
+    /// Which flows are intercepted, and how.
+    pub interception: InterceptionConfig,
+    /// Congestion control and buffers of the MPTCP connections and subflows.
+    pub tuning: TuningConfig,
+}
+
+/// What each connection's task needs.
+pub struct Gateway {
+    /// Where connections go.
+    pub upstream: Upstream,
+    /// How long opening the upstream connection may take, response included.
+    pub connect_timeout: Duration,
+    /// Relays with no traffic for this long are reset.
+    pub idle_timeout: Duration,
+    /// Congestion control and buffer of the MPTCP connections.
+    pub tuning: Tuning,
+    /// Pipes for the relays.
+    pub pipes: PipePool,
+    /// Original destinations and the flow list.
+    pub flows: FlowTable,
+}
+
+/// `mptcp-user gateway`: runs until SIGINT or SIGTERM.
+pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
+    runtime.block_on(async {
+        let _lock = InstanceLock::acquire(&config.interception.pin_path)?;
+        let tuning = Tuning::new(&config.tuning)?;
+        let upstream = Upstream::resolve(&config.upstream).await?;
+        let listener = socket::listen(config.listen, false, true)
+            .with_context(|| format!("failed to listen on {} (transparent)", config.listen))?;
+        match &upstream {
+            Upstream::Converter { address, .. } => info!(
+                "gateway listening on {} (transparent), converting via {address}",
+                config.listen
+            ),
+            Upstream::Direct => info!(
+                "gateway listening on {} (transparent), MPTCP direct to destinations",
+                config.listen
+            ),
+        }
+        let (mut interception, flows) = Interception::install(
+            &config.interception,
+            config.listen,
+            &tuning,
+            &upstream.never_intercepted(),
+        )?;
+        if let Some(logger) = interception.take_logger() {
+            tokio::spawn(bpf::forward_log(logger));
+        }
+        info!("{READY}");
+        let gateway = Arc::new(Gateway {
+            upstream,
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.idle_timeout,
+            tuning,
+            pipes: PipePool::default(),
+            flows,
+        });
+        let signal = server::shutdown_signal()?;
+        let shutdown = async {
+            follow_lan_interfaces_until(&mut interception, signal).await;
+            info!("shutting down: no new flows; live ones get a grace period");
+            interception.stop_new_flows();
+        };
+        serve(listener, Arc::clone(&gateway), shutdown).await;
+        info!("detaching programs, removing routes and pins");
+        drop(interception);
+        Ok(())
+    })
+}
+
+/// Every two seconds until `stop`, re-attaches the LAN program to interfaces that were
+/// deleted and created again.
+async fn follow_lan_interfaces_until(
+    interception: &mut Interception,
+    stop: impl Future<Output = ()>,
+) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(2));
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = ticks.tick() => interception.follow_lan_interfaces(),
+        }
+    }
+}
+
+/// Accepts intercepted connections until `shutdown` resolves, then gives live relays a
+/// grace period.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) {
+    server::accept_until(listener, shutdown, |stream, peer, tasks| {
+        tasks.spawn(handle(stream, peer, Arc::clone(&gateway)));
+    })
+    .await;
+}
+
+async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
+    let local = match lan.local_addr() {
+        Ok(local) => local,
+        Err(error) => {
+            warn!("{peer}: no local address: {error}");
+            return;
+        }
+    };
+    let Some((destination, intercepted)) = gateway.flows.original_destination(local, peer) else {
+        warn!("{peer} -> {local}: connection to the listener itself, not intercepted; closing");
+        return;
+    };
+    let flow_key = match socket::cookie(&lan) {
+        Ok(cookie) => cookie,
+        Err(error) => {
+            warn!("{peer} -> {destination}: no socket cookie: {error}");
+            return;
+        }
+    };
+    let _listed = gateway
+        .flows
+        .register(flow_key, peer, destination, intercepted);
+    let configure = |socket: &socket2::Socket| {
+        gateway.tuning.apply(socket)?;
+        gateway.flows.label(socket, flow_key)
+    };
+    let opened = tokio::time::timeout(
+        gateway.connect_timeout,
+        gateway.upstream.open(&lan, destination, configure),
+    )
+    .await;
+    let (mut upstream, server_early) = match opened {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(error)) => {
+            info!("{peer} -> {destination}: {error:#}");
+            socket::reset_on_close(&lan);
+            return;
+        }
+        Err(_) => {
+            info!(
+                "{peer} -> {destination}: no upstream connection within {:?}",
+                gateway.connect_timeout
+            );
+            socket::reset_on_close(&lan);
+            return;
+        }
+    };
+    if let Err(error) = lan.write_all(&server_early).await {
+        debug!("{peer} -> {destination}: {error}");
+        return;
+    }
+    match relay::relay(
+        &mut lan,
+        &mut upstream,
+        &gateway.pipes,
+        gateway.idle_timeout,
+    )
+    .await
+    {
+        Ok(moved) => debug!(
+            "{peer} -> {destination}: done, {} bytes up, {} down",
+            moved.forward,
+            moved.backward + server_early.len() as u64
+        ),
+        Err(error) => info!("{peer} -> {destination}: {error}"),
+    }
+}

@@ -1,0 +1,119 @@
+//! Where the gateway sends each intercepted flow: through the converter (RFC 8803), or
+//! with `--direct` straight to the original destination, over MPTCP either way.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
+
+use anyhow::{Context as _, bail};
+use socket2::Socket;
+use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+
+use crate::{
+    convert::{
+        codec::{Request, Response},
+        cookie::{self, Key},
+        wire,
+    },
+    net::socket,
+};
+
+/// Where flows go, as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamConfig {
+    /// Through the converter at `address` (HOST:PORT), authenticated with the key in
+    /// `key_file`.
+    Converter {
+        /// The converter, e.g. `vps.example.net:5124`.
+        address: String,
+        /// The pre-shared key's file.
+        key_file: PathBuf,
+    },
+    /// MPTCP straight to the original destination (plain TCP if it does not speak MPTCP).
+    Direct,
+}
+
+/// Where flows go, resolved.
+pub enum Upstream {
+    /// Through the converter at this address, authenticated with this key.
+    Converter {
+        /// The converter's address.
+        address: SocketAddr,
+        /// The pre-shared key for the cookie.
+        key: Key,
+    },
+    /// MPTCP straight to the original destination.
+    Direct,
+}
+
+impl Upstream {
+    /// Resolves the converter's name and loads the key.
+    pub async fn resolve(config: &UpstreamConfig) -> anyhow::Result<Self> {
+        let UpstreamConfig::Converter { address, key_file } = config else {
+            return Ok(Self::Direct);
+        };
+        let resolved = tokio::net::lookup_host(address)
+            .await
+            .with_context(|| format!("cannot resolve {address}"))?
+            .next()
+            .with_context(|| format!("{address} has no address"))?;
+        Ok(Self::Converter {
+            address: resolved,
+            key: Key::load(key_file)?,
+        })
+    }
+
+    /// Addresses the gateway must never intercept: flows to the converter would loop.
+    pub fn never_intercepted(&self) -> Vec<IpAddr> {
+        match self {
+            Self::Converter { address, .. } => vec![address.ip()],
+            Self::Direct => Vec::new(),
+        }
+    }
+
+    /// Opens the MPTCP connection for one flow to `destination`, `configure` setting the
+    /// socket's options before it connects. Through the converter, the Convert request
+    /// and the client's first bytes leave in one write (one segment when they fit), so the
+    /// request costs no extra round trip. Returns the connection and any destination
+    /// bytes that arrived with the converter's answer.
+    pub async fn open(
+        &self,
+        lan: &TcpStream,
+        destination: SocketAddr,
+        configure: impl FnOnce(&Socket) -> std::io::Result<()>,
+    ) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+        let (converter, key) = match self {
+            Self::Direct => {
+                let stream = socket::connect(destination, true, configure)
+                    .await
+                    .context("MPTCP connect to the destination failed")?;
+                return Ok((stream, Vec::new()));
+            }
+            Self::Converter { address, key } => (*address, key),
+        };
+        let mut stream = socket::connect(converter, true, configure)
+            .await
+            .with_context(|| format!("MPTCP connect to the converter {converter} failed"))?;
+        let request = Request {
+            destination,
+            cookie: Some(key.cookie(destination, cookie::unix_now())?),
+        };
+        let mut first_segment = request.to_message().encode()?;
+        // Whatever the client sent while we connected: most clients speak first.
+        let mut early = vec![0u8; 16 * 1024];
+        match lan.try_read(&mut early) {
+            Ok(n) => first_segment.extend_from_slice(&early[..n]),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error).context("reading the client's first bytes"),
+        }
+        stream.write_all(&first_segment).await?;
+        let (message, server_early) = wire::read_message(&mut stream)
+            .await
+            .context("no valid answer from the converter")?;
+        match Response::from_message(&message) {
+            Response::Connected => Ok((stream, server_early)),
+            Response::Error(code) => bail!("the converter refused: {code}"),
+        }
+    }
+}

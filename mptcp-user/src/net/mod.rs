@@ -1,0 +1,7 @@
+//! Networking both roles share: addresses and prefixes, sockets, the splice relay and the
+//! accept loop.
+
+pub mod addr;
+pub mod relay;
+pub mod server;
+pub mod socket;
