@@ -35,6 +35,10 @@ const ALLOW: i32 = 1;
 const IPPROTO_TCP: u32 = 6;
 
 #[cgroup_sock_addr(connect4)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand the context over by value"
+)]
 pub fn intercept_connect4(ctx: SockAddrContext) -> i32 {
     let addr = ctx.sock_addr;
     // SAFETY: `addr` is the context the kernel passed; user_ip4 and user_port are
@@ -56,6 +60,10 @@ pub fn intercept_connect4(ctx: SockAddrContext) -> i32 {
 }
 
 #[cgroup_sock_addr(connect6)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand the context over by value"
+)]
 pub fn intercept_connect6(ctx: SockAddrContext) -> i32 {
     let addr = ctx.sock_addr;
     // SAFETY: `addr` is the context; user_ip6 and user_port are readable in connect6.
@@ -83,6 +91,10 @@ pub fn intercept_connect6(ctx: SockAddrContext) -> i32 {
 }
 
 #[cgroup_sock_addr(getpeername4)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand the context over by value"
+)]
 pub fn restore_getpeername4(ctx: SockAddrContext) -> i32 {
     let addr = ctx.sock_addr;
     if let Some(original) = original_destination(&ctx) {
@@ -96,6 +108,10 @@ pub fn restore_getpeername4(ctx: SockAddrContext) -> i32 {
 }
 
 #[cgroup_sock_addr(getpeername6)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand the context over by value"
+)]
 pub fn restore_getpeername6(ctx: SockAddrContext) -> i32 {
     let addr = ctx.sock_addr;
     if let Some(original) = original_destination(&ctx) {
@@ -140,7 +156,7 @@ fn intercept(ctx: &SockAddrContext, original: Endpoint, target: Address) -> Opti
     }
     // SAFETY: as above.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    CONNECTS.insert(&cookie, &original, 0).ok()?;
+    CONNECTS.insert(cookie, original, 0).ok()?;
     Some(target)
 }
 
@@ -150,7 +166,7 @@ fn original_destination(ctx: &SockAddrContext) -> Option<Endpoint> {
     // SAFETY: the helper takes the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the lookup returns a copy.
-    unsafe { CONNECTS.get(&cookie) }.copied()
+    unsafe { CONNECTS.get(cookie) }.copied()
 }
 
 /// Whether the calling task's cgroup, or one of its ancestors, is opted in.
@@ -163,7 +179,7 @@ fn opted_in() -> bool {
             return false;
         }
         // SAFETY: a lookup in a hash map of plain integers.
-        if unsafe { OPTED_IN.get(&id) }.is_some() {
+        if unsafe { OPTED_IN.get(id) }.is_some() {
             return true;
         }
     }

@@ -1,16 +1,16 @@
 //! tc ingress on the LAN interfaces (attached through tcx links): intercepts the TCP flows
-//! the selection takes to the splicer's transparent listener.
+//! the selection takes, handing them to the splicer's transparent listener.
 //!
-//! For a SYN the policy selects, the program looks up the listener and assigns the packet
+//! For a SYN the selection takes, the program looks up the listener and assigns the packet
 //! to it (`bpf_sk_assign`), and marks it so that the policy route (`ip rule fwmark ...
 //! lookup T`, `local default dev lo table T`) delivers it locally instead of forwarding
 //! it. The accepted socket's local address is then the original destination.
 //!
-//! Every later packet of a steered flow is found by its socket: if the exact 4-tuple
-//! names a socket of ours that is not a listener, the packet is marked (local delivery
-//! then finds that socket by itself). A flow that was not steered at its SYN has no
-//! socket and keeps being forwarded, whatever the policy says later: a flow's decision is
-//! taken once.
+//! Every later packet of an intercepted flow is found by its socket: if the exact
+//! 4-tuple names a socket of ours that is not a listener, the packet is marked (local
+//! delivery then finds that socket by itself). A flow that was not intercepted at its SYN
+//! has no socket and keeps being forwarded, whatever the selection says later: a flow's
+//! decision is taken once.
 //!
 //! Anything unexpected (not TCP, truncated headers, IPv6 extension headers, no listener)
 //! is passed on untouched: the packet is forwarded as if the gateway were not there.
@@ -21,16 +21,22 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use core::ptr::read_volatile;
+use core::{mem::offset_of, ptr::read_volatile};
 use mptcp_ebpf_common::{Address, mapped_v4};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::{IpProto, Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+};
 
 use crate::{config, selection};
 
-const ETH_HEADER_LEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const IPPROTO_TCP: u8 = 6;
-const IPV6_HEADER_LEN: usize = 40;
+/// The EtherTypes as the header holds them (network order).
+const IPV4: u16 = EtherType::Ipv4 as u16;
+const IPV6: u16 = EtherType::Ipv6 as u16;
+/// The flags byte: the second of the 16 bits that follow the acknowledgment number
+/// (data offset and reserved bits come first).
+const TCP_FLAGS_OFFSET: usize = offset_of!(TcpHdr, _bitfield_1) + 1;
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_ACK: u8 = 0x10;
 /// `TCP_LISTEN` from include/net/tcp_states.h.
@@ -54,18 +60,21 @@ struct Tuple6 {
     dport: u16,
 }
 
-/// A parsed TCP packet: the lookup tuple of either family, the destination in our
-/// address form, and the TCP flags.
+/// The socket lookup key of either family.
 enum Tuple {
     V4(Tuple4),
     V6(Tuple6),
 }
 
 #[classifier]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand the context over by value"
+)]
 pub fn intercept_lan(ctx: TcContext) -> i32 {
     // Errors only mean "not a packet we can intercept": let it through.
     let _ = try_intercept_lan(&ctx);
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }
 
 fn try_intercept_lan(ctx: &TcContext) -> Result<(), i64> {
@@ -80,6 +89,7 @@ fn try_intercept_lan(ctx: &TcContext) -> Result<(), i64> {
             return Ok(());
         }
     }
+    // Only a SYN without ACK opens a flow.
     if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
         return Ok(());
     }
@@ -116,17 +126,20 @@ fn hand_to_listener(ctx: &TcContext, tuple: &mut Tuple) -> Result<(), i64> {
 /// Looks up the socket for `tuple` in this namespace: established (or request, or
 /// time-wait) sockets first, then listeners. The caller must [`release`] it.
 fn lookup(ctx: &TcContext, tuple: &mut Tuple) -> Option<*mut bpf_sock> {
-    let (pointer, size): (*mut bpf_sock_tuple, usize) = match tuple {
-        Tuple::V4(tuple) => ((&raw mut *tuple).cast(), size_of::<Tuple4>()),
-        Tuple::V6(tuple) => ((&raw mut *tuple).cast(), size_of::<Tuple6>()),
+    // The sizes are those of the small structs above.
+    #[expect(clippy::cast_possible_truncation, reason = "12 or 36 bytes")]
+    let (pointer, size): (*mut bpf_sock_tuple, u32) = match tuple {
+        Tuple::V4(tuple) => ((&raw mut *tuple).cast(), size_of::<Tuple4>() as u32),
+        Tuple::V6(tuple) => ((&raw mut *tuple).cast(), size_of::<Tuple6>() as u32),
     };
     // SAFETY: `pointer` and `size` describe an initialised tuple on our stack.
     let socket = unsafe {
         bpf_skc_lookup_tcp(
             ctx.skb.skb.cast(),
             pointer,
-            size as u32,
-            BPF_F_CURRENT_NETNS as u64,
+            size,
+            // -1, sign-extended: the helper's "this namespace".
+            i64::from(BPF_F_CURRENT_NETNS).cast_unsigned(),
             0,
         )
     };
@@ -138,44 +151,47 @@ fn release(socket: *mut bpf_sock) {
     unsafe { bpf_sk_release(socket.cast()) };
 }
 
-/// Reads the IP and TCP headers: the lookup tuple, the destination and the TCP flags.
+/// Reads the headers, field by field (whole-header copies made code the verifier
+/// rejected): the lookup tuple, the destination in our address form, and the TCP flags.
 fn parse(ctx: &TcContext) -> Result<(Tuple, Address, u8), i64> {
-    let ether_type = u16::from_be(ctx.load::<u16>(12)?);
-    let (tuple, destination, tcp_offset) = match ether_type {
-        ETH_P_IP => {
-            let version_ihl: u8 = ctx.load(ETH_HEADER_LEN)?;
-            if ctx.load::<u8>(ETH_HEADER_LEN + 9)? != IPPROTO_TCP {
+    let ether_type: u16 = ctx.load(offset_of!(EthHdr, ether_type))?;
+    let ip = EthHdr::LEN;
+    let (tuple, destination, tcp) = match ether_type {
+        IPV4 => {
+            if ctx.load::<u8>(ip + offset_of!(Ipv4Hdr, proto))? != IpProto::Tcp as u8 {
                 return Err(0);
             }
-            let saddr: u32 = ctx.load(ETH_HEADER_LEN + 12)?;
-            let daddr: u32 = ctx.load(ETH_HEADER_LEN + 16)?;
-            let tcp_offset = ETH_HEADER_LEN + usize::from(version_ihl & 0x0f) * 4;
+            let version_ihl: u8 = ctx.load(ip + offset_of!(Ipv4Hdr, vihl))?;
+            // Network-order words, as the lookup helper takes them.
+            let saddr: u32 = ctx.load(ip + offset_of!(Ipv4Hdr, src_addr))?;
+            let daddr: u32 = ctx.load(ip + offset_of!(Ipv4Hdr, dst_addr))?;
+            // The header length is counted in 32-bit words.
+            let tcp = ip + usize::from(version_ihl & 0x0f) * 4;
             let tuple = Tuple4 {
                 saddr,
                 daddr,
-                sport: ctx.load(tcp_offset)?,
-                dport: ctx.load(tcp_offset + 2)?,
+                sport: ctx.load(tcp + offset_of!(TcpHdr, source))?,
+                dport: ctx.load(tcp + offset_of!(TcpHdr, dest))?,
             };
-            (Tuple::V4(tuple), mapped_v4(daddr), tcp_offset)
+            (Tuple::V4(tuple), mapped_v4(daddr), tcp)
         }
-        ETH_P_IPV6 => {
+        IPV6 => {
             // Flows with extension headers are left alone (rare for TCP).
-            if ctx.load::<u8>(ETH_HEADER_LEN + 6)? != IPPROTO_TCP {
+            if ctx.load::<u8>(ip + offset_of!(Ipv6Hdr, next_hdr))? != IpProto::Tcp as u8 {
                 return Err(0);
             }
-            let saddr: [u32; 4] = ctx.load(ETH_HEADER_LEN + 8)?;
-            let daddr: [u32; 4] = ctx.load(ETH_HEADER_LEN + 24)?;
-            let tcp_offset = ETH_HEADER_LEN + IPV6_HEADER_LEN;
+            let daddr: Address = ctx.load(ip + offset_of!(Ipv6Hdr, dst_addr))?;
+            let tcp = ip + Ipv6Hdr::LEN;
             let tuple = Tuple6 {
-                saddr,
+                saddr: ctx.load(ip + offset_of!(Ipv6Hdr, src_addr))?,
                 daddr,
-                sport: ctx.load(tcp_offset)?,
-                dport: ctx.load(tcp_offset + 2)?,
+                sport: ctx.load(tcp + offset_of!(TcpHdr, source))?,
+                dport: ctx.load(tcp + offset_of!(TcpHdr, dest))?,
             };
-            (Tuple::V6(tuple), daddr, tcp_offset)
+            (Tuple::V6(tuple), daddr, tcp)
         }
         _ => return Err(0),
     };
-    let flags: u8 = ctx.load(tcp_offset + 13)?;
+    let flags: u8 = ctx.load(tcp + TCP_FLAGS_OFFSET)?;
     Ok((tuple, destination, flags))
 }

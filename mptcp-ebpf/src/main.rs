@@ -6,6 +6,13 @@
 //! cargo commands still compile.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(
+        clippy::inline_always,
+        reason = "helpers are folded into their program: one function each for the verifier"
+    )
+)]
 
 #[cfg(target_arch = "bpf")]
 mod config;

@@ -22,7 +22,7 @@ pub fn selects(address: Address, port: u16) -> bool {
     // into a read-only data section, and such map keys were not found.
     let restricted_key: u16 = PORTS_RESTRICTED_KEY;
     // SAFETY: lookups in a hash map of plain integers.
-    let restricted = unsafe { SELECTION_PORTS.get(&restricted_key) }.is_some();
+    let restricted = unsafe { SELECTION_PORTS.get(restricted_key) }.is_some();
     // SAFETY: as above.
-    !restricted || unsafe { SELECTION_PORTS.get(&port) }.is_some()
+    !restricted || unsafe { SELECTION_PORTS.get(port) }.is_some()
 }

@@ -33,7 +33,7 @@ use core::ptr::{null_mut, read_volatile};
 
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_log_ebpf::warn;
-use mptcp_ebpf_common::{Address, Endpoint, flows::Subflow, mapped_v4, uplinks::NAME_LEN};
+use mptcp_ebpf_common::{Address, Endpoint, flows::Subflow, mapped_v4};
 
 use crate::{
     config,
@@ -52,6 +52,10 @@ const TCP_CONGESTION: i32 = 13;
 // Named `track_sockets`, not `sockops`: a function named like its section clashes in
 // bpf-linker ("symbol 'sockops' is already defined").
 #[sock_ops]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand the context over by value"
+)]
 pub fn track_sockets(ctx: SockOpsContext) -> u32 {
     if let Err(errno) = try_track_sockets(&ctx) {
         warn!(&ctx, "sock_ops op {} failed: {}", ctx.op(), errno);
@@ -72,7 +76,7 @@ fn try_track_sockets(ctx: &SockOpsContext) -> Result<(), i64> {
         // RTT samples come with ACKs of data we sent, the header callback with every
         // segment we receive: between them, uploads and downloads both stay current.
         BPF_SOCK_OPS_RTT_CB | BPF_SOCK_OPS_PARSE_HDR_OPT_CB => {
-            if let Some(subflow) = SUBFLOWS.get_ptr_mut(&socket_cookie(ctx)) {
+            if let Some(subflow) = SUBFLOWS.get_ptr_mut(socket_cookie(ctx)) {
                 // SAFETY: the pointer is to a live map value.
                 update_counters(ctx, unsafe { &mut *subflow });
             }
@@ -82,8 +86,8 @@ fn try_track_sockets(ctx: &SockOpsContext) -> Result<(), i64> {
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
             let cookie = socket_cookie(ctx);
             // Missing entries are fine: the socket may be of the other kind, or evicted.
-            let _ = CONNECTS.remove(&cookie);
-            let _ = SUBFLOWS.remove(&cookie);
+            let _ = CONNECTS.remove(cookie);
+            let _ = SUBFLOWS.remove(cookie);
             Ok(())
         }
         _ => Ok(()),
@@ -95,15 +99,13 @@ fn try_track_sockets(ctx: &SockOpsContext) -> Result<(), i64> {
 fn on_connect(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
     let cookie = socket_cookie(ctx);
     // SAFETY: the lookup returns a copy.
-    let Some(original) = (unsafe { CONNECTS.get(&cookie) }).copied() else {
+    let Some(original) = (unsafe { CONNECTS.get(cookie) }).copied() else {
         return Ok(());
     };
     let (local, _) = endpoints(ctx, family);
-    ORIGINAL_DST
-        .insert(&local, &original, 0)
-        .map_err(i64::from)?;
+    ORIGINAL_DST.insert(local, original, 0).map_err(i64::from)?;
     // The state callback removes the CONNECTS entry when the socket closes.
-    ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32)
+    ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG.cast_signed())
         .map_err(i64::from)
 }
 
@@ -151,12 +153,12 @@ fn on_established(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
     };
     update_counters(ctx, &mut subflow);
     SUBFLOWS
-        .insert(&socket_cookie(ctx), &subflow, 0)
+        .insert(socket_cookie(ctx), subflow, 0)
         .map_err(i64::from)?;
     let flags = BPF_SOCK_OPS_STATE_CB_FLAG
         | BPF_SOCK_OPS_RTT_CB_FLAG
         | BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG;
-    ctx.set_cb_flags(flags as i32).map_err(i64::from)
+    ctx.set_cb_flags(flags.cast_signed()).map_err(i64::from)
 }
 
 /// Gives a new subflow its congestion control: its uplink's rule if one matches, else
@@ -175,45 +177,37 @@ fn tune_subflow(ctx: &SockOpsContext, uplink: Address) {
         None => None,
     };
     if let Some(mut name) = congestion {
-        // SAFETY: `name` is NAME_LEN readable bytes on the stack, zero-terminated.
-        let ret = unsafe {
-            set_option(
-                ctx,
-                SOL_TCP,
-                TCP_CONGESTION,
-                (&raw mut name).cast(),
-                NAME_LEN,
-            )
-        };
+        // SAFETY: TCP_CONGESTION takes a zero-terminated name, which `name` is.
+        let ret = unsafe { set_option(ctx, SOL_TCP, TCP_CONGESTION, &mut name) };
         if ret != 0 {
             warn!(ctx, "cannot set the subflow's congestion control: {}", ret);
         }
     }
     let mut send_buffer = config::long_rtt_send_buffer();
     if long_rtt && send_buffer != 0 {
-        // SAFETY: `send_buffer` is an int on the stack.
-        let ret =
-            unsafe { set_option(ctx, SOL_SOCKET, SO_SNDBUF, (&raw mut send_buffer).cast(), 4) };
+        // SAFETY: SO_SNDBUF takes an int.
+        let ret = unsafe { set_option(ctx, SOL_SOCKET, SO_SNDBUF, &mut send_buffer) };
         if ret != 0 {
             warn!(ctx, "cannot set the subflow's send buffer: {}", ret);
         }
     }
 }
 
-/// `bpf_setsockopt` on the context's socket.
+/// `bpf_setsockopt` on the context's socket, with `value`'s bytes as the option.
 ///
 /// # Safety
-/// `value` must point to `len` readable bytes on the stack.
+/// `T` must be what the kernel takes for option `name` at `level` (an int, a name).
 #[inline(always)]
-unsafe fn set_option(
-    ctx: &SockOpsContext,
-    level: i32,
-    name: i32,
-    value: *mut core::ffi::c_void,
-    len: usize,
-) -> i64 {
-    // SAFETY: `ops` is the context; the caller vouches for `value`.
-    unsafe { bpf_setsockopt(ctx.ops.cast(), level, name, value, len as i32) }
+unsafe fn set_option<T>(ctx: &SockOpsContext, level: i32, name: i32, value: &mut T) -> i64 {
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap,
+        reason = "option values are a few bytes"
+    )]
+    let len = size_of::<T>() as i32;
+    // SAFETY: `ops` is the context; `value` is `len` readable bytes, of the type the
+    // caller vouches for.
+    unsafe { bpf_setsockopt(ctx.ops.cast(), level, name, (&raw mut *value).cast(), len) }
 }
 
 /// Copies the socket's current RTT and counters into `subflow`.

@@ -3,6 +3,7 @@
 
 mod build;
 mod cmd;
+mod lint;
 mod run;
 mod setup;
 mod test;
@@ -33,6 +34,8 @@ enum Command {
     Bench(testbed::BenchOptions),
     /// Run every test: unit tests, then the end-to-end tests (root, eBPF, namespaces).
     Test(test::Options),
+    /// Check formatting and run clippy on every crate, the eBPF programs included.
+    Lint,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         Command::Build(options) => build::run(&options).map(|_| ()),
         Command::Run(options) => run::run(&options),
         Command::Test(options) => test::run(&options),
+        Command::Lint => lint::run(),
         Command::Demo => testbed::demo(),
         Command::Bench(options) => testbed::bench(&options),
     }

@@ -23,6 +23,8 @@ const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
     "rust-web-src",
+    // clippy of the same compiler, for the eBPF crate (`cargo xtask lint`).
+    "rust-web-clippy",
     "llvm-22-dev",
     // Linked into bpf-linker along with LLVM.
     "libpolly-22-dev",
