@@ -29,6 +29,7 @@ use anyhow::Context as _;
 
 use crate::{
     measure::{self, Download, Transport},
+    median_by,
     testbed::{CONVERTER, SERVER, Testbed, Uplink},
 };
 
@@ -283,8 +284,10 @@ pub fn run_row(
         .map(|(download, _)| download.mbit_per_s())
         .collect();
     let raw_mptcp_tuned_rounds_mbit = raw_tuned_rounds.iter().map(Download::mbit_per_s).collect();
-    let (gateway, gateway_cpu_s) = median(gateway_rounds, |(download, _)| download.mbit_per_s());
-    let raw_mptcp_tuned = median(raw_tuned_rounds, Download::mbit_per_s);
+    let (gateway, gateway_cpu_s) = median_by(gateway_rounds, |(download, _)| download.mbit_per_s())
+        .context("no gateway round")?;
+    let raw_mptcp_tuned =
+        median_by(raw_tuned_rounds, Download::mbit_per_s).context("no raw MPTCP round")?;
     Ok(RowResult {
         uplinks: uplinks.iter().map(ToString::to_string).collect(),
         singles,
@@ -331,12 +334,6 @@ fn alternate(
         raw_tuned_rounds.push(raw_download(testbed)?);
     }
     Ok((gateway_rounds, raw_tuned_rounds))
-}
-
-/// The median of `rounds` by `rate` (the lower one of the middle two for an even count).
-fn median<T>(mut rounds: Vec<T>, rate: impl Fn(&T) -> f64) -> T {
-    rounds.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
-    rounds.swap_remove((rounds.len() - 1) / 2)
 }
 
 /// Runs `measure` and returns its result with the CPU seconds the testbed's processes

@@ -202,8 +202,8 @@ fn forward(from: &OwnedFd, to: &OwnedFd, shape: Shape, stop: &AtomicBool) {
     }
 }
 
-/// A small xorshift generator: loss and jitter need no cryptographic quality.
-struct Random(u64);
+/// Loss and jitter draws, different in every emulator.
+struct Random(crate::Xorshift);
 
 impl Random {
     fn new() -> Self {
@@ -211,16 +211,15 @@ impl Random {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let stack = std::ptr::from_ref(&clock) as u64;
-        Self((u64::from(clock.subsec_nanos()) ^ clock.as_secs() ^ stack.rotate_left(29)) | 1)
+        Self(crate::Xorshift::new(
+            u64::from(clock.subsec_nanos()) ^ clock.as_secs() ^ stack.rotate_left(29),
+        ))
     }
 
     /// Uniform in [0, 1).
     fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        #[allow(clippy::cast_precision_loss)]
-        let value = (self.0 >> 11) as f64 / (1u64 << 53) as f64;
+        #[expect(clippy::cast_precision_loss, reason = "53 bits fit an f64 exactly")]
+        let value = (self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         value
     }
 

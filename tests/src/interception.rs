@@ -49,11 +49,9 @@ pub struct InterceptionResult {
     pub map_memory_bytes: u64,
 }
 
-/// The median of `values`.
+/// The median of `values` (zero for none).
 fn median(values: &[Duration]) -> Duration {
-    let mut sorted = values.to_vec();
-    sorted.sort();
-    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+    crate::median_by(values.to_vec(), Duration::as_secs_f64).unwrap_or_default()
 }
 
 fn millis(duration: Duration) -> f64 {

@@ -45,15 +45,38 @@ pub fn mptcp_user_bin() -> std::path::PathBuf {
 /// `len` pseudo-random bytes: incompressible, so nothing on the way can shrink them, and
 /// no two runs alike.
 pub fn random_bytes(len: usize) -> Vec<u8> {
-    let mut state = u64::from(std::process::id()) | 1;
+    let mut random = Xorshift::new(u64::from(std::process::id()));
     (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()[0]
-        })
+        .map(|_| random.next_u64().to_le_bytes()[0])
         .collect()
+}
+
+/// A small xorshift generator: test data, loss and jitter need no cryptographic quality.
+pub struct Xorshift(u64);
+
+impl Xorshift {
+    /// A generator started from `seed` (any value; zero is made odd).
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// The median of `values` by `key`: the middle value, the lower of the middle two for an
+/// even count; `None` when there are none.
+pub fn median_by<T>(mut values: Vec<T>, key: impl Fn(&T) -> f64) -> Option<T> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    Some(values.swap_remove((values.len() - 1) / 2))
 }
 
 /// A scratch directory for one test's files and logs, removed on drop.

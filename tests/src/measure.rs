@@ -112,7 +112,7 @@ pub fn time_to_first_byte(
     address: SocketAddr,
     count: usize,
 ) -> anyhow::Result<Duration> {
-    let mut times = client_and_server(
+    let times = client_and_server(
         (client, server),
         address,
         Transport::Tcp,
@@ -139,11 +139,7 @@ pub fn time_to_first_byte(
                 .collect::<anyhow::Result<Vec<Duration>>>()
         },
     )?;
-    times.sort();
-    times
-        .get(times.len() / 2)
-        .copied()
-        .context("no exchange was timed")
+    crate::median_by(times, Duration::as_secs_f64).context("no exchange was timed")
 }
 
 /// Runs `serve` in a thread inside `server`'s namespace, with a listener on `address`'s
@@ -286,8 +282,8 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
         .iter()
         .map(|field| field.parse::<u64>())
         .sum::<Result<u64, _>>()?;
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?
+        .context("the clock tick rate is unknown")?;
     #[expect(clippy::cast_precision_loss, reason = "tick counts are small")]
     Ok(ticks as f64 / per_second as f64)
 }
