@@ -1,5 +1,5 @@
 //! Builds the eBPF programs (crate `mptcp-ebpf`) for `bpfel-unknown-none` and leaves the
-//! object at `$OUT_DIR/mptcp-ebpf`, where `src/ebpf.rs` embeds it.
+//! object at `$OUT_DIR/mptcp-ebpf`, where `src/bpf/mod.rs` embeds it.
 //!
 //! The BPF target has no prebuilt `core`, so it is built from source (`-Z build-std`).
 //! The only toolchain on our machines that ships that source is Debian's rustc 1.96

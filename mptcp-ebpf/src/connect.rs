@@ -2,9 +2,9 @@
 //!
 //! Attached to the cgroup v2 root through links, they act only for processes in an
 //! opted-in cgroup or below one (`OPTED_IN`, checked through the calling task's cgroup
-//! ancestors), in the daemon's network namespace, and only on TCP connects the policy
-//! selection takes. Such a connect is rewritten to the splicer's listener and its original
-//! destination saved under the socket's cookie; sock_ops hands it on to the splicer once
+//! ancestors), in the daemon's network namespace, and only on TCP connects the
+//! selection takes. Such a connect is rewritten to the splicer's listener and its
+//! original destination saved under the socket's cookie (`CONNECTS`); sock_ops hands it on to the splicer once
 //! the local port is known, and getpeername shows it to the application.
 //!
 //! Never intercepted: MPTCP sockets and their subflows (connect4/6 also run for the
@@ -187,6 +187,9 @@ fn opted_in() -> bool {
 }
 
 /// The call's port, in host order (the context holds it in network order).
+///
+/// # Safety
+/// `addr` must be the program's context, in a hook where user_port is readable.
 #[inline(always)]
 #[expect(clippy::cast_possible_truncation, reason = "ports fit in 16 bits")]
 unsafe fn user_port(addr: *mut bpf_sock_addr) -> u32 {
@@ -197,6 +200,9 @@ unsafe fn user_port(addr: *mut bpf_sock_addr) -> u32 {
 }
 
 /// Sets the call's port, given in host order.
+///
+/// # Safety
+/// `addr` must be the program's context, in a hook where user_port is writable.
 #[inline(always)]
 #[expect(clippy::cast_possible_truncation, reason = "ports fit in 16 bits")]
 unsafe fn set_user_port(addr: *mut bpf_sock_addr, port: u32) {
@@ -205,6 +211,9 @@ unsafe fn set_user_port(addr: *mut bpf_sock_addr, port: u32) {
 }
 
 /// Reads user_ip6 one word at a time: the verifier accepts only 4-byte accesses there.
+///
+/// # Safety
+/// `addr` must be the program's context, in a hook where user_ip6 is readable.
 #[inline(always)]
 unsafe fn read_ip6(addr: *mut bpf_sock_addr) -> Address {
     // SAFETY: the caller passes the context, whose user_ip6 is readable.
@@ -219,6 +228,9 @@ unsafe fn read_ip6(addr: *mut bpf_sock_addr) -> Address {
 }
 
 /// Writes user_ip6 one word at a time.
+///
+/// # Safety
+/// `addr` must be the program's context, in a hook where user_ip6 is writable.
 #[inline(always)]
 unsafe fn write_ip6(addr: *mut bpf_sock_addr, address: Address) {
     // SAFETY: the caller passes the context, whose user_ip6 is writable.

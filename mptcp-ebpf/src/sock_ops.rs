@@ -1,7 +1,8 @@
-//! cgroup/sock_ops, attached to the cgroup v2 root: hands redirected connects on to the
-//! splicer, and records the subflows of the gateway's upstream MPTCP connections.
+//! cgroup/sock_ops, attached to the cgroup v2 root: hands intercepted connects on to the
+//! splicer, tunes MPTCP subflows, and records the subflows of the gateway's upstream
+//! MPTCP connections.
 //!
-//! - `TCP_CONNECT_CB` of a socket connect4/6 redirected: its local port is known now,
+//! - `TCP_CONNECT_CB` of a socket connect4/6 intercepted: its local port is known now,
 //!   before the SYN leaves, so its original destination moves to `ORIGINAL_DST` under
 //!   the client endpoint the splicer will see as its peer.
 //! - Established MPTCP subflows of the daemon's namespace get the congestion control

@@ -391,7 +391,7 @@ impl Testbed {
         self.intercept_with_tproxy()
     }
 
-    /// Stops what [`Self::start_shadowsocks`] started and removes its steering.
+    /// Stops what [`Self::start_shadowsocks`] started and removes its tproxy rule.
     pub fn stop_shadowsocks(&mut self) -> anyhow::Result<()> {
         self.processes
             .retain(|process| !matches!(process.label(), "ss-redir" | "ss-server"));

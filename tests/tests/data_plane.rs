@@ -1,6 +1,6 @@
-//! The data plane on the namespace testbed: LAN flows steered (by tproxy, for now) to
-//! the gateway, carried over MPTCP on every uplink to the converter, and on to a server.
-//! Real third-party programs at the ends: curl on the LAN host, python3's http.server.
+//! The data plane on the namespace testbed: LAN flows intercepted by the gateway,
+//! carried over MPTCP on every uplink to the converter, and on to a server. Real
+//! third-party programs at the ends: curl on the LAN host, python3's http.server.
 
 use std::{fs, process::Command};
 
@@ -8,6 +8,7 @@ use mptcp_tests::{
     TempDir, random_bytes, require_root,
     testbed::{SERVER, SERVER_PRIVATE, SERVER_V6, Testbed, Uplink},
 };
+use mptcp_user::convert::codec::ErrorCode;
 
 /// Uplinks fast enough to keep the tests short, unequal like real ones.
 const UPLINKS: [Uplink; 2] = [Uplink::htb(80), Uplink::htb(40)];
@@ -198,7 +199,7 @@ fn gateway_with_a_wrong_key_is_not_authorized() {
     );
     let gateway_log = daemon_log(&dir, "gateway");
     assert!(
-        gateway_log.contains("Not Authorized (32)"),
+        gateway_log.contains(&ErrorCode::NotAuthorized.to_string()),
         "gateway log: {gateway_log}"
     );
     let converter_log = daemon_log(&dir, "converter");
@@ -346,7 +347,7 @@ fn converter_answers_bad_requests_with_rfc_error_codes() {
     assert_eq!(ask("010122"), "010222631e010100", "Malformed Message (1)");
     let converter_log = daemon_log(&dir, "converter");
     assert!(
-        converter_log.contains("refused (Missing Cookie (3))"),
+        converter_log.contains(&format!("refused ({})", ErrorCode::MissingCookie)),
         "converter log: {converter_log}"
     );
     testbed.check_running().unwrap();

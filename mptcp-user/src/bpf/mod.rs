@@ -42,7 +42,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// The tc program of the LAN interfaces.
 const LAN_PROGRAM: &str = "intercept_lan";
-/// The sock_ops program (redirect hand-over, subflow records).
+/// The sock_ops program (hand-over of intercepted connects, subflow records, tuning).
 const SOCK_OPS_PROGRAM: &str = "track_sockets";
 /// The cgroup/sock_addr programs that intercept the connects of opted-in cgroups.
 const SOCK_ADDR_PROGRAMS: [&str; 4] = [

@@ -2,7 +2,7 @@
 
 use tokio::{io::AsyncReadExt as _, net::TcpStream};
 
-use super::codec::{self as protocol, DecodeError, HEADER_LEN, Message};
+use super::codec::{self, DecodeError, HEADER_LEN, Message};
 
 /// Why no message could be read.
 #[derive(Debug, thiserror::Error)]
@@ -21,12 +21,12 @@ pub enum WireError {
 /// Reads one Convert message. Returns it with the bytes that came after it in the same
 /// reads (payload, to be forwarded first). Reads at most a message and one buffer more.
 pub async fn read_message(stream: &mut TcpStream) -> Result<(Message, Vec<u8>), WireError> {
-    let mut received = Vec::with_capacity(2 * protocol::MAX_MESSAGE_LEN);
-    let mut chunk = [0u8; protocol::MAX_MESSAGE_LEN];
+    let mut received = Vec::with_capacity(2 * codec::MAX_MESSAGE_LEN);
+    let mut chunk = [0u8; codec::MAX_MESSAGE_LEN];
     let mut needed = HEADER_LEN;
     loop {
         if received.len() >= HEADER_LEN {
-            needed = protocol::message_len(&received)?;
+            needed = codec::message_len(&received)?;
         }
         if received.len() >= needed {
             let (message, used) = Message::decode(&received)?;
