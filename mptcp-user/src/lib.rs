@@ -15,11 +15,13 @@
 //! - [`bpf`]: loading the eBPF object and attaching its programs, and the tuning of
 //!   MPTCP connections and subflows it carries out.
 //! - [`sys`]: the raw system calls (every `unsafe` of the crate).
-//! - [`cli`]: the command line, turned into each module's plain config; `main.rs` only
-//!   parses it and calls [`cli::run`].
+//! - [`cli`] and [`config`]: the command line and the TOML config file, turned into each
+//!   module's plain config; `main.rs` only parses the command line and calls
+//!   [`cli::run`].
 
 pub mod bpf;
 pub mod cli;
+pub mod config;
 pub mod convert;
 pub mod converter;
 pub mod gateway;

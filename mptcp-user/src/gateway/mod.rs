@@ -10,6 +10,7 @@
 //! - [`routes`]: the local-delivery routes of intercepted LAN packets.
 //! - [`cgroups`]: the cgroup v2 root and opting cgroups in and out.
 //! - [`upstream`]: the connection each flow is carried on.
+//! - [`uplinks`]: the internet links the MPTCP subflows use.
 //! - [`control`]: the commands that read and edit a running gateway.
 
 pub mod cgroups;
@@ -18,11 +19,12 @@ pub mod flows;
 pub mod interception;
 pub mod routes;
 pub mod selection;
+pub mod uplinks;
 pub mod upstream;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use log::{debug, info, warn};
 use tokio::{
     io::AsyncWriteExt as _,
@@ -42,6 +44,7 @@ use crate::{
 };
 use flows::FlowTable;
 use interception::{Interception, InterceptionConfig};
+use uplinks::UplinkConfig;
 use upstream::{Upstream, UpstreamConfig};
 
 /// Default directory (on bpffs) where a running gateway pins its maps.
@@ -65,8 +68,27 @@ pub struct GatewayConfig {
     pub idle_timeout: Duration,
     /// Which flows are intercepted, and how.
     pub interception: InterceptionConfig,
+    /// The uplinks; none: the host's own MPTCP endpoints and routes, as they are.
+    pub uplinks: Vec<UplinkConfig>,
     /// Congestion control and buffers of the MPTCP connections and subflows.
     pub tuning: TuningConfig,
+}
+
+impl GatewayConfig {
+    /// Fails, naming it, when a LAN or uplink interface does not exist on this host.
+    pub fn check_interfaces(&self) -> anyhow::Result<()> {
+        let lan = self.interception.lan.iter().map(|name| (name, "LAN"));
+        let uplinks = self
+            .uplinks
+            .iter()
+            .map(|uplink| (&uplink.interface, "uplink"));
+        for (name, role) in lan.chain(uplinks) {
+            if nix::net::if_::if_nametoindex(name.as_str()).is_err() {
+                bail!("{role} interface {name} does not exist");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What each connection's task needs.
@@ -90,6 +112,7 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
     runtime.block_on(async {
         let _lock = InstanceLock::acquire(&config.interception.pin_path)?;
+        config.check_interfaces()?;
         let tuning = Tuning::new(&config.tuning)?;
         let upstream = Upstream::resolve(&config.upstream).await?;
         let listener = socket::listen(config.listen, false, true)
