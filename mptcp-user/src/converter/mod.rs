@@ -201,7 +201,11 @@ async fn handle(
     }
     let (request, early_data) = match read_request(&mut client, &converter).await {
         Ok(found) => found,
-        Err((code, reason)) => {
+        Err(Rejection::Silent) => {
+            debug!("{peer}: closed before sending a byte (a gateway's uplink probe?)");
+            return;
+        }
+        Err(Rejection::Refused(code, reason)) => {
             warn!("{peer}: refused ({code}): {reason}");
             answer(&mut client, Response::Error(code)).await;
             return;
@@ -248,22 +252,43 @@ async fn handle(
 
 /// Reads, decodes, authenticates and checks a request; on failure, the error code to
 /// answer with and the reason to log.
+/// Why a connection is not relayed.
+enum Rejection {
+    /// It closed before sending a byte, as the gateways' uplink probes do: nothing to
+    /// answer, nothing worth a warning.
+    Silent,
+    /// Refused with this error code; the reason is for the log.
+    Refused(ErrorCode, String),
+}
+
+impl From<(ErrorCode, String)> for Rejection {
+    fn from((code, reason): (ErrorCode, String)) -> Self {
+        Self::Refused(code, reason)
+    }
+}
+
 async fn read_request(
     client: &mut TcpStream,
     converter: &Converter,
-) -> Result<(Request, Vec<u8>), (ErrorCode, String)> {
+) -> Result<(Request, Vec<u8>), Rejection> {
     let read = tokio::time::timeout(converter.request_timeout, wire::read_message(client)).await;
     let (message, early_data) = match read {
         Err(_) => {
-            return Err((
+            return Err(Rejection::Refused(
                 ErrorCode::MalformedMessage,
                 format!("no request within {:?}", converter.request_timeout),
             ));
         }
+        Ok(Err(wire::WireError::Closed(0))) => return Err(Rejection::Silent),
         Ok(Err(wire::WireError::Decode(error))) => {
-            return Err((error.error_code(), error.to_string()));
+            return Err(Rejection::Refused(error.error_code(), error.to_string()));
         }
-        Ok(Err(error)) => return Err((ErrorCode::MalformedMessage, error.to_string())),
+        Ok(Err(error)) => {
+            return Err(Rejection::Refused(
+                ErrorCode::MalformedMessage,
+                error.to_string(),
+            ));
+        }
         Ok(Ok(read)) => read,
     };
     let request =

@@ -2,6 +2,8 @@
 //! accept loop.
 
 pub mod addr;
+pub mod mptcp_pm;
+pub mod netlink;
 pub mod relay;
 pub mod server;
 pub mod socket;

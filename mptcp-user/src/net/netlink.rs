@@ -1,0 +1,385 @@
+//! Routes, rules, links and addresses through rtnetlink, and the MPTCP path manager
+//! through generic netlink ([`mptcp_pm`]). No `ip` commands: the daemon installs what it
+//! needs itself, and finds what it installed by a protocol tag of its own.
+//!
+//! The methods are async, on one [`Netlink`] connection; [`blocking`] runs such work
+//! where there is no runtime to await on (a `Drop`).
+
+use std::{
+    future::Future,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use anyhow::Context as _;
+use futures::TryStreamExt as _;
+use rtnetlink::{
+    Handle, IpVersion, RouteMessageBuilder,
+    packet_route::{
+        AddressFamily,
+        address::{AddressAttribute, AddressScope},
+        route::{
+            RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+            RouteType,
+        },
+        rule::{RuleAction, RuleAttribute, RuleMessage},
+    },
+};
+
+use super::mptcp_pm::PathManager;
+
+/// The protocol tag of every route and rule the gateway installs (`ip route` shows
+/// "proto 77"): how a new daemon finds, and removes, what a killed one left.
+const PROTOCOL: u8 = 77;
+const EEXIST: i32 = 17;
+const ENOENT: i32 = 2;
+const ESRCH: i32 = 3;
+
+/// A connection to rtnetlink and to the MPTCP path manager.
+pub struct Netlink {
+    route: Handle,
+    /// The MPTCP path manager's endpoints and limits.
+    pub mptcp: PathManager,
+}
+
+impl Netlink {
+    /// Opens the connections; their tasks run on the current tokio runtime.
+    pub fn connect() -> anyhow::Result<Self> {
+        let (connection, route, _) =
+            rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
+        tokio::spawn(connection);
+        Ok(Self {
+            route,
+            mptcp: PathManager::connect()?,
+        })
+    }
+
+    /// The index of interface `name`, `None` when there is none.
+    pub async fn link_index(&self, name: &str) -> anyhow::Result<Option<u32>> {
+        let mut links = self
+            .route
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        match links.try_next().await {
+            Ok(link) => Ok(link.map(|link| link.header.index)),
+            Err(error) if errno(&error) == Some(libc::ENODEV) => Ok(None),
+            Err(error) => Err(error).with_context(|| format!("cannot look up interface {name}")),
+        }
+    }
+
+    /// The global IPv4 addresses of interface `index`.
+    pub async fn ipv4_addresses(&self, index: u32) -> anyhow::Result<Vec<Ipv4Addr>> {
+        let mut found = Vec::new();
+        let mut messages = self
+            .route
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(message) = messages.try_next().await? {
+            if message.header.scope != AddressScope::Universe {
+                continue;
+            }
+            // IFA_LOCAL is the interface's own address on point-to-point links (PPP).
+            let local = message
+                .attributes
+                .iter()
+                .find_map(|attribute| match attribute {
+                    AddressAttribute::Local(IpAddr::V4(address)) => Some(*address),
+                    _ => None,
+                });
+            let address = message
+                .attributes
+                .iter()
+                .find_map(|attribute| match attribute {
+                    AddressAttribute::Address(IpAddr::V4(address)) => Some(*address),
+                    _ => None,
+                });
+            if let Some(address) = local.or(address) {
+                found.push(address);
+            }
+        }
+        Ok(found)
+    }
+
+    /// The next hop of the main table's IPv4 default route through interface `index`,
+    /// and whether there is such a route at all (a point-to-point link has none).
+    pub async fn default_route_via(&self, index: u32) -> anyhow::Result<Option<Option<Ipv4Addr>>> {
+        for route in self.routes(AddressFamily::Inet).await? {
+            if table_of(&route) != u32::from(RouteHeader::RT_TABLE_MAIN)
+                || route.header.destination_prefix_length != 0
+                || route.header.kind != RouteType::Unicast
+            {
+                continue;
+            }
+            let mut via_index = false;
+            let mut gateway = None;
+            for attribute in &route.attributes {
+                match attribute {
+                    RouteAttribute::Oif(oif) => via_index = *oif == index,
+                    RouteAttribute::Gateway(RouteAddress::Inet(address)) => {
+                        gateway = Some(*address);
+                    }
+                    _ => {}
+                }
+            }
+            if via_index {
+                return Ok(Some(gateway));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The interface of the main table's IPv4 default route (the first one).
+    pub async fn default_route_interface(&self) -> anyhow::Result<Option<u32>> {
+        for route in self.routes(AddressFamily::Inet).await? {
+            if table_of(&route) == u32::from(RouteHeader::RT_TABLE_MAIN)
+                && route.header.destination_prefix_length == 0
+                && route.header.kind == RouteType::Unicast
+                && let Some(oif) = route
+                    .attributes
+                    .iter()
+                    .find_map(|attribute| match attribute {
+                        RouteAttribute::Oif(oif) => Some(*oif),
+                        _ => None,
+                    })
+            {
+                return Ok(Some(oif));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn routes(&self, family: AddressFamily) -> anyhow::Result<Vec<RouteMessage>> {
+        // An all-zero header: the kernel filters nothing, we do.
+        let mut query = RouteMessage::default();
+        query.header.address_family = family;
+        self.route
+            .route()
+            .get(query)
+            .execute()
+            .try_collect()
+            .await
+            .context("cannot list routes")
+    }
+
+    /// `ip route replace default [via NEXT_HOP] dev INDEX table TABLE`.
+    pub async fn set_default_route(
+        &self,
+        table: u32,
+        index: u32,
+        next_hop: Option<Ipv4Addr>,
+    ) -> anyhow::Result<()> {
+        let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .output_interface(index)
+            .table_id(table)
+            .protocol(RouteProtocol::from(PROTOCOL));
+        route = match next_hop {
+            Some(next_hop) => route.gateway(next_hop),
+            None => route.scope(RouteScope::Link),
+        };
+        self.route
+            .route()
+            .add(route.build())
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("cannot set the default route of table {table}"))
+    }
+
+    /// `ip route replace local default dev lo table TABLE`, IPv4 and IPv6: everything
+    /// the table routes is delivered to this host.
+    pub async fn set_local_delivery(&self, table: u32) -> anyhow::Result<()> {
+        let loopback = self
+            .link_index("lo")
+            .await?
+            .context("this host has no loopback interface")?;
+        let v4 = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .output_interface(loopback)
+            .kind(RouteType::Local)
+            .scope(RouteScope::Host)
+            .table_id(table)
+            .protocol(RouteProtocol::from(PROTOCOL))
+            .build();
+        let v6 = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
+            .output_interface(loopback)
+            .kind(RouteType::Local)
+            .scope(RouteScope::Host)
+            .table_id(table)
+            .protocol(RouteProtocol::from(PROTOCOL))
+            .build();
+        for route in [v4, v6] {
+            self.route
+                .route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .with_context(|| format!("cannot add the local route of table {table}"))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every route of `table`, both families.
+    pub async fn flush_table(&self, table: u32) -> anyhow::Result<()> {
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            for route in self.routes(family).await? {
+                if table_of(&route) != table {
+                    continue;
+                }
+                match self.route.route().del(route).execute().await {
+                    Err(error) if matches!(errno(&error), Some(ESRCH | ENOENT)) => {}
+                    result => result.with_context(|| format!("cannot flush table {table}"))?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `ip rule add from ADDRESS lookup TABLE priority PRIORITY`; an identical rule is
+    /// left as it is.
+    pub async fn add_source_rule(
+        &self,
+        address: Ipv4Addr,
+        table: u32,
+        priority: u32,
+    ) -> anyhow::Result<()> {
+        let mut rule = self
+            .route
+            .rule()
+            .add()
+            .table_id(table)
+            .priority(priority)
+            .action(RuleAction::ToTable)
+            .v4()
+            .source_prefix(address, 32);
+        rule.message_mut()
+            .attributes
+            .push(RuleAttribute::Protocol(RouteProtocol::from(PROTOCOL)));
+        match rule.execute().await {
+            Err(error) if errno(&error) == Some(EEXIST) => Ok(()),
+            result => result.with_context(|| format!("cannot add the rule from {address}")),
+        }
+    }
+
+    /// `ip rule add fwmark MARK lookup TABLE`, IPv4 and IPv6.
+    pub async fn add_mark_rules(&self, mark: u32, table: u32) -> anyhow::Result<()> {
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let request = self
+                .route
+                .rule()
+                .add()
+                .fw_mark(mark)
+                .table_id(table)
+                .action(RuleAction::ToTable);
+            let result = match version {
+                IpVersion::V4 => {
+                    let mut rule = request.v4();
+                    rule.message_mut()
+                        .attributes
+                        .push(RuleAttribute::Protocol(RouteProtocol::from(PROTOCOL)));
+                    rule.execute().await
+                }
+                IpVersion::V6 => {
+                    let mut rule = request.v6();
+                    rule.message_mut()
+                        .attributes
+                        .push(RuleAttribute::Protocol(RouteProtocol::from(PROTOCOL)));
+                    rule.execute().await
+                }
+            };
+            match result {
+                Err(error) if errno(&error) == Some(EEXIST) => {}
+                result => {
+                    result.with_context(|| format!("cannot add the fwmark {mark:#x} rule"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes our rules (by protocol tag) whose table `tables` accepts, both families.
+    pub async fn delete_rules(&self, tables: impl Fn(u32) -> bool) -> anyhow::Result<()> {
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let rules: Vec<RuleMessage> = self
+                .route
+                .rule()
+                .get(version)
+                .execute()
+                .try_collect()
+                .await
+                .context("cannot list rules")?;
+            for rule in rules {
+                if rule_protocol(&rule) != PROTOCOL || !tables(rule_table(&rule)) {
+                    continue;
+                }
+                match self.route.rule().del(rule).execute().await {
+                    Err(error) if errno(&error) == Some(ENOENT) => {}
+                    result => result.context("cannot delete a rule")?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `work` to completion on a runtime of its own, on a thread of its own: for
+/// netlink work where there is no runtime to await on, such as a `Drop`.
+pub fn blocking<F>(work: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime needs no resources we could lack")
+            .block_on(work)
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// The errno of an rtnetlink error, if the kernel sent one.
+fn errno(error: &rtnetlink::Error) -> Option<i32> {
+    match error {
+        rtnetlink::Error::NetlinkError(message) => Some(-message.raw_code()),
+        _ => None,
+    }
+}
+
+/// A route's table: the header holds 8 bits, the attribute all 32.
+fn table_of(route: &RouteMessage) -> u32 {
+    route
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RouteAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or(u32::from(route.header.table))
+}
+
+fn rule_table(rule: &RuleMessage) -> u32 {
+    rule.attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RuleAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or(u32::from(rule.header.table))
+}
+
+fn rule_protocol(rule: &RuleMessage) -> u8 {
+    rule.attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RuleAttribute::Protocol(protocol) => Some(u8::from(*protocol)),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
