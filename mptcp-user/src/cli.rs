@@ -43,6 +43,9 @@ pub enum Command {
     },
     /// List the flows a running gateway relays, with their subflows per uplink.
     Flows(FlowsArgs),
+    /// Show a running gateway's uplinks: address, next hop, state and since when, round
+    /// trip to the converter, live subflows and bytes.
+    Uplinks(FlowsArgs),
     /// Show or edit a running gateway's selection (which flows it intercepts, by
     /// destination); changes apply to new flows at once (`policy` is an alias).
     #[command(alias = "policy")]
@@ -70,7 +73,7 @@ pub enum ConfigCommand {
     },
 }
 
-/// Flags of `mptcp-user flows`.
+/// Flags of `mptcp-user flows` and `uplinks`.
 #[derive(Debug, Args)]
 pub struct FlowsArgs {
     /// Directory on bpffs where the running gateway pinned its maps.
@@ -151,6 +154,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Flows(args) => control::print_flows(&args.pin_path, args.json),
+        Command::Uplinks(args) => control::print_uplinks(&args.pin_path, args.json),
         Command::Selection(args) => {
             let change = match args.command {
                 SelectionCommand::List { json } => {

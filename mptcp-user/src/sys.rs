@@ -6,7 +6,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io,
     os::fd::{AsFd, AsRawFd as _, OwnedFd},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, bail};
@@ -65,13 +65,18 @@ pub struct InstanceLock {
     _lock: Flock<File>,
 }
 
+/// A file of the daemon that pins its maps in `pin_dir`, under /run: `NAME.extension`.
+pub fn run_file(pin_dir: &Path, extension: &str) -> PathBuf {
+    let name = pin_dir.to_string_lossy().replace('/', "_");
+    Path::new(LOCK_DIR).join(format!("{name}.{extension}"))
+}
+
 impl InstanceLock {
     /// Takes the lock for the daemon that pins its maps in `pin_dir`, or fails with a
     /// message saying that another one runs.
     pub fn acquire(pin_dir: &Path) -> anyhow::Result<Self> {
         fs::create_dir_all(LOCK_DIR).with_context(|| format!("failed to create {LOCK_DIR}"))?;
-        let name = pin_dir.to_string_lossy().replace('/', "_");
-        let path = Path::new(LOCK_DIR).join(format!("{name}.lock"));
+        let path = run_file(pin_dir, "lock");
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -131,6 +136,31 @@ fn get_socket_u64(socket: &impl AsFd, option: libc::c_int) -> io::Result<u64> {
     };
     if ret == 0 {
         Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether an MPTCP socket still speaks MPTCP (`TCP_IS_MPTCP`): 0 once it has fallen
+/// back to plain TCP, as when a middlebox strips the MPTCP options of its handshake.
+pub fn is_mptcp(socket: &impl AsFd) -> io::Result<bool> {
+    /// From include/uapi/linux/tcp.h.
+    const TCP_IS_MPTCP: libc::c_int = 43;
+    let mut value: libc::c_int = 0;
+    let mut len = libc::socklen_t::try_from(size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: the pointers describe `value` and `len`, valid for the call; the kernel
+    // writes at most `len` bytes.
+    let ret = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_TCP,
+            TCP_IS_MPTCP,
+            (&raw mut value).cast(),
+            &raw mut len,
+        )
+    };
+    if ret == 0 {
+        Ok(value != 0)
     } else {
         Err(io::Error::last_os_error())
     }

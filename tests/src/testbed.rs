@@ -147,8 +147,21 @@ pub struct Testbed {
 }
 
 impl Testbed {
-    /// Builds the four namespaces and wires them up.
+    /// Builds the four namespaces and wires them up, the gateway's uplinks set up by
+    /// hand (a table, a source rule and an MPTCP endpoint each), as before the gateway
+    /// could do it.
     pub fn new(label: &str, uplinks: &[Uplink]) -> anyhow::Result<Self> {
+        Self::build(label, uplinks, true)
+    }
+
+    /// [`Self::new`] with nothing set up for the gateway's uplinks but their addresses
+    /// and the main table's default route over uplink 1: the gateway's own uplink
+    /// configuration must do the rest.
+    pub fn with_bare_uplinks(label: &str, uplinks: &[Uplink]) -> anyhow::Result<Self> {
+        Self::build(label, uplinks, false)
+    }
+
+    fn build(label: &str, uplinks: &[Uplink], set_up_uplinks: bool) -> anyhow::Result<Self> {
         let name = crate::unique_name(label);
         let mut testbed = Self {
             processes: Vec::new(),
@@ -160,7 +173,9 @@ impl Testbed {
             uplinks: uplinks.to_vec(),
             name,
         };
-        testbed.wire().context("building the testbed")?;
+        testbed
+            .wire(set_up_uplinks)
+            .context("building the testbed")?;
         Ok(testbed)
     }
 
@@ -187,7 +202,7 @@ impl Testbed {
         Ok(())
     }
 
-    fn wire(&mut self) -> anyhow::Result<()> {
+    fn wire(&mut self, set_up_uplinks: bool) -> anyhow::Result<()> {
         self.make_uplinks()?;
         self.wire_lan()?;
         let (client, gateway, converter, server) =
@@ -221,6 +236,9 @@ impl Testbed {
             netns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
             netns.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
             netns.sysctl("net.mptcp.enabled", "1")?;
+            if netns.name() == gateway.name() && !set_up_uplinks {
+                continue;
+            }
             netns.ip(&[
                 "mptcp",
                 "limits",
@@ -249,6 +267,9 @@ impl Testbed {
                 "dev",
                 &interface,
             ])?;
+            if !set_up_uplinks {
+                continue;
+            }
             let table = (100 + i).to_string();
             gateway.ip(&["rule", "add", "from", &gateway_address, "table", &table])?;
             gateway.ip(&[
@@ -437,6 +458,12 @@ impl Testbed {
             .map(Process::pid)
     }
 
+    /// Forgets the processes labelled `label` (killing any still running): for a
+    /// daemon the test killed itself, before starting another.
+    pub fn forget(&mut self, label: &str) {
+        self.processes.retain(|process| process.label() != label);
+    }
+
     /// Checks that every started process still runs.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         self.processes
@@ -457,6 +484,44 @@ impl Testbed {
         self.start_daemons(dir, Interception::Ebpf, gateway_args, converter_args)
     }
 
+    /// Writes a fresh key to `dir/key` and starts the converter with it (`args` added),
+    /// logging to `dir/converter.log`; returns once it listens.
+    pub fn start_converter(&mut self, dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+        let binary = crate::mptcp_user_bin();
+        let key = dir.join("key");
+        crate::netns::run(Command::new(&binary).arg("keygen").arg(&key))?;
+        let mut converter = self
+            .converter
+            .host_mounts_command(&binary.to_string_lossy());
+        converter
+            .args([
+                "converter",
+                "--listen",
+                &format!("0.0.0.0:{CONVERTER_PORT}"),
+            ])
+            .arg("--key-file")
+            .arg(&key)
+            .args(args);
+        self.start("converter", &mut converter, &dir.join("converter.log"))?;
+        self.converter
+            .wait_listening(CONVERTER_PORT, Duration::from_secs(10))
+    }
+
+    /// Starts the gateway with `args` alone (a `--config` file, say), logging to
+    /// `dir/gateway.log`; returns once it is ready.
+    pub fn start_gateway(&mut self, dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+        let binary = crate::mptcp_user_bin();
+        let mut gateway = self.gateway.host_mounts_command(&binary.to_string_lossy());
+        gateway.arg("gateway").args(args).env("RUST_LOG", "info");
+        self.start("gateway", &mut gateway, &dir.join("gateway.log"))?;
+        wait_for_line(
+            &dir.join("gateway.log"),
+            mptcp_user::gateway::READY,
+            Duration::from_secs(10),
+        )?;
+        self.check_running()
+    }
+
     /// [`Self::start_gateway_and_converter`], with the LAN intercepted by `interception`.
     pub fn start_daemons(
         &mut self,
@@ -465,21 +530,9 @@ impl Testbed {
         gateway_args: &[&str],
         converter_args: &[&str],
     ) -> anyhow::Result<()> {
-        let binary = crate::mptcp_user_bin();
-        let key = dir.join("key");
-        crate::netns::run(Command::new(&binary).arg("keygen").arg(&key))?;
-        let binary = binary.to_string_lossy().into_owned();
-        let key_arg = key.to_string_lossy().into_owned();
-        let mut converter = self.converter.host_mounts_command(&binary);
-        converter.args([
-            "converter",
-            "--listen",
-            &format!("0.0.0.0:{CONVERTER_PORT}"),
-            "--key-file",
-            &key_arg,
-        ]);
-        converter.args(converter_args);
-        self.start("converter", &mut converter, &dir.join("converter.log"))?;
+        self.start_converter(dir, converter_args)?;
+        let binary = crate::mptcp_user_bin().to_string_lossy().into_owned();
+        let key_arg = dir.join("key").to_string_lossy().into_owned();
         let pin_path = self.pin_path();
         let mut gateway = self.gateway.host_mounts_command(&binary);
         gateway.args(["gateway", "--listen", &format!("[::]:{GATEWAY_PORT}")]);
@@ -497,8 +550,6 @@ impl Testbed {
         }
         gateway.args(gateway_args).env("RUST_LOG", "info");
         self.start("gateway", &mut gateway, &dir.join("gateway.log"))?;
-        self.converter
-            .wait_listening(CONVERTER_PORT, Duration::from_secs(10))?;
         wait_for_line(
             &dir.join("gateway.log"),
             mptcp_user::gateway::READY,
@@ -508,6 +559,33 @@ impl Testbed {
             self.intercept_with_tproxy()?;
         }
         self.check_running()
+    }
+
+    /// Makes uplink `i` silent, as a dead line is: every packet on it vanishes, both
+    /// ways, while the interfaces, addresses and routes stay up. Dropped at the
+    /// converter's end (nftables netdev hooks), so the gateway's stack sees nothing
+    /// unusual.
+    pub fn silence_uplink(&self, i: usize) -> anyhow::Result<()> {
+        let table = format!("silence_up{i}");
+        self.converter
+            .exec("nft", &["add", "table", "netdev", &table])?;
+        for (chain, hook) in [("in", "ingress"), ("out", "egress")] {
+            let spec =
+                format!("{{ type filter hook {hook} device up{i} priority 0; policy drop; }}");
+            self.converter
+                .exec("nft", &["add", "chain", "netdev", &table, chain, &spec])?;
+        }
+        Ok(())
+    }
+
+    /// Undoes [`Self::silence_uplink`].
+    pub fn restore_uplink(&self, i: usize) -> anyhow::Result<()> {
+        self.converter
+            .exec(
+                "nft",
+                &["delete", "table", "netdev", &format!("silence_up{i}")],
+            )
+            .map(drop)
     }
 
     /// Where the gateway pins its maps.

@@ -1,6 +1,7 @@
 //! The commands that read and edit a running gateway's pinned maps: `flows`,
-//! `selection`, `optin`, `optout`. They talk to the kernel, not to the daemon, so they
-//! work whatever the daemon is doing.
+//! `selection`, `optin`, `optout`, and `uplinks`, which adds the daemon's status file.
+//! They talk to the kernel, not to the daemon, so they work whatever the daemon is
+//! doing.
 
 use std::{
     collections::BTreeMap,
@@ -20,6 +21,7 @@ use serde::Serialize;
 use super::{
     cgroups,
     selection::{Action, Selection},
+    uplinks::{self, UplinkStatus},
 };
 use crate::{bpf::open_pinned, net::addr, sys};
 
@@ -124,11 +126,8 @@ pub fn print_flows(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
 pub fn read_flows(pin_dir: &Path) -> anyhow::Result<Vec<FlowRow>> {
     let flows: HashMap<MapData, u64, Flow> =
         HashMap::try_from(open_pinned(pin_dir, flows::FLOWS_MAP_NAME)?)?;
-    let subflows: HashMap<MapData, u64, Subflow> =
-        HashMap::try_from(open_pinned(pin_dir, flows::SUBFLOWS_MAP_NAME)?)?;
     let mut by_flow: BTreeMap<u64, Vec<Subflow>> = BTreeMap::new();
-    for entry in &subflows {
-        let (_, subflow) = entry.context("failed to read the subflows map")?;
+    for subflow in read_subflows(pin_dir)? {
         by_flow.entry(subflow.flow).or_default().push(subflow);
     }
     let now = sys::monotonic_ns();
@@ -165,6 +164,113 @@ pub fn read_flows(pin_dir: &Path) -> anyhow::Result<Vec<FlowRow>> {
     }
     rows.sort_by(|a, b| b.age_s.total_cmp(&a.age_s));
     Ok(rows)
+}
+
+/// Every subflow a running gateway records.
+fn read_subflows(pin_dir: &Path) -> anyhow::Result<Vec<Subflow>> {
+    let subflows: HashMap<MapData, u64, Subflow> =
+        HashMap::try_from(open_pinned(pin_dir, flows::SUBFLOWS_MAP_NAME)?)?;
+    subflows
+        .iter()
+        .map(|entry| Ok(entry.context("failed to read the subflows map")?.1))
+        .collect()
+}
+
+/// One uplink, as `mptcp-user uplinks` shows it.
+#[derive(Debug, Serialize)]
+pub struct UplinkRow {
+    /// What the daemon knows of it.
+    #[serde(flatten)]
+    pub status: UplinkStatus,
+    /// Live subflows of relayed flows over it.
+    pub subflows: usize,
+    /// Bytes those subflows sent and had acknowledged.
+    pub bytes_up: u64,
+    /// Bytes they received.
+    pub bytes_down: u64,
+}
+
+/// The uplinks of a gateway whose maps are pinned under `pin_dir`.
+pub fn read_uplinks(pin_dir: &Path) -> anyhow::Result<Vec<UplinkRow>> {
+    let subflows = read_subflows(pin_dir)?;
+    let statuses = uplinks::read_status(&sys::run_file(pin_dir, "uplinks.json"))?;
+    Ok(statuses
+        .into_iter()
+        .map(|status| {
+            let over: Vec<&Subflow> = subflows
+                .iter()
+                .filter(|subflow| {
+                    status.address.is_some_and(|address| {
+                        addr::from_map_address(subflow.local.address)
+                            == std::net::IpAddr::V4(address)
+                    })
+                })
+                .collect();
+            UplinkRow {
+                subflows: over.len(),
+                bytes_up: over.iter().map(|subflow| subflow.bytes_acked).sum(),
+                bytes_down: over.iter().map(|subflow| subflow.bytes_received).sum(),
+                status,
+            }
+        })
+        .collect())
+}
+
+/// `mptcp-user uplinks`: each uplink's state, round trip and traffic.
+pub fn print_uplinks(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let rows = read_uplinks(pin_dir)?;
+    let mut out = io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<12} {:<16} {:<16} {:<14} {:>8} {:>9} {:>8} {:>14} {:>14}",
+        "UPLINK",
+        "ADDRESS",
+        "NEXT HOP",
+        "STATE",
+        "FOR s",
+        "RTT ms",
+        "SUBFLOWS",
+        "UP bytes",
+        "DOWN bytes"
+    )?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    for row in &rows {
+        let status = &row.status;
+        let text = |address: Option<std::net::Ipv4Addr>| {
+            address.map_or_else(|| "-".to_owned(), |address| address.to_string())
+        };
+        let state = if status.backup {
+            format!("{} (backup)", status.health)
+        } else {
+            status.health.to_string()
+        };
+        writeln!(
+            out,
+            "{:<12} {:<16} {:<16} {:<14} {:>8} {:>9} {:>8} {:>14} {:>14}",
+            status.interface,
+            text(status.address),
+            text(status.next_hop),
+            state,
+            now.saturating_sub(status.since_unix_s),
+            status
+                .rtt_ms
+                .map_or_else(|| "-".to_owned(), |rtt| format!("{rtt:.1}")),
+            row.subflows,
+            row.bytes_up,
+            row.bytes_down
+        )?;
+        if let Some(reason) = &status.reason {
+            writeln!(out, "  {reason}")?;
+        }
+    }
+    Ok(())
 }
 
 fn endpoint_text(endpoint: Endpoint) -> String {

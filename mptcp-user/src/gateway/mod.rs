@@ -40,11 +40,11 @@ use crate::{
         relay::{self, PipePool},
         server, socket,
     },
-    sys::InstanceLock,
+    sys::{self, InstanceLock},
 };
 use flows::FlowTable;
 use interception::{Interception, InterceptionConfig};
-use uplinks::UplinkConfig;
+use uplinks::{ManagerConfig, UplinkConfig, UplinkManager, UplinkTable};
 use upstream::{Upstream, UpstreamConfig};
 
 /// Default directory (on bpffs) where a running gateway pins its maps.
@@ -105,6 +105,8 @@ pub struct Gateway {
     pub pipes: PipePool,
     /// Original destinations and the flow list.
     pub flows: FlowTable,
+    /// The uplinks new flows start from.
+    pub uplinks: Arc<UplinkTable>,
 }
 
 /// `mptcp-user gateway`: runs until SIGINT or SIGTERM.
@@ -115,6 +117,12 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
         config.check_interfaces()?;
         let tuning = Tuning::new(&config.tuning)?;
         let upstream = Upstream::resolve(&config.upstream).await?;
+        let uplink_manager = UplinkManager::start(ManagerConfig {
+            uplinks: config.uplinks.clone(),
+            first_table: config.interception.table + 1,
+            probe_target: upstream.probe_target(),
+            status_file: sys::run_file(&config.interception.pin_path, "uplinks.json"),
+        })?;
         let listener = socket::listen(config.listen, false, true)
             .with_context(|| format!("failed to listen on {} (transparent)", config.listen))?;
         match &upstream {
@@ -144,6 +152,7 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
             tuning,
             pipes: PipePool::default(),
             flows,
+            uplinks: uplink_manager.table(),
         });
         let signal = server::shutdown_signal()?;
         let shutdown = async {
@@ -154,6 +163,7 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
         serve(listener, Arc::clone(&gateway), shutdown).await;
         info!("detaching programs, removing routes and pins");
         drop(interception);
+        drop(uplink_manager);
         Ok(())
     })
 }
@@ -213,9 +223,12 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
         gateway.tuning.apply(socket)?;
         gateway.flows.label(socket, flow_key)
     };
+    let attempts = gateway.uplinks.attempts();
     let opened = tokio::time::timeout(
         gateway.connect_timeout,
-        gateway.upstream.open(&lan, destination, configure),
+        gateway
+            .upstream
+            .open(&lan, destination, &attempts, configure),
     )
     .await;
     let (mut upstream, server_early) = match opened {

@@ -16,7 +16,7 @@ use crate::{
         cookie::{self, Key},
         wire,
     },
-    net::socket,
+    net::socket::{self, Attempt},
 };
 
 /// Where flows go, as configured.
@@ -64,6 +64,14 @@ impl Upstream {
         })
     }
 
+    /// Where the uplinks' probes go: the converter, if there is one.
+    pub fn probe_target(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Converter { address, .. } => Some(*address),
+            Self::Direct => None,
+        }
+    }
+
     /// Addresses the gateway must never intercept: flows to the converter would loop.
     pub fn never_intercepted(&self) -> Vec<IpAddr> {
         match self {
@@ -72,7 +80,8 @@ impl Upstream {
         }
     }
 
-    /// Opens the MPTCP connection for one flow to `destination`, `configure` setting the
+    /// Opens the MPTCP connection for one flow to `destination`, its first subflow from
+    /// the first of `attempts` (uplink addresses) that answers, `configure` setting each
     /// socket's options before it connects. Through the converter, the Convert request
     /// and the client's first bytes leave in one write (one segment when they fit), so the
     /// request costs no extra round trip. Returns the connection and any destination
@@ -81,18 +90,19 @@ impl Upstream {
         &self,
         lan: &TcpStream,
         destination: SocketAddr,
-        configure: impl FnOnce(&Socket) -> std::io::Result<()>,
+        attempts: &[Attempt],
+        configure: impl Fn(&Socket) -> std::io::Result<()>,
     ) -> anyhow::Result<(TcpStream, Vec<u8>)> {
         let (converter, key) = match self {
             Self::Direct => {
-                let stream = socket::connect(destination, true, configure)
+                let stream = socket::connect_racing(destination, true, attempts, configure)
                     .await
                     .context("MPTCP connect to the destination failed")?;
                 return Ok((stream, Vec::new()));
             }
             Self::Converter { address, key } => (*address, key),
         };
-        let mut stream = socket::connect(converter, true, configure)
+        let mut stream = socket::connect_racing(converter, true, attempts, configure)
             .await
             .with_context(|| format!("MPTCP connect to the converter {converter} failed"))?;
         let request = Request {

@@ -1,0 +1,455 @@
+//! Uplinks owned by the gateway: set up from a config file alone (the test runs no
+//! `ip mptcp`, `ip rule` or `ip route` for them), followed, probed, failed over, and
+//! removed on exit.
+
+use std::{
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use mptcp_tests::{
+    TempDir, measure, random_bytes, require_root,
+    testbed::{CONVERTER, CONVERTER_PORT, SERVER, Testbed, Uplink},
+};
+
+const UPLINKS: [Uplink; 2] = [Uplink::htb(50), Uplink::htb(50)];
+/// For the failover tests: uplink 1 (the default route's) has the shorter round trip,
+/// so new flows start there first while it looks healthy.
+const UNEQUAL_UPLINKS: [Uplink; 2] = [Uplink::htb(50), Uplink::line(50, 10)];
+/// Port of the first-byte responder on the server.
+const RESPONDER_PORT: u16 = 5007;
+/// The longest a new LAN flow may wait for its first byte when an uplink is dead.
+const FAILOVER_LIMIT: Duration = Duration::from_secs(3);
+
+/// Writes the gateway's config file: two uplinks, up1's next hop learned from the main
+/// table's default route, up2's given.
+fn write_config(testbed: &Testbed, dir: &Path, extra_uplink: &str) -> PathBuf {
+    let text = format!(
+        r#"[gateway]
+converter = "{CONVERTER}:{CONVERTER_PORT}"
+key-file = "{key}"
+lan = ["lan0"]
+pin-path = "{pin}"
+
+[[gateway.uplink]]
+interface = "up1"
+
+[[gateway.uplink]]
+interface = "up2"
+next-hop = "10.0.2.2"
+{extra_uplink}"#,
+        key = dir.join("key").display(),
+        pin = testbed.pin_path(),
+    );
+    let path = dir.join("gateway.toml");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+/// A testbed whose gateway uplinks are bare, with the converter running and the gateway
+/// started from its config file.
+fn deploy(dir: &TempDir, label: &str) -> Testbed {
+    deploy_on(dir, label, &UPLINKS)
+}
+
+/// [`deploy`] on these uplinks.
+fn deploy_on(dir: &TempDir, label: &str, uplinks: &[Uplink]) -> Testbed {
+    let mut testbed = Testbed::with_bare_uplinks(label, uplinks).unwrap();
+    start(&mut testbed, dir);
+    testbed
+}
+
+/// Starts the converter, then the gateway from its config file.
+fn start(testbed: &mut Testbed, dir: &TempDir) {
+    testbed.start_converter(dir.path(), &[]).unwrap();
+    let config = write_config(testbed, dir.path(), "");
+    testbed
+        .start_gateway(dir.path(), &["--config", config.to_str().unwrap()])
+        .unwrap();
+}
+
+/// `ip ARGS` on the gateway host.
+fn ip(testbed: &Testbed, args: &[&str]) -> String {
+    testbed.gateway.exec("ip", args).unwrap()
+}
+
+/// What the gateway installed for its uplinks, as `ip` shows it: (rules, endpoints).
+fn installed(testbed: &Testbed) -> (String, String) {
+    (
+        ip(testbed, &["rule", "show"]),
+        ip(testbed, &["mptcp", "endpoint", "show"]),
+    )
+}
+
+fn gateway_log(dir: &TempDir) -> String {
+    fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
+}
+
+/// Polls `done` every 100 ms until it holds; fails with `what()` after `timeout`.
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", what());
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `mptcp-user uplinks --json`: (interface, state) of each uplink.
+fn uplink_states(testbed: &Testbed) -> Vec<(String, String)> {
+    let output = testbed.gateway_cli(&["uplinks", "--json"]).unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    rows.iter()
+        .map(|row| {
+            (
+                row["interface"].as_str().unwrap_or_default().to_owned(),
+                row["health"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn terminate(testbed: &Testbed, signal: &str) {
+    let pid = testbed.pid("gateway").unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[test]
+fn uplinks_from_a_config_file_carry_a_download_and_are_removed_on_exit() {
+    require_root();
+    let dir = TempDir::new("upcfg").unwrap();
+    let mut testbed = Testbed::with_bare_uplinks("upcfg", &UPLINKS).unwrap();
+    let limits_before = ip(&testbed, &["mptcp", "limits", "show"]);
+    start(&mut testbed, &dir);
+    assert_ne!(ip(&testbed, &["mptcp", "limits", "show"]), limits_before);
+    let (rules, endpoints) = installed(&testbed);
+    assert!(rules.contains("from 10.0.1.1 lookup 15125"), "{rules}");
+    assert!(rules.contains("from 10.0.2.1 lookup 15126"), "{rules}");
+    assert!(
+        ip(&testbed, &["route", "show", "table", "15125"]).contains("default via 10.0.1.2 dev up1"),
+        "up1's next hop is learned from the main table"
+    );
+    assert!(
+        ip(&testbed, &["route", "show", "table", "15126"]).contains("default via 10.0.2.2 dev up2")
+    );
+    for address in ["10.0.1.1", "10.0.2.1"] {
+        assert!(
+            endpoints
+                .lines()
+                .any(|line| line.contains(address) && line.contains("subflow")),
+            "{endpoints}"
+        );
+    }
+
+    // A download uses both uplinks and arrives intact.
+    let served = dir.path().join("www");
+    fs::create_dir(&served).unwrap();
+    let original = random_bytes(16 << 20);
+    fs::write(served.join("file"), &original).unwrap();
+    testbed
+        .start_http_server(&served, &dir.path().join("http.log"))
+        .unwrap();
+    let output = dir.path().join("downloaded");
+    let before = testbed.uplink_rx_bytes().unwrap();
+    let status = testbed
+        .client
+        .command("curl")
+        .args([
+            "--silent",
+            "--show-error",
+            "--fail",
+            "--max-time",
+            "60",
+            "--output",
+        ])
+        .arg(&output)
+        .arg(format!("http://{SERVER}/file"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "gateway log: {}", gateway_log(&dir));
+    assert!(fs::read(&output).unwrap() == original, "download corrupted");
+    let after = testbed.uplink_rx_bytes().unwrap();
+    for (uplink, (after, before)) in after.iter().zip(&before).enumerate() {
+        assert!(
+            after - before > original.len() as u64 / 10,
+            "uplink {} carried {} bytes of {}",
+            uplink + 1,
+            after - before,
+            original.len()
+        );
+    }
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            uplink_states(&testbed)
+                == [
+                    ("up1".to_owned(), "up".to_owned()),
+                    ("up2".to_owned(), "up".to_owned()),
+                ]
+        },
+        || format!("uplinks: {:?}", uplink_states(&testbed)),
+    );
+
+    terminate(&testbed, "-TERM");
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            let (rules, endpoints) = installed(&testbed);
+            !rules.contains("lookup 1512") && endpoints.trim().is_empty()
+        },
+        || format!("left after SIGTERM: {:?}", installed(&testbed)),
+    );
+    assert!(
+        ip(&testbed, &["route", "show", "table", "15125"])
+            .trim()
+            .is_empty()
+    );
+    assert_eq!(ip(&testbed, &["mptcp", "limits", "show"]), limits_before);
+}
+
+#[test]
+fn a_killed_gateways_uplinks_are_replaced_by_the_next_one() {
+    require_root();
+    let dir = TempDir::new("upkill").unwrap();
+    let mut testbed = deploy(&dir, "upkill");
+    let first = installed(&testbed);
+    terminate(&testbed, "-KILL");
+    thread::sleep(Duration::from_millis(500));
+    testbed.forget("gateway");
+    assert_eq!(installed(&testbed), first, "SIGKILL removes nothing");
+    let config = dir.path().join("gateway.toml");
+    testbed
+        .start_gateway(dir.path(), &["--config", config.to_str().unwrap()])
+        .unwrap();
+    let (rules, endpoints) = installed(&testbed);
+    assert_eq!(rules.matches("lookup 15125").count(), 1, "{rules}");
+    assert_eq!(endpoints.matches("10.0.1.1").count(), 1, "{endpoints}");
+}
+
+#[test]
+fn a_bad_uplink_keeps_the_gateway_from_starting_and_leaves_nothing() {
+    require_root();
+    let dir = TempDir::new("upbad").unwrap();
+    let mut testbed = Testbed::with_bare_uplinks("upbad", &UPLINKS).unwrap();
+    testbed.start_converter(dir.path(), &[]).unwrap();
+    let config = write_config(
+        &testbed,
+        dir.path(),
+        "\n[[gateway.uplink]]\ninterface = \"up9\"\n",
+    );
+    let output = testbed
+        .gateway
+        .host_mounts_command(&mptcp_tests::mptcp_user_bin().to_string_lossy())
+        .args(["gateway", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "started: {stderr}");
+    assert!(
+        stderr.contains("uplink interface up9 does not exist"),
+        "{stderr}"
+    );
+    let (rules, endpoints) = installed(&testbed);
+    assert!(!rules.contains("lookup 1512"), "{rules}");
+    assert!(endpoints.trim().is_empty(), "{endpoints}");
+}
+
+/// Connect-to-first-byte of one new LAN flow through the gateway.
+fn first_byte(testbed: &Testbed) -> Duration {
+    let server = SocketAddr::new(SERVER.parse().unwrap(), RESPONDER_PORT);
+    measure::time_to_first_byte(&testbed.client, &testbed.server, server, 1).unwrap()
+}
+
+/// Silences uplink `silent` mid-download; the download goes on, and new flows get their
+/// first byte within [`FAILOVER_LIMIT`]; the probes mark it down, then up again once
+/// it is back.
+fn fail_over(silent: usize) {
+    require_root();
+    let dir = TempDir::new(&format!("upsilent{silent}")).unwrap();
+    let mut testbed = deploy_on(&dir, &format!("upsilent{silent}"), &UNEQUAL_UPLINKS);
+    // Both probed, so that uplink 1 comes first for new flows.
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            uplink_states(&testbed)
+                .iter()
+                .all(|(_, state)| state == "up")
+        },
+        || format!("uplinks: {:?}", uplink_states(&testbed)),
+    );
+    let served = dir.path().join("www");
+    fs::create_dir(&served).unwrap();
+    let original = random_bytes(24 << 20);
+    fs::write(served.join("file"), &original).unwrap();
+    testbed
+        .start_http_server(&served, &dir.path().join("http.log"))
+        .unwrap();
+    let output = dir.path().join("downloaded");
+    // About 4 s over both uplinks, 8 s over one.
+    let mut download = testbed
+        .client
+        .command("curl")
+        .args(["--silent", "--show-error", "--fail", "--max-time", "60"])
+        .args(["--limit-rate", "6M", "--output"])
+        .arg(&output)
+        .arg(format!("http://{SERVER}/file"))
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_secs(1));
+    let silenced = Instant::now();
+    testbed.silence_uplink(silent).unwrap();
+
+    let mut firsts = Vec::new();
+    for _ in 0..3 {
+        firsts.push(first_byte(&testbed));
+    }
+    println!("uplink {silent} silenced: first bytes of new flows {firsts:?}");
+    if silent == 1 {
+        // The first new flow tried uplink 1 first, as it still looked the best, and
+        // went on over uplink 2 once its head start was over.
+        assert!(
+            firsts[0] >= Duration::from_millis(200),
+            "uplink 1 was not tried first: {firsts:?}"
+        );
+    }
+    for first in &firsts {
+        assert!(
+            *first <= FAILOVER_LIMIT,
+            "first byte after {first:?}; gateway log: {}",
+            gateway_log(&dir)
+        );
+    }
+    let interface = format!("up{silent}");
+    wait_until(
+        Duration::from_secs(10),
+        || uplink_states(&testbed).contains(&(interface.clone(), "down".to_owned())),
+        || format!("never marked down: {:?}", uplink_states(&testbed)),
+    );
+    println!("uplink {silent} marked down after {:?}", silenced.elapsed());
+
+    assert!(
+        download.wait().unwrap().success(),
+        "the live download failed"
+    );
+    assert!(fs::read(&output).unwrap() == original, "download corrupted");
+
+    testbed.restore_uplink(silent).unwrap();
+    let restored = Instant::now();
+    wait_until(
+        Duration::from_secs(10),
+        || uplink_states(&testbed).contains(&(interface.clone(), "up".to_owned())),
+        || format!("never back up: {:?}", uplink_states(&testbed)),
+    );
+    println!("uplink {silent} back up after {:?}", restored.elapsed());
+}
+
+#[test]
+fn a_silent_default_route_uplink_fails_over_within_seconds() {
+    fail_over(1);
+}
+
+#[test]
+fn a_silent_second_uplink_fails_over_within_seconds() {
+    fail_over(2);
+}
+
+#[test]
+fn an_uplink_address_change_is_followed() {
+    require_root();
+    let dir = TempDir::new("upaddr").unwrap();
+    let testbed = deploy(&dir, "upaddr");
+    testbed
+        .gateway
+        .ip(&["addr", "del", "10.0.2.1/24", "dev", "up2"])
+        .unwrap();
+    testbed
+        .gateway
+        .ip(&["addr", "add", "10.0.2.7/24", "dev", "up2"])
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            let (rules, endpoints) = installed(&testbed);
+            rules.contains("from 10.0.2.7 lookup 15126")
+                && !rules.contains("from 10.0.2.1 ")
+                && endpoints.contains("10.0.2.7")
+                && !endpoints.contains("10.0.2.1 ")
+        },
+        || format!("not followed: {:?}", installed(&testbed)),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        || uplink_states(&testbed).contains(&("up2".to_owned(), "up".to_owned())),
+        || format!("up2 after the change: {:?}", uplink_states(&testbed)),
+    );
+}
+
+/// Takes uplink `down`'s interface down on the gateway (the carrier is lost); new flows
+/// get their first byte within [`FAILOVER_LIMIT`], and once it is up again (and its
+/// default route back, as a DHCP client would put it) it is used again.
+fn fail_over_link_down(down: usize) {
+    require_root();
+    let dir = TempDir::new(&format!("updown{down}")).unwrap();
+    let testbed = deploy_on(&dir, &format!("updown{down}"), &UNEQUAL_UPLINKS);
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            uplink_states(&testbed)
+                .iter()
+                .all(|(_, state)| state == "up")
+        },
+        || format!("uplinks: {:?}", uplink_states(&testbed)),
+    );
+    let interface = format!("up{down}");
+    let downed = Instant::now();
+    testbed
+        .gateway
+        .ip(&["link", "set", &interface, "down"])
+        .unwrap();
+    let firsts: Vec<Duration> = (0..3).map(|_| first_byte(&testbed)).collect();
+    println!("uplink {down} down: first bytes of new flows {firsts:?}");
+    assert!(
+        firsts.iter().all(|first| *first <= FAILOVER_LIMIT),
+        "{firsts:?}; gateway log: {}",
+        gateway_log(&dir)
+    );
+    wait_until(
+        Duration::from_secs(10),
+        || uplink_states(&testbed).contains(&(interface.clone(), "down".to_owned())),
+        || format!("never marked down: {:?}", uplink_states(&testbed)),
+    );
+    println!("uplink {down} marked down after {:?}", downed.elapsed());
+    testbed
+        .gateway
+        .ip(&["link", "set", &interface, "up"])
+        .unwrap();
+    if down == 1 {
+        testbed.route_lan_via(1).unwrap();
+    }
+    let upped = Instant::now();
+    wait_until(
+        Duration::from_secs(10),
+        || uplink_states(&testbed).contains(&(interface.clone(), "up".to_owned())),
+        || format!("never back up: {:?}", uplink_states(&testbed)),
+    );
+    println!("uplink {down} back up after {:?}", upped.elapsed());
+}
+
+#[test]
+fn a_downed_default_route_uplink_fails_over_within_seconds() {
+    fail_over_link_down(1);
+}
+
+#[test]
+fn a_downed_second_uplink_fails_over_within_seconds() {
+    fail_over_link_down(2);
+}
