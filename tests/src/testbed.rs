@@ -561,6 +561,18 @@ impl Testbed {
         self.check_running()
     }
 
+    /// Deletes uplink `i`'s veth pair and creates it again with its addresses, as a
+    /// modem that reconnects does (zero-delay uplinks; no HTB shaping afterwards).
+    pub fn recreate_uplink(&self, i: usize) -> anyhow::Result<()> {
+        let interface = format!("up{i}");
+        self.gateway.ip(&["link", "del", &interface])?;
+        veth(&self.gateway, &interface, &self.converter, &interface)?;
+        self.gateway
+            .ip(&["addr", "add", &format!("10.0.{i}.1/24"), "dev", &interface])?;
+        self.converter
+            .ip(&["addr", "add", &format!("10.0.{i}.2/24"), "dev", &interface])
+    }
+
     /// Makes uplink `i` silent, as a dead line is: every packet on it vanishes, both
     /// ways, while the interfaces, addresses and routes stay up. Dropped at the
     /// converter's end (nftables netdev hooks), so the gateway's stack sees nothing

@@ -453,3 +453,40 @@ fn a_downed_default_route_uplink_fails_over_within_seconds() {
 fn a_downed_second_uplink_fails_over_within_seconds() {
     fail_over_link_down(2);
 }
+
+#[test]
+fn a_recreated_uplink_interface_is_set_up_again() {
+    require_root();
+    let dir = TempDir::new("uprecreate").unwrap();
+    let testbed = deploy(&dir, "uprecreate");
+    testbed.recreate_uplink(2).unwrap();
+    // Set up at start, then again for the new interface.
+    let set_up = || {
+        gateway_log(&dir)
+            .matches("uplink up2: 10.0.2.1 via 10.0.2.2")
+            .count()
+    };
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            let (rules, endpoints) = installed(&testbed);
+            set_up() >= 2
+                && rules.contains("from 10.0.2.1 lookup 15126")
+                && ip(&testbed, &["route", "show", "table", "15126"])
+                    .contains("default via 10.0.2.2 dev up2")
+                && endpoints.contains("10.0.2.1")
+        },
+        || {
+            format!(
+                "not set up again: {:?}; gateway log: {}",
+                installed(&testbed),
+                gateway_log(&dir)
+            )
+        },
+    );
+    wait_until(
+        Duration::from_secs(10),
+        || uplink_states(&testbed).contains(&("up2".to_owned(), "up".to_owned())),
+        || format!("up2 after it came back: {:?}", uplink_states(&testbed)),
+    );
+}

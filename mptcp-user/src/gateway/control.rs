@@ -86,7 +86,8 @@ pub const FLOWS_HEADER: [&str; 6] = [
     "DOWN bytes",
 ];
 
-/// `mptcp-user flows`: prints the flows and their subflows, as a table or JSON.
+/// `mptcp-user flows`: prints the flows and their subflows, as a table (after a line
+/// with the uplinks' state) or JSON.
 pub fn print_flows(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
     let rows = read_flows(pin_dir)?;
     let mut out = io::stdout().lock();
@@ -94,6 +95,14 @@ pub fn print_flows(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
         serde_json::to_writer_pretty(&mut out, &rows)?;
         writeln!(out)?;
         return Ok(());
+    }
+    // The uplinks' state in one line, as the status of the flows below.
+    if let Ok(statuses) = uplinks::read_status(&sys::run_file(pin_dir, "uplinks.json")) {
+        let states: Vec<String> = statuses
+            .iter()
+            .map(|status| format!("{} {}", status.interface, status.health))
+            .collect();
+        writeln!(out, "uplinks: {}", states.join(", "))?;
     }
     let [client, destination, via, age, up, down] = FLOWS_HEADER;
     writeln!(

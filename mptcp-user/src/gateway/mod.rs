@@ -120,7 +120,8 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
         let uplink_manager = UplinkManager::start(ManagerConfig {
             uplinks: config.uplinks.clone(),
             first_table: config.interception.table + 1,
-            probe_target: upstream.probe_target(),
+            // The uplinks are IPv4: a probe to an IPv6 converter would not choose one.
+            probe_target: upstream.probe_target().filter(SocketAddr::is_ipv4),
             status_file: sys::run_file(&config.interception.pin_path, "uplinks.json"),
         })?;
         let listener = socket::listen(config.listen, false, true)

@@ -205,6 +205,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_peer_without_mptcp_is_told_from_one_with_it() {
+        for (listener_mptcp, expected) in [(true, true), (false, false)] {
+            let listener = listen("127.0.0.1:0".parse().unwrap(), listener_mptcp, false).unwrap();
+            let target = listener.local_addr().unwrap();
+            let stream = connect(target, true, |_| Ok(())).await.unwrap();
+            assert_eq!(
+                crate::sys::is_mptcp(&stream).unwrap(),
+                expected,
+                "MPTCP client, {} listener",
+                if listener_mptcp { "MPTCP" } else { "TCP" }
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn racing_fails_with_the_last_error_when_no_source_connects() {
         let closed = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
