@@ -119,16 +119,25 @@ pub fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
     Ok(nix::fcntl::splice(from, None, to, None, len, flags)?)
 }
 
-/// Reads a 64-bit socket option at level SOL_SOCKET.
-fn get_socket_u64(socket: &impl AsFd, option: libc::c_int) -> io::Result<u64> {
-    let mut value = 0u64;
-    let mut len: libc::socklen_t = 8;
+/// The integers a socket option can be read as: every bit pattern is a valid value.
+trait OptionValue: Copy + Default {}
+impl OptionValue for u64 {}
+impl OptionValue for libc::c_int {}
+
+/// An integer socket option nix does not offer.
+fn get_option<T: OptionValue>(
+    socket: &impl AsFd,
+    level: libc::c_int,
+    option: libc::c_int,
+) -> io::Result<T> {
+    let mut value = T::default();
+    let mut len = libc::socklen_t::try_from(size_of::<T>()).unwrap_or(0);
     // SAFETY: the pointers describe `value` and `len`, valid for the call; the kernel
-    // writes at most `len` bytes.
+    // writes at most `len` bytes, and any bytes make a valid integer.
     let ret = unsafe {
         libc::getsockopt(
             socket.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
+            level,
             option,
             (&raw mut value).cast(),
             &raw mut len,
@@ -146,31 +155,14 @@ fn get_socket_u64(socket: &impl AsFd, option: libc::c_int) -> io::Result<u64> {
 pub fn is_mptcp(socket: &impl AsFd) -> io::Result<bool> {
     /// From include/uapi/linux/tcp.h.
     const TCP_IS_MPTCP: libc::c_int = 43;
-    let mut value: libc::c_int = 0;
-    let mut len = libc::socklen_t::try_from(size_of::<libc::c_int>()).unwrap_or(4);
-    // SAFETY: the pointers describe `value` and `len`, valid for the call; the kernel
-    // writes at most `len` bytes.
-    let ret = unsafe {
-        libc::getsockopt(
-            socket.as_fd().as_raw_fd(),
-            libc::SOL_TCP,
-            TCP_IS_MPTCP,
-            (&raw mut value).cast(),
-            &raw mut len,
-        )
-    };
-    if ret == 0 {
-        Ok(value != 0)
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Ok(get_option::<libc::c_int>(socket, libc::SOL_TCP, TCP_IS_MPTCP)? != 0)
 }
 
 /// The cookie of this process's network namespace (`SO_NETNS_COOKIE`), the value
 /// `bpf_get_netns_cookie` returns for its sockets.
 pub fn netns_cookie() -> io::Result<u64> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
-    get_socket_u64(&socket, libc::SO_NETNS_COOKIE)
+    get_option(&socket, libc::SOL_SOCKET, libc::SO_NETNS_COOKIE)
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.

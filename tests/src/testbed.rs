@@ -531,30 +531,20 @@ impl Testbed {
         converter_args: &[&str],
     ) -> anyhow::Result<()> {
         self.start_converter(dir, converter_args)?;
-        let binary = crate::mptcp_user_bin().to_string_lossy().into_owned();
-        let key_arg = dir.join("key").to_string_lossy().into_owned();
+        let listen = format!("[::]:{GATEWAY_PORT}");
+        let converter = format!("{CONVERTER}:{CONVERTER_PORT}");
         let pin_path = self.pin_path();
-        let mut gateway = self.gateway.host_mounts_command(&binary);
-        gateway.args(["gateway", "--listen", &format!("[::]:{GATEWAY_PORT}")]);
+        let key = dir.join("key").to_string_lossy().into_owned();
+        let mut args = vec!["--listen", &listen, "--converter", &converter];
+        args.extend(["--pin-path", &pin_path]);
         if interception == Interception::Ebpf {
-            gateway.args(["--lan", "lan0"]);
+            args.extend(["--lan", "lan0"]);
         }
-        gateway.args([
-            "--converter",
-            &format!("{CONVERTER}:{CONVERTER_PORT}"),
-            "--pin-path",
-            &pin_path,
-        ]);
         if !gateway_args.contains(&"--key-file") {
-            gateway.args(["--key-file", &key_arg]);
+            args.extend(["--key-file", &key]);
         }
-        gateway.args(gateway_args).env("RUST_LOG", "info");
-        self.start("gateway", &mut gateway, &dir.join("gateway.log"))?;
-        wait_for_line(
-            &dir.join("gateway.log"),
-            mptcp_user::gateway::READY,
-            Duration::from_secs(10),
-        )?;
+        args.extend(gateway_args);
+        self.start_gateway(dir, &args)?;
         if interception == Interception::Nftables {
             self.intercept_with_tproxy()?;
         }

@@ -112,6 +112,19 @@ fn uplink_states(testbed: &Testbed) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Waits (10 s at most) until `mptcp-user uplinks` says `interface` is `state`; returns
+/// how long that took.
+fn wait_for_state(testbed: &Testbed, interface: &str, state: &str) -> Duration {
+    let started = Instant::now();
+    let wanted = (interface.to_owned(), state.to_owned());
+    wait_until(
+        Duration::from_secs(10),
+        || uplink_states(testbed).contains(&wanted),
+        || format!("{interface} never {state}: {:?}", uplink_states(testbed)),
+    );
+    started.elapsed()
+}
+
 fn terminate(testbed: &Testbed, signal: &str) {
     let pid = testbed.pid("gateway").unwrap().to_string();
     assert!(
@@ -269,23 +282,23 @@ fn first_byte(testbed: &Testbed) -> Duration {
     measure::time_to_first_byte(&testbed.client, &testbed.server, server, 1).unwrap()
 }
 
+/// [`deploy_on`] the unequal uplinks, once both are probed up: uplink 1 then comes
+/// first for new flows.
+fn deploy_probed(dir: &TempDir, label: &str) -> Testbed {
+    let testbed = deploy_on(dir, label, &UNEQUAL_UPLINKS);
+    for interface in ["up1", "up2"] {
+        wait_for_state(&testbed, interface, "up");
+    }
+    testbed
+}
+
 /// Silences uplink `silent` mid-download; the download goes on, and new flows get their
 /// first byte within [`FAILOVER_LIMIT`]; the probes mark it down, then up again once
 /// it is back.
 fn fail_over(silent: usize) {
     require_root();
     let dir = TempDir::new(&format!("upsilent{silent}")).unwrap();
-    let mut testbed = deploy_on(&dir, &format!("upsilent{silent}"), &UNEQUAL_UPLINKS);
-    // Both probed, so that uplink 1 comes first for new flows.
-    wait_until(
-        Duration::from_secs(10),
-        || {
-            uplink_states(&testbed)
-                .iter()
-                .all(|(_, state)| state == "up")
-        },
-        || format!("uplinks: {:?}", uplink_states(&testbed)),
-    );
+    let mut testbed = deploy_probed(&dir, &format!("upsilent{silent}"));
     let served = dir.path().join("www");
     fs::create_dir(&served).unwrap();
     let original = random_bytes(24 << 20);
@@ -329,11 +342,7 @@ fn fail_over(silent: usize) {
         );
     }
     let interface = format!("up{silent}");
-    wait_until(
-        Duration::from_secs(10),
-        || uplink_states(&testbed).contains(&(interface.clone(), "down".to_owned())),
-        || format!("never marked down: {:?}", uplink_states(&testbed)),
-    );
+    wait_for_state(&testbed, &interface, "down");
     println!("uplink {silent} marked down after {:?}", silenced.elapsed());
 
     assert!(
@@ -343,13 +352,8 @@ fn fail_over(silent: usize) {
     assert!(fs::read(&output).unwrap() == original, "download corrupted");
 
     testbed.restore_uplink(silent).unwrap();
-    let restored = Instant::now();
-    wait_until(
-        Duration::from_secs(10),
-        || uplink_states(&testbed).contains(&(interface.clone(), "up".to_owned())),
-        || format!("never back up: {:?}", uplink_states(&testbed)),
-    );
-    println!("uplink {silent} back up after {:?}", restored.elapsed());
+    let back = wait_for_state(&testbed, &interface, "up");
+    println!("uplink {silent} back up after {back:?}");
 }
 
 #[test]
@@ -386,11 +390,7 @@ fn an_uplink_address_change_is_followed() {
         },
         || format!("not followed: {:?}", installed(&testbed)),
     );
-    wait_until(
-        Duration::from_secs(10),
-        || uplink_states(&testbed).contains(&("up2".to_owned(), "up".to_owned())),
-        || format!("up2 after the change: {:?}", uplink_states(&testbed)),
-    );
+    wait_for_state(&testbed, "up2", "up");
 }
 
 /// Takes uplink `down`'s interface down on the gateway (the carrier is lost); new flows
@@ -399,16 +399,7 @@ fn an_uplink_address_change_is_followed() {
 fn fail_over_link_down(down: usize) {
     require_root();
     let dir = TempDir::new(&format!("updown{down}")).unwrap();
-    let testbed = deploy_on(&dir, &format!("updown{down}"), &UNEQUAL_UPLINKS);
-    wait_until(
-        Duration::from_secs(10),
-        || {
-            uplink_states(&testbed)
-                .iter()
-                .all(|(_, state)| state == "up")
-        },
-        || format!("uplinks: {:?}", uplink_states(&testbed)),
-    );
+    let testbed = deploy_probed(&dir, &format!("updown{down}"));
     let interface = format!("up{down}");
     let downed = Instant::now();
     testbed
@@ -422,11 +413,7 @@ fn fail_over_link_down(down: usize) {
         "{firsts:?}; gateway log: {}",
         gateway_log(&dir)
     );
-    wait_until(
-        Duration::from_secs(10),
-        || uplink_states(&testbed).contains(&(interface.clone(), "down".to_owned())),
-        || format!("never marked down: {:?}", uplink_states(&testbed)),
-    );
+    wait_for_state(&testbed, &interface, "down");
     println!("uplink {down} marked down after {:?}", downed.elapsed());
     testbed
         .gateway
@@ -435,13 +422,8 @@ fn fail_over_link_down(down: usize) {
     if down == 1 {
         testbed.route_lan_via(1).unwrap();
     }
-    let upped = Instant::now();
-    wait_until(
-        Duration::from_secs(10),
-        || uplink_states(&testbed).contains(&(interface.clone(), "up".to_owned())),
-        || format!("never back up: {:?}", uplink_states(&testbed)),
-    );
-    println!("uplink {down} back up after {:?}", upped.elapsed());
+    let back = wait_for_state(&testbed, &interface, "up");
+    println!("uplink {down} back up after {back:?}");
 }
 
 #[test]
@@ -484,9 +466,5 @@ fn a_recreated_uplink_interface_is_set_up_again() {
             )
         },
     );
-    wait_until(
-        Duration::from_secs(10),
-        || uplink_states(&testbed).contains(&("up2".to_owned(), "up".to_owned())),
-        || format!("up2 after it came back: {:?}", uplink_states(&testbed)),
-    );
+    wait_for_state(&testbed, "up2", "up");
 }
