@@ -28,6 +28,10 @@ pub const INTERCEPTED_LAN: u32 = 1;
 /// The flow came from an opted-in local cgroup (connect programs).
 pub const INTERCEPTED_CGROUP: u32 = 2;
 
+/// [`Flow::flags`]: the gateway carries the flow straight to its destination, the
+/// converter being unavailable.
+pub const FLOW_DIRECT: u32 = 1;
+
 /// One relayed flow, as the daemon registers it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -40,8 +44,8 @@ pub struct Flow {
     pub destination: Endpoint,
     /// [`INTERCEPTED_LAN`] or [`INTERCEPTED_CGROUP`].
     pub intercepted: u32,
-    /// Keeps the size a multiple of 8 with no implicit padding.
-    pub reserved: u32,
+    /// `FLOW_*` bits (it also keeps the size a multiple of 8 with no implicit padding).
+    pub flags: u32,
 }
 
 /// One MPTCP subflow of a relayed flow, as sock_ops last saw it.

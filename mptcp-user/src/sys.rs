@@ -15,7 +15,7 @@ use nix::{
     fcntl::{Flock, FlockArg, OFlag, SpliceFFlags},
     mount::{MsFlags, mount},
     sys::{
-        resource::{RLIM_INFINITY, Resource, setrlimit},
+        resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit},
         statfs::{BPF_FS_MAGIC, statfs},
     },
     unistd::pipe2,
@@ -34,6 +34,17 @@ pub fn raise_memlock_rlimit() {
     if let Err(error) = setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY) {
         debug!("could not raise RLIMIT_MEMLOCK: {error}");
     }
+}
+
+/// Raises the soft limit on open files to the hard one and returns it. Service managers
+/// start daemons with a soft limit of 1024, about 500 relayed flows: the hard limit is
+/// what the administrator allows, so take it.
+pub fn raise_file_limit() -> io::Result<u64> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard)
 }
 
 /// Mounts bpffs at /sys/fs/bpf when nothing is mounted there: some minimal systems do

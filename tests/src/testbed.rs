@@ -484,12 +484,14 @@ impl Testbed {
         self.start_daemons(dir, Interception::Ebpf, gateway_args, converter_args)
     }
 
-    /// Writes a fresh key to `dir/key` and starts the converter with it (`args` added),
-    /// logging to `dir/converter.log`; returns once it listens.
+    /// Starts the converter with the key `dir/key` (written first if there is none),
+    /// `args` added, logging to `dir/converter.log`; returns once it listens.
     pub fn start_converter(&mut self, dir: &Path, args: &[&str]) -> anyhow::Result<()> {
         let binary = crate::mptcp_user_bin();
         let key = dir.join("key");
-        crate::netns::run(Command::new(&binary).arg("keygen").arg(&key))?;
+        if !key.exists() {
+            crate::netns::run(Command::new(&binary).arg("keygen").arg(&key))?;
+        }
         let mut converter = self
             .converter
             .host_mounts_command(&binary.to_string_lossy());

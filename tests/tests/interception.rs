@@ -22,7 +22,7 @@ use mptcp_tests::{
     mptcp_user_bin,
     netns::Netns,
     require_root,
-    testbed::{GATEWAY_PORT, SERVER, SERVER_V6, Testbed, Uplink},
+    testbed::{CONVERTER_PORT, GATEWAY_PORT, SERVER, SERVER_V6, Testbed, Uplink},
 };
 use mptcp_user::gateway::routes::DEFAULT_MARK;
 
@@ -481,4 +481,133 @@ fn inspection_needs_root() {
         .output()
         .unwrap();
     assert_fails_with(&output, "needs root");
+}
+
+#[test]
+fn a_converter_outage_sends_new_flows_direct_and_back() {
+    require_root();
+    let dir = TempDir::new("outage").unwrap();
+    let mut testbed = deploy(&dir, "outage", &[]);
+    assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
+
+    // The converter dies: new LAN flows are carried directly, from the first one on.
+    testbed.forget("converter");
+    let killed = Instant::now();
+    assert_eq!(seen_from_lan(&testbed, SERVER), GATEWAY_HOST_DIRECT);
+    let first = killed.elapsed();
+    println!("converter killed: the first new flow answered after {first:?}");
+    assert!(first < Duration::from_secs(5), "{first:?}");
+    for _ in 0..4 {
+        assert_eq!(seen_from_lan(&testbed, SERVER), GATEWAY_HOST_DIRECT);
+    }
+    // Once the probes have seen it too, one line in the log said so, not one per flow.
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(seen_from_lan(&testbed, SERVER), GATEWAY_HOST_DIRECT);
+    let log = fs::read_to_string(dir.path().join("gateway.log")).unwrap();
+    let outage_lines = log.matches("the converter is unavailable").count()
+        + log.matches("no uplink reaches the converter").count();
+    assert_eq!(outage_lines, 1, "gateway log: {log}");
+
+    // It comes back: new flows go through it again within seconds.
+    testbed.start_converter(dir.path(), &[]).unwrap();
+    let restarted = Instant::now();
+    wait_until(
+        Duration::from_secs(10),
+        || seen_from_lan(&testbed, SERVER) == VIA_CONVERTER,
+        || "new flows do not return to the converter".to_owned(),
+    );
+    println!(
+        "converter back: flows through it again after {:?}",
+        restarted.elapsed()
+    );
+}
+
+#[test]
+fn a_filtered_converter_port_sends_new_flows_direct_within_seconds() {
+    require_root();
+    let dir = TempDir::new("filtered").unwrap();
+    let testbed = deploy(&dir, "filtered", &[]);
+    assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
+    // The converter's port answers nothing any more, as behind a firewall.
+    let nft = |args: &[&str]| testbed.converter.exec("nft", args).unwrap();
+    nft(&["add", "table", "inet", "filtered"]);
+    nft(&[
+        "add",
+        "chain",
+        "inet",
+        "filtered",
+        "input",
+        "{ type filter hook input priority 0; }",
+    ]);
+    let port = CONVERTER_PORT.to_string();
+    nft(&[
+        "add", "rule", "inet", "filtered", "input", "tcp", "dport", &port, "drop",
+    ]);
+    let filtered = Instant::now();
+    assert_eq!(seen_from_lan(&testbed, SERVER), GATEWAY_HOST_DIRECT);
+    println!(
+        "converter filtered: the first new flow answered after {:?}",
+        filtered.elapsed()
+    );
+    assert!(filtered.elapsed() < Duration::from_secs(5));
+    // Once the probes know, new flows skip the converter at once.
+    thread::sleep(Duration::from_secs(4));
+    let skipped = Instant::now();
+    assert_eq!(seen_from_lan(&testbed, SERVER), GATEWAY_HOST_DIRECT);
+    println!("then after {:?}", skipped.elapsed());
+    assert!(skipped.elapsed() < Duration::from_secs(1));
+    nft(&["delete", "table", "inet", "filtered"]);
+    wait_until(
+        Duration::from_secs(10),
+        || seen_from_lan(&testbed, SERVER) == VIA_CONVERTER,
+        || "new flows do not return to the converter".to_owned(),
+    );
+}
+
+#[test]
+fn a_gateway_started_like_a_service_without_cgroups_still_intercepts_the_lan() {
+    require_root();
+    let dir = TempDir::new("nocgroup").unwrap();
+    let mut testbed = Testbed::new("nocgroup", &UPLINKS).unwrap();
+    testbed.start_converter(dir.path(), &[]).unwrap();
+    // `ip netns exec` remounts /sys: no cgroup v2 hierarchy, and a bpffs of its own.
+    // Started as a service manager would, with a soft limit of 1024 open files.
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let mut gateway = testbed.gateway.command("prlimit");
+    gateway
+        .arg(format!("--nofile=1024:{hard}"))
+        .arg(mptcp_user_bin())
+        .args(["gateway", "--lan", "lan0", "--converter"])
+        .arg(format!("10.0.1.2:{CONVERTER_PORT}"))
+        .arg("--key-file")
+        .arg(dir.path().join("key"))
+        .env("RUST_LOG", "info");
+    let log = dir.path().join("gateway.log");
+    testbed.start("gateway", &mut gateway, &log).unwrap();
+    mptcp_tests::testbed::wait_for_line(&log, mptcp_user::gateway::READY, Duration::from_secs(10))
+        .unwrap();
+    let mut server = testbed.server.command("python3");
+    server.args(["-c", WHOAMI_SERVER, &WHOAMI_PORT.to_string()]);
+    testbed
+        .start("whoami", &mut server, &dir.path().join("whoami.log"))
+        .unwrap();
+    testbed
+        .server
+        .wait_listening(WHOAMI_PORT, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
+    let log = fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("running without the cgroup programs"),
+        "gateway log: {log}"
+    );
+    // It raised its soft limit to the hard one.
+    let capacity = mptcp_user::net::relay::flow_capacity(hard);
+    assert!(
+        log.contains(&format!(
+            "open-file limit {hard}: room for about {capacity} flows"
+        )),
+        "gateway log: {log}"
+    );
 }

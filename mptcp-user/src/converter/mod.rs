@@ -94,6 +94,14 @@ pub struct Converter {
 pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
     let key = Key::load(&config.key_file)?;
     let tuning = Tuning::new(&config.tuning)?;
+    let capacity = server::raise_file_limit();
+    if u64::try_from(config.max_conns).unwrap_or(u64::MAX) > capacity {
+        warn!(
+            "--max-conns {} is more than the open-file limit leaves room for (about \
+             {capacity}): raise the hard limit (LimitNOFILE= in a systemd unit)",
+            config.max_conns
+        );
+    }
     // Held for the daemon's life.
     let _subflow_programs = load_subflow_tuning(&tuning)?;
     let mut own = addr::local_addresses()?;

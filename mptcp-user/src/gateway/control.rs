@@ -14,7 +14,7 @@ use aya::maps::{HashMap, MapData};
 use ipnet::IpNet;
 use mptcp_ebpf_common::{
     Endpoint, cgroups as cgroup_maps,
-    flows::{self, Flow, INTERCEPTED_CGROUP, Subflow},
+    flows::{self, FLOW_DIRECT, Flow, INTERCEPTED_CGROUP, Subflow},
 };
 use serde::Serialize;
 
@@ -47,6 +47,8 @@ pub struct FlowRow {
     pub destination: String,
     /// `lan` or `cgroup`.
     pub intercepted: &'static str,
+    /// Carried straight to the destination (the converter being unavailable).
+    pub direct: bool,
     /// Seconds since the gateway accepted it.
     pub age_s: f64,
     /// Bytes the destination's side has acknowledged, summed over the subflows.
@@ -112,8 +114,18 @@ pub fn print_flows(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
     for row in &rows {
         writeln!(
             out,
-            "{:<42} {:<42} {:<7} {:>8.1} {:>12} {:>12}",
-            row.client, row.destination, row.intercepted, row.age_s, row.bytes_up, row.bytes_down
+            "{:<42} {:<42} {:<7} {:>8.1} {:>12} {:>12}{}",
+            row.client,
+            row.destination,
+            row.intercepted,
+            row.age_s,
+            row.bytes_up,
+            row.bytes_down,
+            if row.direct {
+                "  direct: the converter is unavailable"
+            } else {
+                ""
+            }
         )?;
         for subflow in &row.subflows {
             writeln!(
@@ -154,6 +166,7 @@ pub fn read_flows(pin_dir: &Path) -> anyhow::Result<Vec<FlowRow>> {
             } else {
                 "lan"
             },
+            direct: flow.flags & FLOW_DIRECT != 0,
             age_s: now.saturating_sub(flow.started_ns) as f64 / 1e9,
             bytes_up: subflows.iter().map(|subflow| subflow.bytes_acked).sum(),
             bytes_down: subflows.iter().map(|subflow| subflow.bytes_received).sum(),

@@ -8,7 +8,7 @@ use aya::maps::{HashMap, MapData, SkStorage};
 use log::warn;
 use mptcp_ebpf_common::{
     Endpoint, cgroups,
-    flows::{self, Flow, INTERCEPTED_CGROUP, INTERCEPTED_LAN},
+    flows::{self, FLOW_DIRECT, Flow, INTERCEPTED_CGROUP, INTERCEPTED_LAN},
 };
 
 use crate::{
@@ -91,13 +91,14 @@ impl FlowTable {
     }
 
     /// Lists the flow under `key` (the LAN-side socket cookie) for `mptcp-user flows`,
-    /// until the returned guard drops.
+    /// until the returned guard drops; `direct` when it bypasses the converter.
     pub fn register(
         &self,
         key: u64,
         client: SocketAddr,
         destination: SocketAddr,
         intercepted: Intercepted,
+        direct: bool,
     ) -> Registration<'_> {
         let flow = Flow {
             started_ns: sys::monotonic_ns(),
@@ -107,7 +108,7 @@ impl FlowTable {
                 Intercepted::Lan => INTERCEPTED_LAN,
                 Intercepted::Cgroup => INTERCEPTED_CGROUP,
             },
-            reserved: 0,
+            flags: if direct { FLOW_DIRECT } else { 0 },
         };
         if let Err(error) = lock(&self.flows).insert(key, flow, 0) {
             // Only the listing suffers; the flow itself goes on.

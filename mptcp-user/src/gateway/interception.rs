@@ -122,22 +122,37 @@ impl Interception {
         let mut selection = Selection::take(&mut programs)?;
         selection.install(&rules, &never, &config.ports)?;
 
-        let mut opted_in: HashMap<MapData, u64, u32> =
-            HashMap::try_from(programs.take_map(OPTED_IN_MAP_NAME)?)?;
-        for cgroup in &config.cgroups {
-            cgroups::opt_in(&mut opted_in, cgroup)?;
-            info!(
-                "intercepting the TCP connects of cgroup {}",
-                cgroup.display()
-            );
-        }
         programs.set_uplink_congestion(tuning.uplink_congestion())?;
-        if tuning.tunes_subflows() {
-            info!("subflow tuning: {}", tuning.describe_subflow_rules());
+        // The cgroup programs need the cgroup v2 hierarchy, which a container or a
+        // namespace entered with `ip netns exec` may hide: only --cgroup and
+        // --uplink-congestion make it a must.
+        match bpf::cgroup_root() {
+            Ok(root) => {
+                let mut opted_in: HashMap<MapData, u64, u32> =
+                    HashMap::try_from(programs.take_map(OPTED_IN_MAP_NAME)?)?;
+                for cgroup in &config.cgroups {
+                    cgroups::opt_in(&mut opted_in, cgroup)?;
+                    info!(
+                        "intercepting the TCP connects of cgroup {}",
+                        cgroup.display()
+                    );
+                }
+                if tuning.tunes_subflows() {
+                    info!("subflow tuning: {}", tuning.describe_subflow_rules());
+                }
+                programs.attach_sock_ops(&root)?;
+                programs.attach_connect_interception(&root)?;
+            }
+            Err(error) if config.cgroups.is_empty() && tuning.uplink_congestion().is_empty() => {
+                warn!(
+                    "{error:#}; running without the cgroup programs: no local services \
+                     intercepted, no subflow records or per-subflow tuning"
+                );
+            }
+            Err(error) => {
+                return Err(error.context("--cgroup and --uplink-congestion need cgroup v2"));
+            }
         }
-        let root = bpf::cgroup_root()?;
-        programs.attach_sock_ops(&root)?;
-        programs.attach_connect_interception(&root)?;
 
         let routes = if config.lan.is_empty() {
             None

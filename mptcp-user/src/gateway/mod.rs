@@ -45,7 +45,7 @@ use crate::{
 use flows::FlowTable;
 use interception::{Interception, InterceptionConfig};
 use uplinks::{ManagerConfig, UplinkConfig, UplinkManager, UplinkTable};
-use upstream::{Upstream, UpstreamConfig};
+use upstream::{OpenError, Upstream, UpstreamConfig};
 
 /// Default directory (on bpffs) where a running gateway pins its maps.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/mptcp-gateway";
@@ -115,6 +115,7 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
     runtime.block_on(async {
         let _lock = InstanceLock::acquire(&config.interception.pin_path)?;
         config.check_interfaces()?;
+        server::raise_file_limit();
         let tuning = Tuning::new(&config.tuning)?;
         let upstream = Upstream::resolve(&config.upstream).await?;
         let uplink_manager = UplinkManager::start(ManagerConfig {
@@ -217,22 +218,12 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
             return;
         }
     };
-    let _listed = gateway
-        .flows
-        .register(flow_key, peer, destination, intercepted);
-    let configure = |socket: &socket2::Socket| {
-        gateway.tuning.apply(socket)?;
-        gateway.flows.label(socket, flow_key)
-    };
-    let attempts = gateway.uplinks.attempts();
     let opened = tokio::time::timeout(
         gateway.connect_timeout,
-        gateway
-            .upstream
-            .open(&lan, destination, &attempts, configure),
+        open_upstream(&lan, destination, flow_key, &gateway),
     )
     .await;
-    let (mut upstream, server_early) = match opened {
+    let (mut upstream, server_early, direct) = match opened {
         Ok(Ok(opened)) => opened,
         Ok(Err(error)) => {
             info!("{peer} -> {destination}: {error:#}");
@@ -248,6 +239,9 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
             return;
         }
     };
+    let _listed = gateway
+        .flows
+        .register(flow_key, peer, destination, intercepted, direct);
     if let Err(error) = lan.write_all(&server_early).await {
         debug!("{peer} -> {destination}: {error}");
         return;
@@ -267,4 +261,46 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
         ),
         Err(error) => info!("{peer} -> {destination}: {error}"),
     }
+}
+
+/// Opens the flow's upstream connection: through the converter, or straight to the
+/// destination when the converter is known to be away or cannot take the flow, so that
+/// an outage costs the household aggregation, not its connections. Returns the
+/// connection, the destination's bytes that came with the converter's answer, and
+/// whether the flow goes direct.
+async fn open_upstream(
+    lan: &TcpStream,
+    destination: SocketAddr,
+    flow_key: u64,
+    gateway: &Gateway,
+) -> anyhow::Result<(TcpStream, Vec<u8>, bool)> {
+    let configure = |socket: &socket2::Socket| {
+        gateway.tuning.apply(socket)?;
+        gateway.flows.label(socket, flow_key)
+    };
+    let attempts = gateway.uplinks.attempts();
+    let early = if matches!(gateway.upstream, Upstream::Converter { .. })
+        && gateway.uplinks.converter_down()
+    {
+        Vec::new()
+    } else {
+        match gateway
+            .upstream
+            .open(lan, destination, &attempts, configure)
+            .await
+        {
+            Ok((stream, server_early)) => return Ok((stream, server_early, false)),
+            Err(OpenError::Failed(error)) => return Err(error),
+            Err(OpenError::ConverterUnavailable { reason, early }) => {
+                gateway.uplinks.report_converter_failure(&reason);
+                early
+            }
+        }
+    };
+    let mut stream = Upstream::open_direct(destination, &attempts, configure).await?;
+    stream
+        .write_all(&early)
+        .await
+        .context("sending the client's first bytes")?;
+    Ok((stream, Vec::new(), true))
 }

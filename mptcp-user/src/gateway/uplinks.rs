@@ -17,7 +17,11 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     str::FromStr,
-    sync::{Arc, Mutex, mpsc},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     thread,
     time::{Duration, Instant, SystemTime},
 };
@@ -266,9 +270,47 @@ impl UplinkStatus {
 #[derive(Debug, Default)]
 pub struct UplinkTable {
     uplinks: Mutex<Vec<UplinkStatus>>,
+    /// Whether the uplinks are probed (through the converter); without probes nothing
+    /// would say when an outage ends, so flows never skip the converter.
+    probed: AtomicBool,
+    /// The converter failed a flow, or every probe, and no probe has reached it since.
+    converter_down: AtomicBool,
 }
 
 impl UplinkTable {
+    /// Whether new flows should go direct at once: the converter is known to be away.
+    pub fn converter_down(&self) -> bool {
+        self.converter_down.load(Ordering::Relaxed)
+    }
+
+    /// A flow could not use the converter (and goes direct). The first one of an outage
+    /// says so in the log; with probes, new flows skip the converter until one reaches
+    /// it again.
+    pub fn report_converter_failure(&self, reason: &anyhow::Error) {
+        if !self.probed.load(Ordering::Relaxed) {
+            info!("the converter cannot take a flow ({reason:#}); it goes direct");
+        } else if !self.converter_down.swap(true, Ordering::Relaxed) {
+            warn!(
+                "the converter is unavailable ({reason:#}): new flows go direct until a \
+                 probe reaches it again"
+            );
+        }
+    }
+
+    /// Takes the probes' verdicts: the converter is away when none reached it.
+    fn note_probes(&self, uplinks: &[UplinkStatus]) {
+        self.probed.store(true, Ordering::Relaxed);
+        let reached = uplinks
+            .iter()
+            .any(|uplink| matches!(uplink.health, Health::Up | Health::MptcpBlocked));
+        let probed = uplinks.iter().any(|uplink| uplink.health == Health::Down);
+        if reached && self.converter_down.swap(false, Ordering::Relaxed) {
+            info!("the converter answers again: new flows go through it");
+        } else if !reached && probed && !self.converter_down.swap(true, Ordering::Relaxed) {
+            warn!("no uplink reaches the converter: new flows go direct until one does");
+        }
+    }
+
     /// Every uplink's status.
     pub fn snapshot(&self) -> Vec<UplinkStatus> {
         lock(&self.uplinks).clone()
@@ -430,10 +472,12 @@ async fn manage(
         if let Err(error) = uplinks.follow(&netlink).await {
             warn!("cannot follow the uplinks: {error:#}");
         }
+        table.replace(uplinks.status.clone());
         if let Some(target) = config.probe_target {
             uplinks.probe(target).await;
+            table.replace(uplinks.status.clone());
+            table.note_probes(&uplinks.status);
         }
-        table.replace(uplinks.status.clone());
         write_status(&config.status_file, &uplinks.status);
     }
     uplinks.remove(&netlink).await;

@@ -4,15 +4,16 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
+    time::Duration,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow};
 use socket2::Socket;
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
 use crate::{
     convert::{
-        codec::{Request, Response},
+        codec::{ErrorCode, Request, Response},
         cookie::{self, Key},
         wire,
     },
@@ -32,6 +33,31 @@ pub enum UpstreamConfig {
     },
     /// MPTCP straight to the original destination (plain TCP if it does not speak MPTCP).
     Direct,
+}
+
+/// How long the converter may take to connect and answer before a flow goes direct.
+/// A killed converter refuses at once; this bounds a filtered or silent one.
+pub const CONVERTER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a flow's upstream connection could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The converter cannot be reached, or refused for its own reasons (Resource
+    /// Exceeded): the flow can still go direct, with the client's bytes already read.
+    ConverterUnavailable {
+        /// What happened.
+        reason: anyhow::Error,
+        /// The client's first bytes, read while connecting; not sent anywhere yet.
+        early: Vec<u8>,
+    },
+    /// Anything else (the destination refused, a bad key): the flow ends.
+    Failed(anyhow::Error),
+}
+
+impl From<std::io::Error> for OpenError {
+    fn from(error: std::io::Error) -> Self {
+        Self::Failed(error.into())
+    }
 }
 
 /// Where flows go, resolved.
@@ -92,38 +118,91 @@ impl Upstream {
         destination: SocketAddr,
         attempts: &[Attempt],
         configure: impl Fn(&Socket) -> std::io::Result<()>,
-    ) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+    ) -> Result<(TcpStream, Vec<u8>), OpenError> {
         let (converter, key) = match self {
             Self::Direct => {
-                let stream = socket::connect_racing(destination, true, attempts, configure)
+                let stream = Self::open_direct(destination, attempts, configure)
                     .await
-                    .context("MPTCP connect to the destination failed")?;
+                    .map_err(OpenError::Failed)?;
                 return Ok((stream, Vec::new()));
             }
             Self::Converter { address, key } => (*address, key),
         };
-        let mut stream = socket::connect_racing(converter, true, attempts, configure)
-            .await
-            .with_context(|| format!("MPTCP connect to the converter {converter} failed"))?;
+        let unavailable = |reason: anyhow::Error, early: &[u8]| OpenError::ConverterUnavailable {
+            reason,
+            early: early.to_vec(),
+        };
+        let connected = tokio::time::timeout(
+            CONVERTER_TIMEOUT,
+            socket::connect_racing(converter, true, attempts, configure),
+        )
+        .await;
+        let mut stream = match connected {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                let reason = anyhow!(error).context(format!("MPTCP connect to {converter} failed"));
+                return Err(unavailable(reason, &[]));
+            }
+            Err(_) => {
+                let reason = anyhow!("{converter} did not answer within {CONVERTER_TIMEOUT:?}");
+                return Err(unavailable(reason, &[]));
+            }
+        };
         let request = Request {
             destination,
-            cookie: Some(key.cookie(destination, cookie::unix_now())?),
+            cookie: Some(
+                key.cookie(destination, cookie::unix_now())
+                    .map_err(OpenError::Failed)?,
+            ),
         };
-        let mut first_segment = request.to_message().encode()?;
+        let mut first_segment = request
+            .to_message()
+            .encode()
+            .map_err(|error| OpenError::Failed(error.into()))?;
+        let request_len = first_segment.len();
         // Whatever the client sent while we connected: most clients speak first.
         let mut early = vec![0u8; 16 * 1024];
         match lan.try_read(&mut early) {
             Ok(n) => first_segment.extend_from_slice(&early[..n]),
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(error) => return Err(error).context("reading the client's first bytes"),
+            Err(error) => return Err(error.into()),
         }
-        stream.write_all(&first_segment).await?;
-        let (message, server_early) = wire::read_message(&mut stream)
+        let client_bytes = &first_segment[request_len..];
+        let answered = tokio::time::timeout(CONVERTER_TIMEOUT, async {
+            stream.write_all(&first_segment).await?;
+            wire::read_message(&mut stream)
+                .await
+                .context("no valid answer from the converter")
+        })
+        .await;
+        match answered {
+            Ok(Ok((message, server_early))) => match Response::from_message(&message) {
+                Response::Connected => Ok((stream, server_early)),
+                Response::Error(ErrorCode::ResourceExceeded) => Err(unavailable(
+                    anyhow!("the converter {converter} is full (Resource Exceeded)"),
+                    client_bytes,
+                )),
+                Response::Error(code) => {
+                    Err(OpenError::Failed(anyhow!("the converter refused: {code}")))
+                }
+            },
+            Ok(Err(error)) => Err(unavailable(error, client_bytes)),
+            Err(_) => Err(unavailable(
+                anyhow!("{converter} did not answer the request within {CONVERTER_TIMEOUT:?}"),
+                client_bytes,
+            )),
+        }
+    }
+
+    /// Opens an MPTCP connection straight to `destination` (plain TCP if it does not
+    /// speak MPTCP): `--direct`, or a flow the converter cannot take.
+    pub async fn open_direct(
+        destination: SocketAddr,
+        attempts: &[Attempt],
+        configure: impl Fn(&Socket) -> std::io::Result<()>,
+    ) -> anyhow::Result<TcpStream> {
+        socket::connect_racing(destination, true, attempts, configure)
             .await
-            .context("no valid answer from the converter")?;
-        match Response::from_message(&message) {
-            Response::Connected => Ok((stream, server_early)),
-            Response::Error(code) => bail!("the converter refused: {code}"),
-        }
+            .context("MPTCP connect to the destination failed")
     }
 }

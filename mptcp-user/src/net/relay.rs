@@ -33,7 +33,14 @@ use crate::{lock, net::socket, sys};
 const CHUNK: usize = 64 * 1024;
 /// Idle pipes a daemon's pool keeps: enough for the bursts of a household's flows,
 /// 512 file descriptors at most.
-const MAX_IDLE_PIPES: usize = 256;
+pub const MAX_IDLE_PIPES: usize = 256;
+
+/// About how many flows a daemon can relay under a limit of `files` open files: two
+/// sockets a flow, and a pipe (two more) while its bytes move; the idle pipes of the
+/// pool and a few dozen for the rest come off first.
+pub fn flow_capacity(files: u64) -> u64 {
+    files.saturating_sub(2 * MAX_IDLE_PIPES as u64 + 64) / 3
+}
 
 /// A pipe: bytes spliced into `write` come out of `read`.
 struct Pipe {
@@ -291,6 +298,13 @@ mod tests {
             (result, pool.idle_count())
         });
         (client, server, task)
+    }
+
+    #[test]
+    fn a_service_managers_default_limit_leaves_room_for_some_flows_only() {
+        assert_eq!(flow_capacity(100), 0);
+        assert_eq!(flow_capacity(1024), (1024 - 512 - 64) / 3);
+        assert!(flow_capacity(1 << 20) > 300_000);
     }
 
     #[tokio::test]

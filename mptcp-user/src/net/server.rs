@@ -66,6 +66,22 @@ async fn drain(mut tasks: JoinSet<()>) {
     }
 }
 
+/// Raises the open-file limit to the hard one and logs how many flows it leaves room
+/// for; returns that number.
+pub fn raise_file_limit() -> u64 {
+    match crate::sys::raise_file_limit() {
+        Ok(files) => {
+            let flows = super::relay::flow_capacity(files);
+            info!("open-file limit {files}: room for about {flows} flows");
+            flows
+        }
+        Err(error) => {
+            warn!("cannot raise the open-file limit: {error}");
+            u64::MAX
+        }
+    }
+}
+
 /// Resolves at the first SIGINT or SIGTERM.
 pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())
