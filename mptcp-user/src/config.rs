@@ -32,7 +32,7 @@ use crate::{
         uplinks::{self, UplinkConfig},
         upstream::UpstreamConfig,
     },
-    net::addr::parse_prefix,
+    net::{addr::parse_prefix, relay::Timeouts},
 };
 
 /// A config file.
@@ -174,6 +174,13 @@ pub struct GatewayOptions {
     #[arg(long, value_name = "SECS")]
     pub idle_timeout: Option<u64>,
 
+    /// Seconds after which a flow whose every path is dead ends with a reset on both
+    /// sides: a peer that answers no TCP keepalive or takes no byte for that long, or,
+    /// on the gateway, a converter no uplink's probe has reached for that long (the
+    /// probes take a few seconds more to notice) [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub dead_path_timeout: Option<u64>,
+
     #[command(flatten)]
     #[serde(default)]
     pub tuning: TuningOptions,
@@ -210,6 +217,7 @@ impl GatewayOptions {
             direct: self.direct || file.direct,
             connect_timeout: self.connect_timeout.or(file.connect_timeout),
             idle_timeout: self.idle_timeout.or(file.idle_timeout),
+            dead_path_timeout: self.dead_path_timeout.or(file.dead_path_timeout),
             tuning: self.tuning.or(file.tuning),
         }
     }
@@ -237,7 +245,7 @@ impl GatewayOptions {
             }),
             upstream,
             connect_timeout: Duration::from_secs(self.connect_timeout.unwrap_or(10)),
-            idle_timeout: Duration::from_secs(self.idle_timeout.unwrap_or(3600)),
+            timeouts: timeouts(self.idle_timeout, self.dead_path_timeout),
             interception: InterceptionConfig {
                 lan: self.lan,
                 cgroups: self.cgroups,
@@ -296,6 +304,13 @@ pub struct ConverterOptions {
     #[arg(long, value_name = "SECS")]
     pub idle_timeout: Option<u64>,
 
+    /// Seconds after which a flow whose every path is dead ends with a reset on both
+    /// sides: a peer that answers no TCP keepalive or takes no byte for that long, or,
+    /// on the gateway, a converter no uplink's probe has reached for that long (the
+    /// probes take a few seconds more to notice) [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub dead_path_timeout: Option<u64>,
+
     /// Seconds a cookie's timestamp may differ from this host's clock [default: 60].
     #[arg(long, value_name = "SECS")]
     pub replay_window: Option<u64>,
@@ -328,6 +343,7 @@ impl ConverterOptions {
             request_timeout: self.request_timeout.or(file.request_timeout),
             connect_timeout: self.connect_timeout.or(file.connect_timeout),
             idle_timeout: self.idle_timeout.or(file.idle_timeout),
+            dead_path_timeout: self.dead_path_timeout.or(file.dead_path_timeout),
             replay_window: self.replay_window.or(file.replay_window),
             tuning: self.tuning.or(file.tuning),
         }
@@ -347,7 +363,7 @@ impl ConverterOptions {
             max_conns: self.max_conns.unwrap_or(10_000),
             request_timeout: Duration::from_secs(self.request_timeout.unwrap_or(5)),
             connect_timeout: Duration::from_secs(self.connect_timeout.unwrap_or(10)),
-            idle_timeout: Duration::from_secs(self.idle_timeout.unwrap_or(3600)),
+            timeouts: timeouts(self.idle_timeout, self.dead_path_timeout),
             replay_window: self
                 .replay_window
                 .map_or(cookie::DEFAULT_WINDOW, Duration::from_secs),
@@ -426,6 +442,14 @@ impl TuningOptions {
                 .long_rtt_send_buffer
                 .unwrap_or(defaults.long_rtt_send_buffer_mib),
         }
+    }
+}
+
+/// The relay's timeouts, defaults filled in.
+fn timeouts(idle_s: Option<u64>, dead_path_s: Option<u64>) -> Timeouts {
+    Timeouts {
+        idle: Duration::from_secs(idle_s.unwrap_or(3600)),
+        dead_path: Duration::from_secs(dead_path_s.unwrap_or(60).max(1)),
     }
 }
 
@@ -521,7 +545,8 @@ mod tests {
             ..GatewayOptions::default()
         };
         let config = flags.or(file).into_config().unwrap();
-        assert_eq!(config.idle_timeout, Duration::from_secs(5));
+        assert_eq!(config.timeouts.idle, Duration::from_secs(5));
+        assert_eq!(config.timeouts.dead_path, Duration::from_mins(1));
         assert_eq!(config.interception.lan, ["lan1"]);
         assert_eq!(config.tuning.congestion, "cubic");
         assert_eq!(config.connect_timeout, Duration::from_secs(10));

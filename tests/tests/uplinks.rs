@@ -468,3 +468,87 @@ fn a_recreated_uplink_interface_is_set_up_again() {
     );
     wait_for_state(&testbed, "up2", "up");
 }
+
+/// Serves a random file of `len` bytes and starts curl downloading it at `rate` from the
+/// LAN host into `dir/downloaded`; returns the file's contents and curl.
+fn start_download(
+    testbed: &mut Testbed,
+    dir: &TempDir,
+    len: usize,
+    rate: &str,
+) -> (Vec<u8>, std::process::Child) {
+    let served = dir.path().join("www");
+    fs::create_dir(&served).unwrap();
+    let original = random_bytes(len);
+    fs::write(served.join("file"), &original).unwrap();
+    testbed
+        .start_http_server(&served, &dir.path().join("http.log"))
+        .unwrap();
+    let curl = testbed
+        .client
+        .command("curl")
+        .args(["--silent", "--show-error", "--fail", "--max-time", "120"])
+        .args(["--limit-rate", rate, "--output"])
+        .arg(dir.path().join("downloaded"))
+        .arg(format!("http://{SERVER}/file"))
+        .spawn()
+        .unwrap();
+    (original, curl)
+}
+
+#[test]
+fn a_flow_whose_every_path_is_dead_ends_with_a_reset_after_the_bound() {
+    require_root();
+    let dir = TempDir::new("deadpath").unwrap();
+    let mut testbed = Testbed::new("deadpath", &UPLINKS).unwrap();
+    let bound = ["--dead-path-timeout", "6"];
+    testbed
+        .start_gateway_and_converter(dir.path(), &bound, &bound)
+        .unwrap();
+    let (_, mut curl) = start_download(&mut testbed, &dir, 32 << 20, "2M");
+    thread::sleep(Duration::from_secs(1));
+    testbed.silence_uplink(1).unwrap();
+    testbed.silence_uplink(2).unwrap();
+    let cut = Instant::now();
+    let deadline = cut + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = curl.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the download hangs; {}",
+            gateway_log(&dir)
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    let ended = cut.elapsed();
+    println!("every path dead: the LAN flow ended after {ended:?} (bound 6 s)");
+    assert!(!status.success(), "a cut download must not look complete");
+    assert!(
+        ended >= Duration::from_secs(3),
+        "ended too early: {ended:?}"
+    );
+}
+
+#[test]
+fn a_flow_resumes_when_its_dead_paths_come_back_within_the_bound() {
+    require_root();
+    let dir = TempDir::new("pathsback").unwrap();
+    let mut testbed = Testbed::new("pathsback", &UPLINKS).unwrap();
+    testbed
+        .start_gateway_and_converter(dir.path(), &[], &[])
+        .unwrap();
+    let (original, mut curl) = start_download(&mut testbed, &dir, 16 << 20, "2M");
+    thread::sleep(Duration::from_secs(1));
+    testbed.silence_uplink(1).unwrap();
+    testbed.silence_uplink(2).unwrap();
+    thread::sleep(Duration::from_secs(10));
+    testbed.restore_uplink(1).unwrap();
+    testbed.restore_uplink(2).unwrap();
+    assert!(curl.wait().unwrap().success(), "{}", gateway_log(&dir));
+    assert!(
+        fs::read(dir.path().join("downloaded")).unwrap() == original,
+        "download corrupted"
+    );
+}

@@ -35,7 +35,7 @@ use crate::{
     lock,
     net::{
         addr,
-        relay::{self, PipePool},
+        relay::{self, PipePool, Timeouts},
         server, socket,
     },
     sys,
@@ -62,8 +62,8 @@ pub struct ConverterConfig {
     pub request_timeout: Duration,
     /// How long connecting to a destination may take.
     pub connect_timeout: Duration,
-    /// Relays with no traffic for this long are reset.
-    pub idle_timeout: Duration,
+    /// When relays give up: idle, or a dead path.
+    pub timeouts: Timeouts,
     /// How far a cookie's timestamp may be from this host's clock.
     pub replay_window: Duration,
     /// Congestion control and buffers of the MPTCP connections and subflows.
@@ -80,8 +80,8 @@ pub struct Converter {
     pub request_timeout: Duration,
     /// How long connecting to a destination may take.
     pub connect_timeout: Duration,
-    /// Relays with no traffic for this long are reset.
-    pub idle_timeout: Duration,
+    /// When relays give up: idle, or a dead path.
+    pub timeouts: Timeouts,
     /// Bounds the number of connections served at once.
     pub connections: Arc<Semaphore>,
     /// Congestion control and buffer of the accepted MPTCP connections.
@@ -111,7 +111,7 @@ pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
         policy: DestinationPolicy::new(config.allow.clone(), own),
         request_timeout: config.request_timeout,
         connect_timeout: config.connect_timeout,
-        idle_timeout: config.idle_timeout,
+        timeouts: config.timeouts,
         connections: Arc::new(Semaphore::new(config.max_conns)),
         tuning,
         pipes: PipePool::default(),
@@ -245,7 +245,7 @@ async fn handle(
         &mut client,
         &mut server,
         &converter.pipes,
-        converter.idle_timeout,
+        converter.timeouts,
     )
     .await
     {

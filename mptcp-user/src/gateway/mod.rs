@@ -37,7 +37,7 @@ use crate::{
         tuning::{Tuning, TuningConfig},
     },
     net::{
-        relay::{self, PipePool},
+        relay::{self, PipePool, Timeouts},
         server, socket,
     },
     sys::{self, InstanceLock},
@@ -64,8 +64,8 @@ pub struct GatewayConfig {
     /// How long opening the upstream connection may take, the converter's answer
     /// included.
     pub connect_timeout: Duration,
-    /// Relays with no traffic for this long are reset.
-    pub idle_timeout: Duration,
+    /// When relays give up: idle, or a dead path.
+    pub timeouts: Timeouts,
     /// Which flows are intercepted, and how.
     pub interception: InterceptionConfig,
     /// The uplinks; none: the host's own MPTCP endpoints and routes, as they are.
@@ -97,8 +97,8 @@ pub struct Gateway {
     pub upstream: Upstream,
     /// How long opening the upstream connection may take, response included.
     pub connect_timeout: Duration,
-    /// Relays with no traffic for this long are reset.
-    pub idle_timeout: Duration,
+    /// When relays give up: idle, or a dead path.
+    pub timeouts: Timeouts,
     /// Congestion control and buffer of the MPTCP connections.
     pub tuning: Tuning,
     /// Pipes for the relays.
@@ -150,7 +150,7 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
         let gateway = Arc::new(Gateway {
             upstream,
             connect_timeout: config.connect_timeout,
-            idle_timeout: config.idle_timeout,
+            timeouts: config.timeouts,
             tuning,
             pipes: PipePool::default(),
             flows,
@@ -246,20 +246,50 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
         debug!("{peer} -> {destination}: {error}");
         return;
     }
-    match relay::relay(
-        &mut lan,
-        &mut upstream,
-        &gateway.pipes,
-        gateway.idle_timeout,
-    )
-    .await
-    {
-        Ok(moved) => debug!(
+    let relayed = tokio::select! {
+        relayed = relay::relay(&mut lan, &mut upstream, &gateway.pipes, gateway.timeouts) => {
+            Some(relayed)
+        }
+        () = converter_lost(&gateway, direct) => None,
+    };
+    match relayed {
+        Some(Ok(moved)) => debug!(
             "{peer} -> {destination}: done, {} bytes up, {} down",
             moved.forward,
             moved.backward + server_early.len() as u64
         ),
-        Err(error) => info!("{peer} -> {destination}: {error}"),
+        Some(Err(error)) => info!("{peer} -> {destination}: {error}"),
+        None => {
+            info!(
+                "{peer} -> {destination}: no uplink has reached the converter for {:?}; \
+                 resetting the flow",
+                gateway.timeouts.dead_path
+            );
+            socket::reset_on_close(&lan);
+            socket::reset_on_close(&upstream);
+        }
+    }
+}
+
+/// Resolves when no uplink has reached the converter for the dead-path timeout: a flow
+/// carried through it has had no path for that long. Never for a direct flow.
+///
+/// The kernel does not end an MPTCP connection whose every subflow died (keepalive only
+/// ends the subflows), so the uplinks' probes tell instead.
+async fn converter_lost(gateway: &Gateway, direct: bool) {
+    if direct || !matches!(gateway.upstream, Upstream::Converter { .. }) {
+        return std::future::pending().await;
+    }
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        ticks.tick().await;
+        if gateway
+            .uplinks
+            .converter_unreachable_for()
+            .is_some_and(|unreachable| unreachable >= gateway.timeouts.dead_path)
+        {
+            return;
+        }
     }
 }
 

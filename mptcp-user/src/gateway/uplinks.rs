@@ -275,6 +275,8 @@ pub struct UplinkTable {
     probed: AtomicBool,
     /// The converter failed a flow, or every probe, and no probe has reached it since.
     converter_down: AtomicBool,
+    /// Since when no probe has reached the converter, over any uplink.
+    unreachable_since: Mutex<Option<Instant>>,
 }
 
 impl UplinkTable {
@@ -297,6 +299,12 @@ impl UplinkTable {
         }
     }
 
+    /// How long no probe has reached the converter over any uplink: the flows carried
+    /// through it have had no path that long. `None` while one does, or without probes.
+    pub fn converter_unreachable_for(&self) -> Option<Duration> {
+        lock(&self.unreachable_since).map(|since| since.elapsed())
+    }
+
     /// Takes the probes' verdicts: the converter is away when none reached it.
     fn note_probes(&self, uplinks: &[UplinkStatus]) {
         self.probed.store(true, Ordering::Relaxed);
@@ -304,6 +312,14 @@ impl UplinkTable {
             .iter()
             .any(|uplink| matches!(uplink.health, Health::Up | Health::MptcpBlocked));
         let probed = uplinks.iter().any(|uplink| uplink.health == Health::Down);
+        {
+            let mut since = lock(&self.unreachable_since);
+            if reached {
+                *since = None;
+            } else if probed && since.is_none() {
+                *since = Some(Instant::now());
+            }
+        }
         if reached && self.converter_down.swap(false, Ordering::Relaxed) {
             info!("the converter answers again: new flows go through it");
         } else if !reached && probed && !self.converter_down.swap(true, Ordering::Relaxed) {

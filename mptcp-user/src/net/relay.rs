@@ -6,6 +6,9 @@
 //! - Resets: an error on either side (a reset, most often) makes both sockets close with
 //!   SO_LINGER 0, so the other peer sees a reset too instead of a clean end.
 //! - Idle timeout: both sockets are reset when no byte moved for that long.
+//! - Dead paths: TCP keepalive on both sockets ends a flow whose peer stopped answering
+//!   (every path dead) after about the dead-path timeout, and a side that takes no byte
+//!   for that long while some wait is as dead: both sockets are then reset too.
 //! - Pipes come from a shared pool and are held only while bytes are in flight, so an
 //!   idle connection owns no pipe.
 //! - Where the kernel cannot splice a socket (EINVAL, e.g. MPTCP before Linux 5.x), that
@@ -100,6 +103,15 @@ pub struct Transferred {
     pub backward: u64,
 }
 
+/// When a relay gives up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// No byte moved either way for this long: a forgotten connection.
+    pub idle: Duration,
+    /// A peer that answers no keepalive, or takes no byte, for this long is gone.
+    pub dead_path: Duration,
+}
+
 /// How a relay ended badly.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -112,6 +124,9 @@ pub enum RelayError {
     /// No byte moved for the idle timeout.
     #[error("idle for {0:?}")]
     Idle(Duration),
+    /// A side took no byte for the dead-path timeout while some waited.
+    #[error("a side took nothing for {0:?}: its path is dead")]
+    Stalled(Duration),
     /// No pipe could be made (file descriptor limit).
     #[error("no pipe: {0}")]
     Pipe(io::Error),
@@ -123,24 +138,28 @@ pub async fn relay(
     a: &mut TcpStream,
     b: &mut TcpStream,
     pool: &PipePool,
-    idle_timeout: Duration,
+    timeouts: Timeouts,
 ) -> Result<Transferred, RelayError> {
-    // Bytes go on as they arrive: with Nagle, the converter's first relayed bytes waited
-    // for the ACK of its answer, one extra round trip before the first byte.
     for stream in [&*a, &*b] {
+        // Bytes go on as they arrive: with Nagle, the converter's first relayed bytes
+        // waited for the ACK of its answer, one extra round trip before the first byte.
         if let Err(error) = stream.set_nodelay(true) {
             debug!("cannot set TCP_NODELAY: {error}");
+        }
+        if let Err(error) = socket::detect_dead_peer(stream, timeouts.dead_path) {
+            debug!("cannot set TCP keepalive: {error}");
         }
     }
     let start = Instant::now();
     let last_activity = AtomicU64::new(0);
     let (a_read, a_write) = a.split();
     let (b_read, b_write) = b.split();
-    let forward = pump(&a_read, &b_write, pool, &last_activity, start);
-    let backward = pump(&b_read, &a_write, pool, &last_activity, start);
+    let stall = timeouts.dead_path;
+    let forward = pump(&a_read, &b_write, pool, &last_activity, start, stall);
+    let backward = pump(&b_read, &a_write, pool, &last_activity, start, stall);
     let result = tokio::select! {
         result = async { tokio::try_join!(forward, backward) } => result,
-        () = idle(&last_activity, start, idle_timeout) => Err(RelayError::Idle(idle_timeout)),
+        () = idle(&last_activity, start, timeouts.idle) => Err(RelayError::Idle(timeouts.idle)),
     };
     match result {
         Ok((forward, backward)) => Ok(Transferred { forward, backward }),
@@ -169,13 +188,15 @@ fn touch(last_activity: &AtomicU64, start: Instant) {
     last_activity.store(millis, Ordering::Relaxed);
 }
 
-/// One direction: `from` -> `to` until EOF, then shuts down `to`'s write side.
+/// One direction: `from` -> `to` until EOF, then shuts down `to`'s write side. Fails
+/// when `to` takes no byte of what waits for `stall`.
 async fn pump(
     from: &ReadHalf<'_>,
     to: &tokio::net::tcp::WriteHalf<'_>,
     pool: &PipePool,
     last_activity: &AtomicU64,
     start: Instant,
+    stall: Duration,
 ) -> Result<u64, RelayError> {
     let from: &TcpStream = from.as_ref();
     let to: &TcpStream = to.as_ref();
@@ -203,7 +224,10 @@ async fn pump(
         }
         let mut in_pipe = filled;
         while in_pipe > 0 {
-            to.writable().await.map_err(RelayError::Write)?;
+            tokio::time::timeout(stall, to.writable())
+                .await
+                .map_err(|_| RelayError::Stalled(stall))?
+                .map_err(RelayError::Write)?;
             match to.try_io(Interest::WRITABLE, || sys::splice(&pipe.read, to, in_pipe)) {
                 Ok(n) => in_pipe -= n,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
@@ -294,7 +318,11 @@ mod tests {
         let (mut b, server) = pair().await;
         let task = tokio::spawn(async move {
             let pool = PipePool::new(4);
-            let result = relay(&mut a, &mut b, &pool, idle_timeout).await;
+            let timeouts = Timeouts {
+                idle: idle_timeout,
+                dead_path: Duration::from_mins(1),
+            };
+            let result = relay(&mut a, &mut b, &pool, timeouts).await;
             (result, pool.idle_count())
         });
         (client, server, task)

@@ -152,6 +152,18 @@ pub fn reset_on_close(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
 }
 
+/// TCP keepalive tuned so that a peer that stopped answering (every path of an MPTCP
+/// connection dead) is given up after about `dead_after`: the first probe after half
+/// of it idle, then three more a sixth apart. On MPTCP it reaches every subflow.
+pub fn detect_dead_peer(stream: &TcpStream, dead_after: Duration) -> io::Result<()> {
+    let first = (dead_after / 2).max(Duration::from_secs(1));
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(first)
+        .with_interval((dead_after / 6).max(Duration::from_secs(1)))
+        .with_retries(3);
+    SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
 /// The kernel's cookie of a socket (`SO_COOKIE`): the key BPF programs see for it.
 pub fn cookie(stream: &TcpStream) -> io::Result<u64> {
     SockRef::from(stream).cookie()
