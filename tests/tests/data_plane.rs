@@ -502,3 +502,81 @@ fn client_abort_mid_download_ends_the_server_side() {
         );
     });
 }
+
+/// Sends data to each client until it goes: a stream with no length of its own, so that
+/// only the way it ends says whether it is complete.
+const ENDLESS_SERVER: &str = r"
+import socket, sys, threading
+server = socket.create_server(('0.0.0.0', int(sys.argv[1])))
+def feed(client):
+    try:
+        while True:
+            client.sendall(b'x' * 65536)
+    except OSError:
+        pass
+while True:
+    client, _ = server.accept()
+    threading.Thread(target=feed, args=(client,), daemon=True).start()
+";
+
+/// Reads until the stream ends; prints `eof`, `reset` or `timeout`.
+const STREAM_READER: &str = r"
+import socket, sys
+connection = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+try:
+    while connection.recv(65536):
+        pass
+    print('eof')
+except ConnectionResetError:
+    print('reset')
+except socket.timeout:
+    print('timeout')
+";
+
+/// Kills `daemon` while the LAN host reads an endless stream through the gateway; returns
+/// how the stream ended for the LAN host and how long after the kill.
+fn stream_end_when_killed(daemon: &str) -> (String, std::time::Duration) {
+    let port = 9300;
+    let dir = TempDir::new(&format!("crash{daemon}")).unwrap();
+    let mut testbed = deploy(&dir, &format!("crash{daemon}"), &[]);
+    start_python_server(
+        &mut testbed,
+        &dir,
+        ENDLESS_SERVER,
+        &[&port.to_string()],
+        port,
+    );
+    let reader = testbed
+        .client
+        .command("python3")
+        .args(["-c", STREAM_READER, SERVER, &port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    testbed.forget(daemon);
+    let killed = std::time::Instant::now();
+    let output = reader.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        killed.elapsed(),
+    )
+}
+
+#[test]
+fn a_killed_converter_resets_the_flows_it_carried() {
+    require_root();
+    let (end, after) = stream_end_when_killed("converter");
+    println!("converter killed: the LAN stream ended with {end} after {after:?}");
+    assert_eq!(end, "reset", "a crash must not look like a complete stream");
+    assert!(after < std::time::Duration::from_secs(2), "{after:?}");
+}
+
+#[test]
+fn a_killed_gateway_resets_the_flows_it_carried() {
+    require_root();
+    let (end, after) = stream_end_when_killed("gateway");
+    println!("gateway killed: the LAN stream ended with {end} after {after:?}");
+    assert_eq!(end, "reset", "a crash must not look like a complete stream");
+    assert!(after < std::time::Duration::from_secs(2), "{after:?}");
+}

@@ -4,7 +4,10 @@
 //! - Half-close: EOF from one side becomes shutdown(SHUT_WR) on the other once the pipe
 //!   has drained; the other direction goes on until it ends too.
 //! - Resets: an error on either side (a reset, most often) makes both sockets close with
-//!   SO_LINGER 0, so the other peer sees a reset too instead of a clean end.
+//!   SO_LINGER 0, so the other peer sees a reset too instead of a clean end. Both sockets
+//!   hold SO_LINGER 0 while the relay runs, so that a daemon that dies (killed, crashed)
+//!   resets its flows instead of ending them as if they were complete; a relay that
+//!   ends normally closes them normally.
 //! - Idle timeout: both sockets are reset when no byte moved for that long.
 //! - Dead paths: TCP keepalive on both sockets ends a flow whose peer stopped answering
 //!   (every path dead) after about the dead-path timeout, and a side that takes no byte
@@ -141,6 +144,7 @@ pub async fn relay(
     timeouts: Timeouts,
 ) -> Result<Transferred, RelayError> {
     for stream in [&*a, &*b] {
+        socket::reset_on_close(stream);
         // Bytes go on as they arrive: with Nagle, the converter's first relayed bytes
         // waited for the ACK of its answer, one extra round trip before the first byte.
         if let Err(error) = stream.set_nodelay(true) {
@@ -162,12 +166,13 @@ pub async fn relay(
         () = idle(&last_activity, start, timeouts.idle) => Err(RelayError::Idle(timeouts.idle)),
     };
     match result {
-        Ok((forward, backward)) => Ok(Transferred { forward, backward }),
-        Err(error) => {
-            socket::reset_on_close(a);
-            socket::reset_on_close(b);
-            Err(error)
+        Ok((forward, backward)) => {
+            socket::close_normally(a);
+            socket::close_normally(b);
+            Ok(Transferred { forward, backward })
         }
+        // The sockets still close with a reset.
+        Err(error) => Err(error),
     }
 }
 

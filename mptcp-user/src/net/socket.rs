@@ -147,9 +147,15 @@ pub fn listen(addr: SocketAddr, mptcp: bool, transparent: bool) -> io::Result<Tc
     TcpListener::from_std(std::net::TcpListener::from(OwnedFd::from(socket)))
 }
 
-/// Makes the next close of `stream` send a reset instead of a FIN (SO_LINGER 0).
+/// Makes the next close of `stream` send a reset instead of a FIN (SO_LINGER 0), also
+/// when the process dies.
 pub fn reset_on_close(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+}
+
+/// Undoes [`reset_on_close`]: the next close sends what is left, then a FIN.
+pub fn close_normally(stream: &TcpStream) {
+    let _ = SockRef::from(stream).set_linger(None);
 }
 
 /// TCP keepalive tuned so that a peer that stopped answering (every path of an MPTCP
