@@ -17,6 +17,11 @@
 pub const MAP_NAME: &str = "SELECTION";
 /// Name of the hash map of destination ports.
 pub const PORTS_MAP_NAME: &str = "SELECTION_PORTS";
+/// Name of the one-entry array whose value [`SHEDDING`] makes the gateway take no new
+/// flow: it has as many as its open-file limit allows, and new ones go direct.
+pub const SHEDDING_MAP_NAME: &str = "SHEDDING";
+/// The `SHEDDING` value while the gateway sheds new flows (0: it takes them).
+pub const SHEDDING: u32 = 1;
 
 /// Most prefixes the selection holds.
 pub const MAX_PREFIXES: u32 = 4096;

@@ -10,7 +10,7 @@ use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{HashMap, LpmTrie, LruHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap},
 };
 use mptcp_ebpf_common::{
     Address, Endpoint,
@@ -30,6 +30,11 @@ pub static SELECTION: LpmTrie<Address, u32> = LpmTrie::with_max_entries(selectio
 #[map]
 pub static SELECTION_PORTS: HashMap<u16, u32> =
     HashMap::with_max_entries(selection::MAX_PORTS, BPF_F_NO_PREALLOC);
+
+/// One entry: `SHEDDING` while the gateway takes no new flow (it is full). Written by
+/// the daemon; read with `SELECTION`.
+#[map]
+pub static SHEDDING: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Opted-in cgroup v2 id -> present. Written by the daemon and `mptcp-user optin|optout`;
 /// read by the connect programs.

@@ -3,15 +3,21 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use mptcp_ebpf_common::{
     Address,
-    selection::{PORTS_RESTRICTED_KEY, intercepts},
+    selection::{self, PORTS_RESTRICTED_KEY, intercepts},
 };
 
-use crate::maps::{SELECTION, SELECTION_PORTS};
+use crate::maps::{SELECTION, SELECTION_PORTS, SHEDDING};
 
-/// Whether a new flow to `address`:`port` (host order) is intercepted: the longest
-/// matching prefix says include, and the port is listed (or none is).
+/// Whether a new flow to `address`:`port` (host order) is intercepted: the gateway is not
+/// full, the longest matching prefix says include, and the port is listed (or none is).
 #[inline(always)]
 pub fn selects(address: Address, port: u16) -> bool {
+    if SHEDDING
+        .get(0)
+        .is_some_and(|&value| value == selection::SHEDDING)
+    {
+        return false;
+    }
     let Some(action) = SELECTION.get(Key::new(128, address)) else {
         return false;
     };

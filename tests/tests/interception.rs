@@ -9,7 +9,7 @@
 
 use std::{
     fs,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
@@ -70,14 +70,38 @@ fn deploy(dir: &TempDir, label: &str, gateway_args: &[&str]) -> Testbed {
 
 /// Starts a who-am-I server on `port` of the server host.
 fn start_whoami_server(testbed: &mut Testbed, dir: &TempDir, port: u16) {
+    start_server(testbed, dir, WHOAMI_SERVER, port);
+}
+
+/// Starts the python3 `script` on the server host with `port` as its argument, and
+/// waits until it listens there.
+fn start_server(testbed: &mut Testbed, dir: &TempDir, script: &str, port: u16) {
     let mut server = testbed.server.command("python3");
-    server.args(["-c", WHOAMI_SERVER, &port.to_string()]);
-    let log = dir.path().join(format!("whoami-{port}.log"));
-    testbed.start("whoami", &mut server, &log).unwrap();
+    server.args(["-c", script, &port.to_string()]);
+    let log = dir.path().join(format!("server-{port}.log"));
+    testbed.start("server", &mut server, &log).unwrap();
     testbed
         .server
         .wait_listening(port, Duration::from_secs(10))
         .unwrap();
+}
+
+/// Starts the gateway (LAN lan0, the testbed's converter) through `launcher` (`ip netns
+/// exec prlimit ...`, say) and waits until it is ready; returns its log's path.
+fn start_gateway_through(testbed: &mut Testbed, dir: &TempDir, mut launcher: Command) -> PathBuf {
+    launcher
+        .arg(mptcp_user_bin())
+        .args(["gateway", "--lan", "lan0", "--converter"])
+        .arg(format!("10.0.1.2:{CONVERTER_PORT}"))
+        .arg("--key-file")
+        .arg(dir.path().join("key"))
+        .args(["--pin-path", &testbed.pin_path()])
+        .env("RUST_LOG", "info");
+    let log = dir.path().join("gateway.log");
+    testbed.start("gateway", &mut launcher, &log).unwrap();
+    mptcp_tests::testbed::wait_for_line(&log, mptcp_user::gateway::READY, Duration::from_secs(10))
+        .unwrap();
+    log
 }
 
 /// Runs the who-am-I client from `netns` (in `cgroup` if given): (the peer address the
@@ -574,28 +598,10 @@ fn a_gateway_started_like_a_service_without_cgroups_still_intercepts_the_lan() {
     // Started as a service manager would, with a soft limit of 1024 open files.
     let (_, hard) =
         nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
-    let mut gateway = testbed.gateway.command("prlimit");
-    gateway
-        .arg(format!("--nofile=1024:{hard}"))
-        .arg(mptcp_user_bin())
-        .args(["gateway", "--lan", "lan0", "--converter"])
-        .arg(format!("10.0.1.2:{CONVERTER_PORT}"))
-        .arg("--key-file")
-        .arg(dir.path().join("key"))
-        .env("RUST_LOG", "info");
-    let log = dir.path().join("gateway.log");
-    testbed.start("gateway", &mut gateway, &log).unwrap();
-    mptcp_tests::testbed::wait_for_line(&log, mptcp_user::gateway::READY, Duration::from_secs(10))
-        .unwrap();
-    let mut server = testbed.server.command("python3");
-    server.args(["-c", WHOAMI_SERVER, &WHOAMI_PORT.to_string()]);
-    testbed
-        .start("whoami", &mut server, &dir.path().join("whoami.log"))
-        .unwrap();
-    testbed
-        .server
-        .wait_listening(WHOAMI_PORT, Duration::from_secs(10))
-        .unwrap();
+    let mut launcher = testbed.gateway.command("prlimit");
+    launcher.arg(format!("--nofile=1024:{hard}"));
+    let log = start_gateway_through(&mut testbed, &dir, launcher);
+    start_whoami_server(&mut testbed, &dir, WHOAMI_PORT);
     assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
     let log = fs::read_to_string(&log).unwrap();
     assert!(
@@ -610,4 +616,76 @@ fn a_gateway_started_like_a_service_without_cgroups_still_intercepts_the_lan() {
         )),
         "gateway log: {log}"
     );
+}
+
+/// Answers each connection with the peer's address and keeps it open.
+const HOLDING_SERVER: &str = r"
+import socket, sys
+server = socket.create_server(('0.0.0.0', int(sys.argv[1])), backlog=1024)
+held = []
+while True:
+    connection, peer = server.accept()
+    connection.sendall(peer[0].encode() + b'\n')
+    held.append(connection)
+";
+
+/// Opens `count` connections one after the other and keeps them all open; prints how
+/// many the server saw from each address, and how many failed.
+const HOLDING_CLIENT: &str = r"
+import collections, socket, sys
+seen = collections.Counter()
+held = []
+for _ in range(int(sys.argv[3])):
+    try:
+        connection = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+        seen[connection.makefile().readline().strip()] += 1
+        held.append(connection)
+    except OSError:
+        seen['failed'] += 1
+for address, count in sorted(seen.items()):
+    print(address, count)
+";
+
+#[test]
+fn a_full_gateway_sends_new_flows_direct_instead_of_stalling_them() {
+    require_root();
+    let dir = TempDir::new("full").unwrap();
+    let mut testbed = Testbed::new("full", &UPLINKS).unwrap();
+    testbed.start_converter(dir.path(), &[]).unwrap();
+    // A hard limit of 1024 open files: room for about 149 flows.
+    let mut launcher = testbed.gateway.host_mounts_command("prlimit");
+    launcher.arg("--nofile=1024:1024");
+    let log = start_gateway_through(&mut testbed, &dir, launcher);
+    let port = 9400;
+    start_server(&mut testbed, &dir, HOLDING_SERVER, port);
+
+    let output = testbed
+        .client
+        .command("python3")
+        .args(["-c", HOLDING_CLIENT, SERVER, &port.to_string(), "250"])
+        .output()
+        .unwrap();
+    let counts: std::collections::BTreeMap<String, u32> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (address, count) = line.split_once(' ')?;
+            Some((address.to_owned(), count.parse().ok()?))
+        })
+        .collect();
+    println!("250 held flows through a gateway with room for about 149: {counts:?}");
+    let log_text = fs::read_to_string(&log).unwrap();
+    assert_eq!(counts.get("failed"), None, "{counts:?}; {log_text}");
+    assert!(
+        counts.get(VIA_CONVERTER).is_some_and(|&n| n >= 100),
+        "{counts:?}"
+    );
+    assert!(
+        counts.get(LAN_CLIENT_DIRECT).is_some_and(|&n| n >= 50),
+        "{counts:?}"
+    );
+    assert!(
+        log_text.contains("new flows go direct until some end"),
+        "{log_text}"
+    );
+    assert!(!log_text.contains("Too many open files"), "{log_text}");
 }

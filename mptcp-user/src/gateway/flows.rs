@@ -2,13 +2,21 @@
 //! go, and the flow list that `mptcp-user flows` reads. Each map has a lock of its own;
 //! every update is one system call.
 
-use std::{io, net::SocketAddr, sync::Mutex};
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
 
-use aya::maps::{HashMap, MapData, SkStorage};
-use log::warn;
+use aya::maps::{Array, HashMap, MapData, SkStorage};
+use log::{info, warn};
 use mptcp_ebpf_common::{
     Endpoint, cgroups,
     flows::{self, FLOW_DIRECT, Flow, INTERCEPTED_CGROUP, INTERCEPTED_LAN},
+    selection::{SHEDDING, SHEDDING_MAP_NAME},
 };
 
 use crate::{
@@ -39,12 +47,41 @@ pub struct FlowTable {
     labels: Mutex<SkStorage<MapData, u64>>,
     /// Original destinations of intercepted local connects, by client endpoint.
     original_destinations: Mutex<HashMap<MapData, Endpoint, Endpoint>>,
+    /// Live flows against what the open-file limit allows.
+    load: Load,
+}
+
+/// Live flows against the open-file limit. When they reach it, the programs take no new
+/// flow (it goes direct, forwarded by the kernel) until a tenth of them have ended:
+/// a full gateway must not leave connections unaccepted in its listen queue.
+struct Load {
+    live: AtomicU64,
+    capacity: u64,
+    shedding: AtomicBool,
+    /// `SHEDDING`: what the programs read.
+    map: Mutex<Array<MapData, u32>>,
+}
+
+impl Load {
+    fn set_shedding(&self, shedding: bool) {
+        let value = if shedding { SHEDDING } else { 0 };
+        if let Err(error) = lock(&self.map).set(0, value, 0) {
+            warn!("cannot tell the programs whether to take new flows: {error}");
+        }
+    }
 }
 
 impl FlowTable {
-    /// Takes the maps out of the loaded programs (pin them first).
-    pub fn take(programs: &mut Programs, listen_port: u16) -> anyhow::Result<Self> {
+    /// Takes the maps out of the loaded programs (pin them first); `capacity` is how
+    /// many flows the open-file limit leaves room for.
+    pub fn take(programs: &mut Programs, listen_port: u16, capacity: u64) -> anyhow::Result<Self> {
         Ok(Self {
+            load: Load {
+                live: AtomicU64::new(0),
+                capacity,
+                shedding: AtomicBool::new(false),
+                map: Mutex::new(Array::try_from(programs.take_map(SHEDDING_MAP_NAME)?)?),
+            },
             listen_port,
             flows: Mutex::new(HashMap::try_from(
                 programs.take_map(flows::FLOWS_MAP_NAME)?,
@@ -123,6 +160,40 @@ impl FlowTable {
         lock(&self.labels)
             .insert(socket, key, 0)
             .map_err(io::Error::other)
+    }
+}
+
+impl FlowTable {
+    /// Counts a new flow until the returned guard drops; the one that fills the gateway
+    /// makes the programs take no more.
+    pub fn admit(&self) -> Admitted<'_> {
+        let load = &self.load;
+        let live = load.live.fetch_add(1, Ordering::Relaxed) + 1;
+        if live >= load.capacity && !load.shedding.swap(true, Ordering::Relaxed) {
+            warn!(
+                "{live} flows, as many as the open-file limit leaves room for: new flows go \
+                 direct until some end (raise the hard limit, LimitNOFILE=, for more)"
+            );
+            load.set_shedding(true);
+        }
+        Admitted { load }
+    }
+}
+
+/// A flow counted in the gateway's load; dropping it lets the gateway take new flows
+/// again once enough have ended.
+pub struct Admitted<'a> {
+    load: &'a Load,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let load = self.load;
+        let live = load.live.fetch_sub(1, Ordering::Relaxed) - 1;
+        if live <= load.capacity / 10 * 9 && load.shedding.swap(false, Ordering::Relaxed) {
+            info!("{live} flows: the gateway takes new flows again");
+            load.set_shedding(false);
+        }
     }
 }
 

@@ -78,12 +78,14 @@ impl Interception {
     /// Loads the programs and installs the interception, with `listen` the transparent
     /// listener (which must already listen: the LAN program hands it flows from the
     /// moment it is attached) and `never` addresses that must never be intercepted (the
-    /// converter). Returns the flow table the accepted connections use.
+    /// converter), `capacity` the flows the open-file limit leaves room for. Returns the
+    /// flow table the accepted connections use.
     pub fn install(
         config: &InterceptionConfig,
         listen: SocketAddr,
         tuning: &Tuning,
         never: &[IpAddr],
+        capacity: u64,
     ) -> anyhow::Result<(Self, FlowTable)> {
         let (listener_v4, listener_v6) = connect_targets(listen.ip());
         let settings = Settings {
@@ -165,7 +167,7 @@ impl Interception {
             info!("intercepting TCP flows arriving on {interface}");
             lan.push((interface.clone(), interface_index(interface)));
         }
-        let flows = FlowTable::take(&mut programs, listen.port())?;
+        let flows = FlowTable::take(&mut programs, listen.port(), capacity)?;
         let interception = Self {
             programs,
             _routes: routes,

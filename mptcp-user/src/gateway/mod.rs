@@ -115,7 +115,7 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
     runtime.block_on(async {
         let _lock = InstanceLock::acquire(&config.interception.pin_path)?;
         config.check_interfaces()?;
-        server::raise_file_limit();
+        let capacity = server::raise_file_limit();
         let tuning = Tuning::new(&config.tuning)?;
         let upstream = Upstream::resolve(&config.upstream).await?;
         let uplink_manager = UplinkManager::start(ManagerConfig {
@@ -142,6 +142,7 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
             config.listen,
             &tuning,
             &upstream.never_intercepted(),
+            capacity,
         )?;
         if let Some(logger) = interception.take_logger() {
             tokio::spawn(bpf::forward_log(logger));
@@ -207,6 +208,7 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
             return;
         }
     };
+    let _admitted = gateway.flows.admit();
     let Some((destination, intercepted)) = gateway.flows.original_destination(local, peer) else {
         warn!("{peer} -> {local}: connection to the listener itself, not intercepted; closing");
         return;
