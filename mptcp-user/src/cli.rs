@@ -206,7 +206,7 @@ mod tests {
         assert_eq!(
             config.upstream,
             UpstreamConfig::Converter {
-                address: "vps:5124".to_owned(),
+                addresses: vec!["vps:5124".to_owned()],
                 key_file: PathBuf::from("k"),
             }
         );

@@ -150,9 +150,12 @@ pub struct GatewayOptions {
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
 
-    /// The converter, e.g. vps.example.net:5124 (`--remote` is an alias).
-    #[arg(long, alias = "remote", value_name = "HOST:PORT")]
-    pub converter: Option<String>,
+    /// The converter, e.g. vps.example.net:5124 (`--remote` is an alias); repeatable:
+    /// standbys, used in this order when the ones before do not answer. In a file, a
+    /// string or a list.
+    #[arg(long = "converter", alias = "remote", value_name = "HOST:PORT")]
+    #[serde(default, deserialize_with = "one_or_more")]
+    pub converter: Vec<String>,
 
     /// Pre-shared key shared with the converter (see `mptcp-user keygen`).
     #[arg(long, value_name = "PATH")]
@@ -212,7 +215,7 @@ impl GatewayOptions {
             intercept_table: self.intercept_table.or(file.intercept_table),
             pin_path: self.pin_path.or(file.pin_path),
             listen: self.listen.or(file.listen),
-            converter: self.converter.or(file.converter),
+            converter: or_list(self.converter, file.converter),
             key_file: self.key_file.or(file.key_file),
             direct: self.direct || file.direct,
             connect_timeout: self.connect_timeout.or(file.connect_timeout),
@@ -224,16 +227,17 @@ impl GatewayOptions {
 
     /// The gateway's config, defaults filled in and checked.
     pub fn into_config(self) -> anyhow::Result<GatewayConfig> {
-        let upstream = match (self.direct, self.converter, self.key_file) {
-            (true, None, None) => UpstreamConfig::Direct,
+        let upstream = match (self.direct, self.converter.is_empty(), self.key_file) {
+            (true, true, None) => UpstreamConfig::Direct,
             (true, ..) => bail!("direct mode takes no converter and no key file"),
-            (false, Some(address), Some(key_file)) => {
-                UpstreamConfig::Converter { address, key_file }
-            }
-            (false, None, _) => {
+            (false, false, Some(key_file)) => UpstreamConfig::Converter {
+                addresses: self.converter,
+                key_file,
+            },
+            (false, true, _) => {
                 bail!("the gateway needs a converter (converter = HOST:PORT) or direct mode")
             }
-            (false, Some(_), None) => {
+            (false, false, None) => {
                 bail!("the converter needs a key file (key-file = PATH, see `mptcp-user keygen`)")
             }
         };
@@ -458,6 +462,20 @@ fn or_list<T>(flags: Vec<T>, file: Vec<T>) -> Vec<T> {
     if flags.is_empty() { file } else { flags }
 }
 
+/// One string, or a list of them.
+fn one_or_more<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMore {
+        One(String),
+        More(Vec<String>),
+    }
+    Ok(match OneOrMore::deserialize(deserializer)? {
+        OneOrMore::One(one) => vec![one],
+        OneOrMore::More(more) => more,
+    })
+}
+
 /// A list of prefixes, parsed as on the command line (host bits cleared).
 fn prefixes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
     Vec::<String>::deserialize(deserializer)?
@@ -528,6 +546,22 @@ mod tests {
         assert!(twice.contains("dsl0 is configured twice"), "{twice}");
         let no_key = error_of("[gateway]\nconverter = \"vps:5124\"\n");
         assert!(no_key.contains("key file"), "{no_key}");
+    }
+
+    #[test]
+    fn converters_are_one_or_a_list_preferred_first() {
+        for (text, expected) in [
+            ("converter = \"a:1\"", vec!["a:1"]),
+            ("converter = [\"a:1\", \"b:2\"]", vec!["a:1", "b:2"]),
+        ] {
+            let file =
+                ConfigFile::parse(&format!("[gateway]\nkey-file = \"/k\"\n{text}\n")).unwrap();
+            let config = file.gateway.unwrap().into_config().unwrap();
+            let UpstreamConfig::Converter { addresses, .. } = config.upstream else {
+                panic!("no converter");
+            };
+            assert_eq!(addresses, expected);
+        }
     }
 
     #[test]

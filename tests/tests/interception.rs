@@ -689,3 +689,56 @@ fn a_full_gateway_sends_new_flows_direct_instead_of_stalling_them() {
     );
     assert!(!log_text.contains("Too many open files"), "{log_text}");
 }
+
+#[test]
+fn a_standby_converter_takes_the_flows_when_the_first_is_away() {
+    require_root();
+    let dir = TempDir::new("standby").unwrap();
+    let standby = format!("10.0.1.2:{}", CONVERTER_PORT + 1);
+    let mut testbed = deploy(&dir, "standby", &["--converter", &standby]);
+    let mut command = testbed
+        .converter
+        .host_mounts_command(&mptcp_user_bin().to_string_lossy());
+    command
+        .args([
+            "converter",
+            "--listen",
+            &format!("0.0.0.0:{}", CONVERTER_PORT + 1),
+        ])
+        .arg("--key-file")
+        .arg(dir.path().join("key"));
+    testbed
+        .start("standby", &mut command, &dir.path().join("standby.log"))
+        .unwrap();
+    testbed
+        .converter
+        .wait_listening(CONVERTER_PORT + 1, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
+
+    // The first converter dies: every new flow is still converted, by the standby.
+    testbed.forget("converter");
+    for _ in 0..5 {
+        assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
+    }
+    let log = || fs::read_to_string(dir.path().join("gateway.log")).unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        || log().contains(&format!("new flows go through the converter {standby}")),
+        || format!("the probes never chose the standby: {}", log()),
+    );
+    assert!(!log().contains("go direct"), "{}", log());
+
+    // It comes back: the probes prefer it again.
+    testbed.start_converter(dir.path(), &[]).unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            log().contains(&format!(
+                "new flows go through the converter 10.0.1.2:{CONVERTER_PORT}"
+            ))
+        },
+        || format!("the first converter never taken back: {}", log()),
+    );
+    assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
+}

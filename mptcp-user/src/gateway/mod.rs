@@ -122,16 +122,25 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
             uplinks: config.uplinks.clone(),
             first_table: config.interception.table + 1,
             // The uplinks are IPv4: a probe to an IPv6 converter would not choose one.
-            probe_target: upstream.probe_target().filter(SocketAddr::is_ipv4),
+            probe_targets: upstream
+                .converters()
+                .iter()
+                .copied()
+                .filter(SocketAddr::is_ipv4)
+                .collect(),
             status_file: sys::run_file(&config.interception.pin_path, "uplinks.json"),
         })?;
         let listener = socket::listen(config.listen, false, true)
             .with_context(|| format!("failed to listen on {} (transparent)", config.listen))?;
         match &upstream {
-            Upstream::Converter { address, .. } => info!(
-                "gateway listening on {} (transparent), converting via {address}",
-                config.listen
-            ),
+            Upstream::Converter { addresses, .. } => {
+                let converters: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+                info!(
+                    "gateway listening on {} (transparent), converting via {}",
+                    config.listen,
+                    converters.join(", then ")
+                );
+            }
             Upstream::Direct => info!(
                 "gateway listening on {} (transparent), MPTCP direct to destinations",
                 config.listen
@@ -311,24 +320,35 @@ async fn open_upstream(
         gateway.flows.label(socket, flow_key)
     };
     let attempts = gateway.uplinks.attempts();
-    let early = if matches!(gateway.upstream, Upstream::Converter { .. })
-        && gateway.uplinks.converter_down()
-    {
-        Vec::new()
+    let converters = gateway.upstream.converters().len();
+    let mut early = Vec::new();
+    let tried = if converters > 0 && gateway.uplinks.converter_down() {
+        0
     } else {
+        converters.max(1)
+    };
+    // The active converter first, then the others in their order; `--direct` once.
+    let first = gateway.uplinks.active_converter();
+    for attempt in 0..tried {
+        let converter = (first + attempt) % converters.max(1);
         match gateway
             .upstream
-            .open(lan, destination, &attempts, configure)
+            .open(lan, destination, converter, &early, &attempts, configure)
             .await
         {
             Ok((stream, server_early)) => return Ok((stream, server_early, false)),
             Err(OpenError::Failed(error)) => return Err(error),
-            Err(OpenError::ConverterUnavailable { reason, early }) => {
-                gateway.uplinks.report_converter_failure(&reason);
-                early
+            Err(OpenError::ConverterUnavailable {
+                reason,
+                early: read,
+            }) => {
+                if attempt + 1 == tried {
+                    gateway.uplinks.report_converter_failure(&reason);
+                }
+                early = read;
             }
         }
-    };
+    }
     let mut stream = Upstream::open_direct(destination, &attempts, configure).await?;
     stream
         .write_all(&early)

@@ -19,7 +19,7 @@ use std::{
     str::FromStr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc,
     },
     thread,
@@ -192,6 +192,13 @@ pub enum Health {
     MptcpBlocked,
 }
 
+impl Health {
+    /// Whether the probe reached the converter.
+    fn reaches_converter(uplink: &UplinkStatus) -> bool {
+        matches!(uplink.health, Self::Up | Self::MptcpBlocked)
+    }
+}
+
 impl fmt::Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -277,9 +284,16 @@ pub struct UplinkTable {
     converter_down: AtomicBool,
     /// Since when no probe has reached the converter, over any uplink.
     unreachable_since: Mutex<Option<Instant>>,
+    /// The converter new flows try first: the first one the probes reached.
+    active: AtomicUsize,
 }
 
 impl UplinkTable {
+    /// The converter new flows try first (an index into the configured list).
+    pub fn active_converter(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
     /// Whether new flows should go direct at once: the converter is known to be away.
     pub fn converter_down(&self) -> bool {
         self.converter_down.load(Ordering::Relaxed)
@@ -305,12 +319,22 @@ impl UplinkTable {
         lock(&self.unreachable_since).map(|since| since.elapsed())
     }
 
+    /// Makes converter `index` of `converters` the one new flows use; says so when it
+    /// changes.
+    fn set_active(&self, index: usize, converters: &[SocketAddr]) {
+        let before = self.active.swap(index, Ordering::Relaxed);
+        if before != index && converters.len() > 1 {
+            info!(
+                "new flows go through the converter {} (the first that answers; {} before)",
+                converters[index], converters[before]
+            );
+        }
+    }
+
     /// Takes the probes' verdicts: the converter is away when none reached it.
     fn note_probes(&self, uplinks: &[UplinkStatus]) {
         self.probed.store(true, Ordering::Relaxed);
-        let reached = uplinks
-            .iter()
-            .any(|uplink| matches!(uplink.health, Health::Up | Health::MptcpBlocked));
+        let reached = uplinks.iter().any(Health::reaches_converter);
         let probed = uplinks.iter().any(|uplink| uplink.health == Health::Down);
         {
             let mut since = lock(&self.unreachable_since);
@@ -398,8 +422,8 @@ pub struct ManagerConfig {
     pub uplinks: Vec<UplinkConfig>,
     /// Routing tables `first_table`, `first_table + 1`, ... are the uplinks'.
     pub first_table: u32,
-    /// Where probes go (the converter); none: no probes.
-    pub probe_target: Option<SocketAddr>,
+    /// Where probes go (the converters, preferred first); none: no probes.
+    pub probe_targets: Vec<SocketAddr>,
     /// Where the status is written for `mptcp-user uplinks`.
     pub status_file: PathBuf,
 }
@@ -489,8 +513,17 @@ async fn manage(
             warn!("cannot follow the uplinks: {error:#}");
         }
         table.replace(uplinks.status.clone());
-        if let Some(target) = config.probe_target {
+        // The first converter the uplinks reach is the one new flows use.
+        for (index, &target) in config.probe_targets.iter().enumerate() {
             uplinks.probe(target).await;
+            if uplinks.status.iter().any(Health::reaches_converter)
+                || index + 1 == config.probe_targets.len()
+            {
+                table.set_active(index, &config.probe_targets);
+                break;
+            }
+        }
+        if !config.probe_targets.is_empty() {
             table.replace(uplinks.status.clone());
             table.note_probes(&uplinks.status);
         }

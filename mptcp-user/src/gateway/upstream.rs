@@ -23,11 +23,11 @@ use crate::{
 /// Where flows go, as configured.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UpstreamConfig {
-    /// Through the converter at `address` (HOST:PORT), authenticated with the key in
-    /// `key_file`.
+    /// Through the first converter of `addresses` (HOST:PORT) that answers (the others
+    /// are standbys), authenticated with the key in `key_file`.
     Converter {
-        /// The converter, e.g. `vps.example.net:5124`.
-        address: String,
+        /// The converters, e.g. `vps.example.net:5124`, preferred first.
+        addresses: Vec<String>,
         /// The pre-shared key's file.
         key_file: PathBuf,
     },
@@ -62,10 +62,10 @@ impl From<std::io::Error> for OpenError {
 
 /// Where flows go, resolved.
 pub enum Upstream {
-    /// Through the converter at this address, authenticated with this key.
+    /// Through one of these converters, authenticated with this key.
     Converter {
-        /// The converter's address.
-        address: SocketAddr,
+        /// The converters' addresses, preferred first.
+        addresses: Vec<SocketAddr>,
         /// The pre-shared key for the cookie.
         key: Key,
     },
@@ -74,39 +74,47 @@ pub enum Upstream {
 }
 
 impl Upstream {
-    /// Resolves the converter's name and loads the key.
+    /// Resolves the converters' names and loads the key.
     pub async fn resolve(config: &UpstreamConfig) -> anyhow::Result<Self> {
-        let UpstreamConfig::Converter { address, key_file } = config else {
+        let UpstreamConfig::Converter {
+            addresses,
+            key_file,
+        } = config
+        else {
             return Ok(Self::Direct);
         };
-        let resolved = tokio::net::lookup_host(address)
-            .await
-            .with_context(|| format!("cannot resolve {address}"))?
-            .next()
-            .with_context(|| format!("{address} has no address"))?;
+        let mut resolved = Vec::new();
+        for address in addresses {
+            resolved.push(
+                tokio::net::lookup_host(address)
+                    .await
+                    .with_context(|| format!("cannot resolve {address}"))?
+                    .next()
+                    .with_context(|| format!("{address} has no address"))?,
+            );
+        }
         Ok(Self::Converter {
-            address: resolved,
+            addresses: resolved,
             key: Key::load(key_file)?,
         })
     }
 
-    /// Where the uplinks' probes go: the converter, if there is one.
-    pub fn probe_target(&self) -> Option<SocketAddr> {
+    /// The converters, preferred first; none with `--direct`.
+    pub fn converters(&self) -> &[SocketAddr] {
         match self {
-            Self::Converter { address, .. } => Some(*address),
-            Self::Direct => None,
+            Self::Converter { addresses, .. } => addresses,
+            Self::Direct => &[],
         }
     }
 
-    /// Addresses the gateway must never intercept: flows to the converter would loop.
+    /// Addresses the gateway must never intercept: flows to a converter would loop.
     pub fn never_intercepted(&self) -> Vec<IpAddr> {
-        match self {
-            Self::Converter { address, .. } => vec![address.ip()],
-            Self::Direct => Vec::new(),
-        }
+        self.converters().iter().map(SocketAddr::ip).collect()
     }
 
-    /// Opens the MPTCP connection for one flow to `destination`, its first subflow from
+    /// Opens the MPTCP connection for one flow to `destination`, through converter number
+    /// `converter` (or direct with `--direct`), `already_read` the client's bytes read by
+    /// an attempt before; its first subflow from
     /// the first of `attempts` (uplink addresses) that answers, `configure` setting each
     /// socket's options before it connects. Through the converter, the Convert request
     /// and the client's first bytes leave in one write (one segment when they fit), so the
@@ -116,6 +124,8 @@ impl Upstream {
         &self,
         lan: &TcpStream,
         destination: SocketAddr,
+        converter: usize,
+        already_read: &[u8],
         attempts: &[Attempt],
         configure: impl Fn(&Socket) -> std::io::Result<()>,
     ) -> Result<(TcpStream, Vec<u8>), OpenError> {
@@ -126,7 +136,7 @@ impl Upstream {
                     .map_err(OpenError::Failed)?;
                 return Ok((stream, Vec::new()));
             }
-            Self::Converter { address, key } => (*address, key),
+            Self::Converter { addresses, key } => (addresses[converter % addresses.len()], key),
         };
         let unavailable = |reason: anyhow::Error, early: &[u8]| OpenError::ConverterUnavailable {
             reason,
@@ -141,11 +151,11 @@ impl Upstream {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
                 let reason = anyhow!(error).context(format!("MPTCP connect to {converter} failed"));
-                return Err(unavailable(reason, &[]));
+                return Err(unavailable(reason, already_read));
             }
             Err(_) => {
                 let reason = anyhow!("{converter} did not answer within {CONVERTER_TIMEOUT:?}");
-                return Err(unavailable(reason, &[]));
+                return Err(unavailable(reason, already_read));
             }
         };
         let request = Request {
@@ -160,6 +170,7 @@ impl Upstream {
             .encode()
             .map_err(|error| OpenError::Failed(error.into()))?;
         let request_len = first_segment.len();
+        first_segment.extend_from_slice(already_read);
         // Whatever the client sent while we connected: most clients speak first.
         let mut early = vec![0u8; 16 * 1024];
         match lan.try_read(&mut early) {
