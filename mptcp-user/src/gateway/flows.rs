@@ -161,9 +161,7 @@ impl FlowTable {
             .insert(socket, key, 0)
             .map_err(io::Error::other)
     }
-}
 
-impl FlowTable {
     /// Counts a new flow until the returned guard drops; the one that fills the gateway
     /// makes the programs take no more.
     pub fn admit(&self) -> Admitted<'_> {

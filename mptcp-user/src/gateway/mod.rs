@@ -121,13 +121,7 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
         let uplink_manager = UplinkManager::start(ManagerConfig {
             uplinks: config.uplinks.clone(),
             first_table: config.interception.table + 1,
-            // The uplinks are IPv4: a probe to an IPv6 converter would not choose one.
-            probe_targets: upstream
-                .converters()
-                .iter()
-                .copied()
-                .filter(SocketAddr::is_ipv4)
-                .collect(),
+            converters: upstream.converters().to_vec(),
             status_file: sys::run_file(&config.interception.pin_path, "uplinks.json"),
         })?;
         let listener = socket::listen(config.listen, false, true)
@@ -320,33 +314,37 @@ async fn open_upstream(
         gateway.flows.label(socket, flow_key)
     };
     let attempts = gateway.uplinks.attempts();
-    let converters = gateway.upstream.converters().len();
+    let converters = gateway.upstream.converters();
+    if converters.is_empty() {
+        // --direct
+        let stream = Upstream::open_direct(destination, &attempts, configure).await?;
+        return Ok((stream, Vec::new(), false));
+    }
     let mut early = Vec::new();
-    let tried = if converters > 0 && gateway.uplinks.converter_down() {
-        0
-    } else {
-        converters.max(1)
-    };
-    // The active converter first, then the others in their order; `--direct` once.
-    let first = gateway.uplinks.active_converter();
-    for attempt in 0..tried {
-        let converter = (first + attempt) % converters.max(1);
-        match gateway
-            .upstream
-            .open(lan, destination, converter, &early, &attempts, configure)
-            .await
-        {
-            Ok((stream, server_early)) => return Ok((stream, server_early, false)),
-            Err(OpenError::Failed(error)) => return Err(error),
-            Err(OpenError::ConverterUnavailable {
-                reason,
-                early: read,
-            }) => {
-                if attempt + 1 == tried {
-                    gateway.uplinks.report_converter_failure(&reason);
+    if !gateway.uplinks.converter_down() {
+        // The active converter first, then the others in their order.
+        let first = gateway.uplinks.active_converter();
+        let mut last_failure = None;
+        for attempt in 0..converters.len() {
+            let converter = converters[(first + attempt) % converters.len()];
+            match gateway
+                .upstream
+                .open(lan, destination, converter, &early, &attempts, configure)
+                .await
+            {
+                Ok((stream, server_early)) => return Ok((stream, server_early, false)),
+                Err(OpenError::Failed(error)) => return Err(error),
+                Err(OpenError::ConverterUnavailable {
+                    reason,
+                    early: read,
+                }) => {
+                    last_failure = Some(reason);
+                    early = read;
                 }
-                early = read;
             }
+        }
+        if let Some(reason) = last_failure {
+            gateway.uplinks.report_converter_failure(&reason);
         }
     }
     let mut stream = Upstream::open_direct(destination, &attempts, configure).await?;

@@ -44,10 +44,7 @@ impl Drop for LocalDelivery {
         let table = self.table;
         let removed = netlink::blocking(async move {
             let netlink = Netlink::connect()?;
-            netlink
-                .delete_rules(|rule_table| rule_table == table)
-                .await?;
-            netlink.flush_table(table).await
+            netlink.clear_tables(|cleared| cleared == table).await
         });
         if let Err(error) = removed {
             warn!(

@@ -422,8 +422,10 @@ pub struct ManagerConfig {
     pub uplinks: Vec<UplinkConfig>,
     /// Routing tables `first_table`, `first_table + 1`, ... are the uplinks'.
     pub first_table: u32,
-    /// Where probes go (the converters, preferred first); none: no probes.
-    pub probe_targets: Vec<SocketAddr>,
+    /// The converters, preferred first, where the probes go; none: no probes. The
+    /// uplinks are IPv4: an IPv6 converter is not probed (a probe would not choose an
+    /// uplink).
+    pub converters: Vec<SocketAddr>,
     /// Where the status is written for `mptcp-user uplinks`.
     pub status_file: PathBuf,
 }
@@ -514,16 +516,19 @@ async fn manage(
         }
         table.replace(uplinks.status.clone());
         // The first converter the uplinks reach is the one new flows use.
-        for (index, &target) in config.probe_targets.iter().enumerate() {
+        let mut probed = false;
+        for (index, &target) in config.converters.iter().enumerate() {
+            if !target.is_ipv4() {
+                continue;
+            }
             uplinks.probe(target).await;
-            if uplinks.status.iter().any(Health::reaches_converter)
-                || index + 1 == config.probe_targets.len()
-            {
-                table.set_active(index, &config.probe_targets);
+            probed = true;
+            if uplinks.status.iter().any(Health::reaches_converter) {
+                table.set_active(index, &config.converters);
                 break;
             }
         }
-        if !config.probe_targets.is_empty() {
+        if probed {
             table.replace(uplinks.status.clone());
             table.note_probes(&uplinks.status);
         }
@@ -566,6 +571,13 @@ impl Uplinks {
         }
     }
 
+    /// Whether a table is one of the uplinks' (all a gateway may use, not only those of
+    /// the configured uplinks: a killed run may have had more).
+    fn our_tables(&self) -> impl Fn(u32) -> bool + Copy {
+        let first = self.first_table;
+        move |table| (first..first + MAX_UPLINKS).contains(&table)
+    }
+
     fn table(&self, position: usize) -> u32 {
         self.first_table + u32::try_from(position).unwrap_or(MAX_UPLINKS)
     }
@@ -578,13 +590,7 @@ impl Uplinks {
         if self.configured.len() > MAX_UPLINKS as usize {
             bail!("at most {MAX_UPLINKS} uplinks");
         }
-        let first = self.first_table;
-        netlink
-            .delete_rules(|table| (first..first + MAX_UPLINKS).contains(&table))
-            .await?;
-        for table in first..first + MAX_UPLINKS {
-            netlink.flush_table(table).await?;
-        }
+        netlink.clear_tables(self.our_tables()).await?;
         let limits = netlink.mptcp.limits().await?;
         self.previous_limits = Some(limits);
         let wanted = u32::try_from(self.configured.len()).unwrap_or(MAX_UPLINKS);
@@ -700,10 +706,7 @@ impl Uplinks {
             return Ok(());
         };
         let table = self.table(position);
-        netlink
-            .delete_rules(|rule_table| rule_table == table)
-            .await?;
-        netlink.flush_table(table).await?;
+        netlink.clear_tables(|cleared| cleared == table).await?;
         for endpoint in netlink.mptcp.endpoints().await? {
             if endpoint.address == Some(IpAddr::V4(installed.address)) {
                 netlink.mptcp.delete_endpoint(endpoint.id).await?;
@@ -809,13 +812,11 @@ impl Uplinks {
                 );
             }
         }
-        let first = self.first_table;
+        // Also what an uplink whose setting up failed half-way left.
         if !self.configured.is_empty()
-            && let Err(error) = netlink
-                .delete_rules(|table| (first..first + MAX_UPLINKS).contains(&table))
-                .await
+            && let Err(error) = netlink.clear_tables(self.our_tables()).await
         {
-            warn!("cannot remove the uplinks' rules: {error:#}");
+            warn!("cannot remove the uplinks' rules and routes: {error:#}");
         }
         if let Some(limits) = self.previous_limits.take()
             && let Err(error) = netlink.mptcp.set_limits(limits).await

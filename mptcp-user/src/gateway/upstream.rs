@@ -112,9 +112,9 @@ impl Upstream {
         self.converters().iter().map(SocketAddr::ip).collect()
     }
 
-    /// Opens the MPTCP connection for one flow to `destination`, through converter number
-    /// `converter` (or direct with `--direct`), `already_read` the client's bytes read by
-    /// an attempt before; its first subflow from
+    /// Opens the MPTCP connection for one flow to `destination` through `converter` (one
+    /// of [`Self::converters`]), `already_read` the client's bytes read by an attempt
+    /// before; its first subflow from
     /// the first of `attempts` (uplink addresses) that answers, `configure` setting each
     /// socket's options before it connects. Through the converter, the Convert request
     /// and the client's first bytes leave in one write (one segment when they fit), so the
@@ -124,19 +124,13 @@ impl Upstream {
         &self,
         lan: &TcpStream,
         destination: SocketAddr,
-        converter: usize,
+        converter: SocketAddr,
         already_read: &[u8],
         attempts: &[Attempt],
         configure: impl Fn(&Socket) -> std::io::Result<()>,
     ) -> Result<(TcpStream, Vec<u8>), OpenError> {
-        let (converter, key) = match self {
-            Self::Direct => {
-                let stream = Self::open_direct(destination, attempts, configure)
-                    .await
-                    .map_err(OpenError::Failed)?;
-                return Ok((stream, Vec::new()));
-            }
-            Self::Converter { addresses, key } => (addresses[converter % addresses.len()], key),
+        let Self::Converter { key, .. } = self else {
+            return Err(OpenError::Failed(anyhow!("--direct has no converter")));
         };
         let unavailable = |reason: anyhow::Error, early: &[u8]| OpenError::ConverterUnavailable {
             reason,
@@ -206,7 +200,7 @@ impl Upstream {
     }
 
     /// Opens an MPTCP connection straight to `destination` (plain TCP if it does not
-    /// speak MPTCP): `--direct`, or a flow the converter cannot take.
+    /// speak MPTCP): `--direct`, or a flow no converter can take.
     pub async fn open_direct(
         destination: SocketAddr,
         attempts: &[Attempt],

@@ -223,11 +223,12 @@ impl Netlink {
         Ok(())
     }
 
-    /// Deletes every route of `table`, both families.
-    pub async fn flush_table(&self, table: u32) -> anyhow::Result<()> {
+    /// Deletes every route of the tables `tables` accepts, both families.
+    pub async fn flush_tables(&self, tables: impl Fn(u32) -> bool) -> anyhow::Result<()> {
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             for route in self.routes(family).await? {
-                if table_of(&route) != table {
+                let table = table_of(&route);
+                if !tables(table) {
                     continue;
                 }
                 match self.route.route().del(route).execute().await {
@@ -237,6 +238,12 @@ impl Netlink {
             }
         }
         Ok(())
+    }
+
+    /// Deletes our rules to, and every route of, the tables `tables` accepts.
+    pub async fn clear_tables(&self, tables: impl Fn(u32) -> bool + Copy) -> anyhow::Result<()> {
+        self.delete_rules(tables).await?;
+        self.flush_tables(tables).await
     }
 
     /// `ip rule add from ADDRESS lookup TABLE priority PRIORITY`; an identical rule is
