@@ -10,6 +10,7 @@ pub mod emulator;
 pub mod interception;
 pub mod measure;
 pub mod netns;
+pub mod scale;
 pub mod testbed;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

@@ -46,6 +46,20 @@ impl Netns {
         command
     }
 
+    /// A command that starts the daemon `program` the way a service manager does:
+    /// [`Self::host_mounts_command`], with a soft limit of 1024 open files (systemd's
+    /// default) under the machine's hard one.
+    pub fn daemon_command(&self, program: &std::path::Path) -> Command {
+        let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(_, hard)| hard);
+        let mut command = self.host_mounts_command("prlimit");
+        command
+            .arg(format!("--nofile={}:{hard}", hard.min(1024)))
+            .arg("--")
+            .arg(program);
+        command
+    }
+
     /// Runs `ip -n <ns> ARGS`, failing with its stderr.
     pub fn ip(&self, args: &[&str]) -> anyhow::Result<()> {
         run(Command::new("ip").args(["-n", &self.name]).args(args))

@@ -37,6 +37,8 @@ pub const SERVER_V6: &str = "2001:db8:113::10";
 pub const SERVER_PRIVATE: &str = "10.9.0.10";
 /// The converter's address (on uplink 1) and port.
 pub const CONVERTER: &str = "10.0.1.2";
+/// The converter's address as the server sees it: a flow from there was converted.
+pub const CONVERTER_TOWARD_SERVER: &str = "203.0.113.1";
 /// The converter's port.
 pub const CONVERTER_PORT: u16 = mptcp_user::converter::DEFAULT_PORT;
 /// The gateway's transparent listener port.
@@ -492,9 +494,7 @@ impl Testbed {
         if !key.exists() {
             crate::netns::run(Command::new(&binary).arg("keygen").arg(&key))?;
         }
-        let mut converter = self
-            .converter
-            .host_mounts_command(&binary.to_string_lossy());
+        let mut converter = self.converter.daemon_command(&binary);
         converter
             .args([
                 "converter",
@@ -513,7 +513,7 @@ impl Testbed {
     /// `dir/gateway.log`; returns once it is ready.
     pub fn start_gateway(&mut self, dir: &Path, args: &[&str]) -> anyhow::Result<()> {
         let binary = crate::mptcp_user_bin();
-        let mut gateway = self.gateway.host_mounts_command(&binary.to_string_lossy());
+        let mut gateway = self.gateway.daemon_command(&binary);
         gateway.arg("gateway").args(args).env("RUST_LOG", "info");
         self.start("gateway", &mut gateway, &dir.join("gateway.log"))?;
         wait_for_line(

@@ -580,3 +580,25 @@ fn a_killed_gateway_resets_the_flows_it_carried() {
     assert_eq!(end, "reset", "a crash must not look like a complete stream");
     assert!(after < std::time::Duration::from_secs(2), "{after:?}");
 }
+
+#[test]
+fn a_thousand_idle_flows_are_held_end_to_end_by_daemons_started_as_services() {
+    require_root();
+    let dir = TempDir::new("held").unwrap();
+    // Both daemons start with a soft limit of 1024 open files, which without raising
+    // it holds about 500 flows.
+    let mut testbed = deploy(&dir, "held", &[]);
+    let held = mptcp_tests::scale::hold(&mut testbed, 1000).unwrap();
+    println!("{held:?}");
+    assert_eq!(held.converted(), 1000, "{:?}", held.seen_from);
+    assert_eq!(held.echoed, 1000);
+    for (name, load) in [("gateway", held.gateway), ("converter", held.converter)] {
+        // Two sockets a flow, and no pipe held by an idle one: only the pool's few.
+        assert!(load.files_per_flow(1000) < 2.05, "{name}: {load:?}");
+        assert!(
+            load.held.pipes <= load.before.pipes + 16,
+            "{name}: {load:?}"
+        );
+        assert_eq!(load.leaked_files(), 0, "{name}: {load:?}");
+    }
+}

@@ -696,9 +696,7 @@ fn a_standby_converter_takes_the_flows_when_the_first_is_away() {
     let dir = TempDir::new("standby").unwrap();
     let standby = format!("10.0.1.2:{}", CONVERTER_PORT + 1);
     let mut testbed = deploy(&dir, "standby", &["--converter", &standby]);
-    let mut command = testbed
-        .converter
-        .host_mounts_command(&mptcp_user_bin().to_string_lossy());
+    let mut command = testbed.converter.daemon_command(&mptcp_user_bin());
     command
         .args([
             "converter",

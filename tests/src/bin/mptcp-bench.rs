@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use mptcp_tests::{TempDir, aggregate, interception, require_root};
+use mptcp_tests::{TempDir, aggregate, interception, require_root, scale};
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks on the namespace testbed")]
@@ -56,6 +56,20 @@ enum Bench {
         #[arg(long, env = "MPTCP_BENCH_DIR", default_value = "target/bench")]
         out: PathBuf,
     },
+    /// Many idle flows held at once through gateway and converter (memory and files per
+    /// flow), and new connections per second against plain forwarding.
+    Scale {
+        /// Numbers of idle flows to hold, one after the other (capped by the hard
+        /// open-file limit).
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        flows: Vec<usize>,
+        /// Seconds of each connection-rate measurement.
+        #[arg(long, default_value_t = 5)]
+        rate_seconds: u64,
+        /// Directory for the JSON results.
+        #[arg(long, env = "MPTCP_BENCH_DIR", default_value = "target/bench")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,6 +106,20 @@ fn main() -> anyhow::Result<()> {
                 interception::run(exchanges, rounds, dir.path(), &|step| println!("  {step}"))?;
             interception::print(&result);
             write_json(&out, "interception", &result.to_json())
+        }
+        Bench::Scale {
+            flows,
+            rate_seconds,
+            out,
+        } => {
+            let dir = TempDir::new("bench-scale")?;
+            let options = scale::Options {
+                counts: flows,
+                rate_duration: Duration::from_secs(rate_seconds),
+            };
+            let result = scale::run(&options, dir.path(), &|step| println!("  {step}"))?;
+            scale::print(&result);
+            write_json(&out, "scale", &result.to_json())
         }
     }
 }

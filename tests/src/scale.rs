@@ -1,0 +1,572 @@
+//! The scale benchmark: many idle flows held at once through gateway and converter, and
+//! how many new connections a second they take.
+//!
+//! Method (README "Benchmarks" says the same):
+//! - Both daemons start as a service manager starts them (soft limit of 1024 open files
+//!   under the machine's hard limit, which they raise), on a testbed of two zero-delay
+//!   100 Mbit/s HTB uplinks, where processing rather than propagation sets the pace.
+//! - New connections per second: client threads on the LAN host connect, read the
+//!   server's one-line greeting and close, as fast as they can for a few seconds; through
+//!   plain forwarding (before the daemons start), then through the gateway.
+//! - Held flows, for each count N: N connections from the LAN host, opened and kept
+//!   open, each answered by the server with the address it saw (the converter's when the
+//!   flow was converted). Once all are open, each daemon's RSS and open files are read
+//!   against the same before, per flow, and its pipes counted (an idle flow holds none:
+//!   only the pool's idle pipes may remain). Then one byte is echoed on every flow, so
+//!   each is shown to work end to end while all are held. Then all close, and the
+//!   daemons' open files other than pooled pipes must return to where they were.
+//! - N is capped by the hard open-file limit: at `flow_capacity(hard)` the gateway sends
+//!   new flows direct by design, so a count beyond it measures shedding, not holding.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    netns::{Netns, enter},
+    testbed::{CONVERTER_TOWARD_SERVER, SERVER, Testbed, Uplink},
+};
+
+/// Port of the server that greets and closes (connection rate).
+const RATE_PORT: u16 = 5101;
+/// Port of the server that greets and holds (held flows).
+const HOLD_PORT: u16 = 5102;
+/// Threads opening connections, on each side.
+const THREADS: usize = 4;
+/// How long one step may wait on a socket.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// What the benchmark measures.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Numbers of idle flows to hold, one after the other.
+    pub counts: Vec<usize>,
+    /// How long each connection-rate measurement runs.
+    pub rate_duration: Duration,
+}
+
+/// One process's footprint: resident memory, open files, and pipes among them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Footprint {
+    /// Resident set size, KiB.
+    pub rss_kib: u64,
+    /// Open file descriptors.
+    pub files: u64,
+    /// Those of them that are pipes.
+    pub pipes: u64,
+}
+
+impl Footprint {
+    /// Reads process `pid`'s footprint from /proc.
+    pub fn of(pid: u32) -> anyhow::Result<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("no process {pid}"))?;
+        let rss_kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS in /proc status")?;
+        let mut files = 0;
+        let mut pipes = 0;
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+            files += 1;
+            let target = std::fs::read_link(entry?.path()).unwrap_or_default();
+            if target.to_string_lossy().starts_with("pipe:") {
+                pipes += 1;
+            }
+        }
+        Ok(Self {
+            rss_kib,
+            files,
+            pipes,
+        })
+    }
+
+    /// Open files that are not pipes.
+    pub fn sockets_and_others(&self) -> u64 {
+        self.files - self.pipes
+    }
+}
+
+/// One daemon while it held the flows: its footprint before and during.
+#[derive(Debug, Clone, Copy)]
+pub struct DaemonLoad {
+    /// Before the flows were opened.
+    pub before: Footprint,
+    /// With all of them open and idle.
+    pub held: Footprint,
+    /// After they closed (and the daemon let go of them).
+    pub after: Footprint,
+}
+
+#[expect(clippy::cast_precision_loss, reason = "counts are small")]
+impl DaemonLoad {
+    /// RSS added per held flow, KiB.
+    pub fn rss_kib_per_flow(&self, flows: usize) -> f64 {
+        self.held.rss_kib.saturating_sub(self.before.rss_kib) as f64 / flows.max(1) as f64
+    }
+
+    /// Open files added per held flow.
+    pub fn files_per_flow(&self, flows: usize) -> f64 {
+        self.held.files.saturating_sub(self.before.files) as f64 / flows.max(1) as f64
+    }
+
+    /// Open files other than pooled pipes still held after all flows closed.
+    pub fn leaked_files(&self) -> u64 {
+        self.after
+            .sockets_and_others()
+            .saturating_sub(self.before.sockets_and_others())
+    }
+}
+
+/// One count of held flows.
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// Flows opened.
+    pub flows: usize,
+    /// How many the server saw from each address ("failed": never greeted).
+    pub seen_from: BTreeMap<String, usize>,
+    /// Flows that echoed a byte while all were held.
+    pub echoed: usize,
+    /// How long opening them all took.
+    pub open_time: Duration,
+    /// The gateway's footprint.
+    pub gateway: DaemonLoad,
+    /// The converter's footprint.
+    pub converter: DaemonLoad,
+}
+
+impl Held {
+    /// Flows the converter carried.
+    pub fn converted(&self) -> usize {
+        self.seen_from
+            .get(CONVERTER_TOWARD_SERVER)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// RSS per flow of both daemons together, KiB.
+    pub fn rss_kib_per_flow(&self) -> f64 {
+        self.gateway.rss_kib_per_flow(self.flows) + self.converter.rss_kib_per_flow(self.flows)
+    }
+}
+
+/// Everything the benchmark measured.
+#[derive(Debug, Clone)]
+pub struct ScaleResult {
+    /// The hard open-file limit the daemons ran under.
+    pub hard_limit: u64,
+    /// The flows each daemon has room for under it.
+    pub capacity: u64,
+    /// New connections per second through plain forwarding.
+    pub forwarded_per_s: f64,
+    /// New connections per second through the gateway.
+    pub gateway_per_s: f64,
+    /// Connections that failed while the rates were measured: (forwarded, gateway).
+    pub rate_failures: (u64, u64),
+    /// The held-flow rows.
+    pub held: Vec<Held>,
+}
+
+impl ScaleResult {
+    /// The results as JSON, for target/bench/.
+    pub fn to_json(&self) -> serde_json::Value {
+        let load = |load: &DaemonLoad, flows: usize| {
+            serde_json::json!({
+                "rss_kib_before": load.before.rss_kib,
+                "rss_kib_held": load.held.rss_kib,
+                "rss_kib_per_flow": load.rss_kib_per_flow(flows),
+                "files_before": load.before.files,
+                "files_held": load.held.files,
+                "files_per_flow": load.files_per_flow(flows),
+                "pipes_held": load.held.pipes,
+                "files_leaked": load.leaked_files(),
+            })
+        };
+        let held: Vec<_> = self
+            .held
+            .iter()
+            .map(|held| {
+                serde_json::json!({
+                    "flows": held.flows,
+                    "seen_from": held.seen_from,
+                    "converted": held.converted(),
+                    "echoed": held.echoed,
+                    "open_seconds": held.open_time.as_secs_f64(),
+                    "rss_kib_per_flow_both": held.rss_kib_per_flow(),
+                    "gateway": load(&held.gateway, held.flows),
+                    "converter": load(&held.converter, held.flows),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "hard_limit": self.hard_limit,
+            "capacity": self.capacity,
+            "connections_per_s_forwarded": self.forwarded_per_s,
+            "connections_per_s_gateway": self.gateway_per_s,
+            "gateway_over_forwarded": self.gateway_per_s / self.forwarded_per_s,
+            "rate_failures": [self.rate_failures.0, self.rate_failures.1],
+            "held": held,
+        })
+    }
+}
+
+/// The flow counts `options` asks for that the hard limit `capacity` allows: a count
+/// beyond it becomes the largest whole thousand below it (said through `progress`).
+pub fn counts_within(counts: &[usize], capacity: u64, progress: &dyn Fn(&str)) -> Vec<usize> {
+    let room = usize::try_from(capacity).unwrap_or(usize::MAX);
+    let mut chosen: Vec<usize> = counts
+        .iter()
+        .map(|&count| {
+            if count <= room {
+                return count;
+            }
+            let fitting = (room / 1000 * 1000).max(room.min(100));
+            progress(&format!(
+                "{count} flows do not fit the hard open-file limit (room for about {room} \
+                 flows a daemon; each needs 3 files under load): holding {fitting} instead"
+            ));
+            fitting
+        })
+        .collect();
+    chosen.dedup();
+    chosen
+}
+
+/// Runs the benchmark; daemon logs go to `dir`.
+pub fn run(options: &Options, dir: &Path, progress: &dyn Fn(&str)) -> anyhow::Result<ScaleResult> {
+    let hard_limit = raise_own_file_limit()?;
+    let capacity = mptcp_user::net::relay::flow_capacity(hard_limit);
+    let counts = counts_within(&options.counts, capacity, progress);
+    let mut testbed = Testbed::new("scale", &[Uplink::htb(100), Uplink::htb(100)])?;
+    let stop_rate_server = Arc::new(AtomicBool::new(false));
+    let rate_server = greeting_server(&testbed.server, RATE_PORT, &stop_rate_server)?;
+
+    progress("new connections per second through plain forwarding");
+    let (forwarded_per_s, forwarded_failures) =
+        connection_rate(&testbed.client, options.rate_duration)?;
+    testbed.start_gateway_and_converter(dir, &[], &[])?;
+    progress("new connections per second through the gateway");
+    let (gateway_per_s, gateway_failures) =
+        connection_rate(&testbed.client, options.rate_duration)?;
+    stop_rate_server.store(true, Ordering::Relaxed);
+    let _ = rate_server.join();
+
+    let mut held = Vec::new();
+    for count in counts {
+        progress(&format!("{count} idle flows held at once"));
+        held.push(hold(&mut testbed, count)?);
+    }
+    Ok(ScaleResult {
+        hard_limit,
+        capacity,
+        forwarded_per_s,
+        gateway_per_s,
+        rate_failures: (forwarded_failures, gateway_failures),
+        held,
+    })
+}
+
+/// Prints the result as a table.
+pub fn print(result: &ScaleResult) {
+    println!(
+        "scale: hard open-file limit {}, room for about {} flows a daemon",
+        result.hard_limit, result.capacity
+    );
+    println!(
+        "  new connections/s: plain forwarding {:.0}, through the gateway {:.0} \
+         (ratio {:.2}; failed {} / {})",
+        result.forwarded_per_s,
+        result.gateway_per_s,
+        result.gateway_per_s / result.forwarded_per_s,
+        result.rate_failures.0,
+        result.rate_failures.1
+    );
+    for held in &result.held {
+        println!(
+            "  {} flows held: {} converted, {} echoed, opened in {:.1} s; seen from {:?}",
+            held.flows,
+            held.converted(),
+            held.echoed,
+            held.open_time.as_secs_f64(),
+            held.seen_from
+        );
+        for (name, load) in [("gateway", &held.gateway), ("converter", &held.converter)] {
+            println!(
+                "    {name:<9} {:5.1} KiB RSS/flow, {:.2} files/flow, pipe fds {} held ({} \
+                 before), {} files left after close",
+                load.rss_kib_per_flow(held.flows),
+                load.files_per_flow(held.flows),
+                load.held.pipes,
+                load.before.pipes,
+                load.leaked_files()
+            );
+        }
+        println!(
+            "    both daemons {:.1} KiB RSS/flow",
+            held.rss_kib_per_flow()
+        );
+    }
+}
+
+/// Raises this process's soft open-file limit to the hard one (it holds both ends of
+/// every flow); returns the hard limit.
+fn raise_own_file_limit() -> anyhow::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    Ok(hard)
+}
+
+/// A server in `netns` on `port` greeting each connection with the address it came from
+/// and closing it, until `stop` is set.
+fn greeting_server(
+    netns: &Netns,
+    port: u16,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<thread::JoinHandle<()>> {
+    let listener = listen_in(netns, port)?;
+    // accept() wakes up now and then to see `stop`; a sleep between polls would cap
+    // the rate at one connection per sleep.
+    socket2::SockRef::from(&listener).set_read_timeout(Some(Duration::from_millis(100)))?;
+    let stop = Arc::clone(stop);
+    Ok(thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((mut stream, peer)) = listener.accept() {
+                let _ = writeln!(stream, "{}", peer.ip());
+            }
+        }
+    }))
+}
+
+/// A listener on every address of `netns`, at `port`.
+fn listen_in(netns: &Netns, port: u16) -> anyhow::Result<TcpListener> {
+    let name = netns.name().to_owned();
+    thread::spawn(move || {
+        enter(&name)?;
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+        socket.listen(4096)?;
+        Ok(TcpListener::from(socket))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the listener thread panicked"))?
+}
+
+/// Runs `work(thread index)` on [`THREADS`] threads inside `netns`; their results.
+fn in_netns<T: Send + 'static>(
+    netns: &Netns,
+    work: impl Fn(usize) -> anyhow::Result<T> + Send + Sync + 'static,
+) -> anyhow::Result<Vec<T>> {
+    let work = Arc::new(work);
+    let threads: Vec<_> = (0..THREADS)
+        .map(|index| {
+            let name = netns.name().to_owned();
+            let work = Arc::clone(&work);
+            thread::spawn(move || {
+                enter(&name)?;
+                work(index)
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|thread| {
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("a client thread panicked"))?
+        })
+        .collect()
+}
+
+/// Connections a second from `client` to the greeting server (each: connect, read the
+/// greeting, close) over `duration`, and how many failed.
+#[expect(clippy::cast_precision_loss, reason = "counts are small")]
+fn connection_rate(client: &Netns, duration: Duration) -> anyhow::Result<(f64, u64)> {
+    let server = SocketAddr::new(SERVER.parse()?, RATE_PORT);
+    let start = Instant::now();
+    let counts = in_netns(client, move |_| {
+        let mut done = 0u64;
+        let mut failed = 0u64;
+        while start.elapsed() < duration {
+            // The server closes first, as web servers do: waiting for its end keeps the
+            // client free of TIME_WAIT sockets, whose port search would dominate.
+            let exchange = greeting(server).and_then(|(mut stream, _)| {
+                let end = stream.read(&mut [0u8; 1])?;
+                if end == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::ErrorKind::InvalidData.into())
+                }
+            });
+            match exchange {
+                Ok(()) => done += 1,
+                Err(_) => failed += 1,
+            }
+        }
+        Ok((done, failed))
+    })?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let done: u64 = counts.iter().map(|(done, _)| done).sum();
+    let failed: u64 = counts.iter().map(|(_, failed)| failed).sum();
+    if done == 0 {
+        bail!("no connection to {server} succeeded ({failed} failed)");
+    }
+    Ok((done as f64 / elapsed, failed))
+}
+
+/// Connects to `server` and reads its greeting line; returns the open connection and
+/// the line.
+fn greeting(server: SocketAddr) -> std::io::Result<(TcpStream, String)> {
+    let stream = TcpStream::connect_timeout(&server, PATIENCE)?;
+    stream.set_read_timeout(Some(PATIENCE))?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok((stream, line.trim().to_owned()))
+}
+
+/// Opens `count` flows from the LAN host through the testbed's running gateway and
+/// converter, and holds them; see the module's method.
+pub fn hold(testbed: &mut Testbed, count: usize) -> anyhow::Result<Held> {
+    raise_own_file_limit()?;
+    let pids = ["gateway", "converter"].map(|label| testbed.pid(label));
+    let [Some(gateway_pid), Some(converter_pid)] = pids else {
+        bail!("the daemons are not running");
+    };
+    let before = [Footprint::of(gateway_pid)?, Footprint::of(converter_pid)?];
+
+    let listener = listen_in(&testbed.server, HOLD_PORT)?;
+    listener.set_nonblocking(false)?;
+    let server = thread::spawn(move || serve_and_echo(&listener, count));
+
+    let started = Instant::now();
+    let target = SocketAddr::new(SERVER.parse()?, HOLD_PORT);
+    let opened = in_netns(&testbed.client, move |index| {
+        let mine = count / THREADS + usize::from(index < count % THREADS);
+        Ok((0..mine).map(|_| greeting(target)).collect::<Vec<_>>())
+    })?;
+    let open_time = started.elapsed();
+    let mut seen_from = BTreeMap::new();
+    let mut streams = Vec::new();
+    for result in opened.into_iter().flatten() {
+        match result {
+            Ok((stream, address)) => {
+                *seen_from.entry(address).or_insert(0) += 1;
+                streams.push(stream);
+            }
+            Err(_) => *seen_from.entry("failed".to_owned()).or_insert(0) += 1,
+        }
+    }
+    // Give the daemons a moment to settle before reading their footprint.
+    thread::sleep(Duration::from_millis(500));
+    let held = [Footprint::of(gateway_pid)?, Footprint::of(converter_pid)?];
+
+    let echoed = echo_all(&mut streams);
+    let server_streams = server
+        .join()
+        .map_err(|_| anyhow::anyhow!("the holding server panicked"))??;
+    drop(streams);
+    drop(server_streams);
+    let after = [
+        settled_footprint(gateway_pid, &before[0])?,
+        settled_footprint(converter_pid, &before[1])?,
+    ];
+    testbed.check_running()?;
+    Ok(Held {
+        flows: count,
+        seen_from,
+        echoed,
+        open_time,
+        gateway: DaemonLoad {
+            before: before[0],
+            held: held[0],
+            after: after[0],
+        },
+        converter: DaemonLoad {
+            before: before[1],
+            held: held[1],
+            after: after[1],
+        },
+    })
+}
+
+/// The server side of [`hold`]: accepts `count` connections, greeting each, then echoes
+/// one byte on each; returns them, still open.
+fn serve_and_echo(listener: &TcpListener, count: usize) -> anyhow::Result<Vec<TcpStream>> {
+    let mut streams = Vec::with_capacity(count);
+    // accept() gives up after the patience: flows that never arrive must not hang it.
+    socket2::SockRef::from(listener).set_read_timeout(Some(PATIENCE))?;
+    while streams.len() < count {
+        let Ok((mut stream, peer)) = listener.accept() else {
+            break;
+        };
+        writeln!(stream, "{}", peer.ip())?;
+        streams.push(stream);
+    }
+    for stream in &mut streams {
+        stream.set_read_timeout(Some(PATIENCE))?;
+        let mut byte = [0u8];
+        if stream.read_exact(&mut byte).is_ok() {
+            let _ = stream.write_all(&byte);
+        }
+    }
+    Ok(streams)
+}
+
+/// Sends a byte on every stream, then reads it back from each; how many came back.
+fn echo_all(streams: &mut [TcpStream]) -> usize {
+    for stream in streams.iter_mut() {
+        let _ = stream.write_all(b"e");
+    }
+    streams
+        .iter()
+        .filter(|&stream| {
+            let mut byte = [0u8];
+            let mut reader: &TcpStream = stream;
+            reader.read_exact(&mut byte).is_ok() && byte == *b"e"
+        })
+        .count()
+}
+
+/// Process `pid`'s footprint once its open files other than pipes are back to
+/// `before`'s, or after 10 s.
+fn settled_footprint(pid: u32, before: &Footprint) -> anyhow::Result<Footprint> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = Footprint::of(pid)?;
+        if now.sockets_and_others() <= before.sockets_and_others() || Instant::now() > deadline {
+            return Ok(now);
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counts_within;
+
+    #[test]
+    fn counts_beyond_the_capacity_shrink_to_a_whole_thousand_below_it() {
+        assert_eq!(counts_within(&[1000, 10_000], 6474, &|_| {}), [1000, 6000]);
+        assert_eq!(
+            counts_within(&[1000, 10_000], 20_000, &|_| {}),
+            [1000, 10_000]
+        );
+        assert_eq!(counts_within(&[500], 149, &|_| {}), [100]);
+    }
+}
