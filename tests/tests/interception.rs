@@ -532,6 +532,45 @@ fn a_converter_outage_sends_new_flows_direct_and_back() {
         + log.matches("no uplink reaches the converter").count();
     assert_eq!(outage_lines, 1, "gateway log: {log}");
 
+    // The CLI says why: the lines work, the converter does not; a live flow is direct.
+    start_server(&mut testbed, &dir, HOLDING_SERVER, 9402);
+    let mut held = testbed
+        .client
+        .command("python3")
+        .args(["-c", HOLD_ONE, SERVER, "9402"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut greeting = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(held.stdout.as_mut().unwrap()),
+        &mut greeting,
+    )
+    .unwrap();
+    assert_eq!(greeting.trim(), GATEWAY_HOST_DIRECT);
+    let flows = flows_json(&testbed);
+    let uplinks: Vec<serde_json::Value> =
+        serde_json::from_str(&cli_ok(&testbed, &["uplinks", "--json"])).unwrap();
+    let _ = held.kill();
+    let _ = held.wait();
+    assert!(
+        flows
+            .iter()
+            .any(|flow| flow["direct"] == true && flow["destination"] == format!("{SERVER}:9402")),
+        "{flows:?}"
+    );
+    assert!(
+        uplinks
+            .iter()
+            .all(|uplink| uplink["health"] == "no-converter"),
+        "{uplinks:?}"
+    );
+    let direct: u64 = uplinks
+        .iter()
+        .map(|uplink| uplink["direct_flows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(direct, 1, "{uplinks:?}");
+
     // It comes back: new flows go through it again within seconds.
     testbed.start_converter(dir.path(), &[]).unwrap();
     let restarted = Instant::now();
@@ -644,6 +683,14 @@ for _ in range(int(sys.argv[3])):
         seen['failed'] += 1
 for address, count in sorted(seen.items()):
     print(address, count)
+";
+
+/// Connects, prints the server's greeting and keeps the connection open.
+const HOLD_ONE: &str = r"
+import socket, sys, time
+connection = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+print(connection.makefile().readline().strip(), flush=True)
+time.sleep(60)
 ";
 
 #[test]

@@ -4,7 +4,7 @@
 //! doing.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     io::{self, Write as _},
     path::Path,
 };
@@ -198,6 +198,20 @@ fn read_subflows(pin_dir: &Path) -> anyhow::Result<Vec<Subflow>> {
         .collect()
 }
 
+/// The keys of the flows the gateway carries direct.
+fn direct_flow_keys(pin_dir: &Path) -> anyhow::Result<HashSet<u64>> {
+    let flows: HashMap<MapData, u64, Flow> =
+        HashMap::try_from(open_pinned(pin_dir, flows::FLOWS_MAP_NAME)?)?;
+    let mut direct = HashSet::new();
+    for entry in &flows {
+        let (key, flow) = entry.context("failed to read the flows map")?;
+        if flow.flags & FLOW_DIRECT != 0 {
+            direct.insert(key);
+        }
+    }
+    Ok(direct)
+}
+
 /// One uplink, as `mptcp-user uplinks` shows it.
 #[derive(Debug, Serialize)]
 pub struct UplinkRow {
@@ -206,6 +220,8 @@ pub struct UplinkRow {
     pub status: UplinkStatus,
     /// Live subflows of relayed flows over it.
     pub subflows: usize,
+    /// Flows among them the gateway carries direct (the converter being unavailable).
+    pub direct_flows: usize,
     /// Bytes those subflows sent and had acknowledged.
     pub bytes_up: u64,
     /// Bytes they received.
@@ -215,6 +231,7 @@ pub struct UplinkRow {
 /// The uplinks of a gateway whose maps are pinned under `pin_dir`.
 pub fn read_uplinks(pin_dir: &Path) -> anyhow::Result<Vec<UplinkRow>> {
     let subflows = read_subflows(pin_dir)?;
+    let direct = direct_flow_keys(pin_dir)?;
     let statuses = uplinks::read_status(&sys::run_file(pin_dir, "uplinks.json"))?;
     Ok(statuses
         .into_iter()
@@ -228,8 +245,14 @@ pub fn read_uplinks(pin_dir: &Path) -> anyhow::Result<Vec<UplinkRow>> {
                     })
                 })
                 .collect();
+            let direct_flows: HashSet<u64> = over
+                .iter()
+                .map(|subflow| subflow.flow)
+                .filter(|flow| direct.contains(flow))
+                .collect();
             UplinkRow {
                 subflows: over.len(),
+                direct_flows: direct_flows.len(),
                 bytes_up: over.iter().map(|subflow| subflow.bytes_acked).sum(),
                 bytes_down: over.iter().map(|subflow| subflow.bytes_received).sum(),
                 status,
@@ -249,7 +272,7 @@ pub fn print_uplinks(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "{:<12} {:<16} {:<16} {:<14} {:>8} {:>9} {:>8} {:>14} {:>14}",
+        "{:<12} {:<16} {:<16} {:<14} {:>8} {:>9} {:>8} {:>6} {:>14} {:>14}",
         "UPLINK",
         "ADDRESS",
         "NEXT HOP",
@@ -257,6 +280,7 @@ pub fn print_uplinks(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
         "FOR s",
         "RTT ms",
         "SUBFLOWS",
+        "DIRECT",
         "UP bytes",
         "DOWN bytes"
     )?;
@@ -275,7 +299,7 @@ pub fn print_uplinks(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
         };
         writeln!(
             out,
-            "{:<12} {:<16} {:<16} {:<14} {:>8} {:>9} {:>8} {:>14} {:>14}",
+            "{:<12} {:<16} {:<16} {:<14} {:>8} {:>9} {:>8} {:>6} {:>14} {:>14}",
             status.interface,
             text(status.address),
             text(status.next_hop),
@@ -285,6 +309,7 @@ pub fn print_uplinks(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
                 .rtt_ms
                 .map_or_else(|| "-".to_owned(), |rtt| format!("{rtt:.1}")),
             row.subflows,
+            row.direct_flows,
             row.bytes_up,
             row.bytes_down
         )?;

@@ -190,6 +190,9 @@ pub enum Health {
     /// The converter answered, but without MPTCP: a middlebox on this path strips the
     /// MPTCP options, so flows that start here get no second path.
     MptcpBlocked,
+    /// The converter's host refused the connection over it: the line works, the
+    /// converter does not (stopped, restarting). Direct flows still use the line.
+    NoConverter,
 }
 
 impl Health {
@@ -206,6 +209,7 @@ impl fmt::Display for Health {
             Self::Up => "up",
             Self::Down => "down",
             Self::MptcpBlocked => "mptcp-blocked",
+            Self::NoConverter => "no-converter",
         })
     }
 }
@@ -263,6 +267,10 @@ impl UplinkStatus {
                 ),
                 (Health::Down, Some(reason)) => {
                     warn!("uplink {} ({address}) is down: {reason}", self.interface);
+                }
+                // The converter's outage is logged once, for all uplinks.
+                (Health::NoConverter, Some(reason)) => {
+                    debug!("uplink {} ({address}) works, but {reason}", self.interface);
                 }
                 _ => {}
             }
@@ -335,7 +343,9 @@ impl UplinkTable {
     fn note_probes(&self, uplinks: &[UplinkStatus]) {
         self.probed.store(true, Ordering::Relaxed);
         let reached = uplinks.iter().any(Health::reaches_converter);
-        let probed = uplinks.iter().any(|uplink| uplink.health == Health::Down);
+        let probed = uplinks
+            .iter()
+            .any(|uplink| matches!(uplink.health, Health::Down | Health::NoConverter));
         {
             let mut since = lock(&self.unreachable_since);
             if reached {
@@ -400,8 +410,9 @@ impl UplinkTable {
 fn rank(uplink: &UplinkStatus) -> u8 {
     match (uplink.health, uplink.backup) {
         (Health::Up, false) => 0,
-        (Health::Unknown, false) => 1,
-        (Health::Up | Health::Unknown, true) => 2,
+        // The line works; only the converter does not answer on it.
+        (Health::Unknown | Health::NoConverter, false) => 1,
+        (Health::Up | Health::Unknown | Health::NoConverter, true) => 2,
         (Health::MptcpBlocked, _) => 3,
         (Health::Down, _) => 4,
     }
@@ -851,6 +862,11 @@ async fn probe(
                 _ => (Health::Up, Some(rtt), None),
             }
         }
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => (
+            Health::NoConverter,
+            None,
+            Some(format!("the converter {target} refuses connections")),
+        ),
         Ok(Err(error)) => (
             Health::Down,
             None,
