@@ -24,7 +24,7 @@ use serde::{Deserialize, Deserializer, de::Error as _};
 use crate::{
     bpf::tuning::{TuningConfig, UplinkCongestion},
     convert::cookie,
-    converter::{self, ConverterConfig},
+    converter::{self, ConverterConfig, admission},
     gateway::{
         self, GatewayConfig,
         interception::InterceptionConfig,
@@ -290,9 +290,20 @@ pub struct ConverterOptions {
     #[serde(default, deserialize_with = "prefixes")]
     pub allow: Vec<IpNet>,
 
-    /// Most connections served at once; beyond it, "Resource Exceeded" [default: 10000].
+    /// Most authenticated connections relayed at once; beyond it, "Resource Exceeded"
+    /// [default: 10000].
     #[arg(long, value_name = "N")]
     pub max_conns: Option<usize>,
+
+    /// Most connections held before they authenticate; a new one beyond it evicts the
+    /// oldest, so strangers cannot crowd out gateways [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_pending: Option<usize>,
+
+    /// Most connections held before they authenticate from one source (an IPv4
+    /// address, an IPv6 /64); beyond it, new ones are closed [default: 16].
+    #[arg(long, value_name = "N")]
+    pub max_pending_per_source: Option<usize>,
 
     /// Seconds a client has to send its Convert request [default: 5].
     #[arg(long, value_name = "SECS")]
@@ -344,6 +355,8 @@ impl ConverterOptions {
             key_file: self.key_file.or(file.key_file),
             allow: or_list(self.allow, file.allow),
             max_conns: self.max_conns.or(file.max_conns),
+            max_pending: self.max_pending.or(file.max_pending),
+            max_pending_per_source: self.max_pending_per_source.or(file.max_pending_per_source),
             request_timeout: self.request_timeout.or(file.request_timeout),
             connect_timeout: self.connect_timeout.or(file.connect_timeout),
             idle_timeout: self.idle_timeout.or(file.idle_timeout),
@@ -365,6 +378,11 @@ impl ConverterOptions {
             key_file,
             allow: self.allow,
             max_conns: self.max_conns.unwrap_or(10_000),
+            max_pending: (
+                self.max_pending.unwrap_or(admission::DEFAULT_MAX_PENDING),
+                self.max_pending_per_source
+                    .unwrap_or(admission::DEFAULT_MAX_PENDING_PER_SOURCE),
+            ),
             request_timeout: Duration::from_secs(self.request_timeout.unwrap_or(5)),
             connect_timeout: Duration::from_secs(self.connect_timeout.unwrap_or(10)),
             timeouts: timeouts(self.idle_timeout, self.dead_path_timeout),

@@ -76,6 +76,18 @@ pub struct InstanceLock {
     _lock: Flock<File>,
 }
 
+/// Makes directory `dir` of ours root-only (mode 0700): the maps pinned there steer the
+/// household's traffic, and only root may read or change them. The bpffs root itself
+/// is left alone.
+pub fn make_private(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if dir == Path::new(BPFFS) {
+        return Ok(());
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("failed to make {} root-only", dir.display()))
+}
+
 /// A file of the daemon that pins its maps in `pin_dir`, under /run: `NAME.extension`.
 pub fn run_file(pin_dir: &Path, extension: &str) -> PathBuf {
     let name = pin_dir.to_string_lossy().replace('/', "_");
@@ -87,6 +99,7 @@ impl InstanceLock {
     /// message saying that another one runs.
     pub fn acquire(pin_dir: &Path) -> anyhow::Result<Self> {
         fs::create_dir_all(LOCK_DIR).with_context(|| format!("failed to create {LOCK_DIR}"))?;
+        make_private(Path::new(LOCK_DIR))?;
         let path = run_file(pin_dir, "lock");
         let file = OpenOptions::new()
             .create(true)

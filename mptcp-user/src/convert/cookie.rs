@@ -64,10 +64,12 @@ impl Key {
             .with_context(|| format!("failed to read key file {}", path.display()))?;
         let mode = fs::metadata(path)?.permissions().mode();
         if mode & 0o077 != 0 {
-            log::warn!(
-                "key file {} is readable by others (mode {:o}); chmod 600 it",
+            bail!(
+                "key file {} is open to group or others (mode {:o}): anyone who reads it \
+                 can use the converter; run `chmod 600 {}`",
                 path.display(),
-                mode & 0o777
+                mode & 0o777,
+                path.display()
             );
         }
         Self::parse(text.trim()).with_context(|| format!("bad key file {}", path.display()))
@@ -156,12 +158,25 @@ pub enum AuthError {
     /// This nonce was seen within the window.
     #[error("replayed nonce")]
     Replayed,
+    /// The cookie was made before this converter started: the nonces it remembers do
+    /// not go back that far, so it could be a replay across a restart (or the gateway's
+    /// clock is behind).
+    #[error("cookie from {timestamp}, before this converter started ({started})")]
+    BeforeStart {
+        /// The cookie's Unix time.
+        timestamp: u64,
+        /// When the converter started.
+        started: u64,
+    },
 }
 
 /// Checks cookies and remembers recent nonces to refuse replays.
 pub struct Verifier {
     key: Key,
     window: Duration,
+    /// Unix time of the converter's start: older cookies are refused, since the nonces
+    /// seen before it are forgotten.
+    started: u64,
     /// Nonce -> Unix time after which it may be forgotten. Only requests with a valid
     /// MAC get here, so its size is bounded by the honest request rate.
     seen: HashMap<[u8; NONCE_LEN], u64>,
@@ -169,11 +184,13 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// A verifier accepting timestamps within `window` of its clock.
-    pub fn new(key: Key, window: Duration) -> Self {
+    /// A verifier accepting timestamps within `window` of its clock and not before
+    /// `started` (Unix seconds; the process's start).
+    pub fn new(key: Key, window: Duration, started: u64) -> Self {
         Self {
             key,
             window,
+            started,
             seen: HashMap::new(),
             last_prune: 0,
         }
@@ -208,6 +225,12 @@ impl Verifier {
                 window_secs: window,
             });
         }
+        if timestamp < self.started {
+            return Err(AuthError::BeforeStart {
+                timestamp,
+                started: self.started,
+            });
+        }
         self.prune(now);
         // A nonce must be remembered until its timestamp leaves the window.
         if self.seen.insert(nonce, timestamp + window).is_some() {
@@ -237,7 +260,7 @@ mod tests {
     }
 
     fn verifier(key: &Key) -> Verifier {
-        Verifier::new(key.clone(), DEFAULT_WINDOW)
+        Verifier::new(key.clone(), DEFAULT_WINDOW, NOW - 100)
     }
 
     #[test]
@@ -293,6 +316,26 @@ mod tests {
     }
 
     #[test]
+    fn cookies_from_before_the_start_are_refused() {
+        let key = Key::from_bytes([7; KEY_LEN]);
+        let before_restart = key.cookie(destination(), NOW - 1).unwrap();
+        // Seen by the converter's previous run, replayed to the new one.
+        let mut restarted = Verifier::new(key.clone(), DEFAULT_WINDOW, NOW);
+        assert_eq!(
+            restarted.verify(destination(), Some(&before_restart), NOW + 1),
+            Err(AuthError::BeforeStart {
+                timestamp: NOW - 1,
+                started: NOW
+            })
+        );
+        let fresh = key.cookie(destination(), NOW).unwrap();
+        assert_eq!(
+            restarted.verify(destination(), Some(&fresh), NOW + 1),
+            Ok(())
+        );
+    }
+
+    #[test]
     fn nonces_are_forgotten_after_the_window() {
         let key = Key::from_bytes([7; KEY_LEN]);
         let mut verifier = verifier(&key);
@@ -324,6 +367,9 @@ mod tests {
             0o600
         );
         assert!(Key::load(&path).is_ok());
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        let error = Key::load(&path).unwrap_err().to_string();
+        assert!(error.contains("chmod 600"), "{error}");
         assert!(Key::generate(&path).is_err(), "must not overwrite a key");
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,6 +1,6 @@
 //! Convert messages on a socket: read one whole message, whatever the segmentation.
 
-use tokio::{io::AsyncReadExt as _, net::TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 use super::codec::{self, DecodeError, HEADER_LEN, Message};
 
@@ -20,7 +20,9 @@ pub enum WireError {
 
 /// Reads one Convert message. Returns it with the bytes that came after it in the same
 /// reads (payload, to be forwarded first). Reads at most a message and one buffer more.
-pub async fn read_message(stream: &mut TcpStream) -> Result<(Message, Vec<u8>), WireError> {
+pub async fn read_message<R: AsyncRead + Unpin>(
+    stream: &mut R,
+) -> Result<(Message, Vec<u8>), WireError> {
     let mut received = Vec::with_capacity(2 * codec::MAX_MESSAGE_LEN);
     let mut chunk = [0u8; codec::MAX_MESSAGE_LEN];
     let mut needed = HEADER_LEN;

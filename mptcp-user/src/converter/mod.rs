@@ -3,6 +3,7 @@
 //! checks its destination against the [`destination_policy`], connects by TCP, answers,
 //! and relays.
 
+pub mod admission;
 pub mod destination_policy;
 
 use std::{
@@ -14,12 +15,13 @@ use std::{
 };
 
 use anyhow::Context as _;
+use futures::StreamExt as _;
 use ipnet::IpNet;
 use log::{debug, info, warn};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
+    sync::Semaphore,
 };
 
 use crate::{
@@ -34,12 +36,13 @@ use crate::{
     },
     lock,
     net::{
-        addr,
+        addr, netlink,
         relay::{self, PipePool, Timeouts},
         server, socket,
     },
     sys,
 };
+use admission::{Pending, PendingSlot};
 use destination_policy::DestinationPolicy;
 
 /// Default port the converter listens on, on every address (`[::]`).
@@ -56,8 +59,10 @@ pub struct ConverterConfig {
     pub key_file: PathBuf,
     /// Destinations allowed although the default policy refuses them.
     pub allow: Vec<IpNet>,
-    /// Most connections served at once.
+    /// Most authenticated connections relayed at once.
     pub max_conns: usize,
+    /// Most connections held before they authenticate, in all and from one source.
+    pub max_pending: (usize, usize),
     /// How long a client may take to send its request.
     pub request_timeout: Duration,
     /// How long connecting to a destination may take.
@@ -82,8 +87,10 @@ pub struct Converter {
     pub connect_timeout: Duration,
     /// When relays give up: idle, or a dead path.
     pub timeouts: Timeouts,
-    /// Bounds the number of connections served at once.
+    /// Bounds the number of authenticated connections relayed at once.
     pub connections: Arc<Semaphore>,
+    /// The budget of connections that have not authenticated yet.
+    pub pending: Arc<Pending>,
     /// Congestion control and buffer of the accepted MPTCP connections.
     pub tuning: Tuning,
     /// Pipes for the relays.
@@ -104,15 +111,20 @@ pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
     }
     // Held for the daemon's life.
     let _subflow_programs = load_subflow_tuning(&tuning)?;
-    let mut own = addr::local_addresses()?;
-    own.push(config.listen.ip());
+    let listen = config.listen.ip();
+    let own_addresses = move || -> anyhow::Result<Vec<std::net::IpAddr>> {
+        let mut own = addr::local_addresses()?;
+        own.push(listen);
+        Ok(own)
+    };
     let converter = Arc::new(Converter {
-        verifier: Mutex::new(Verifier::new(key, config.replay_window)),
-        policy: DestinationPolicy::new(config.allow.clone(), own),
+        verifier: Mutex::new(Verifier::new(key, config.replay_window, cookie::unix_now())),
+        policy: DestinationPolicy::new(config.allow.clone(), own_addresses()?),
         request_timeout: config.request_timeout,
         connect_timeout: config.connect_timeout,
         timeouts: config.timeouts,
         connections: Arc::new(Semaphore::new(config.max_conns)),
+        pending: Pending::new(config.max_pending.0, config.max_pending.1),
         tuning,
         pipes: PipePool::default(),
     });
@@ -126,6 +138,19 @@ pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
             .tuning
             .apply_congestion(&socket2::SockRef::from(&listener))
             .context("failed to set the congestion control")?;
+        // Addresses the host gains later (a DHCP lease, an IPv6 temporary address) are
+        // refused as destinations as soon as the kernel announces them.
+        let mut changes = netlink::address_changes()?;
+        let following = Arc::clone(&converter);
+        tokio::spawn(async move {
+            while changes.next().await.is_some() {
+                match own_addresses() {
+                    Ok(own) => following.policy.set_own(own),
+                    Err(error) => warn!("cannot list this host's addresses: {error:#}"),
+                }
+            }
+            warn!("address changes no longer followed: the netlink socket ended");
+        });
         info!("{READY} on {} (MPTCP)", config.listen);
         serve(listener, converter, server::shutdown_signal()?).await;
         Ok(())
@@ -177,29 +202,19 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     server::accept_until(listener, shutdown, |stream, peer, tasks| {
-        if let Ok(permit) = converter.connections.clone().try_acquire_owned() {
-            tasks.spawn(handle(stream, peer, Arc::clone(&converter), permit));
-        } else {
-            warn!("{peer}: too many connections, refusing");
-            refuse_now(&stream, ErrorCode::ResourceExceeded);
+        // Refused without a word: the budget's log line counts them.
+        if let Some(slot) = converter.pending.admit(peer.ip()) {
+            tasks.spawn(handle(stream, peer, Arc::clone(&converter), slot));
         }
     })
     .await;
-}
-
-/// Answers an error without waiting: the message is 8 bytes, which an empty socket
-/// buffer always takes.
-fn refuse_now(stream: &TcpStream, code: ErrorCode) {
-    if let Ok(bytes) = Response::Error(code).to_message().encode() {
-        let _ = stream.try_write(&bytes);
-    }
 }
 
 async fn handle(
     mut client: TcpStream,
     peer: SocketAddr,
     converter: Arc<Converter>,
-    _permit: OwnedSemaphorePermit,
+    slot: PendingSlot,
 ) {
     if let Err(error) = converter
         .tuning
@@ -207,7 +222,15 @@ async fn handle(
     {
         warn!("{peer}: cannot tune the MPTCP connection: {error}");
     }
-    let (request, early_data) = match read_request(&mut client, &converter).await {
+    let read = tokio::select! {
+        read = read_request(&mut client, &converter) => read,
+        () = slot.evicted() => {
+            debug!("{peer}: evicted before authenticating, by newer connections");
+            return;
+        }
+    };
+    drop(slot);
+    let (request, early_data) = match read {
         Ok(found) => found,
         Err(Rejection::Silent) => {
             debug!("{peer}: closed before sending a byte (a gateway's uplink probe?)");
@@ -218,6 +241,12 @@ async fn handle(
             answer(&mut client, Response::Error(code)).await;
             return;
         }
+    };
+    // Only an authenticated request takes one of the relay permits.
+    let Ok(_permit) = converter.connections.clone().try_acquire_owned() else {
+        warn!("{peer}: refused (Resource Exceeded): already relaying --max-conns flows");
+        answer(&mut client, Response::Error(ErrorCode::ResourceExceeded)).await;
+        return;
     };
     let destination = request.destination;
     let mut server = match connect(destination, converter.connect_timeout).await {
@@ -258,10 +287,9 @@ async fn handle(
     }
 }
 
-/// Reads, decodes, authenticates and checks a request; on failure, the error code to
-/// answer with and the reason to log.
 /// Why a connection is not relayed.
-enum Rejection {
+#[derive(Debug)]
+pub enum Rejection {
     /// It closed before sending a byte, as the gateways' uplink probes do: nothing to
     /// answer, nothing worth a warning.
     Silent,
@@ -275,8 +303,10 @@ impl From<(ErrorCode, String)> for Rejection {
     }
 }
 
-async fn read_request(
-    client: &mut TcpStream,
+/// Reads, decodes, authenticates and checks the request on `client` (a connection, or
+/// any byte source: the fuzz target feeds it slices).
+pub async fn read_request<R: AsyncRead + Unpin>(
+    client: &mut R,
     converter: &Converter,
 ) -> Result<(Request, Vec<u8>), Rejection> {
     let read = tokio::time::timeout(converter.request_timeout, wire::read_message(client)).await;

@@ -114,8 +114,10 @@ const NON_PUBLIC: &[&str] = &[
     "240.0.0.0/4",    // reserved, broadcast
     "::/128",         // unspecified
     "::1/128",        // loopback
+    "64:ff9b:1::/48", // local-use NAT64 (RFC 8215): a network's own translator
     "fc00::/7",       // unique local (private)
     "fe80::/10",      // link-local
+    "fec0::/10",      // site-local (deprecated, private)
     "ff00::/8",       // multicast
 ];
 

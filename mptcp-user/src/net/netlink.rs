@@ -41,6 +41,29 @@ pub struct Netlink {
     pub mptcp: PathManager,
 }
 
+/// Yields once per change of this host's addresses (an IPv4 or IPv6 address added or
+/// removed), from rtnetlink's address groups; ends if the socket fails. Its task runs on
+/// the current tokio runtime.
+pub fn address_changes() -> anyhow::Result<impl futures::Stream<Item = ()>> {
+    use futures::StreamExt as _;
+    use rtnetlink::{
+        constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR},
+        sys::AsyncSocket as _,
+    };
+    let (mut connection, _, messages) =
+        rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
+    connection
+        .socket_mut()
+        .socket_mut()
+        .bind(&rtnetlink::sys::SocketAddr::new(
+            0,
+            RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR,
+        ))
+        .context("cannot listen to address changes")?;
+    tokio::spawn(connection);
+    Ok(messages.map(|_| ()))
+}
+
 impl Netlink {
     /// Opens the connections; their tasks run on the current tokio runtime.
     pub fn connect() -> anyhow::Result<Self> {

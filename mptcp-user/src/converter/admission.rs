@@ -1,0 +1,201 @@
+//! Who may hold a connection to the converter before authenticating.
+//!
+//! The converter is on the internet: anyone can open connections to it and send
+//! nothing. Such connections must not take the places of authenticated gateways, so
+//! they live on a budget of their own: a few per source (an IPv4 address, an IPv6 /64)
+//! and a bounded number in all, where a new connection that finds the budget spent
+//! evicts the oldest unauthenticated one. A gateway authenticates within a round trip;
+//! a stranger who holds connections open loses them to the next comers. Only
+//! authenticated requests take one of the `--max-conns` relay permits.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use log::warn;
+use tokio::sync::Notify;
+
+use crate::{lock, net::addr::canonical};
+
+/// Default unauthenticated connections held at once.
+pub const DEFAULT_MAX_PENDING: usize = 256;
+/// Default unauthenticated connections held at once from one source.
+pub const DEFAULT_MAX_PENDING_PER_SOURCE: usize = 16;
+/// Refusals are logged at most this often, with their count: a flood must not flood
+/// the log too.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The budget of unauthenticated connections.
+pub struct Pending {
+    max_total: usize,
+    max_per_source: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Unauthenticated connections per source.
+    by_source: HashMap<IpAddr, usize>,
+    /// Those not yet evicted, oldest first, with the signal that evicts each.
+    queue: BTreeMap<u64, Arc<Notify>>,
+    next_id: u64,
+    /// Refusals and evictions since the last log line, and when that was.
+    unlogged: (u64, u64),
+    last_log: Option<Instant>,
+}
+
+/// An unauthenticated connection's place in the budget; dropping it gives the place
+/// back (once the connection authenticated, or ended).
+pub struct PendingSlot {
+    pending: Arc<Pending>,
+    id: u64,
+    source: IpAddr,
+    evicted: Arc<Notify>,
+}
+
+impl PendingSlot {
+    /// Resolves when a newer connection took this one's place.
+    pub async fn evicted(&self) {
+        self.evicted.notified().await;
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut state = lock(&self.pending.state);
+        state.queue.remove(&self.id);
+        if let Some(count) = state.by_source.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                state.by_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+impl Pending {
+    /// A budget of `max_total` unauthenticated connections, `max_per_source` from one
+    /// source.
+    pub fn new(max_total: usize, max_per_source: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_total: max_total.max(1),
+            max_per_source: max_per_source.max(1),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// A place for a new connection from `peer`, or `None` when its source already
+    /// holds its share. When the budget is spent, the oldest unauthenticated
+    /// connection is told to go.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<PendingSlot> {
+        let source = source_of(peer);
+        let mut state = lock(&self.state);
+        let held = state.by_source.get(&source).copied().unwrap_or(0);
+        if held >= self.max_per_source {
+            state.unlogged.0 += 1;
+            self.log_pressure(&mut state);
+            return None;
+        }
+        if state.queue.len() >= self.max_total
+            && let Some((_, oldest)) = state.queue.pop_first()
+        {
+            oldest.notify_one();
+            state.unlogged.1 += 1;
+            self.log_pressure(&mut state);
+        }
+        *state.by_source.entry(source).or_insert(0) += 1;
+        let id = state.next_id;
+        state.next_id += 1;
+        let evicted = Arc::new(Notify::new());
+        state.queue.insert(id, Arc::clone(&evicted));
+        Some(PendingSlot {
+            pending: Arc::clone(self),
+            id,
+            source,
+            evicted,
+        })
+    }
+
+    /// Unauthenticated connections held now.
+    pub fn len(&self) -> usize {
+        lock(&self.state).by_source.values().sum()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn log_pressure(&self, state: &mut State) {
+        if state
+            .last_log
+            .is_some_and(|last| last.elapsed() < LOG_EVERY)
+        {
+            return;
+        }
+        let (refused, evicted) = std::mem::take(&mut state.unlogged);
+        warn!(
+            "unauthenticated connections over budget: {refused} refused (more than {} \
+             from one source), {evicted} evicted (more than {} in all) since the last \
+             such line; a scan or a flood?",
+            self.max_per_source, self.max_total
+        );
+        state.last_log = Some(Instant::now());
+    }
+}
+
+/// The source a budget share belongs to: an IPv4 address, or an IPv6 /64 (one host
+/// easily has a whole /64).
+fn source_of(peer: IpAddr) -> IpAddr {
+    match canonical(peer) {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 @ IpAddr::V4(_) => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_source_gets_its_share_and_no_more() {
+        let pending = Pending::new(100, 2);
+        let first = pending.admit(ip("192.0.2.1")).unwrap();
+        let _second = pending.admit(ip("::ffff:192.0.2.1")).unwrap();
+        assert!(pending.admit(ip("192.0.2.1")).is_none());
+        // Another source is not affected; one /64 is one source.
+        assert!(pending.admit(ip("192.0.2.2")).is_some());
+        let _a = pending.admit(ip("2001:db8::1")).unwrap();
+        let _b = pending.admit(ip("2001:db8::2")).unwrap();
+        assert!(pending.admit(ip("2001:db8::3")).is_none());
+        drop(first);
+        assert!(pending.admit(ip("192.0.2.1")).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_full_budget_evicts_the_oldest() {
+        let pending = Pending::new(2, 10);
+        let oldest = pending.admit(ip("192.0.2.1")).unwrap();
+        let younger = pending.admit(ip("192.0.2.2")).unwrap();
+        let newest = pending.admit(ip("192.0.2.3")).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), oldest.evicted())
+            .await
+            .expect("the oldest is evicted");
+        let not_evicted = tokio::time::timeout(Duration::from_millis(50), younger.evicted());
+        assert!(not_evicted.await.is_err());
+        drop(oldest);
+        assert_eq!(pending.len(), 2);
+        drop((younger, newest));
+        assert!(pending.is_empty());
+    }
+}
