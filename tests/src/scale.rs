@@ -250,8 +250,7 @@ pub fn run(options: &Options, dir: &Path, progress: &dyn Fn(&str)) -> anyhow::Re
     let capacity = mptcp_user::net::relay::flow_capacity(hard_limit);
     let counts = counts_within(&options.counts, capacity, progress);
     let mut testbed = Testbed::new("scale", &[Uplink::htb(100), Uplink::htb(100)])?;
-    let stop_rate_server = Arc::new(AtomicBool::new(false));
-    let rate_server = greeting_server(&testbed.server, RATE_PORT, &stop_rate_server)?;
+    let rate_server = GreetingServer::start(&testbed.server, RATE_PORT)?;
 
     progress("new connections per second through plain forwarding");
     let (forwarded_per_s, forwarded_failures) =
@@ -260,8 +259,7 @@ pub fn run(options: &Options, dir: &Path, progress: &dyn Fn(&str)) -> anyhow::Re
     progress("new connections per second through the gateway");
     let (gateway_per_s, gateway_failures) =
         connection_rate(&testbed.client, options.rate_duration)?;
-    stop_rate_server.store(true, Ordering::Relaxed);
-    let _ = rate_server.join();
+    drop(rate_server);
 
     let mut held = Vec::new();
     for count in counts {
@@ -321,33 +319,51 @@ pub fn print(result: &ScaleResult) {
 }
 
 /// Raises this process's soft open-file limit to the hard one (it holds both ends of
-/// every flow); returns the hard limit.
-fn raise_own_file_limit() -> anyhow::Result<u64> {
+/// many flows); returns the hard limit.
+pub fn raise_own_file_limit() -> anyhow::Result<u64> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     Ok(hard)
 }
 
-/// A server in `netns` on `port` greeting each connection with the address it came from
-/// and closing it, until `stop` is set.
-fn greeting_server(
-    netns: &Netns,
-    port: u16,
-    stop: &Arc<AtomicBool>,
-) -> anyhow::Result<thread::JoinHandle<()>> {
-    let listener = listen_in(netns, port)?;
-    // accept() wakes up now and then to see `stop`; a sleep between polls would cap
-    // the rate at one connection per sleep.
-    socket2::SockRef::from(&listener).set_read_timeout(Some(Duration::from_millis(100)))?;
-    let stop = Arc::clone(stop);
-    Ok(thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            if let Ok((mut stream, peer)) = listener.accept() {
-                let _ = writeln!(stream, "{}", peer.ip());
+/// A server greeting each connection with the address it came from (a line), then
+/// closing it; it stops when dropped.
+pub struct GreetingServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl GreetingServer {
+    /// Starts one in `netns` on `port` (every address).
+    pub fn start(netns: &Netns, port: u16) -> anyhow::Result<Self> {
+        let listener = listen_in(netns, port)?;
+        // accept() wakes up now and then to see `stop`; a sleep between polls would cap
+        // the rate at one connection per sleep.
+        socket2::SockRef::from(&listener).set_read_timeout(Some(Duration::from_millis(100)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                if let Ok((mut stream, peer)) = listener.accept() {
+                    let _ = writeln!(stream, "{}", peer.ip());
+                }
             }
+        });
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for GreetingServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
-    }))
+    }
 }
 
 /// A listener on every address of `netns`, at `port`.

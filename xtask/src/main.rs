@@ -3,6 +3,7 @@
 
 mod build;
 mod cmd;
+mod fuzz;
 mod lint;
 mod run;
 mod setup;
@@ -36,6 +37,8 @@ enum Command {
     Test(test::Options),
     /// Check formatting and run clippy on every crate, the eBPF programs included.
     Lint,
+    /// Fuzz the Convert codec and the converter's request handler (libFuzzer).
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(options) => run::run(&options),
         Command::Test(options) => test::run(&options),
         Command::Lint => lint::run(),
+        Command::Fuzz(options) => fuzz::run(&options),
         Command::Demo => testbed::demo(),
         Command::Bench(options) => testbed::bench(&options),
     }

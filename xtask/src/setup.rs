@@ -6,6 +6,7 @@
 //!   that builds it, and rustup cannot download rust-src here.
 //! - bpf-linker 0.13 linked against LLVM 22 (llvm-22-dev), the LLVM of that rustc.
 //! - bpftool, iproute2, nftables, curl, iputils-ping, python3: used by the tests and the testbed.
+//! - cargo-fuzz, for `cargo xtask fuzz` and the tests' short fuzz run (`fuzz_tools`).
 //! - For the benchmarks only (`bench_tools`): shadowsocks-libev and mptcpd, the
 //!   comparison the aggregate benchmark runs.
 //!
@@ -47,12 +48,30 @@ const BENCH_APT_PACKAGES: &[&str] = &["shadowsocks-libev", "mptcpd"];
 const SHADOWSOCKS_SERVICE: &str = "shadowsocks-libev.service";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Installs whatever is missing.
 pub fn run() -> anyhow::Result<()> {
     install_apt_packages(APT_PACKAGES)?;
     install_bpf_linker()?;
-    Ok(())
+    fuzz_tools()
+}
+
+/// Installs cargo-fuzz, which `cargo xtask fuzz` (and the tests' short fuzz run) use.
+pub fn fuzz_tools() -> anyhow::Result<()> {
+    let installed = cmd::output(cmd::cargo().args(["fuzz", "--version"]))
+        .is_some_and(|version| version.contains(CARGO_FUZZ_VERSION));
+    if installed {
+        return Ok(());
+    }
+    eprintln!("setup: building cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)");
+    cmd::run(cmd::cargo().args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
 }
 
 /// Installs what the benchmarks need besides [`run`]'s, leaving no service running.

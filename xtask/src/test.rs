@@ -1,4 +1,5 @@
-//! `cargo xtask test`: unit tests, then the end-to-end tests.
+//! `cargo xtask test`: unit tests, then the end-to-end tests, then a short run of each
+//! fuzz target (the whole suite only, not with a filter).
 //!
 //! The end-to-end tests (crate `mptcp-tests`) load eBPF programs, make cgroups and network
 //! namespaces, so they need root. They run one at a time: they share the host's cgroup
@@ -8,6 +9,10 @@ use anyhow::bail;
 use clap::Args;
 
 use crate::{build, cmd};
+
+/// How long each fuzz target runs in the test suite: enough to replay the corpus and
+/// catch a regression on the message paths; `cargo xtask fuzz` runs longer.
+const SHORT_FUZZ_SECONDS: u64 = 20;
 
 /// Options of `cargo xtask test`.
 #[derive(Debug, Args)]
@@ -48,5 +53,12 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         .args(["test", "--package", "mptcp-tests", "--", "--test-threads=1"])
         .args(filter)
         .env("MPTCP_USER_BIN", binary);
-    cmd::run(&mut end_to_end)
+    cmd::run(&mut end_to_end)?;
+    if filter.is_none() {
+        crate::setup::fuzz_tools()?;
+        for target in crate::fuzz::TARGETS {
+            crate::fuzz::fuzz(target, SHORT_FUZZ_SECONDS)?;
+        }
+    }
+    Ok(())
 }

@@ -8,7 +8,7 @@ pub mod destination_policy;
 
 use std::{
     future::Future,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
@@ -97,6 +97,24 @@ pub struct Converter {
     pub pipes: PipePool,
 }
 
+impl Converter {
+    /// A converter with `config`, checking cookies with `key` from now on; `own` are
+    /// this host's addresses.
+    pub fn new(config: &ConverterConfig, key: Key, own: Vec<IpAddr>, tuning: Tuning) -> Self {
+        Self {
+            verifier: Mutex::new(Verifier::new(key, config.replay_window, cookie::unix_now())),
+            policy: DestinationPolicy::new(config.allow.clone(), own),
+            request_timeout: config.request_timeout,
+            connect_timeout: config.connect_timeout,
+            timeouts: config.timeouts,
+            connections: Arc::new(Semaphore::new(config.max_conns)),
+            pending: Pending::new(config.max_pending.0, config.max_pending.1),
+            tuning,
+            pipes: PipePool::default(),
+        }
+    }
+}
+
 /// `mptcp-user converter`: runs until SIGINT or SIGTERM.
 pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
     let key = Key::load(&config.key_file)?;
@@ -112,22 +130,12 @@ pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
     // Held for the daemon's life.
     let _subflow_programs = load_subflow_tuning(&tuning)?;
     let listen = config.listen.ip();
-    let own_addresses = move || -> anyhow::Result<Vec<std::net::IpAddr>> {
+    let own_addresses = move || -> anyhow::Result<Vec<IpAddr>> {
         let mut own = addr::local_addresses()?;
         own.push(listen);
         Ok(own)
     };
-    let converter = Arc::new(Converter {
-        verifier: Mutex::new(Verifier::new(key, config.replay_window, cookie::unix_now())),
-        policy: DestinationPolicy::new(config.allow.clone(), own_addresses()?),
-        request_timeout: config.request_timeout,
-        connect_timeout: config.connect_timeout,
-        timeouts: config.timeouts,
-        connections: Arc::new(Semaphore::new(config.max_conns)),
-        pending: Pending::new(config.max_pending.0, config.max_pending.1),
-        tuning,
-        pipes: PipePool::default(),
-    });
+    let converter = Arc::new(Converter::new(config, key, own_addresses()?, tuning));
     let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
     runtime.block_on(async {
         let listener = socket::listen(config.listen, true, false)

@@ -1,0 +1,79 @@
+//! The converter's whole request handler (read, decode, authenticate, check the
+//! destination) on arbitrary bytes, as a stranger on the internet would send them.
+//!
+//! An input whose first byte is odd has its request, if it decodes to one, signed with
+//! the converter's key, so that the fuzzer also explores what lies past authentication:
+//! the destination policy and the early data.
+
+#![no_main]
+
+use std::sync::LazyLock;
+
+use libfuzzer_sys::fuzz_target;
+use mptcp_user::{
+    bpf::tuning::Tuning,
+    config::ConverterOptions,
+    convert::{
+        codec::{Message, Request},
+        cookie::{KEY_LEN, Key, unix_now},
+    },
+    converter::{Converter, read_request},
+};
+
+const KEY: [u8; KEY_LEN] = [7; KEY_LEN];
+
+static CONVERTER: LazyLock<Converter> = LazyLock::new(|| {
+    let config = ConverterOptions {
+        key_file: Some("/nonexistent".into()),
+        ..ConverterOptions::default()
+    }
+    .into_config()
+    .expect("the default converter config");
+    let tuning = Tuning::new(&config.tuning).expect("the default tuning");
+    let own = vec!["198.51.100.7".parse().expect("an address")];
+    Converter::new(&config, Key::from_bytes(KEY), own, tuning)
+});
+
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a tokio runtime")
+});
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&flag, rest)) = data.split_first() else {
+        return;
+    };
+    let input = if flag & 1 == 1 {
+        signed(rest)
+    } else {
+        rest.to_vec()
+    };
+    let mut reader: &[u8] = &input;
+    if let Ok((request, early_data)) = RUNTIME.block_on(read_request(&mut reader, &CONVERTER)) {
+        // Accepted: it must be a destination the policy allows, and the early data what
+        // followed the message.
+        assert!(CONVERTER.policy.check(request.destination.ip()).is_ok());
+        assert!(early_data.len() < input.len());
+    }
+});
+
+/// `rest` with its request (if it is one) carrying a valid cookie.
+fn signed(rest: &[u8]) -> Vec<u8> {
+    let Ok((message, used)) = Message::decode(rest) else {
+        return rest.to_vec();
+    };
+    let Ok(mut request) = Request::from_message(&message) else {
+        return rest.to_vec();
+    };
+    let Ok(cookie) = Key::from_bytes(KEY).cookie(request.destination, unix_now()) else {
+        return rest.to_vec();
+    };
+    request.cookie = Some(cookie);
+    let Ok(mut bytes) = request.to_message().encode() else {
+        return rest.to_vec();
+    };
+    bytes.extend_from_slice(&rest[used..]);
+    bytes
+}

@@ -1,0 +1,464 @@
+//! The converter under hostile input, probed from the outside as a stranger on the
+//! internet would: raw requests built from RFC 8803's layouts and our cookie format,
+//! sent from the gateway host (no gateway daemon runs). Each must get the right Error
+//! TLV, or a close, within its deadline, and leave nothing behind.
+
+use std::{
+    fs,
+    io::{ErrorKind, Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpStream},
+    os::unix::fs::PermissionsExt as _,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use mptcp_tests::{
+    TempDir, mptcp_user_bin,
+    netns::{Netns, enter},
+    require_root,
+    scale::{GreetingServer, raise_own_file_limit},
+    testbed::{CONVERTER, CONVERTER_PORT, CONVERTER_TOWARD_SERVER, SERVER, Testbed, Uplink},
+};
+use mptcp_user::convert::{
+    codec::{ErrorCode, Message, Request, Response},
+    cookie::{KEY_LEN, Key, unix_now},
+};
+
+const UPLINKS: [Uplink; 2] = [Uplink::htb(50), Uplink::htb(50)];
+/// Port of the server's greeting server: it answers with the address it saw.
+const GREETING_PORT: u16 = 7000;
+
+fn converter_address() -> SocketAddr {
+    format!("{CONVERTER}:{CONVERTER_PORT}").parse().unwrap()
+}
+
+fn greeting_server_address() -> SocketAddr {
+    format!("{SERVER}:{GREETING_PORT}").parse().unwrap()
+}
+
+/// A testbed with the converter running (`args` added), the greeting server on the
+/// server host, and the key the converter uses.
+fn converter(dir: &TempDir, label: &str, args: &[&str]) -> (Testbed, GreetingServer, Key) {
+    let mut testbed = Testbed::new(label, &UPLINKS).unwrap();
+    testbed.start_converter(dir.path(), args).unwrap();
+    let server = GreetingServer::start(&testbed.server, GREETING_PORT).unwrap();
+    let key = Key::load(&dir.path().join("key")).unwrap();
+    (testbed, server, key)
+}
+
+/// A Convert request to `destination`, its cookie made with `key` at Unix time `time`.
+fn request(key: &Key, destination: SocketAddr, time: u64) -> Vec<u8> {
+    Request {
+        destination,
+        cookie: Some(key.cookie(destination, time).unwrap()),
+    }
+    .to_message()
+    .encode()
+    .unwrap()
+}
+
+/// Runs `work` on a thread inside `netns`.
+fn in_netns<T: Send + 'static>(netns: &Netns, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let name = netns.name().to_owned();
+    thread::spawn(move || {
+        enter(&name).unwrap();
+        work()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A TCP connection to the converter from the gateway host's `source` address (or the
+/// kernel's choice).
+fn connect(source: Option<IpAddr>) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    if let Some(source) = source {
+        socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
+    }
+    socket
+        .connect_timeout(&converter_address().into(), Duration::from_secs(5))
+        .unwrap();
+    socket.into()
+}
+
+/// Everything the converter sends on `stream` until it closes, or until `deadline`.
+fn read_to_close(stream: &mut TcpStream, deadline: Duration) -> Vec<u8> {
+    stream.set_read_timeout(Some(deadline)).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer
+}
+
+/// Sends `bytes` to the converter from the gateway host; its response, and the bytes
+/// after it (the destination's), read until the converter closes or for 10 s.
+fn ask(testbed: &Testbed, bytes: Vec<u8>) -> (Response, Vec<u8>) {
+    let answer = in_netns(&testbed.gateway, move || {
+        let mut stream = connect(None);
+        stream.write_all(&bytes).unwrap();
+        read_to_close(&mut stream, Duration::from_secs(10))
+    });
+    let (message, used) =
+        Message::decode(&answer).unwrap_or_else(|error| panic!("{error}: {answer:02x?}"));
+    (Response::from_message(&message), answer[used..].to_vec())
+}
+
+/// The converter's answer to a request for `destination`, with a fresh cookie.
+fn verdict(testbed: &Testbed, key: &Key, destination: SocketAddr) -> Response {
+    ask(testbed, request(key, destination, unix_now())).0
+}
+
+/// Open files of process `pid`, the relays' pooled pipes left out: the pool keeps a
+/// few for the next flows.
+fn open_fds(pid: u32) -> usize {
+    let footprint = mptcp_tests::scale::Footprint::of(pid).unwrap();
+    usize::try_from(footprint.sockets_and_others()).unwrap()
+}
+
+/// Waits up to 10 s for process `pid` to hold at most `files` open files; how many it
+/// holds then.
+fn settle_fds(pid: u32, files: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = open_fds(pid);
+        if now <= files || Instant::now() > deadline {
+            return now;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn converter_log(dir: &TempDir) -> String {
+    fs::read_to_string(dir.path().join("converter.log")).unwrap()
+}
+
+#[test]
+fn bad_cookies_and_bad_messages_get_their_error_and_leave_nothing() {
+    require_root();
+    let dir = TempDir::new("hostile-auth").unwrap();
+    let (testbed, _server, key) = converter(&dir, "hauth", &[]);
+    let pid = testbed.pid("converter").unwrap();
+    let destination = greeting_server_address();
+    let files = open_fds(pid);
+
+    let good = request(&key, destination, unix_now());
+    let (response, greeting) = ask(&testbed, good.clone());
+    assert_eq!(response, Response::Connected);
+    assert_eq!(greeting, format!("{CONVERTER_TOWARD_SERVER}\n").as_bytes());
+    let not_authorized = Response::Error(ErrorCode::NotAuthorized);
+    assert_eq!(ask(&testbed, good).0, not_authorized, "a replay");
+    let stranger = Key::from_bytes([7; KEY_LEN]);
+    assert_eq!(
+        verdict(&testbed, &stranger, destination),
+        not_authorized,
+        "a wrong key"
+    );
+    let future = request(&key, destination, unix_now() + 3600);
+    assert_eq!(ask(&testbed, future).0, not_authorized, "a stale timestamp");
+    let no_cookie = Request {
+        destination,
+        cookie: None,
+    };
+    assert_eq!(
+        ask(&testbed, no_cookie.to_message().encode().unwrap()).0,
+        Response::Error(ErrorCode::MissingCookie)
+    );
+    let mut short_cookie = Request {
+        destination,
+        cookie: Some(key.cookie(destination, unix_now()).unwrap()),
+    };
+    short_cookie.cookie.as_mut().unwrap().truncate(20);
+    assert_eq!(
+        ask(&testbed, short_cookie.to_message().encode().unwrap()).0,
+        not_authorized,
+        "a short cookie"
+    );
+    // The longest message the header allows (255 words), its TLV claiming more.
+    let mut oversize = vec![0x01, 0xff, 0x22, 0x63, 0x0a, 0xff];
+    oversize.resize(255 * 4, 0xee);
+    let started = Instant::now();
+    assert_eq!(
+        ask(&testbed, oversize).0,
+        Response::Error(ErrorCode::MalformedMessage)
+    );
+    assert!(started.elapsed() < Duration::from_secs(2), "{started:?}");
+
+    // A valid request, then a reset at once: the converter's side ends too.
+    let fresh = request(&key, destination, unix_now());
+    in_netns(&testbed.gateway, move || {
+        let stream = connect(None);
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        (&stream).write_all(&fresh).unwrap();
+    });
+    let left = settle_fds(pid, files);
+    assert!(left <= files, "{left} open files, {files} before");
+    let log = converter_log(&dir);
+    assert!(log.contains("replayed nonce"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn a_cookie_seen_before_a_restart_is_refused_after_it() {
+    require_root();
+    let dir = TempDir::new("hostile-restart").unwrap();
+    let (mut testbed, _server, key) = converter(&dir, "hrestart", &[]);
+    let captured = request(&key, greeting_server_address(), unix_now());
+    assert_eq!(ask(&testbed, captured.clone()).0, Response::Connected);
+    // Cookies carry whole seconds: the restart comes in a later one.
+    thread::sleep(Duration::from_millis(1100));
+    testbed.forget("converter");
+    testbed.start_converter(dir.path(), &[]).unwrap();
+    assert_eq!(
+        ask(&testbed, captured).0,
+        Response::Error(ErrorCode::NotAuthorized)
+    );
+    assert!(
+        converter_log(&dir).contains("before this converter started"),
+        "{}",
+        converter_log(&dir)
+    );
+    // A gateway's fresh request is served as before.
+    assert_eq!(
+        verdict(&testbed, &key, greeting_server_address()),
+        Response::Connected
+    );
+}
+
+#[test]
+fn destinations_inside_the_converters_own_networks_are_refused() {
+    require_root();
+    let dir = TempDir::new("hostile-dest").unwrap();
+    // 10.0.0.0/8 allowed: it holds the server's private address, and the converter's own.
+    let (testbed, _server, key) = converter(&dir, "hdest", &["--allow", "10.0.0.0/8"]);
+    let at = |ip: &str| SocketAddr::new(ip.parse().unwrap(), GREETING_PORT);
+    let not_authorized = Response::Error(ErrorCode::NotAuthorized);
+    assert_eq!(
+        verdict(&testbed, &key, at("10.9.0.10")),
+        Response::Connected
+    );
+    for refused in [
+        CONVERTER,   // its own address, inside the allowed prefix
+        "10.0.2.2",  // its other uplink address, too
+        "127.0.0.1", // loopback
+        "::1",
+        "169.254.1.1",        // link-local
+        "fe80::1",            // link-local
+        "192.168.1.1",        // private, not allowed
+        "224.0.0.1",          // multicast
+        "::7f00:1",           // IPv4-compatible 127.0.0.1
+        "::ffff:0:7f00:1",    // SIIT 127.0.0.1
+        "64:ff9b::7f00:1",    // NAT64 to 127.0.0.1
+        "64:ff9b::a00:102",   // NAT64 to its own 10.0.1.2
+        "2002:c0a8:101::1",   // 6to4 of 192.168.1.1
+        "fec0::1",            // site-local
+        "64:ff9b:1::cb00:71", // local-use NAT64
+    ] {
+        assert_eq!(
+            verdict(&testbed, &key, at(refused)),
+            not_authorized,
+            "{refused}"
+        );
+    }
+    // An address the host gains while it runs is refused from then on.
+    let gained = "198.51.100.9";
+    testbed
+        .converter
+        .ip(&["addr", "add", &format!("{gained}/32"), "dev", "lo"])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while verdict(&testbed, &key, at(gained)) != not_authorized {
+        assert!(Instant::now() < deadline, "{gained} is still a destination");
+        thread::sleep(Duration::from_millis(200));
+    }
+    let log = converter_log(&dir);
+    assert!(
+        log.contains("198.51.100.9 is an address of this host"),
+        "{log}"
+    );
+    assert!(log.contains("carries 127.0.0.1"), "{log}");
+}
+
+#[test]
+fn slow_strangers_cannot_crowd_out_a_gateway() {
+    require_root();
+    raise_own_file_limit().unwrap();
+    let dir = TempDir::new("hostile-slow").unwrap();
+    // Without the pending budget, 100 silent connections would take every place.
+    let (testbed, _server, key) = converter(&dir, "hslow", &["--max-conns", "100"]);
+    let pid = testbed.pid("converter").unwrap();
+    let files = open_fds(pid);
+    let rss_kib = || {
+        fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap()
+    };
+    let rss_before = rss_kib();
+    // 2000 connections from 100 addresses of the gateway host's first uplink.
+    for host in 100..200 {
+        testbed
+            .gateway
+            .ip(&["addr", "add", &format!("10.0.1.{host}/24"), "dev", "up1"])
+            .unwrap();
+    }
+    let mut slow: Vec<TcpStream> = in_netns(&testbed.gateway, || {
+        (0..2000)
+            .map(|i| connect(Some(format!("10.0.1.{}", 100 + i % 100).parse().unwrap())))
+            .collect()
+    });
+    // They trickle the start of a 1020-byte message, a byte every 2 s, for 10 s.
+    let header = [0x01u8, 0xff, 0x22, 0x63, 0x0a];
+    let started = Instant::now();
+    let mut gateway_answer = None;
+    let mut most_files = 0;
+    for (round, byte) in header.iter().enumerate() {
+        for stream in &mut slow {
+            stream.set_nonblocking(true).unwrap();
+            let _ = stream.write(&[*byte]);
+        }
+        most_files = most_files.max(open_fds(pid));
+        if round == 1 {
+            // A gateway from another address meanwhile: served at once.
+            let asked = Instant::now();
+            gateway_answer = Some((
+                verdict(&testbed, &key, greeting_server_address()),
+                asked.elapsed(),
+            ));
+        }
+        thread::sleep(Duration::from_secs(2));
+    }
+    let (answer, took) = gateway_answer.unwrap();
+    println!(
+        "during the attack: a gateway answered in {took:?}; the converter held at most \
+         {most_files} files ({files} before), RSS {} KiB more",
+        rss_kib().saturating_sub(rss_before)
+    );
+    assert_eq!(answer, Response::Connected);
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // The pending budget (256) bounds what they hold.
+    assert!(
+        most_files < files + 300,
+        "{most_files} files, {files} before"
+    );
+    assert!(
+        rss_kib() < rss_before + 32 * 1024,
+        "RSS grew by more than 32 MiB"
+    );
+
+    // By now (10 s; request timeout 5 s, then at most 2 s of draining) the converter
+    // closed every one of them.
+    assert!(started.elapsed() >= Duration::from_secs(9));
+    let still_open = slow
+        .iter()
+        .filter(|&stream| {
+            let mut buffer = [0u8; 64];
+            let mut reader: &TcpStream = stream;
+            loop {
+                match reader.read(&mut buffer) {
+                    Ok(0) => return false,
+                    Ok(_) => {}
+                    Err(error) if error.kind() == ErrorKind::WouldBlock => return true,
+                    Err(_) => return false,
+                }
+            }
+        })
+        .count();
+    assert_eq!(still_open, 0, "connections the converter still holds");
+    drop(slow);
+    let left = settle_fds(pid, files);
+    assert!(left <= files, "{left} open files, {files} before");
+    let log = converter_log(&dir);
+    assert!(
+        log.contains("unauthenticated connections over budget"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_flood_of_connections_leaves_nothing_behind() {
+    require_root();
+    let dir = TempDir::new("hostile-flood").unwrap();
+    let (testbed, _server, key) = converter(&dir, "hflood", &[]);
+    let pid = testbed.pid("converter").unwrap();
+    let files = open_fds(pid);
+    // Four threads for three seconds: connect and hang up, or send garbage and go.
+    let threads: Vec<_> = (0..4)
+        .map(|thread_index| {
+            let name = testbed.gateway.name().to_owned();
+            thread::spawn(move || {
+                enter(&name).unwrap();
+                let started = Instant::now();
+                let mut count = 0u32;
+                while started.elapsed() < Duration::from_secs(3) {
+                    let mut stream = connect(None);
+                    if (count + thread_index) % 2 == 0 {
+                        let _ = stream.write_all(b"\x01\x02garbage");
+                    }
+                    count += 1;
+                }
+                count
+            })
+        })
+        .collect();
+    let connections: u32 = threads
+        .into_iter()
+        .map(|thread| thread.join().unwrap())
+        .sum();
+    println!("{connections} connections in 3 s");
+    assert!(connections > 1000, "only {connections} connections");
+    let left = settle_fds(pid, files);
+    assert!(left <= files, "{left} open files, {files} before");
+    assert_eq!(
+        verdict(&testbed, &key, greeting_server_address()),
+        Response::Connected
+    );
+}
+
+#[test]
+fn a_key_file_others_can_read_is_refused() {
+    require_root();
+    let dir = TempDir::new("hostile-key").unwrap();
+    let key = dir.path().join("key");
+    Key::generate(&key).unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let pin_path = format!("/sys/fs/bpf/{}", mptcp_tests::unique_name("key"));
+    for role_args in [
+        vec!["converter", "--listen", "127.0.0.1:0"],
+        vec![
+            "gateway",
+            "--converter",
+            "127.0.0.1:5124",
+            "--pin-path",
+            &pin_path,
+        ],
+    ] {
+        let role = role_args[0];
+        let started = Instant::now();
+        let output = Command::new("timeout")
+            .arg("10")
+            .arg(mptcp_user_bin())
+            .args(&role_args)
+            .arg("--key-file")
+            .arg(&key)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{role} started: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{role} ran: {stderr}");
+        assert!(
+            stderr.contains("open to group or others") && stderr.contains("chmod 600"),
+            "{role}: {stderr}"
+        );
+    }
+}
