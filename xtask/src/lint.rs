@@ -18,6 +18,8 @@ const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 pub fn run() -> anyhow::Result<()> {
     setup::run()?;
     cmd::run(cmd::cargo().args(["fmt", "--all", "--check"]))?;
+    // The fuzz targets are a workspace of their own.
+    cmd::run(cmd::cargo().args(["fmt", "--check", "--manifest-path", "fuzz/Cargo.toml"]))?;
     cmd::run(cmd::cargo().args([
         "clippy",
         "--all-targets",
