@@ -402,7 +402,7 @@ fn a_flood_of_connections_leaves_nothing_behind() {
                 let mut count = 0u32;
                 while started.elapsed() < Duration::from_secs(3) {
                     let mut stream = connect(None);
-                    if (count + thread_index) % 2 == 0 {
+                    if (count + thread_index).is_multiple_of(2) {
                         let _ = stream.write_all(b"\x01\x02garbage");
                     }
                     count += 1;
@@ -455,7 +455,10 @@ fn a_key_file_others_can_read_is_refused() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{role} started: {stderr}");
-        assert!(started.elapsed() < Duration::from_secs(5), "{role} ran: {stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{role} ran: {stderr}"
+        );
         assert!(
             stderr.contains("open to group or others") && stderr.contains("chmod 600"),
             "{role}: {stderr}"
