@@ -23,6 +23,23 @@ pub const SHEDDING_MAP_NAME: &str = "SHEDDING";
 /// The `SHEDDING` value while the gateway sheds new flows (0: it takes them).
 pub const SHEDDING: u32 = 1;
 
+/// Name of the one-entry array whose value [`QUIC_FALLBACK_ON`] makes the LAN program
+/// turn QUIC away: UDP to port [`QUIC_PORT`] of a selected destination gets the mark
+/// [`quic_mark`], whose policy route is `prohibit`, so the kernel answers ICMP
+/// "administratively prohibited" and browsers fall back to TCP at once, which the
+/// gateway aggregates.
+pub const QUIC_MAP_NAME: &str = "QUIC_FALLBACK";
+/// The `QUIC_FALLBACK` value while QUIC is turned away (0: left alone).
+pub const QUIC_FALLBACK_ON: u32 = 1;
+/// HTTP/3's port.
+pub const QUIC_PORT: u16 = 443;
+
+/// The fwmark of QUIC turned away: the one after the interception mark.
+#[must_use]
+pub const fn quic_mark(intercept_mark: u32) -> u32 {
+    intercept_mark.wrapping_add(1)
+}
+
 /// Most prefixes the selection holds.
 pub const MAX_PREFIXES: u32 = 4096;
 /// Most ports the selection lists.

@@ -12,8 +12,15 @@
 //! has no socket and keeps being forwarded, whatever the selection says later: a flow's
 //! decision is taken once.
 //!
-//! Anything unexpected (not TCP, truncated headers, IPv6 extension headers, no listener)
-//! is passed on untouched: the packet is forwarded as if the gateway were not there.
+//! QUIC (UDP to port 443) of a destination the selection takes is turned away while the
+//! `QUIC_FALLBACK` switch is on: it gets the QUIC mark, whose policy route is
+//! `prohibit`, and the kernel answers ICMP "administratively prohibited". Browsers then
+//! fall back to TCP at once, which the gateway aggregates. Once the program is gone (the
+//! daemon died), QUIC flows as before.
+//!
+//! Anything unexpected (other protocols, truncated headers, IPv6 extension headers, no
+//! listener) is passed on untouched: the packet is forwarded as if the gateway were not
+//! there.
 
 use aya_ebpf::{
     bindings::{BPF_F_CURRENT_NETNS, TC_ACT_OK, bpf_sock, bpf_sock_tuple},
@@ -22,14 +29,17 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use core::{mem::offset_of, ptr::read_volatile};
-use mptcp_ebpf_common::{Address, mapped_v4};
+use mptcp_ebpf_common::{
+    Address, mapped_v4,
+    selection::{QUIC_FALLBACK_ON, QUIC_PORT, quic_mark},
+};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::{IpProto, Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
 };
 
-use crate::{config, selection};
+use crate::{config, maps::QUIC_FALLBACK, selection};
 
 /// The EtherTypes as the header holds them (network order).
 const IPV4: u16 = EtherType::Ipv4 as u16;
@@ -78,6 +88,10 @@ pub fn intercept_lan(ctx: TcContext) -> i32 {
 }
 
 fn try_intercept_lan(ctx: &TcContext) -> Result<(), i64> {
+    if let Some(destination) = quic_destination(ctx)? {
+        turn_quic_away(ctx, destination);
+        return Ok(());
+    }
     let (mut tuple, destination, flags) = parse(ctx)?;
     if let Some(socket) = lookup(ctx, &mut tuple) {
         // SAFETY: `socket` is a valid socket reference from the lookup helper.
@@ -101,6 +115,46 @@ fn try_intercept_lan(ctx: &TcContext) -> Result<(), i64> {
         return Ok(());
     }
     hand_to_listener(ctx, &mut tuple)
+}
+
+/// Gives QUIC to a selected destination the QUIC mark (its route is `prohibit`) while
+/// the switch is on.
+fn turn_quic_away(ctx: &TcContext, destination: Address) {
+    let on = QUIC_FALLBACK
+        .get(0)
+        .is_some_and(|&value| value == QUIC_FALLBACK_ON);
+    if on && selection::selects(destination, QUIC_PORT) {
+        ctx.set_mark(quic_mark(config::intercept_mark()));
+    }
+}
+
+/// The destination of a UDP packet to port 443 (QUIC), `None` for any other packet.
+/// Read apart from [`parse`]: one parser returning both kinds of tuple made code the
+/// verifier rejected (copies of the enum's unused bytes).
+fn quic_destination(ctx: &TcContext) -> Result<Option<Address>, i64> {
+    let ether_type: u16 = ctx.load(offset_of!(EthHdr, ether_type))?;
+    let ip = EthHdr::LEN;
+    let (destination, udp) = match ether_type {
+        IPV4 => {
+            if ctx.load::<u8>(ip + offset_of!(Ipv4Hdr, proto))? != IpProto::Udp as u8 {
+                return Ok(None);
+            }
+            let version_ihl: u8 = ctx.load(ip + offset_of!(Ipv4Hdr, vihl))?;
+            let daddr: u32 = ctx.load(ip + offset_of!(Ipv4Hdr, dst_addr))?;
+            (mapped_v4(daddr), ip + usize::from(version_ihl & 0x0f) * 4)
+        }
+        IPV6 => {
+            if ctx.load::<u8>(ip + offset_of!(Ipv6Hdr, next_hdr))? != IpProto::Udp as u8 {
+                return Ok(None);
+            }
+            let daddr: Address = ctx.load(ip + offset_of!(Ipv6Hdr, dst_addr))?;
+            (daddr, ip + Ipv6Hdr::LEN)
+        }
+        _ => return Ok(None),
+    };
+    // The destination port is the UDP header's second field.
+    let port: u16 = ctx.load(udp + 2)?;
+    Ok((u16::from_be(port) == QUIC_PORT).then_some(destination))
 }
 
 /// Assigns the SYN to the transparent listener and marks it for local delivery.

@@ -36,6 +36,11 @@ pub static SELECTION_PORTS: HashMap<u16, u32> =
 #[map]
 pub static SHEDDING: Array<u32> = Array::with_max_entries(1, 0);
 
+/// One entry: `QUIC_FALLBACK_ON` while QUIC to selected destinations is turned away.
+/// Written by the daemon and `mptcp-user selection quic`; read by the LAN program.
+#[map]
+pub static QUIC_FALLBACK: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Opted-in cgroup v2 id -> present. Written by the daemon and `mptcp-user optin|optout`;
 /// read by the connect programs.
 #[map]

@@ -85,6 +85,15 @@ pub struct FlowsArgs {
     pub json: bool,
 }
 
+/// `on` or `off` (also `true`/`false`).
+fn parse_switch(text: &str) -> Result<bool, String> {
+    match text {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        other => Err(format!("{other:?}: say on or off")),
+    }
+}
+
 /// Flags of `mptcp-user selection`.
 #[derive(Debug, Args)]
 pub struct SelectionArgs {
@@ -129,6 +138,13 @@ pub enum SelectionCommand {
         /// The destination port.
         port: u16,
     },
+    /// Turn QUIC of the intercepted destinations away (`on`: browsers fall back to
+    /// TCP, which is aggregated) or leave it alone (`off`).
+    Quic {
+        /// `on` or `off`.
+        #[arg(value_parser = parse_switch, action = clap::ArgAction::Set)]
+        on: bool,
+    },
 }
 
 /// Flags of `mptcp-user optin` and `optout`.
@@ -164,6 +180,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 SelectionCommand::Del { prefix } => SelectionChange::Remove(prefix),
                 SelectionCommand::AddPort { port } => SelectionChange::AddPort(port),
                 SelectionCommand::DelPort { port } => SelectionChange::RemovePort(port),
+                SelectionCommand::Quic { on } => SelectionChange::Quic(on),
             };
             control::change_selection(&args.pin_path, change)
         }

@@ -125,6 +125,12 @@ pub struct GatewayOptions {
     #[serde(default, rename = "port")]
     pub ports: Vec<u16>,
 
+    /// Turn QUIC (UDP to port 443) of the intercepted destinations away with ICMP port
+    /// unreachable, so that browsers fall back to TCP, which is aggregated; `false`
+    /// leaves it alone. Live: `mptcp-user selection quic on|off` [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub quic_fallback: Option<bool>,
+
     /// An uplink (repeatable): IFACE[,next-hop=ADDR][,backup]. In a file:
     /// [[gateway.uplink]] with interface, next-hop and backup.
     #[arg(long = "uplink", value_name = "UPLINK")]
@@ -210,6 +216,7 @@ impl GatewayOptions {
             include: or_list(self.include, file.include),
             exclude: or_list(self.exclude, file.exclude),
             ports: or_list(self.ports, file.ports),
+            quic_fallback: self.quic_fallback.or(file.quic_fallback),
             uplinks: or_list(self.uplinks, file.uplinks),
             intercept_mark: self.intercept_mark.or(file.intercept_mark),
             intercept_table: self.intercept_table.or(file.intercept_table),
@@ -256,6 +263,7 @@ impl GatewayOptions {
                 include: self.include,
                 exclude: self.exclude,
                 ports: self.ports,
+                quic_fallback: self.quic_fallback.unwrap_or(defaults.quic_fallback),
                 mark: self.intercept_mark.unwrap_or(routes::DEFAULT_MARK),
                 table: self.intercept_table.unwrap_or(routes::DEFAULT_TABLE),
                 pin_path: self.pin_path.unwrap_or(defaults.pin_path),

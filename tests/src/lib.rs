@@ -43,6 +43,22 @@ pub fn mptcp_user_bin() -> std::path::PathBuf {
     )
 }
 
+/// The Python with aioquic that `cargo xtask setup` makes (target/quic-venv), for the
+/// QUIC tests.
+///
+/// # Panics
+/// When it is missing, saying how to make it.
+pub fn quic_python() -> std::path::PathBuf {
+    let python =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/quic-venv/bin/python3");
+    assert!(
+        python.exists(),
+        "{} is missing: run `cargo xtask setup`",
+        python.display()
+    );
+    python
+}
+
 /// `len` pseudo-random bytes: incompressible, so nothing on the way can shrink them, and
 /// no two runs alike.
 pub fn random_bytes(len: usize) -> Vec<u8> {

@@ -787,3 +787,193 @@ fn a_standby_converter_takes_the_flows_when_the_first_is_away() {
     );
     assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
 }
+
+/// A QUIC server (aioquic, self-signed certificate) on UDP port 443, and a UDP echo on
+/// the port given; prints "ready" once both listen.
+const QUIC_SERVER: &str = r#"
+import asyncio, datetime, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from aioquic.asyncio import serve
+from aioquic.quic.configuration import QuicConfiguration
+
+key = ec.generate_private_key(ec.SECP256R1())
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "server")])
+now = datetime.datetime.now(datetime.timezone.utc)
+certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+    .public_key(key.public_key()).serial_number(1)
+    .not_valid_before(now - datetime.timedelta(days=1))
+    .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+configuration = QuicConfiguration(is_client=False, alpn_protocols=["hq-interop"])
+configuration.certificate = certificate
+configuration.private_key = key
+
+class Echo(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+    def datagram_received(self, data, peer):
+        self.transport.sendto(data, peer)
+
+async def main():
+    await serve("0.0.0.0", 443, configuration=configuration)
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(Echo, local_addr=("0.0.0.0", int(sys.argv[1])))
+    print("ready", flush=True)
+    await asyncio.Future()
+
+asyncio.run(main())
+"#;
+
+/// A QUIC handshake (aioquic's protocol engine) over a connected UDP socket, as
+/// browsers use: prints "handshake SECONDS" when it completes, "refused SECONDS" when an
+/// ICMP error (port unreachable, prohibited) came back, "timeout" after the seconds
+/// given.
+const QUIC_PROBE: &str = r#"
+import socket, ssl, sys, time
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import HandshakeCompleted
+
+server = (sys.argv[1], 443)
+patience = float(sys.argv[2])
+configuration = QuicConfiguration(is_client=True, alpn_protocols=["hq-interop"])
+configuration.verify_mode = ssl.CERT_NONE
+connection = QuicConnection(configuration=configuration)
+connection.connect(server, now=time.time())
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.connect(server)
+start = time.monotonic()
+try:
+    while time.monotonic() - start < patience:
+        for data, _ in connection.datagrams_to_send(now=time.time()):
+            udp.send(data)
+        udp.settimeout(max(0.01, patience - (time.monotonic() - start)))
+        connection.receive_datagram(udp.recv(65536), server, now=time.time())
+        event = connection.next_event()
+        while event is not None:
+            if isinstance(event, HandshakeCompleted):
+                print("handshake", round(time.monotonic() - start, 6))
+                sys.exit(0)
+            event = connection.next_event()
+    print("timeout")
+except socket.timeout:
+    print("timeout")
+except OSError as error:
+    print("refused", round(time.monotonic() - start, 6), error.strerror)
+"#;
+
+/// Sends one datagram to `server`:`port` from the LAN and waits 2 s for the echo.
+const UDP_ECHO_CLIENT: &str = r"
+import socket, sys
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.connect((sys.argv[1], int(sys.argv[2])))
+udp.settimeout(2)
+udp.send(b'ping')
+print(udp.recv(64).decode())
+";
+
+/// What the QUIC probe from the LAN host to `server` says: "handshake", "refused" (with
+/// how long it took) or "timeout" (after 3 s).
+fn quic_from_lan(testbed: &Testbed, server: &str) -> (String, Duration) {
+    quic_probe(testbed, server, Duration::from_secs(3))
+}
+
+/// Asserts that QUIC from the LAN is refused. The kernel rate-limits its ICMP errors
+/// to one host (a small burst, then about one every two seconds here, where each costs
+/// the tokens of two limiters), so a probe may go unanswered: it is tried again after
+/// two seconds, three times at most. (A browser's TCP attempt runs meanwhile anyway.)
+fn assert_turned_away(testbed: &Testbed) {
+    let mut verdicts = Vec::new();
+    for _ in 0..3 {
+        let (verdict, _) = quic_probe(testbed, SERVER, Duration::from_secs(1));
+        if verdict == "refused" {
+            return;
+        }
+        verdicts.push(verdict);
+        thread::sleep(Duration::from_secs(2));
+    }
+    panic!("QUIC is not turned away: {verdicts:?}");
+}
+
+fn quic_probe(testbed: &Testbed, server: &str, patience: Duration) -> (String, Duration) {
+    let output = testbed
+        .client
+        .command(&mptcp_tests::quic_python().to_string_lossy())
+        .args(["-c", QUIC_PROBE, server])
+        .arg(patience.as_secs_f64().to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let mut words = text.split(' ');
+    let verdict = words.next().unwrap_or_default();
+    let seconds: f64 = words
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_default();
+    (verdict.to_owned(), Duration::from_secs_f64(seconds))
+}
+
+#[test]
+fn quic_is_turned_away_so_browsers_use_tcp_and_comes_back_when_asked() {
+    require_root();
+    let dir = TempDir::new("quic").unwrap();
+    let mut testbed = deploy(&dir, "quic", &[]);
+    let echo_port = 4000;
+    let mut server = testbed
+        .server
+        .command(&mptcp_tests::quic_python().to_string_lossy());
+    server.args(["-c", QUIC_SERVER, &echo_port.to_string()]);
+    let log = dir.path().join("quic-server.log");
+    testbed.start("quic-server", &mut server, &log).unwrap();
+    mptcp_tests::testbed::wait_for_line(&log, "ready", Duration::from_secs(20)).unwrap();
+    start_whoami_server(&mut testbed, &dir, 443);
+
+    // QUIC fails at once; TCP to the same port goes through the converter.
+    let (verdict, took) = quic_from_lan(&testbed, SERVER);
+    println!("QUIC through the gateway: {verdict} after {took:?}");
+    assert_eq!(verdict, "refused");
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    let (_, seen) = whoami_at(&testbed.client, None, SERVER, 443).expect("TCP to port 443");
+    assert_eq!(seen, VIA_CONVERTER);
+    // Other UDP is left alone.
+    let echo = testbed
+        .client
+        .exec(
+            "python3",
+            &["-c", UDP_ECHO_CLIENT, SERVER, &echo_port.to_string()],
+        )
+        .unwrap();
+    assert_eq!(echo.trim(), "ping");
+    assert!(cli_ok(&testbed, &["selection", "list"]).contains("quic: turned away"));
+
+    // A destination the selection excludes keeps its QUIC.
+    cli_ok(&testbed, &["selection", "add", "exclude", SERVER]);
+    assert_eq!(quic_from_lan(&testbed, SERVER).0, "handshake");
+    cli_ok(&testbed, &["selection", "del", SERVER]);
+    assert_turned_away(&testbed);
+
+    // Switched off live, QUIC works; switched on, it is turned away again.
+    cli_ok(&testbed, &["selection", "quic", "off"]);
+    assert_eq!(quic_from_lan(&testbed, SERVER).0, "handshake");
+    cli_ok(&testbed, &["selection", "quic", "on"]);
+    assert_turned_away(&testbed);
+
+    // A killed gateway leaves QUIC working.
+    let pid = testbed.pid("gateway").unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let killed = Instant::now();
+    wait_until(
+        Duration::from_secs(5),
+        || quic_from_lan(&testbed, SERVER).0 == "handshake",
+        || "QUIC does not work after the gateway died".to_owned(),
+    );
+    println!("QUIC works again {:?} after the kill", killed.elapsed());
+}

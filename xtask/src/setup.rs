@@ -6,6 +6,7 @@
 //!   that builds it, and rustup cannot download rust-src here.
 //! - bpf-linker 0.13 linked against LLVM 22 (llvm-22-dev), the LLVM of that rustc.
 //! - bpftool, iproute2, nftables, curl, iputils-ping, python3: used by the tests and the testbed.
+//! - aioquic from PyPI in a venv under target/, for the QUIC fallback test.
 //! - cargo-fuzz, for `cargo xtask fuzz` and the tests' short fuzz run (`fuzz_tools`).
 //! - For the benchmarks only (`bench_tools`): shadowsocks-libev and mptcpd, the
 //!   comparison the aggregate benchmark runs.
@@ -38,6 +39,7 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "iputils-ping",
     "python3",
+    "python3-venv",
 ];
 
 /// Debian packages only the benchmarks need: shadowsocks made MPTCP by mptcpize.
@@ -49,12 +51,39 @@ const SHADOWSOCKS_SERVICE: &str = "shadowsocks-libev.service";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// The QUIC implementation the QUIC fallback test builds its client and server with.
+const AIOQUIC: &str = "aioquic==1.7.2";
 
 /// Installs whatever is missing.
 pub fn run() -> anyhow::Result<()> {
     install_apt_packages(APT_PACKAGES)?;
     install_bpf_linker()?;
+    install_quic_python()?;
     fuzz_tools()
+}
+
+/// The Python the QUIC test runs (a virtual environment in target/, with aioquic).
+pub fn quic_python() -> std::path::PathBuf {
+    cmd::workspace_root().join("target/quic-venv/bin/python3")
+}
+
+/// Makes the QUIC test's Python environment: a venv of Debian's python3 with aioquic
+/// from PyPI, in target/ (rebuilt by this step when missing).
+fn install_quic_python() -> anyhow::Result<()> {
+    let python = quic_python();
+    let installed = cmd::output(Command::new(&python).args(["-c", "import aioquic"])).is_some();
+    if installed {
+        return Ok(());
+    }
+    let venv = cmd::workspace_root().join("target/quic-venv");
+    eprintln!("setup: making {} with {AIOQUIC}", venv.display());
+    cmd::run(
+        Command::new("/usr/bin/python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv),
+    )?;
+    cmd::run(Command::new(&python).args(["-m", "pip", "install", "-q", AIOQUIC]))
 }
 
 /// Installs cargo-fuzz, which `cargo xtask fuzz` (and the tests' short fuzz run) use.

@@ -53,9 +53,10 @@ const SOCK_ADDR_PROGRAMS: [&str; 4] = [
 ];
 
 /// The maps `mptcp-user flows|selection|optin|optout` work on, pinned under `--pin-path`.
-pub const PINNED_MAPS: [&str; 5] = [
+pub const PINNED_MAPS: [&str; 6] = [
     selection::MAP_NAME,
     selection::PORTS_MAP_NAME,
+    selection::QUIC_MAP_NAME,
     cgroups::OPTED_IN_MAP_NAME,
     flows::FLOWS_MAP_NAME,
     flows::SUBFLOWS_MAP_NAME,

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use super::{
     cgroups,
-    selection::{Action, Selection},
+    selection::{Action, QuicFallback, Selection},
     uplinks::{self, UplinkStatus},
 };
 use crate::{bpf::open_pinned, net::addr, sys};
@@ -36,6 +36,8 @@ pub enum SelectionChange {
     AddPort(u16),
     /// Take a port off that list.
     RemovePort(u16),
+    /// Turn QUIC away (`true`) or leave it alone.
+    Quic(bool),
 }
 
 /// One relayed flow, as `mptcp-user flows` shows it.
@@ -329,9 +331,14 @@ pub fn print_selection(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
     let selection = Selection::pinned(pin_dir)?;
     let rules = selection.rules()?;
     let ports = selection.ports()?;
+    let quic_fallback = QuicFallback::pinned(pin_dir)?.is_on()?;
     let mut out = io::stdout().lock();
     if json {
-        let listing = serde_json::json!({ "rules": rules, "ports": ports });
+        let listing = serde_json::json!({
+            "rules": rules,
+            "ports": ports,
+            "quic_fallback": quic_fallback,
+        });
         serde_json::to_writer_pretty(&mut out, &listing)?;
         writeln!(out)?;
         return Ok(());
@@ -350,6 +357,11 @@ pub fn print_selection(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
     } else {
         let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
         writeln!(out, "ports: only {}", ports.join(", "))?;
+    }
+    if quic_fallback {
+        writeln!(out, "quic: turned away (ICMP prohibited), browsers use TCP")?;
+    } else {
+        writeln!(out, "quic: left alone")?;
     }
     Ok(())
 }
@@ -373,6 +385,17 @@ pub fn change_selection(pin_dir: &Path, change: SelectionChange) -> anyhow::Resu
         SelectionChange::RemovePort(port) => {
             selection.remove_port(port)?;
             println!("port {port} deleted");
+        }
+        SelectionChange::Quic(on) => {
+            QuicFallback::pinned(pin_dir)?.set(on)?;
+            println!(
+                "quic: {}",
+                if on {
+                    "turned away, browsers use TCP"
+                } else {
+                    "left alone"
+                }
+            );
         }
     }
     Ok(())

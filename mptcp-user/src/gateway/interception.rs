@@ -18,7 +18,7 @@ use super::{
     cgroups,
     flows::FlowTable,
     routes::{self, LocalDelivery},
-    selection::{Action, Rule, Selection},
+    selection::{Action, QuicFallback, Rule, Selection},
 };
 use crate::{
     bpf::{self, Programs, Settings, tuning::Tuning},
@@ -39,6 +39,8 @@ pub struct InterceptionConfig {
     pub exclude: Vec<IpNet>,
     /// Destination ports intercepted; empty for all.
     pub ports: Vec<u16>,
+    /// Whether QUIC to the selected destinations is turned away (browsers then use TCP).
+    pub quic_fallback: bool,
     /// fwmark of the local-delivery policy route.
     pub mark: u32,
     /// Routing table of that route.
@@ -55,6 +57,7 @@ impl Default for InterceptionConfig {
             include: Vec::new(),
             exclude: Vec::new(),
             ports: Vec::new(),
+            quic_fallback: true,
             mark: routes::DEFAULT_MARK,
             table: routes::DEFAULT_TABLE,
             pin_path: PathBuf::from(super::DEFAULT_PIN_PATH),
@@ -123,6 +126,7 @@ impl Interception {
             .collect();
         let mut selection = Selection::take(&mut programs)?;
         selection.install(&rules, &never, &config.ports)?;
+        QuicFallback::take(&mut programs)?.set(config.quic_fallback)?;
 
         programs.set_uplink_congestion(tuning.uplink_congestion())?;
         // The cgroup programs need the cgroup v2 hierarchy, which a container or a
@@ -164,7 +168,15 @@ impl Interception {
         let mut lan = Vec::new();
         for interface in &config.lan {
             programs.attach_lan(interface)?;
-            info!("intercepting TCP flows arriving on {interface}");
+            info!(
+                "intercepting TCP flows arriving on {interface}{}",
+                if config.quic_fallback {
+                    "; QUIC to the same destinations is answered ICMP prohibited, so \
+                     browsers use TCP"
+                } else {
+                    ""
+                }
+            );
             lan.push((interface.clone(), interface_index(interface)));
         }
         let flows = FlowTable::take(&mut programs, listen.port(), capacity)?;

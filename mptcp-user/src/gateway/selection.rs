@@ -11,13 +11,13 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::{HashMap, LpmTrie, MapData};
+use aya::maps::{Array, HashMap, LpmTrie, MapData};
 use ipnet::IpNet;
 use mptcp_ebpf_common::{
     Address,
     selection::{
         ACTION_EXCLUDE, ACTION_EXCLUDE_FIXED, ACTION_INCLUDE, MAP_NAME, PORTS_MAP_NAME,
-        PORTS_RESTRICTED_KEY,
+        PORTS_RESTRICTED_KEY, QUIC_FALLBACK_ON, QUIC_MAP_NAME,
     },
 };
 use serde::Serialize;
@@ -242,6 +242,46 @@ impl<P: BorrowMut<MapData>, Q: BorrowMut<MapData>> Selection<P, Q> {
             self.add_port(port)?;
         }
         Ok(())
+    }
+}
+
+/// The QUIC switch: while on, the LAN program turns QUIC (UDP to port 443) of the
+/// destinations the selection takes away with ICMP "prohibited", so that browsers
+/// use TCP, which the gateway aggregates.
+pub struct QuicFallback {
+    map: Array<MapData, u32>,
+}
+
+impl QuicFallback {
+    /// Takes the switch out of the loaded programs (pin them first).
+    pub fn take(programs: &mut Programs) -> anyhow::Result<Self> {
+        Ok(Self {
+            map: Array::try_from(programs.take_map(QUIC_MAP_NAME)?)?,
+        })
+    }
+
+    /// Opens the switch a running gateway pinned under `pin_dir`.
+    pub fn pinned(pin_dir: &Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            map: Array::try_from(bpf::open_pinned(pin_dir, QUIC_MAP_NAME)?)?,
+        })
+    }
+
+    /// Whether QUIC is turned away.
+    pub fn is_on(&self) -> anyhow::Result<bool> {
+        Ok(self
+            .map
+            .get(&0, 0)
+            .context("failed to read the QUIC switch")?
+            == QUIC_FALLBACK_ON)
+    }
+
+    /// Turns QUIC away (`true`) or leaves it alone; applies to the next packet.
+    pub fn set(&mut self, on: bool) -> anyhow::Result<()> {
+        let value = if on { QUIC_FALLBACK_ON } else { 0 };
+        self.map
+            .set(0, value, 0)
+            .context("failed to set the QUIC switch")
     }
 }
 

@@ -246,6 +246,34 @@ impl Netlink {
         Ok(())
     }
 
+    /// `ip route replace prohibit default table TABLE`, IPv4 and IPv6: the kernel answers
+    /// each packet the table routes with ICMP "administratively prohibited" (a hard
+    /// error: a connected UDP socket fails at once).
+    pub async fn set_prohibited(&self, table: u32) -> anyhow::Result<()> {
+        let v4 = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .kind(RouteType::Prohibit)
+            .table_id(table)
+            .protocol(RouteProtocol::from(PROTOCOL))
+            .build();
+        let v6 = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
+            .kind(RouteType::Prohibit)
+            .table_id(table)
+            .protocol(RouteProtocol::from(PROTOCOL))
+            .build();
+        for route in [v4, v6] {
+            self.route
+                .route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .with_context(|| format!("cannot add the prohibit route of table {table}"))?;
+        }
+        Ok(())
+    }
+
     /// Deletes every route of the tables `tables` accepts, both families.
     pub async fn flush_tables(&self, tables: impl Fn(u32) -> bool) -> anyhow::Result<()> {
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
