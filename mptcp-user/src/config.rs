@@ -28,7 +28,7 @@ use crate::{
     gateway::{
         self, GatewayConfig,
         interception::InterceptionConfig,
-        routes,
+        pool, routes,
         uplinks::{self, UplinkConfig},
         upstream::UpstreamConfig,
     },
@@ -131,6 +131,11 @@ pub struct GatewayOptions {
     #[arg(long, value_name = "BOOL")]
     pub quic_fallback: Option<bool>,
 
+    /// Most warm connections kept open to the converter, so that a new flow's request
+    /// leaves at once (0: none) [default: 4].
+    #[arg(long, value_name = "N")]
+    pub pool_size: Option<usize>,
+
     /// An uplink (repeatable): IFACE[,next-hop=ADDR][,backup]. In a file:
     /// [[gateway.uplink]] with interface, next-hop and backup.
     #[arg(long = "uplink", value_name = "UPLINK")]
@@ -217,6 +222,7 @@ impl GatewayOptions {
             exclude: or_list(self.exclude, file.exclude),
             ports: or_list(self.ports, file.ports),
             quic_fallback: self.quic_fallback.or(file.quic_fallback),
+            pool_size: self.pool_size.or(file.pool_size),
             uplinks: or_list(self.uplinks, file.uplinks),
             intercept_mark: self.intercept_mark.or(file.intercept_mark),
             intercept_table: self.intercept_table.or(file.intercept_table),
@@ -270,6 +276,7 @@ impl GatewayOptions {
             },
             uplinks: self.uplinks,
             tuning: self.tuning.into_config(),
+            pool_size: self.pool_size.unwrap_or(pool::DEFAULT_POOL_SIZE),
         })
     }
 }

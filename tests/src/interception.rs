@@ -3,7 +3,8 @@
 //! Method (README "Benchmarks" says the same):
 //! - First byte on realistic lines (DSL 20 Mbit/s 15 ms + LTE 10 Mbit/s 50 ms): the
 //!   median time from connect() to the first byte of the answer over fresh connections,
-//!   directly (plain forwarding over the DSL line) and through the gateway.
+//!   directly (plain forwarding over the DSL line), through the gateway without warm
+//!   connections (`--pool-size 0`), and through the gateway with them (the default).
 //! - Cost per new connection, eBPF vs nftables: on two identical testbeds of zero-delay
 //!   HTB lines, where processing rather than propagation sets the time, one gateway
 //!   intercepting with its own tc program, the other by an nftables tproxy rule. The same
@@ -35,8 +36,10 @@ const PORT: u16 = 5003;
 pub struct InterceptionResult {
     /// First byte over the DSL line directly.
     pub first_byte_direct: Duration,
-    /// First byte through the gateway.
+    /// First byte through the gateway (with its warm connections).
     pub first_byte_gateway: Duration,
+    /// First byte through the gateway without warm connections (`--pool-size 0`).
+    pub first_byte_gateway_no_pool: Duration,
     /// Plain forwarding on the zero-delay testbeds (no gateway), per round.
     pub forwarded: Vec<Duration>,
     /// Through the gateway intercepting with its tc program, per round.
@@ -85,6 +88,7 @@ impl InterceptionResult {
         serde_json::json!({
             "first_byte_direct_ms": millis(self.first_byte_direct),
             "first_byte_gateway_ms": millis(self.first_byte_gateway),
+            "first_byte_gateway_no_pool_ms": millis(self.first_byte_gateway_no_pool),
             "first_byte_ratio": self.first_byte_ratio(),
             "per_connection_forwarded_ms": all(&self.forwarded),
             "per_connection_ebpf_ms": all(&self.ebpf),
@@ -115,7 +119,11 @@ pub fn run(
     let first_byte_direct = time(&lines, 15)?;
     let lines_dir = dir.join("lines");
     std::fs::create_dir_all(&lines_dir)?;
-    lines.start_gateway_and_converter(&lines_dir, &[], &[])?;
+    lines.start_gateway_and_converter(&lines_dir, &["--pool-size", "0"], &[])?;
+    let first_byte_gateway_no_pool = time(&lines, 15)?;
+    progress("first byte through the gateway with its warm connections");
+    lines.forget("gateway");
+    lines.start_gateway_intercepting(&lines_dir, Interception::Ebpf, &[])?;
     let first_byte_gateway = time(&lines, 15)?;
     drop(lines);
 
@@ -161,6 +169,7 @@ pub fn run(
     Ok(InterceptionResult {
         first_byte_direct,
         first_byte_gateway,
+        first_byte_gateway_no_pool,
         forwarded,
         ebpf,
         nftables,
@@ -190,10 +199,13 @@ fn map_memory(pid: u32) -> anyhow::Result<u64> {
 /// Prints the results as a short table with the ratios.
 pub fn print(result: &InterceptionResult) {
     println!(
-        "first byte, DSL + LTE lines: direct {:.1} ms, through the gateway {:.1} ms, ratio {:.3}",
+        "first byte, DSL + LTE lines: direct {:.1} ms, through the gateway {:.1} ms (ratio \
+         {:.3}), without its warm connections {:.1} ms (ratio {:.3})",
         millis(result.first_byte_direct),
         millis(result.first_byte_gateway),
-        result.first_byte_ratio()
+        result.first_byte_ratio(),
+        millis(result.first_byte_gateway_no_pool),
+        result.first_byte_gateway_no_pool.as_secs_f64() / result.first_byte_direct.as_secs_f64()
     );
     println!("per new connection (median of rounds, zero-delay lines):");
     for (name, values) in [

@@ -533,6 +533,17 @@ impl Testbed {
         converter_args: &[&str],
     ) -> anyhow::Result<()> {
         self.start_converter(dir, converter_args)?;
+        self.start_gateway_intercepting(dir, interception, gateway_args)
+    }
+
+    /// The gateway half of [`Self::start_daemons`], for a converter already running
+    /// with the key `dir/key`: to start a gateway again with other arguments, say.
+    pub fn start_gateway_intercepting(
+        &mut self,
+        dir: &Path,
+        interception: Interception,
+        gateway_args: &[&str],
+    ) -> anyhow::Result<()> {
         let listen = format!("[::]:{GATEWAY_PORT}");
         let converter = format!("{CONVERTER}:{CONVERTER_PORT}");
         let pin_path = self.pin_path();

@@ -977,3 +977,47 @@ fn quic_is_turned_away_so_browsers_use_tcp_and_comes_back_when_asked() {
     );
     println!("QUIC works again {:?} after the kill", killed.elapsed());
 }
+
+/// The MPTCP connections established on the converter's port (warm ones and flows').
+fn converter_connections(testbed: &Testbed) -> usize {
+    testbed
+        .converter
+        .exec(
+            "ss",
+            &[
+                "-HMn",
+                "state",
+                "established",
+                &format!("( sport = :{CONVERTER_PORT} )"),
+            ],
+        )
+        .unwrap()
+        .lines()
+        .count()
+}
+
+#[test]
+fn warm_connections_wait_for_flows_and_none_goes_stale() {
+    require_root();
+    let dir = TempDir::new("warm").unwrap();
+    let mut testbed = deploy(&dir, "warm", &["--pool-size", "3"]);
+    // No flow yet: no warm connection either.
+    thread::sleep(Duration::from_millis(600));
+    assert_eq!(converter_connections(&testbed), 0);
+    for _ in 0..4 {
+        assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
+    }
+    // The flows ended; warm connections wait for the next ones.
+    thread::sleep(Duration::from_millis(600));
+    let warm = converter_connections(&testbed);
+    assert!((1..=3).contains(&warm), "{warm} warm connections");
+
+    // The converter restarts: the warm connections die with it, and no flow gets one.
+    testbed.forget("converter");
+    testbed.start_converter(dir.path(), &[]).unwrap();
+    for _ in 0..6 {
+        assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
+    }
+    let log = fs::read_to_string(dir.path().join("gateway.log")).unwrap();
+    assert!(!log.contains("go direct"), "{log}");
+}

@@ -156,7 +156,7 @@ impl FlowTable {
 
     /// Labels an upstream MPTCP socket with its flow's key, so that sock_ops files its
     /// subflows under the flow. Call before connecting.
-    pub fn label(&self, socket: &socket2::Socket, key: u64) -> io::Result<()> {
+    pub fn label(&self, socket: &impl std::os::fd::AsRawFd, key: u64) -> io::Result<()> {
         lock(&self.labels)
             .insert(socket, key, 0)
             .map_err(io::Error::other)

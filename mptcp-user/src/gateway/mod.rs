@@ -17,6 +17,7 @@ pub mod cgroups;
 pub mod control;
 pub mod flows;
 pub mod interception;
+pub mod pool;
 pub mod routes;
 pub mod selection;
 pub mod uplinks;
@@ -44,6 +45,7 @@ use crate::{
 };
 use flows::FlowTable;
 use interception::{Interception, InterceptionConfig};
+use pool::{Pool, Target};
 use uplinks::{ManagerConfig, UplinkConfig, UplinkManager, UplinkTable};
 use upstream::{OpenError, Upstream, UpstreamConfig};
 
@@ -72,6 +74,8 @@ pub struct GatewayConfig {
     pub uplinks: Vec<UplinkConfig>,
     /// Congestion control and buffers of the MPTCP connections and subflows.
     pub tuning: TuningConfig,
+    /// Most warm connections to the converter (0: none).
+    pub pool_size: usize,
 }
 
 impl GatewayConfig {
@@ -107,6 +111,36 @@ pub struct Gateway {
     pub flows: FlowTable,
     /// The uplinks new flows start from.
     pub uplinks: Arc<UplinkTable>,
+    /// Warm connections to the converter.
+    pub pool: Arc<Pool>,
+}
+
+impl Gateway {
+    /// Where new flows go now, for the pool.
+    fn pool_target(&self) -> Target {
+        let converters = self.upstream.converters();
+        Target {
+            converter: (!converters.is_empty() && !self.uplinks.converter_down())
+                .then(|| converters[self.uplinks.active_converter() % converters.len()]),
+            source: self
+                .uplinks
+                .attempts()
+                .first()
+                .map(|attempt| attempt.source),
+        }
+    }
+
+    /// Opens a warm connection to `converter` as a flow's would be opened, for the pool.
+    async fn connect_warm(&self, converter: SocketAddr) -> std::io::Result<TcpStream> {
+        let attempts = self.uplinks.attempts();
+        let configure = |socket: &socket2::Socket| self.tuning.apply(socket);
+        tokio::time::timeout(
+            upstream::CONVERTER_TIMEOUT,
+            socket::connect_racing(converter, true, &attempts, configure),
+        )
+        .await
+        .map_err(|_| std::io::ErrorKind::TimedOut)?
+    }
 }
 
 /// `mptcp-user gateway`: runs until SIGINT or SIGTERM.
@@ -159,7 +193,21 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
             pipes: PipePool::default(),
             flows,
             uplinks: uplink_manager.table(),
+            pool: Pool::new(config.pool_size),
         });
+        let filler = tokio::spawn(Arc::clone(&gateway.pool).fill(
+            {
+                let gateway = Arc::clone(&gateway);
+                move || gateway.pool_target()
+            },
+            {
+                let gateway = Arc::clone(&gateway);
+                move |converter| {
+                    let gateway = Arc::clone(&gateway);
+                    async move { gateway.connect_warm(converter).await }
+                }
+            },
+        ));
         let signal = server::shutdown_signal()?;
         let shutdown = async {
             follow_lan_interfaces_until(&mut interception, signal).await;
@@ -167,6 +215,7 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
             interception.stop_new_flows();
         };
         serve(listener, Arc::clone(&gateway), shutdown).await;
+        filler.abort();
         info!("detaching programs, removing routes and pins");
         drop(interception);
         drop(uplink_manager);
@@ -327,9 +376,26 @@ async fn open_upstream(
         let mut last_failure = None;
         for attempt in 0..converters.len() {
             let converter = converters[(first + attempt) % converters.len()];
+            let warm = if attempt == 0 {
+                let source = attempts.first().map(|attempt| attempt.source);
+                gateway.pool.take(converter, source)
+            } else {
+                None
+            };
+            if let Some(warm) = &warm {
+                gateway.flows.label(warm, flow_key)?;
+            }
             match gateway
                 .upstream
-                .open(lan, destination, converter, &early, &attempts, configure)
+                .open(
+                    lan,
+                    destination,
+                    converter,
+                    &early,
+                    &attempts,
+                    configure,
+                    warm,
+                )
                 .await
             {
                 Ok((stream, server_early)) => return Ok((stream, server_early, false)),

@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
+use log::debug;
 use socket2::Socket;
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
@@ -19,6 +20,15 @@ use crate::{
     },
     net::socket::{self, Attempt},
 };
+
+/// The converter could not take the flow, for `reason`; the client's `early` bytes
+/// were read already.
+fn unavailable(reason: anyhow::Error, early: &[u8]) -> OpenError {
+    OpenError::ConverterUnavailable {
+        reason,
+        early: early.to_vec(),
+    }
+}
 
 /// Where flows go, as configured.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,12 +124,14 @@ impl Upstream {
 
     /// Opens the MPTCP connection for one flow to `destination` through `converter` (one
     /// of [`Self::converters`]), `already_read` the client's bytes read by an attempt
-    /// before; its first subflow from
-    /// the first of `attempts` (uplink addresses) that answers, `configure` setting each
-    /// socket's options before it connects. Through the converter, the Convert request
-    /// and the client's first bytes leave in one write (one segment when they fit), so the
-    /// request costs no extra round trip. Returns the connection and any destination
-    /// bytes that arrived with the converter's answer.
+    /// before: on `warm`, a connection the pool opened before, if given; else (or when
+    /// the warm one fails) on a fresh one, whose first subflow starts from the first of
+    /// `attempts` (uplink addresses) that answers, `configure` setting its options before
+    /// it connects. The Convert request and the client's first bytes leave in one write
+    /// (one segment when they fit), so the request costs no extra round trip. Returns
+    /// the connection and any destination bytes that arrived with the converter's
+    /// answer.
+    #[expect(clippy::too_many_arguments, reason = "one flow's whole context")]
     pub async fn open(
         &self,
         lan: &TcpStream,
@@ -128,29 +140,54 @@ impl Upstream {
         already_read: &[u8],
         attempts: &[Attempt],
         configure: impl Fn(&Socket) -> std::io::Result<()>,
+        warm: Option<TcpStream>,
     ) -> Result<(TcpStream, Vec<u8>), OpenError> {
-        let Self::Converter { key, .. } = self else {
-            return Err(OpenError::Failed(anyhow!("--direct has no converter")));
-        };
-        let unavailable = |reason: anyhow::Error, early: &[u8]| OpenError::ConverterUnavailable {
-            reason,
-            early: early.to_vec(),
-        };
+        let mut already_read = already_read.to_vec();
+        if let Some(warm) = warm {
+            match self
+                .convert(warm, lan, destination, converter, &already_read)
+                .await
+            {
+                // The warm connection broke; the converter may well be fine.
+                Err(OpenError::ConverterUnavailable { reason, early }) => {
+                    debug!("a warm connection to {converter} failed ({reason:#}); a fresh one");
+                    already_read = early;
+                }
+                done => return done,
+            }
+        }
         let connected = tokio::time::timeout(
             CONVERTER_TIMEOUT,
             socket::connect_racing(converter, true, attempts, configure),
         )
         .await;
-        let mut stream = match connected {
+        let stream = match connected {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
                 let reason = anyhow!(error).context(format!("MPTCP connect to {converter} failed"));
-                return Err(unavailable(reason, already_read));
+                return Err(unavailable(reason, &already_read));
             }
             Err(_) => {
                 let reason = anyhow!("{converter} did not answer within {CONVERTER_TIMEOUT:?}");
-                return Err(unavailable(reason, already_read));
+                return Err(unavailable(reason, &already_read));
             }
+        };
+        self.convert(stream, lan, destination, converter, &already_read)
+            .await
+    }
+
+    /// Sends the Convert request for `destination`, with `already_read` and whatever the
+    /// client sent since, on `stream` (connected to `converter`), and reads the answer.
+    async fn convert(
+        &self,
+        mut stream: TcpStream,
+        lan: &TcpStream,
+        destination: SocketAddr,
+        converter: SocketAddr,
+        already_read: &[u8],
+    ) -> Result<(TcpStream, Vec<u8>), OpenError> {
+        let Self::Converter { key, .. } = self else {
+            return Err(OpenError::Failed(anyhow!("--direct has no converter")));
         };
         let request = Request {
             destination,
