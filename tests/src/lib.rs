@@ -12,6 +12,7 @@ pub mod measure;
 pub mod netns;
 pub mod scale;
 pub mod testbed;
+pub mod web;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 

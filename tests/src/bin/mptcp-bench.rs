@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use mptcp_tests::{TempDir, aggregate, interception, require_root, scale};
+use mptcp_tests::{TempDir, aggregate, interception, require_root, scale, web};
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks on the namespace testbed")]
@@ -70,6 +70,19 @@ enum Bench {
         #[arg(long, env = "MPTCP_BENCH_DIR", default_value = "target/bench")]
         out: PathBuf,
     },
+    /// Browsing: a page of 31 objects over 6 connections and short downloads, directly
+    /// over the best uplink and through the gateway with and without warm connections.
+    Web {
+        /// Alternating rounds of each comparison.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Only these rows (1: DSL + LTE, 2: DSL + satellite; repeatable).
+        #[arg(long)]
+        row: Vec<usize>,
+        /// Directory for the JSON results.
+        #[arg(long, env = "MPTCP_BENCH_DIR", default_value = "target/bench")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -121,6 +134,7 @@ fn main() -> anyhow::Result<()> {
             scale::print(&result);
             write_json(&out, "scale", &result.to_json())
         }
+        Bench::Web { rounds, row, out } => run_web(rounds, &row, &out),
     }
 }
 
@@ -270,6 +284,33 @@ fn print_row(number: usize, result: &aggregate::RowResult) {
             "NO"
         }
     );
+}
+
+fn run_web(rounds: usize, rows: &[usize], out: &std::path::Path) -> anyhow::Result<()> {
+    let all = web::rows();
+    let chosen: Vec<usize> = if rows.is_empty() {
+        (1..=all.len()).collect()
+    } else {
+        rows.to_vec()
+    };
+    let mut results = Vec::new();
+    for number in chosen {
+        let (name, uplinks) = all
+            .get(number.wrapping_sub(1))
+            .with_context(|| format!("no row {number}: 1..={}", all.len()))?;
+        println!("web: {name}");
+        let dir = TempDir::new("bench-web")?;
+        let result = web::run_row(
+            &format!("web{number}"),
+            (name, uplinks),
+            rounds,
+            dir.path(),
+            &|step| println!("  {step}"),
+        )?;
+        web::print(&result);
+        results.push(result.to_json());
+    }
+    write_json(out, "web", &serde_json::json!({ "rows": results }))
 }
 
 fn unix_seconds() -> u64 {

@@ -1,0 +1,332 @@
+//! The web benchmark: what browsing feels like through the gateway, against the best
+//! uplink alone.
+//!
+//! Method (README "Benchmarks" says the same):
+//! - Rows: DSL 20 Mbit/s 15 ms + LTE 10 Mbit/s 50 ms, and DSL + satellite 10 Mbit/s
+//!   300 ms (the aggregate bench's rows 1 and 4), on the wire emulator.
+//! - A page load: one 50 KB page, then 30 objects of 10 KB to 1 MB (fixed sizes, spread
+//!   evenly on a log scale, shuffled), fetched by curl with at most 6 connections at
+//!   once from python's http.server, which speaks HTTP/1.0: a connection per object, as
+//!   a browser opens to the many hosts of a page. Measured: the page's first byte, and
+//!   the time from the page's request to the last object.
+//! - Short downloads of 100 KB, 500 KB and 2 MB, one connection each: the time to
+//!   their last byte.
+//! - Each directly over the best uplink (the server excluded from the selection, so
+//!   plain forwarding over DSL), through the gateway with its warm connections, and
+//!   through the gateway without them (`--pool-size 0`); direct and gateway rounds
+//!   alternate, and the figures are medians of the rounds. The gateway is kept busy
+//!   between its rounds, as on a household's evening: its pool follows demand.
+
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    Xorshift,
+    testbed::{Interception, SERVER, Testbed, Uplink},
+};
+
+/// The benchmark's rows: name and uplinks.
+pub fn rows() -> Vec<(&'static str, Vec<Uplink>)> {
+    vec![
+        (
+            "DSL + LTE",
+            vec![Uplink::line(20, 15), Uplink::line(10, 50)],
+        ),
+        (
+            "DSL + satellite",
+            vec![Uplink::line(20, 15), Uplink::line(10, 300)],
+        ),
+    ]
+}
+
+/// Short downloads' sizes, in bytes.
+const SHORT_SIZES: [usize; 3] = [100 * 1024, 500 * 1024, 2 * 1024 * 1024];
+/// Objects of the page.
+const OBJECTS: usize = 30;
+/// Connections curl opens at once for them (a browser's per-host limit).
+const PARALLEL: &str = "6";
+
+/// One measurement of every figure, in seconds.
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    /// The page's first byte.
+    pub first_byte: f64,
+    /// From the page's request to the last object.
+    pub page_load: f64,
+    /// Each short download, [`SHORT_SIZES`] in order.
+    pub short: Vec<f64>,
+}
+
+/// One way of reaching the server, over the rounds.
+#[derive(Clone, Debug, Default)]
+pub struct Series {
+    /// One sample per round.
+    pub samples: Vec<Sample>,
+}
+
+impl Series {
+    fn median(&self, figure: impl Fn(&Sample) -> f64) -> f64 {
+        let values: Vec<f64> = self.samples.iter().map(figure).collect();
+        crate::median_by(values, |&value| value).unwrap_or(f64::NAN)
+    }
+
+    /// Medians: first byte, page load, then each short download.
+    pub fn medians(&self) -> Vec<f64> {
+        let mut medians = vec![
+            self.median(|sample| sample.first_byte),
+            self.median(|sample| sample.page_load),
+        ];
+        for index in 0..SHORT_SIZES.len() {
+            medians.push(self.median(|sample| sample.short[index]));
+        }
+        medians
+    }
+}
+
+/// What one row measured.
+#[derive(Clone, Debug)]
+pub struct RowResult {
+    /// The row's name.
+    pub name: String,
+    /// Directly over the best uplink.
+    pub direct: Series,
+    /// Through the gateway with warm connections.
+    pub gateway: Series,
+    /// Through the gateway without them.
+    pub gateway_no_pool: Series,
+}
+
+/// The names of the figures, in [`Series::medians`] order.
+pub fn figure_names() -> Vec<String> {
+    let mut names = vec!["first byte".to_owned(), "page load".to_owned()];
+    names.extend(
+        SHORT_SIZES
+            .iter()
+            .map(|size| format!("{} KB download", size / 1024)),
+    );
+    names
+}
+
+impl RowResult {
+    /// The row as JSON: medians in seconds and ratios to direct.
+    pub fn to_json(&self) -> serde_json::Value {
+        let direct = self.direct.medians();
+        let series = |series: &Series| {
+            let medians = series.medians();
+            let figures: serde_json::Map<String, serde_json::Value> = figure_names()
+                .into_iter()
+                .zip(medians.iter().zip(&direct))
+                .map(|(name, (value, direct))| {
+                    (
+                        name,
+                        serde_json::json!({ "seconds": value, "over_direct": value / direct }),
+                    )
+                })
+                .collect();
+            serde_json::Value::Object(figures)
+        };
+        serde_json::json!({
+            "row": self.name,
+            "rounds": self.direct.samples.len(),
+            "direct": series(&self.direct),
+            "gateway": series(&self.gateway),
+            "gateway_no_pool": series(&self.gateway_no_pool),
+        })
+    }
+}
+
+/// Prints a row as a table of medians and ratios.
+pub fn print(result: &RowResult) {
+    println!(
+        "{}: medians of {} rounds",
+        result.name,
+        result.gateway.samples.len()
+    );
+    println!(
+        "  {:<18} {:>10} {:>10} {:>7} {:>12} {:>7}",
+        "", "direct", "gateway", "ratio", "no warm", "ratio"
+    );
+    let direct = result.direct.medians();
+    let gateway = result.gateway.medians();
+    let cold = result.gateway_no_pool.medians();
+    for (index, name) in figure_names().iter().enumerate() {
+        println!(
+            "  {name:<18} {:>8.0}ms {:>8.0}ms {:>7.3} {:>10.0}ms {:>7.3}",
+            direct[index] * 1e3,
+            gateway[index] * 1e3,
+            gateway[index] / direct[index],
+            cold[index] * 1e3,
+            cold[index] / direct[index],
+        );
+    }
+}
+
+/// Writes the page, its objects and the short downloads into `dir`.
+fn write_site(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut random = Xorshift::new(8803);
+    let mut bytes = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|_| random.next_u64().to_le_bytes()[0])
+            .collect()
+    };
+    std::fs::write(dir.join("page"), bytes(50 * 1024))?;
+    // Sizes from 10 KB to 1 MB, evenly on a log scale.
+    let sizes: Vec<usize> = (0..OBJECTS)
+        .map(|index| {
+            #[expect(clippy::cast_precision_loss, reason = "small counts")]
+            let position = index as f64 / (OBJECTS - 1) as f64;
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "10 KB to 1 MB"
+            )]
+            let size = (10.0 * 1024.0 * 100f64.powf(position)) as usize;
+            size
+        })
+        .collect();
+    for (index, size) in sizes.iter().enumerate() {
+        // Shuffled by a fixed stride, so that big and small ones mix in the waves.
+        let name = format!("object{}", (index * 7) % OBJECTS);
+        std::fs::write(dir.join(name), bytes(*size))?;
+    }
+    for size in SHORT_SIZES {
+        std::fs::write(dir.join(format!("short{size}")), bytes(size))?;
+    }
+    Ok(())
+}
+
+/// Runs curl on the LAN host with `args`; its standard output.
+fn curl(testbed: &Testbed, args: &[String]) -> anyhow::Result<String> {
+    let output = testbed
+        .client
+        .command("curl")
+        .args(["--silent", "--show-error", "--fail", "--max-time", "120"])
+        .args(args)
+        .output()
+        .context("curl does not run")?;
+    if !output.status.success() {
+        bail!("curl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// One sample of every figure.
+fn sample(testbed: &Testbed) -> anyhow::Result<Sample> {
+    let url = |name: &str| format!("http://{SERVER}/{name}");
+    let timing = |text: &str| -> anyhow::Result<Vec<f64>> {
+        text.split_whitespace()
+            .map(|value| value.parse::<f64>().context("curl's timing"))
+            .collect()
+    };
+    let started = std::time::Instant::now();
+    let page = timing(&curl(
+        testbed,
+        &[
+            "--output".into(),
+            "/dev/null".into(),
+            "--write-out".into(),
+            "%{time_starttransfer}".into(),
+            url("page"),
+        ],
+    )?)?;
+    let mut batch = vec![
+        "--parallel".to_owned(),
+        "--parallel-max".into(),
+        PARALLEL.into(),
+    ];
+    for index in 0..OBJECTS {
+        batch.extend([
+            "--output".into(),
+            "/dev/null".into(),
+            url(&format!("object{index}")),
+        ]);
+    }
+    curl(testbed, &batch)?;
+    let page_load = started.elapsed().as_secs_f64();
+    let mut short = Vec::new();
+    for size in SHORT_SIZES {
+        let total = timing(&curl(
+            testbed,
+            &[
+                "--output".into(),
+                "/dev/null".into(),
+                "--write-out".into(),
+                "%{time_total}".into(),
+                url(&format!("short{size}")),
+            ],
+        )?)?;
+        short.push(total[0]);
+    }
+    Ok(Sample {
+        first_byte: page[0],
+        page_load,
+        short,
+    })
+}
+
+/// Runs `mptcp-user selection ...` on the testbed's gateway, failing if it fails.
+fn selection(testbed: &Testbed, args: &[&str]) -> anyhow::Result<()> {
+    let mut all = vec!["selection"];
+    all.extend(args);
+    let output = testbed.gateway_cli(&all)?;
+    if !output.status.success() {
+        bail!(
+            "selection {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// `rounds` alternating rounds: direct (the server excluded), then through the gateway
+/// running now. Returns (direct, gateway).
+fn alternate(
+    testbed: &Testbed,
+    rounds: usize,
+    progress: &dyn Fn(&str),
+) -> anyhow::Result<(Vec<Sample>, Vec<Sample>)> {
+    let (mut direct, mut gateway) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        progress(&format!("  round {round}/{rounds}"));
+        selection(testbed, &["add", "exclude", SERVER])?;
+        direct.push(sample(testbed)?);
+        selection(testbed, &["del", SERVER])?;
+        gateway.push(sample(testbed)?);
+    }
+    Ok((direct, gateway))
+}
+
+/// Measures one row; daemon logs and the site go to `dir`.
+pub fn run_row(
+    label: &str,
+    (name, uplinks): (&str, &[Uplink]),
+    rounds: usize,
+    dir: &Path,
+    progress: &dyn Fn(&str),
+) -> anyhow::Result<RowResult> {
+    let site = dir.join("site");
+    write_site(&site)?;
+    let mut testbed = Testbed::new(label, uplinks)?;
+    testbed.start_http_server(&site, &dir.join("http.log"))?;
+    testbed.start_gateway_and_converter(dir, &[], &[])?;
+    // One unmeasured load: the first flows of an idle gateway find no warm connection.
+    sample(&testbed)?;
+    progress("direct and through the gateway with warm connections");
+    let (mut direct, gateway) = alternate(&testbed, rounds, progress)?;
+    progress("direct and through the gateway without warm connections");
+    testbed.forget("gateway");
+    testbed.start_gateway_intercepting(dir, Interception::Ebpf, &["--pool-size", "0"])?;
+    let (more_direct, gateway_no_pool) = alternate(&testbed, rounds, progress)?;
+    direct.extend(more_direct);
+    testbed.check_running()?;
+    Ok(RowResult {
+        name: name.to_owned(),
+        direct: Series { samples: direct },
+        gateway: Series { samples: gateway },
+        gateway_no_pool: Series {
+            samples: gateway_no_pool,
+        },
+    })
+}

@@ -1,0 +1,159 @@
+//! Kernel behaviour the design depends on, kept as tests so that a kernel that changes
+//! it is noticed.
+//!
+//! MPTCP with TCP Fast Open is broken on the passive side (kernel 6.18): when an MPTCP
+//! server accepts a connection whose SYN carried data (the client had a cookie) and
+//! writes its answer before the client's third handshake ACK has arrived, the answer
+//! stays in the MPTCP-level send queue and leaves only with the client's next packet.
+//! So the gateway does not use TFO towards the converter; its warm connections save
+//! the handshake's round trip instead. When this test fails, the kernel is fixed: TFO
+//! could then do the same without holding connections open.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    thread,
+    time::{Duration, Instant},
+};
+
+use mptcp_tests::{
+    netns::{Netns, enter},
+    require_root,
+    testbed::{CONVERTER, Testbed, Uplink},
+};
+use socket2::{Domain, Protocol, Socket, Type};
+
+const TFO_PORT: u16 = 7100;
+/// An answer later than this waited for something other than the line.
+const STALLED: Duration = Duration::from_secs(1);
+
+/// Runs `work` on a thread inside `netns`.
+fn in_netns<T: Send + 'static>(netns: &Netns, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let name = netns.name().to_owned();
+    thread::spawn(move || {
+        enter(&name).unwrap();
+        work()
+    })
+    .join()
+    .unwrap()
+}
+
+fn protocol(mptcp: bool) -> Protocol {
+    if mptcp {
+        Protocol::MPTCP
+    } else {
+        Protocol::TCP
+    }
+}
+
+/// A listener with TCP Fast Open on, in `netns`, that answers each 4-byte request with
+/// "pong" at once and keeps the connection until the client closes.
+fn tfo_server(netns: &Netns, mptcp: bool) -> SocketAddr {
+    let address: SocketAddr = format!("{CONVERTER}:{}", TFO_PORT + u16::from(mptcp))
+        .parse()
+        .unwrap();
+    let listener: TcpListener = in_netns(netns, move || {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(protocol(mptcp))).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket.bind(&address.into()).unwrap();
+        set_int(&socket, libc::TCP_FASTOPEN, 16);
+        socket.listen(16).unwrap();
+        socket.into()
+    });
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            thread::spawn(move || {
+                let mut request = [0u8; 4];
+                if stream.read_exact(&mut request).is_ok() {
+                    let _ = stream.write_all(b"pong");
+                    let _ = stream.read(&mut [0u8; 1]);
+                }
+            });
+        }
+    });
+    address
+}
+
+fn set_int(socket: &Socket, option: libc::c_int, value: libc::c_int) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a valid socket and a c_int option value of the right size.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            option,
+            (&raw const value).cast(),
+            libc::socklen_t::try_from(size_of::<libc::c_int>()).unwrap(),
+        )
+    };
+    assert_eq!(
+        result,
+        0,
+        "setsockopt {option}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Times `attempts` connections from `netns` to `server` with TCP_FASTOPEN_CONNECT:
+/// from connect() to the answer's first byte (or the stall bound).
+fn tfo_exchanges(netns: &Netns, server: SocketAddr, mptcp: bool, attempts: usize) -> Vec<Duration> {
+    in_netns(netns, move || {
+        (0..attempts)
+            .map(|_| {
+                let socket =
+                    Socket::new(Domain::IPV4, Type::STREAM, Some(protocol(mptcp))).unwrap();
+                set_int(&socket, libc::TCP_FASTOPEN_CONNECT, 1);
+                let started = Instant::now();
+                socket.connect(&server.into()).unwrap();
+                let mut stream = TcpStream::from(socket);
+                // With a cookie, this goes out in the SYN.
+                stream.write_all(b"ping").unwrap();
+                stream.set_read_timeout(Some(STALLED * 3)).unwrap();
+                let answered = stream.read_exact(&mut [0u8; 4]).is_ok();
+                let took = started.elapsed();
+                if answered { took } else { STALLED * 3 }
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn mptcp_fast_open_still_holds_the_servers_first_answer() {
+    require_root();
+    let testbed = Testbed::new("tfo", &[Uplink::line(20, 15)]).unwrap();
+    for netns in [&testbed.gateway, &testbed.converter] {
+        netns.sysctl("net.ipv4.tcp_fastopen", "3").unwrap();
+        // No cookie from an earlier run: the first attempt fetches one.
+        netns.ip(&["tcp_metrics", "flush", "all"]).unwrap();
+    }
+
+    // The control: plain TCP Fast Open answers in one round trip once it has a cookie.
+    let tcp_server = tfo_server(&testbed.converter, false);
+    let tcp = tfo_exchanges(&testbed.gateway, tcp_server, false, 3);
+    println!("plain TCP with TFO: {tcp:?}");
+    assert!(
+        tcp[1] < tcp[0] * 3 / 4,
+        "TFO did not save a round trip for plain TCP ({tcp:?}): the test setup is wrong"
+    );
+
+    // The cookie cache (tcp_metrics) is per destination address, plain TCP and MPTCP
+    // alike: empty it again so that MPTCP's first attempt has none.
+    testbed
+        .gateway
+        .ip(&["tcp_metrics", "flush", "all"])
+        .unwrap();
+    let mptcp_server = tfo_server(&testbed.converter, true);
+    let mptcp = tfo_exchanges(&testbed.gateway, mptcp_server, true, 3);
+    println!("MPTCP with TFO: {mptcp:?}");
+    assert!(
+        mptcp[0] < STALLED,
+        "the first (cookie-less) attempt stalled: {mptcp:?}"
+    );
+    assert!(
+        mptcp[1..].iter().all(|&took| took >= STALLED),
+        "MPTCP with TFO answered without stalling ({mptcp:?}): the kernel's passive-side \
+         bug looks fixed; TFO between gateway and converter could now save the \
+         handshake's round trip (see tests/tests/kernel.rs)"
+    );
+}
