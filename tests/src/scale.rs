@@ -303,7 +303,7 @@ pub fn print(result: &ScaleResult) {
         for (name, load) in [("gateway", &held.gateway), ("converter", &held.converter)] {
             println!(
                 "    {name:<9} {:5.1} KiB RSS/flow, {:.2} files/flow, pipe fds {} held ({} \
-                 before), {} files left after close",
+                 before), {} files left after close (warm connections, up to 4)",
                 load.rss_kib_per_flow(held.flows),
                 load.files_per_flow(held.flows),
                 load.held.pipes,

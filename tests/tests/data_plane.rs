@@ -599,6 +599,9 @@ fn a_thousand_idle_flows_are_held_end_to_end_by_daemons_started_as_services() {
             load.held.pipes <= load.before.pipes + 16,
             "{name}: {load:?}"
         );
-        assert_eq!(load.leaked_files(), 0, "{name}: {load:?}");
+        // Nothing left after they closed, but the gateway's warm connections (and their
+        // converter ends).
+        let warm = mptcp_user::gateway::pool::DEFAULT_POOL_SIZE as u64;
+        assert!(load.leaked_files() <= warm, "{name}: {load:?}");
     }
 }
