@@ -51,7 +51,9 @@ fuzz_target!(|data: &[u8]| {
         rest.to_vec()
     };
     let mut reader: &[u8] = &input;
-    if let Ok((request, early_data)) = RUNTIME.block_on(read_request(&mut reader, &CONVERTER)) {
+    let stranger = std::net::IpAddr::from([192, 0, 2, 1]);
+    let read = RUNTIME.block_on(read_request(&mut reader, stranger, &CONVERTER));
+    if let Ok((request, early_data, _)) = read {
         // Accepted: it must be a destination the policy allows, and the early data what
         // followed the message.
         assert!(CONVERTER.policy.check(request.destination.ip()).is_ok());

@@ -32,7 +32,10 @@ use crate::{
         uplinks::{self, UplinkConfig},
         upstream::UpstreamConfig,
     },
-    net::{addr::parse_prefix, relay::Timeouts},
+    net::{
+        addr::{self, parse_prefix},
+        relay::Timeouts,
+    },
 };
 
 /// A config file.
@@ -305,6 +308,13 @@ pub struct ConverterOptions {
     #[serde(default, deserialize_with = "prefixes")]
     pub allow: Vec<IpNet>,
 
+    /// Let clients from this network convert without the HMAC cookie (Convert clients
+    /// that have none; the destination policy still applies); repeatable. Anyone there
+    /// can use the converter: see docs/security.md.
+    #[arg(long = "allow-client", value_name = "CIDR", value_parser = parse_prefix)]
+    #[serde(default, rename = "allow-client", deserialize_with = "prefixes")]
+    pub allow_clients: Vec<IpNet>,
+
     /// Most authenticated connections relayed at once; beyond it, "Resource Exceeded"
     /// [default: 10000].
     #[arg(long, value_name = "N")]
@@ -369,6 +379,7 @@ impl ConverterOptions {
             listen: self.listen.or(file.listen),
             key_file: self.key_file.or(file.key_file),
             allow: or_list(self.allow, file.allow),
+            allow_clients: or_list(self.allow_clients, file.allow_clients),
             max_conns: self.max_conns.or(file.max_conns),
             max_pending: self.max_pending.or(file.max_pending),
             max_pending_per_source: self.max_pending_per_source.or(file.max_pending_per_source),
@@ -392,6 +403,12 @@ impl ConverterOptions {
             }),
             key_file,
             allow: self.allow,
+            allow_clients: self
+                .allow_clients
+                .iter()
+                .copied()
+                .map(addr::canonical_prefix)
+                .collect(),
             max_conns: self.max_conns.unwrap_or(10_000),
             max_pending: (
                 self.max_pending.unwrap_or(admission::DEFAULT_MAX_PENDING),

@@ -144,6 +144,28 @@ pub fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
 }
 
 /// The integers a socket option can be read as: every bit pattern is a valid value.
+/// The kernel's TCP_INFO of a TCP socket.
+pub fn tcp_info(socket: &impl AsFd) -> io::Result<libc::tcp_info> {
+    // SAFETY: tcp_info is plain integers, for which all-zero bytes are valid.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(size_of::<libc::tcp_info>()).unwrap_or(0);
+    // SAFETY: the pointers describe `info` and `len`, valid for the call; the kernel
+    // writes at most `len` bytes.
+    let ret = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info)
+}
+
 trait OptionValue: Copy + Default {}
 impl OptionValue for u64 {}
 impl OptionValue for libc::c_int {}

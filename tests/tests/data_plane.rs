@@ -341,9 +341,10 @@ fn converter_answers_bad_requests_with_rfc_error_codes() {
         "010222631e010001",
         "Unsupported Version (0)"
     );
+    // Unsupported Message echoes the message after a zero byte (RFC 8803, figure 23).
     assert_eq!(
-        ask("01022263420100000000"),
-        "010222631e010200",
+        ask("0102226342010000"),
+        "010422631e0302000102226342010000",
         "Unsupported Message (2)"
     );
     // A request cut short: after the 5 s request timeout, Malformed Message (1).

@@ -21,7 +21,7 @@ use mptcp_tests::{
     testbed::{CONVERTER, CONVERTER_PORT, CONVERTER_TOWARD_SERVER, SERVER, Testbed, Uplink},
 };
 use mptcp_user::convert::{
-    codec::{ErrorCode, Message, Request, Response},
+    codec::{ErrorCode, Message, Request, Response, Tlv},
     cookie::{KEY_LEN, Key, unix_now},
 };
 
@@ -464,4 +464,121 @@ fn a_key_file_others_can_read_is_refused() {
             "{role}: {stderr}"
         );
     }
+}
+
+/// Sends `bytes` from `source` and returns what came back before the close, or the
+/// error that ended the read (a reset).
+fn exchange_from(
+    testbed: &Testbed,
+    source: Option<IpAddr>,
+    bytes: Vec<u8>,
+) -> Result<Vec<u8>, ErrorKind> {
+    in_netns(&testbed.gateway, move || {
+        let mut stream = connect(source);
+        stream.write_all(&bytes).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut answer = Vec::new();
+        stream
+            .read_to_end(&mut answer)
+            .map(|_| answer)
+            .map_err(|error| error.kind())
+    })
+}
+
+/// The TLVs of the converter's answer to `tlvs`.
+fn answer_tlvs(testbed: &Testbed, tlvs: Vec<Tlv>) -> Vec<Tlv> {
+    let bytes = Message::new(tlvs).encode().unwrap();
+    let answer = exchange_from(testbed, None, bytes).unwrap();
+    Message::decode(&answer).unwrap().0.tlvs
+}
+
+#[test]
+fn the_converter_answers_as_rfc_8803_says() {
+    require_root();
+    let dir = TempDir::new("hostile-rfc").unwrap();
+    let (testbed, _server, key) = converter(&dir, "hrfc", &[]);
+    let destination = greeting_server_address();
+    let connect = |tcp_options: Vec<u8>| Tlv::Connect {
+        destination,
+        tcp_options,
+    };
+    let cookie = || Tlv::Cookie(key.cookie(destination, unix_now()).unwrap());
+
+    // Info alone (section 6.2.3): the Supported TCP Extensions TLV, not an error.
+    let supported = Tlv::SupportedTcpExtensions(vec![4, 8, 30]);
+    assert_eq!(
+        answer_tlvs(&testbed, vec![Tlv::Info]),
+        std::slice::from_ref(&supported)
+    );
+    // Info with a request: the same, then the Extended TCP Header with the options of
+    // the server's SYN+ACK that TCP_INFO tells (MSS first).
+    let answered = answer_tlvs(&testbed, vec![Tlv::Info, connect(Vec::new()), cookie()]);
+    assert_eq!(answered[0], supported);
+    assert!(
+        matches!(&answered[1], Tlv::ExtendedTcpHeader(options) if options.starts_with(&[2, 4])),
+        "{answered:?}"
+    );
+    // TCP options: NOP and MSS ignored; TFO refused, and named.
+    let ignored = vec![1, 1, 2, 4, 5, 0xb4];
+    assert!(matches!(
+        answer_tlvs(&testbed, vec![connect(ignored), cookie()])[0],
+        Tlv::ExtendedTcpHeader(_)
+    ));
+    assert_eq!(
+        answer_tlvs(&testbed, vec![connect(vec![34, 2, 0, 0]), cookie()]),
+        [Tlv::Error {
+            code: ErrorCode::UnsupportedTcpOption,
+            value: vec![34, 0]
+        }]
+    );
+    // A TLV twice (section 6.2.1): Malformed Message, echoing the message.
+    let twice = answer_tlvs(&testbed, vec![connect(Vec::new()), cookie(), cookie()]);
+    assert!(
+        matches!(&twice[0], Tlv::Error { code: ErrorCode::MalformedMessage, value } if value[0] == 0 && value[1..].starts_with(&[1])),
+        "{twice:?}"
+    );
+    // Total Length 0 (section 6.1), or not the Convert magic: a reset.
+    for bytes in [vec![1, 0, 0x22, 0x63], vec![1, 2, 0x12, 0x34, 1, 1, 0, 0]] {
+        assert_eq!(
+            exchange_from(&testbed, None, bytes.clone()),
+            Err(ErrorKind::ConnectionReset),
+            "{bytes:02x?}"
+        );
+    }
+}
+
+#[test]
+fn listed_client_networks_convert_without_a_cookie() {
+    require_root();
+    let dir = TempDir::new("hostile-clients").unwrap();
+    let (testbed, _server, _) = converter(&dir, "hclient", &["--allow-client", "10.0.2.0/24"]);
+    let no_cookie = Request {
+        destination: greeting_server_address(),
+        cookie: None,
+    }
+    .to_message()
+    .encode()
+    .unwrap();
+    let from = |source: &str| {
+        let answer =
+            exchange_from(&testbed, Some(source.parse().unwrap()), no_cookie.clone()).unwrap();
+        Response::from_message(&Message::decode(&answer).unwrap().0)
+    };
+    assert_eq!(from("10.0.2.1"), Response::Connected);
+    assert_eq!(from("10.0.1.1"), Response::Error(ErrorCode::MissingCookie));
+    // The destination policy still applies to listed clients.
+    let loopback = Request {
+        destination: "127.0.0.1:22".parse().unwrap(),
+        cookie: None,
+    }
+    .to_message()
+    .encode()
+    .unwrap();
+    let answer = exchange_from(&testbed, Some("10.0.2.1".parse().unwrap()), loopback).unwrap();
+    assert_eq!(
+        Response::from_message(&Message::decode(&answer).unwrap().0),
+        Response::Error(ErrorCode::NotAuthorized)
+    );
 }

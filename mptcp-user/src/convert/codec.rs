@@ -37,7 +37,28 @@ const TLV_ERROR: u8 = 0x1e;
 /// Connect TLV without TCP options: type, length, port (2), address (16).
 const CONNECT_MIN_LEN: usize = 20;
 
-/// Error codes of the Error TLV (RFC 8803, section 4.2.7).
+/// TCP option kinds (RFC 8803, sections 6.2.4 and 7).
+mod kind {
+    pub const EOL: u8 = 0;
+    pub const NOP: u8 = 1;
+    pub const MSS: u8 = 2;
+    pub const WINDOW_SCALE: u8 = 3;
+    pub const SACK_PERMITTED: u8 = 4;
+    pub const SACK: u8 = 5;
+    pub const TIMESTAMPS: u8 = 8;
+    pub const MPTCP: u8 = 30;
+}
+
+/// What the Supported TCP Extensions TLV lists (section 6.2.4): SACK-permitted and
+/// timestamps, which the converter's kernel puts in every SYN it sends, and MPTCP,
+/// which it speaks with its clients. Kinds 0-3 and 5 must not be listed.
+pub const SUPPORTED_TCP_EXTENSIONS: [u8; 3] = [kind::SACK_PERMITTED, kind::TIMESTAMPS, kind::MPTCP];
+
+/// The delay the converter suggests in Resource Exceeded and Network Failure (section
+/// 6.2.8: the Value is seconds to wait before retrying, and 0 means at least 30 s).
+pub const RETRY_AFTER_SECS: u8 = 1;
+
+/// Error codes of the Error TLV (RFC 8803, section 6.2.8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
     /// 0: the version is not supported; the value carries the supported one.
@@ -360,6 +381,40 @@ fn decode_tlv(message: &[u8], offset: usize) -> Result<(Tlv, usize), DecodeError
     Ok((decoded, tlv_len))
 }
 
+/// Judges the TCP options of a Connect TLV (section 6.2.5 and 7): EOL ends the list
+/// and NOP is skipped (neither should be there); MSS, window scale and SACK, which the
+/// converter's kernel chooses for itself, are ignored as section 7 says; SACK-permitted
+/// and timestamps are what its kernel sends anyway; anything else is unsupported.
+/// Returns the unsupported kinds.
+pub fn unsupported_tcp_options(options: &[u8]) -> Result<Vec<u8>, RequestError> {
+    let mut unsupported = Vec::new();
+    let mut at = 0;
+    while let Some(&option) = options.get(at) {
+        match option {
+            kind::EOL => break,
+            kind::NOP => at += 1,
+            _ => {
+                let len = usize::from(*options.get(at + 1).ok_or(RequestError::BadTcpOptions)?);
+                if len < 2 || at + len > options.len() {
+                    return Err(RequestError::BadTcpOptions);
+                }
+                let ignored = [
+                    kind::MSS,
+                    kind::WINDOW_SCALE,
+                    kind::SACK,
+                    kind::SACK_PERMITTED,
+                    kind::TIMESTAMPS,
+                ];
+                if !ignored.contains(&option) && !unsupported.contains(&option) {
+                    unsupported.push(option);
+                }
+                at += len;
+            }
+        }
+    }
+    Ok(unsupported)
+}
+
 /// What a gateway asks of the converter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
@@ -372,23 +427,36 @@ pub struct Request {
 /// Why a well-formed message is not a usable request.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum RequestError {
-    /// No Connect TLV, or more than one.
-    #[error("a request needs exactly one Connect TLV, found {0}")]
-    ConnectCount(usize),
-    /// The Connect TLV asks for TCP options in the SYN; we do not forward any.
-    #[error("TCP options in the Connect TLV are not supported")]
-    TcpOptions,
-    /// More than one Cookie TLV.
-    #[error("more than one Cookie TLV")]
-    CookieCount,
+    /// No Connect TLV (and no Info TLV either).
+    #[error("no Connect TLV")]
+    NoConnect,
+    /// Only an Info TLV: the client asks what the converter supports.
+    #[error("an Info request")]
+    InfoOnly,
+    /// A TLV that may appear once appeared again (section 6.2.1).
+    #[error("more than one {0} TLV")]
+    Repeated(&'static str),
+    /// The Connect TLV asks for TCP options the converter does not support.
+    #[error("unsupported TCP options {0:?} in the Connect TLV")]
+    UnsupportedTcpOptions(Vec<u8>),
+    /// The Connect TLV's TCP options are not a list of options.
+    #[error("malformed TCP options in the Connect TLV")]
+    BadTcpOptions,
+    /// A TLV only a converter sends (Extended TCP Header, Supported TCP Extensions,
+    /// Error).
+    #[error("a {0} TLV in a request")]
+    NotARequestTlv(&'static str),
 }
 
 impl RequestError {
     /// The Error TLV code a converter answers this error with.
     pub fn error_code(&self) -> ErrorCode {
         match self {
-            Self::TcpOptions => ErrorCode::UnsupportedTcpOption,
-            Self::ConnectCount(_) | Self::CookieCount => ErrorCode::MalformedMessage,
+            Self::UnsupportedTcpOptions(_) => ErrorCode::UnsupportedTcpOption,
+            Self::NotARequestTlv(_) => ErrorCode::UnsupportedMessage,
+            Self::NoConnect | Self::InfoOnly | Self::Repeated(_) | Self::BadTcpOptions => {
+                ErrorCode::MalformedMessage
+            }
         }
     }
 }
@@ -406,35 +474,54 @@ impl Request {
         Message::new(tlvs)
     }
 
-    /// Reads a request out of a decoded message. Info TLVs are allowed and ignored.
+    /// Reads a request out of a decoded message: one Connect TLV, at most one Cookie
+    /// and one Info TLV (section 6.2.1: a TLV appears once), TCP options judged by
+    /// [`unsupported_tcp_options`].
     pub fn from_message(message: &Message) -> Result<Self, RequestError> {
         let mut destination = None;
-        let mut connects = 0;
         let mut cookie = None;
+        let mut info = false;
         for tlv in &message.tlvs {
             match tlv {
+                Tlv::Connect { .. } if destination.is_some() => {
+                    return Err(RequestError::Repeated("Connect"));
+                }
                 Tlv::Connect {
                     destination: found,
                     tcp_options,
                 } => {
-                    connects += 1;
-                    if tcp_options.iter().any(|&byte| byte != 0) {
-                        return Err(RequestError::TcpOptions);
+                    let unsupported = unsupported_tcp_options(tcp_options)?;
+                    if !unsupported.is_empty() {
+                        return Err(RequestError::UnsupportedTcpOptions(unsupported));
                     }
                     destination = Some(*found);
                 }
-                Tlv::Cookie(_) if cookie.is_some() => return Err(RequestError::CookieCount),
+                Tlv::Cookie(_) if cookie.is_some() => return Err(RequestError::Repeated("Cookie")),
                 Tlv::Cookie(opaque) => cookie = Some(opaque.clone()),
-                _ => {}
+                Tlv::Info if info => return Err(RequestError::Repeated("Info")),
+                Tlv::Info => info = true,
+                Tlv::ExtendedTcpHeader(_) => {
+                    return Err(RequestError::NotARequestTlv("Extended TCP Header"));
+                }
+                Tlv::SupportedTcpExtensions(_) => {
+                    return Err(RequestError::NotARequestTlv("Supported TCP Extensions"));
+                }
+                Tlv::Error { .. } => return Err(RequestError::NotARequestTlv("Error")),
             }
         }
-        match (connects, destination) {
-            (1, Some(destination)) => Ok(Self {
+        match destination {
+            Some(destination) => Ok(Self {
                 destination,
                 cookie,
             }),
-            _ => Err(RequestError::ConnectCount(connects)),
+            None if info => Err(RequestError::InfoOnly),
+            None => Err(RequestError::NoConnect),
         }
+    }
+
+    /// Whether `message` asks for the supported TCP extensions (an Info TLV).
+    pub fn asks_info(message: &Message) -> bool {
+        message.tlvs.contains(&Tlv::Info)
     }
 }
 
@@ -453,10 +540,15 @@ impl Response {
         match self {
             Self::Connected => Message::new(vec![Tlv::ExtendedTcpHeader(Vec::new())]),
             Self::Error(code) => {
-                let value = if *code == ErrorCode::UnsupportedVersion {
-                    vec![VERSION]
-                } else {
-                    Vec::new()
+                // Section 6.2.8: the supported version; a retry delay, 0 meaning "at
+                // least 30 s"; zero for the rest (callers with more to say use
+                // `Tlv::Error` themselves: the options refused, the ICMP code, the echo).
+                let value = match code {
+                    ErrorCode::UnsupportedVersion => vec![VERSION],
+                    ErrorCode::ResourceExceeded | ErrorCode::NetworkFailure => {
+                        vec![RETRY_AFTER_SECS]
+                    }
+                    _ => Vec::new(),
                 };
                 Message::new(vec![Tlv::Error { code: *code, value }])
             }
@@ -580,19 +672,82 @@ mod tests {
     }
 
     #[test]
-    fn requests_need_exactly_one_connect() {
+    fn requests_carry_each_tlv_once_and_info_alone_is_a_question() {
         assert_eq!(
             Request::from_message(&Message::new(vec![Tlv::Info])),
-            Err(RequestError::ConnectCount(0))
+            Err(RequestError::InfoOnly)
+        );
+        assert_eq!(
+            Request::from_message(&Message::default()),
+            Err(RequestError::NoConnect)
         );
         let connect = Tlv::Connect {
             destination: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)),
             tcp_options: Vec::new(),
         };
+        for repeated in [connect.clone(), Tlv::Info, Tlv::Cookie(vec![1; 4])] {
+            let mut tlvs = vec![connect.clone(), Tlv::Info, Tlv::Cookie(vec![1; 4])];
+            tlvs.push(repeated);
+            let error = Request::from_message(&Message::new(tlvs)).unwrap_err();
+            assert!(matches!(error, RequestError::Repeated(_)), "{error:?}");
+            assert_eq!(error.error_code(), ErrorCode::MalformedMessage);
+        }
+        let with_info = Message::new(vec![Tlv::Info, connect]);
+        assert!(Request::from_message(&with_info).is_ok());
+        assert!(Request::asks_info(&with_info));
+        let answer_tlv = Message::new(vec![Tlv::ExtendedTcpHeader(Vec::new())]);
         assert_eq!(
-            Request::from_message(&Message::new(vec![connect.clone(), connect])),
-            Err(RequestError::ConnectCount(2))
+            Request::from_message(&answer_tlv).unwrap_err().error_code(),
+            ErrorCode::UnsupportedMessage
         );
+    }
+
+    #[test]
+    fn tcp_options_are_ignored_accepted_or_refused_as_the_rfc_says() {
+        // EOL, NOP, MSS, window scale, SACK: ignored; SACK-permitted, timestamps: ours.
+        let fine = [
+            1, 1, 2, 4, 5, 0xb4, 3, 3, 7, 4, 2, 8, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(unsupported_tcp_options(&fine), Ok(Vec::new()));
+        assert_eq!(unsupported_tcp_options(&[0, 0, 0, 0]), Ok(Vec::new()));
+        // TCP-AO (29), MPTCP (30) towards the destination, TFO (34): refused, named.
+        assert_eq!(
+            unsupported_tcp_options(&[29, 4, 0, 0, 30, 2, 34, 2, 29, 2]),
+            Ok(vec![29, 30, 34])
+        );
+        // A length running past the list, or below 2.
+        assert_eq!(
+            unsupported_tcp_options(&[2, 8, 0, 0]),
+            Err(RequestError::BadTcpOptions)
+        );
+        assert_eq!(
+            unsupported_tcp_options(&[8, 1]),
+            Err(RequestError::BadTcpOptions)
+        );
+        let refused = Message::new(vec![Tlv::Connect {
+            destination: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)),
+            tcp_options: vec![34, 2, 0, 0],
+        }]);
+        let error = Request::from_message(&refused).unwrap_err();
+        assert_eq!(error, RequestError::UnsupportedTcpOptions(vec![34]));
+        assert_eq!(error.error_code(), ErrorCode::UnsupportedTcpOption);
+    }
+
+    #[test]
+    fn error_values_say_what_the_rfc_asks() {
+        let value = |code| match &Response::Error(code).to_message().tlvs[0] {
+            Tlv::Error { value, .. } => value.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(value(ErrorCode::UnsupportedVersion), [VERSION]);
+        // A retry delay, not 0 ("at least 30 s").
+        assert_eq!(value(ErrorCode::ResourceExceeded), [RETRY_AFTER_SECS]);
+        assert_eq!(value(ErrorCode::NetworkFailure), [RETRY_AFTER_SECS]);
+        const { assert!(RETRY_AFTER_SECS > 0) };
+        assert!(value(ErrorCode::NotAuthorized).is_empty());
+        // Kinds 0-3 and 5 are never listed as supported; MPTCP is.
+        assert!(!SUPPORTED_TCP_EXTENSIONS.iter().any(|&k| k <= 3 || k == 5));
+        assert!(SUPPORTED_TCP_EXTENSIONS.contains(&30));
     }
 
     #[test]

@@ -11,8 +11,14 @@ pub enum WireError {
     #[error("connection closed after {0} bytes, before a whole Convert message")]
     Closed(usize),
     /// The bytes are not a Convert message.
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
+    #[error("{error}")]
+    Decode {
+        /// What is wrong with them.
+        error: DecodeError,
+        /// The bytes received, up to the message's length when the header gives it (a
+        /// converter echoes them in its error, RFC 8803 section 6.2.8).
+        received: Vec<u8>,
+    },
     /// The socket failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -26,12 +32,18 @@ pub async fn read_message<R: AsyncRead + Unpin>(
     let mut received = Vec::with_capacity(2 * codec::MAX_MESSAGE_LEN);
     let mut chunk = [0u8; codec::MAX_MESSAGE_LEN];
     let mut needed = HEADER_LEN;
+    let invalid = |error: DecodeError, received: &[u8], needed: usize| WireError::Decode {
+        received: received[..received.len().min(needed)].to_vec(),
+        error,
+    };
     loop {
         if received.len() >= HEADER_LEN {
-            needed = codec::message_len(&received)?;
+            needed = codec::message_len(&received)
+                .map_err(|error| invalid(error, &received, HEADER_LEN))?;
         }
         if received.len() >= needed {
-            let (message, used) = Message::decode(&received)?;
+            let (message, used) =
+                Message::decode(&received).map_err(|error| invalid(error, &received, needed))?;
             return Ok((message, received.split_off(used)));
         }
         let n = stream.read(&mut chunk).await?;

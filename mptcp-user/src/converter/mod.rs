@@ -30,7 +30,7 @@ use crate::{
         tuning::{Tuning, TuningConfig},
     },
     convert::{
-        codec::{ErrorCode, Request, Response},
+        codec::{self, DecodeError, ErrorCode, Message, Request, RequestError, Response, Tlv},
         cookie::{self, AuthError, Key, Verifier},
         wire,
     },
@@ -59,6 +59,8 @@ pub struct ConverterConfig {
     pub key_file: PathBuf,
     /// Destinations allowed although the default policy refuses them.
     pub allow: Vec<IpNet>,
+    /// Client networks that may convert without a cookie.
+    pub allow_clients: Vec<IpNet>,
     /// Most authenticated connections relayed at once.
     pub max_conns: usize,
     /// Most connections held before they authenticate, in all and from one source.
@@ -81,6 +83,9 @@ pub struct Converter {
     pub verifier: Mutex<Verifier>,
     /// Which destinations are allowed.
     pub policy: DestinationPolicy,
+    /// Client networks that may convert without a cookie (RFC 8803 clients that have
+    /// none); the destination policy still applies.
+    pub allow_clients: Vec<IpNet>,
     /// How long a client may take to send its request.
     pub request_timeout: Duration,
     /// How long connecting to a destination may take.
@@ -104,6 +109,7 @@ impl Converter {
         Self {
             verifier: Mutex::new(Verifier::new(key, config.replay_window, cookie::unix_now())),
             policy: DestinationPolicy::new(config.allow.clone(), own),
+            allow_clients: config.allow_clients.clone(),
             request_timeout: config.request_timeout,
             connect_timeout: config.connect_timeout,
             timeouts: config.timeouts,
@@ -231,46 +237,59 @@ async fn handle(
         warn!("{peer}: cannot tune the MPTCP connection: {error}");
     }
     let read = tokio::select! {
-        read = read_request(&mut client, &converter) => read,
+        read = read_request(&mut client, peer.ip(), &converter) => read,
         () = slot.evicted() => {
             debug!("{peer}: evicted before authenticating, by newer connections");
             return;
         }
     };
     drop(slot);
-    let (request, early_data) = match read {
+    let (request, early_data, info) = match read {
         Ok(found) => found,
         Err(Rejection::Silent) => {
             debug!("{peer}: closed before sending a byte (a gateway's uplink probe?)");
             return;
         }
-        Err(Rejection::Refused(code, reason)) => {
+        Err(Rejection::Reset(reason)) => {
+            warn!("{peer}: reset: {reason}");
+            socket::reset_on_close(&client);
+            return;
+        }
+        Err(Rejection::Info) => {
+            debug!("{peer}: asked for the supported TCP extensions");
+            answer(&mut client, supported_extensions(false)).await;
+            return;
+        }
+        Err(Rejection::Refused(code, value, reason)) => {
             warn!("{peer}: refused ({code}): {reason}");
-            answer(&mut client, Response::Error(code)).await;
+            answer(&mut client, Message::new(vec![Tlv::Error { code, value }])).await;
             return;
         }
     };
     // Only an authenticated request takes one of the relay permits.
     let Ok(_permit) = converter.connections.clone().try_acquire_owned() else {
         warn!("{peer}: refused (Resource Exceeded): already relaying --max-conns flows");
-        answer(&mut client, Response::Error(ErrorCode::ResourceExceeded)).await;
+        answer(
+            &mut client,
+            Response::Error(ErrorCode::ResourceExceeded).to_message(),
+        )
+        .await;
         return;
     };
     let destination = request.destination;
     let mut server = match connect(destination, converter.connect_timeout).await {
         Ok(server) => server,
-        Err((code, reason)) => {
+        Err((code, value, reason)) => {
             info!("{peer} -> {destination}: {code}: {reason}");
-            answer(&mut client, Response::Error(code)).await;
+            answer(&mut client, Message::new(vec![Tlv::Error { code, value }])).await;
             return;
         }
     };
     debug!("{peer} -> {destination}: connected");
     let connected = async {
-        let bytes = Response::Connected
-            .to_message()
-            .encode()
-            .map_err(std::io::Error::other)?;
+        let mut tlvs = supported_extensions(info).tlvs;
+        tlvs.push(Tlv::ExtendedTcpHeader(syn_ack_options(&server)));
+        let bytes = Message::new(tlvs).encode().map_err(std::io::Error::other)?;
         client.write_all(&bytes).await?;
         server.write_all(&early_data).await
     };
@@ -301,44 +320,108 @@ pub enum Rejection {
     /// It closed before sending a byte, as the gateways' uplink probes do: nothing to
     /// answer, nothing worth a warning.
     Silent,
-    /// Refused with this error code; the reason is for the log.
-    Refused(ErrorCode, String),
+    /// Not a Convert message (a wrong magic number), or one RFC 8803 answers with a
+    /// reset (a Total Length of zero, section 6.1): the connection is reset.
+    Reset(String),
+    /// Only an Info TLV: answered with the Supported TCP Extensions TLV, then closed.
+    Info,
+    /// Refused with this Error TLV (code and value, section 6.2.8); the reason is for
+    /// the log.
+    Refused(ErrorCode, Vec<u8>, String),
 }
 
 impl From<(ErrorCode, String)> for Rejection {
+    /// Refused with the code's usual value.
     fn from((code, reason): (ErrorCode, String)) -> Self {
-        Self::Refused(code, reason)
+        Self::Refused(code, default_value(code), reason)
     }
+}
+
+/// The value an Error TLV with `code` carries when there is nothing more to say.
+fn default_value(code: ErrorCode) -> Vec<u8> {
+    match Response::Error(code).to_message().tlvs.first() {
+        Some(Tlv::Error { value, .. }) => value.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// The value of a Malformed Message or Unsupported Message error: a zero byte, then
+/// the message received (section 6.2.8, figure 23), cut to what a message can carry.
+fn echo(received: &[u8]) -> Vec<u8> {
+    // A message is at most 1020 bytes: 4 of header, 3 of the Error TLV's own.
+    let room = codec::MAX_MESSAGE_LEN - codec::HEADER_LEN - 4;
+    let mut value = vec![0];
+    value.extend_from_slice(&received[..received.len().min(room)]);
+    value
 }
 
 /// Reads, decodes, authenticates and checks the request on `client` (a connection, or
 /// any byte source: the fuzz target feeds it slices).
 pub async fn read_request<R: AsyncRead + Unpin>(
     client: &mut R,
+    peer: IpAddr,
     converter: &Converter,
-) -> Result<(Request, Vec<u8>), Rejection> {
+) -> Result<(Request, Vec<u8>, bool), Rejection> {
     let read = tokio::time::timeout(converter.request_timeout, wire::read_message(client)).await;
     let (message, early_data) = match read {
         Err(_) => {
-            return Err(Rejection::Refused(
+            return Err((
                 ErrorCode::MalformedMessage,
                 format!("no request within {:?}", converter.request_timeout),
-            ));
+            )
+                .into());
         }
         Ok(Err(wire::WireError::Closed(0))) => return Err(Rejection::Silent),
-        Ok(Err(wire::WireError::Decode(error))) => {
-            return Err(Rejection::Refused(error.error_code(), error.to_string()));
+        Ok(Err(wire::WireError::Decode {
+            error: error @ (DecodeError::BadMagic(_) | DecodeError::BadTotalLength(0)),
+            ..
+        })) => return Err(Rejection::Reset(error.to_string())),
+        Ok(Err(wire::WireError::Decode { error, received })) => {
+            let code = error.error_code();
+            let value = match code {
+                ErrorCode::MalformedMessage | ErrorCode::UnsupportedMessage => echo(&received),
+                _ => default_value(code),
+            };
+            return Err(Rejection::Refused(code, value, error.to_string()));
         }
-        Ok(Err(error)) => {
-            return Err(Rejection::Refused(
-                ErrorCode::MalformedMessage,
-                error.to_string(),
-            ));
-        }
+        Ok(Err(error)) => return Err((ErrorCode::MalformedMessage, error.to_string()).into()),
         Ok(Ok(read)) => read,
     };
-    let request =
-        Request::from_message(&message).map_err(|error| (error.error_code(), error.to_string()))?;
+    let request = Request::from_message(&message).map_err(|error| {
+        let code = error.error_code();
+        match error {
+            RequestError::InfoOnly => Rejection::Info,
+            RequestError::UnsupportedTcpOptions(ref kinds) => {
+                Rejection::Refused(code, kinds.clone(), error.to_string())
+            }
+            _ => {
+                let received = message.encode().unwrap_or_default();
+                Rejection::Refused(code, echo(&received), error.to_string())
+            }
+        }
+    })?;
+    let trusted = request.cookie.is_none()
+        && converter
+            .allow_clients
+            .iter()
+            .any(|network| network.contains(&addr::canonical(peer)));
+    if !trusted {
+        authenticate(&request, converter)?;
+    }
+    converter
+        .policy
+        .check(request.destination.ip())
+        .map_err(|refusal| {
+            (
+                ErrorCode::NotAuthorized,
+                format!("destination refused: {refusal}"),
+            )
+        })?;
+    Ok((request, early_data, Request::asks_info(&message)))
+}
+
+/// Checks the request's cookie.
+fn authenticate(request: &Request, converter: &Converter) -> Result<(), Rejection> {
     lock(&converter.verifier)
         .verify(
             request.destination,
@@ -351,40 +434,78 @@ pub async fn read_request<R: AsyncRead + Unpin>(
             } else {
                 ErrorCode::NotAuthorized
             };
-            (code, format!("authentication failed: {error}"))
-        })?;
-    converter
-        .policy
-        .check(request.destination.ip())
-        .map_err(|refusal| {
-            (
-                ErrorCode::NotAuthorized,
-                format!("destination refused: {refusal}"),
-            )
-        })?;
-    Ok((request, early_data))
+            (code, format!("authentication failed: {error}")).into()
+        })
 }
 
-/// Connects by plain TCP, mapping failures to the RFC's error codes.
+/// The Supported TCP Extensions TLV (section 6.2.4), as a message, if `asked`.
+fn supported_extensions(asked: bool) -> Message {
+    let tlvs = if asked {
+        vec![Tlv::SupportedTcpExtensions(
+            codec::SUPPORTED_TCP_EXTENSIONS.to_vec(),
+        )]
+    } else {
+        Vec::new()
+    };
+    Message::new(tlvs)
+}
+
+/// What the Extended TCP Header TLV carries (section 6.2.6): the options of the
+/// destination's SYN+ACK, as far as the socket API tells them (TCP_INFO): the MSS in
+/// use, SACK-permitted and the window scale, when negotiated. The timestamps option's
+/// values and any option the kernel does not report are not available.
+fn syn_ack_options(server: &TcpStream) -> Vec<u8> {
+    const TCPI_OPT_SACK: u8 = 2;
+    const TCPI_OPT_WSCALE: u8 = 4;
+    let Ok(info) = sys::tcp_info(server) else {
+        return Vec::new();
+    };
+    let mut options = Vec::new();
+    if let Ok(mss) = u16::try_from(info.tcpi_snd_mss) {
+        options.extend_from_slice(&[2, 4]);
+        options.extend_from_slice(&mss.to_be_bytes());
+    }
+    if info.tcpi_options & TCPI_OPT_SACK != 0 {
+        options.extend_from_slice(&[4, 2]);
+    }
+    if info.tcpi_options & TCPI_OPT_WSCALE != 0 {
+        // The peer's shift: the low four bits (tcpi_snd_wscale).
+        options.extend_from_slice(&[3, 3, info.tcpi_snd_rcv_wscale & 0x0f]);
+    }
+    options
+}
+
+/// Connects by plain TCP, mapping failures to the RFC's error codes and values
+/// (section 6.2.8): a refusal or reset is Connection Reset; an ICMP error is
+/// Destination Unreachable with the ICMP code it implies (0 network, 1 host, 13
+/// administratively prohibited); a timeout, or a local failure such as
+/// EADDRNOTAVAIL (no source address), is Network Failure.
 async fn connect(
     destination: SocketAddr,
     timeout: Duration,
-) -> Result<TcpStream, (ErrorCode, String)> {
+) -> Result<TcpStream, (ErrorCode, Vec<u8>, String)> {
     match tokio::time::timeout(timeout, socket::connect(destination, false, |_| Ok(()))).await {
         Err(_) => Err((
             ErrorCode::NetworkFailure,
+            default_value(ErrorCode::NetworkFailure),
             format!("no answer within {timeout:?}"),
         )),
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(error)) => {
-            let code = match error.raw_os_error() {
-                Some(libc::ECONNREFUSED | libc::ECONNRESET) => ErrorCode::ConnectionReset,
-                Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EADDRNOTAVAIL) => {
-                    ErrorCode::DestinationUnreachable
+            let unreachable = |icmp_code: u8| (ErrorCode::DestinationUnreachable, vec![icmp_code]);
+            let (code, value) = match error.raw_os_error() {
+                Some(libc::ECONNREFUSED | libc::ECONNRESET) => {
+                    (ErrorCode::ConnectionReset, Vec::new())
                 }
-                _ => ErrorCode::NetworkFailure,
+                Some(libc::ENETUNREACH) => unreachable(0),
+                Some(libc::EHOSTUNREACH) => unreachable(1),
+                Some(libc::EACCES | libc::EPERM) => unreachable(13),
+                _ => (
+                    ErrorCode::NetworkFailure,
+                    default_value(ErrorCode::NetworkFailure),
+                ),
             };
-            Err((code, error.to_string()))
+            Err((code, value, error.to_string()))
         }
     }
 }
@@ -394,8 +515,8 @@ async fn connect(
 /// Closing a socket with unread input makes the kernel send a reset, which can destroy
 /// the answer before the client reads it; so we discard the client's input until it
 /// closes too (it does once it has read the error), for at most two seconds.
-async fn answer(client: &mut TcpStream, response: Response) {
-    if let Ok(bytes) = response.to_message().encode() {
+async fn answer(client: &mut TcpStream, response: Message) {
+    if let Ok(bytes) = response.encode() {
         let _ = client.write_all(&bytes).await;
     }
     let _ = client.shutdown().await;
