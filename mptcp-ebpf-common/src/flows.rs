@@ -28,6 +28,9 @@ pub const INTERCEPTED_LAN: u32 = 1;
 /// The flow came from an opted-in local cgroup (connect programs).
 pub const INTERCEPTED_CGROUP: u32 = 2;
 
+/// The label of a warm connection no flow has taken yet (socket cookies, the flows'
+/// keys, are never 0); sock_ops picks up the flow's key once it is relabelled.
+pub const WARM_FLOW: u64 = 0;
 /// [`Flow::flags`]: the gateway carries the flow straight to its destination, the
 /// converter being unavailable.
 pub const FLOW_DIRECT: u32 = 1;

@@ -34,7 +34,11 @@ use core::ptr::{null_mut, read_volatile};
 
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_log_ebpf::warn;
-use mptcp_ebpf_common::{Address, Endpoint, flows::Subflow, mapped_v4};
+use mptcp_ebpf_common::{
+    Address, Endpoint,
+    flows::{Subflow, WARM_FLOW},
+    mapped_v4,
+};
 
 use crate::{
     config,
@@ -79,7 +83,14 @@ fn try_track_sockets(ctx: &SockOpsContext) -> Result<(), i64> {
         BPF_SOCK_OPS_RTT_CB | BPF_SOCK_OPS_PARSE_HDR_OPT_CB => {
             if let Some(subflow) = SUBFLOWS.get_ptr_mut(socket_cookie(ctx)) {
                 // SAFETY: the pointer is to a live map value.
-                update_counters(ctx, unsafe { &mut *subflow });
+                let subflow = unsafe { &mut *subflow };
+                update_counters(ctx, subflow);
+                // A warm connection's subflow: its flow may have come since.
+                if subflow.flow == WARM_FLOW
+                    && let Some(flow) = flow_label(ctx)
+                {
+                    subflow.flow = flow;
+                }
             }
             Ok(())
         }
@@ -133,21 +144,11 @@ fn on_established(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
         };
         tune_subflow(ctx, uplink);
     }
-    // SAFETY: `msk` is a valid MPTCP socket; without the create flag nothing is written.
-    let label = unsafe {
-        bpf_sk_storage_get(
-            (&raw const FLOW_LABELS).cast_mut().cast(),
-            msk.cast(),
-            null_mut(),
-            0,
-        )
-    };
-    if label.is_null() {
+    let Some(flow) = flow_label(ctx) else {
         return Ok(());
-    }
+    };
     let mut subflow = Subflow {
-        // SAFETY: a non-null storage pointer points to our u64 value.
-        flow: unsafe { read_volatile(label.cast::<u64>()) },
+        flow,
         local,
         remote,
         ..Subflow::default()
@@ -223,6 +224,33 @@ fn update_counters(ctx: &SockOpsContext, subflow: &mut Subflow) {
         subflow.total_retrans = read_volatile(&raw const (*ops).total_retrans);
         subflow.snd_cwnd = read_volatile(&raw const (*ops).snd_cwnd);
     }
+}
+
+/// The flow label of the MPTCP connection the context's subflow belongs to, if the
+/// daemon labelled it.
+#[inline(always)]
+fn flow_label(ctx: &SockOpsContext) -> Option<u64> {
+    // SAFETY: `ops` is the context; `sk` is readable in sock_ops.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: `sk` is the context's non-null socket.
+    let msk = unsafe { bpf_skc_to_mptcp_sock(sk.cast()) };
+    if msk.is_null() {
+        return None;
+    }
+    // SAFETY: `msk` is a valid MPTCP socket; without the create flag nothing is written.
+    let label = unsafe {
+        bpf_sk_storage_get(
+            (&raw const FLOW_LABELS).cast_mut().cast(),
+            msk.cast(),
+            null_mut(),
+            0,
+        )
+    };
+    // SAFETY: a non-null storage pointer points to our u64 value.
+    (!label.is_null()).then(|| unsafe { read_volatile(label.cast::<u64>()) })
 }
 
 fn socket_cookie(ctx: &SockOpsContext) -> u64 {

@@ -515,6 +515,7 @@ fn the_converter_answers_as_rfc_8803_says() {
     // Info with a request: the same, then the Extended TCP Header with the options of
     // the server's SYN+ACK that TCP_INFO tells (MSS first).
     let answered = answer_tlvs(&testbed, vec![Tlv::Info, connect(Vec::new()), cookie()]);
+    println!("answer to Info + Connect: {answered:02x?}");
     assert_eq!(answered[0], supported);
     assert!(
         matches!(&answered[1], Tlv::ExtendedTcpHeader(options) if options.starts_with(&[2, 4])),
@@ -530,7 +531,7 @@ fn the_converter_answers_as_rfc_8803_says() {
         answer_tlvs(&testbed, vec![connect(vec![34, 2, 0, 0]), cookie()]),
         [Tlv::Error {
             code: ErrorCode::UnsupportedTcpOption,
-            value: vec![34, 0]
+            value: vec![34]
         }]
     );
     // A TLV twice (section 6.2.1): Malformed Message, echoing the message.

@@ -370,7 +370,16 @@ fn decode_tlv(message: &[u8], offset: usize) -> Result<(Tlv, usize), DecodeError
             }
         }
         TLV_EXTENDED_TCP_HEADER => Tlv::ExtendedTcpHeader(after_reserved.to_vec()),
-        TLV_SUPPORTED_TCP_EXTENSIONS => Tlv::SupportedTcpExtensions(after_reserved.to_vec()),
+        // Kind 0 is never listed (section 6.2.4): trailing zeros are padding.
+        TLV_SUPPORTED_TCP_EXTENSIONS => {
+            let listed = after_reserved.len()
+                - after_reserved
+                    .iter()
+                    .rev()
+                    .take_while(|&&kind| kind == 0)
+                    .count();
+            Tlv::SupportedTcpExtensions(after_reserved[..listed].to_vec())
+        }
         TLV_COOKIE => Tlv::Cookie(after_reserved.to_vec()),
         TLV_ERROR => Tlv::Error {
             code: ErrorCode::from_u8(tlv[2]),

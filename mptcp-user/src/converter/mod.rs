@@ -257,7 +257,7 @@ async fn handle(
         }
         Err(Rejection::Info) => {
             debug!("{peer}: asked for the supported TCP extensions");
-            answer(&mut client, supported_extensions(false)).await;
+            answer(&mut client, supported_extensions(true)).await;
             return;
         }
         Err(Rejection::Refused(code, value, reason)) => {

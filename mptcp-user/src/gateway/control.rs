@@ -14,7 +14,7 @@ use aya::maps::{HashMap, MapData};
 use ipnet::IpNet;
 use mptcp_ebpf_common::{
     Endpoint, cgroups as cgroup_maps,
-    flows::{self, FLOW_DIRECT, Flow, INTERCEPTED_CGROUP, Subflow},
+    flows::{self, FLOW_DIRECT, Flow, INTERCEPTED_CGROUP, Subflow, WARM_FLOW},
 };
 use serde::Serialize;
 
@@ -240,6 +240,7 @@ pub fn read_uplinks(pin_dir: &Path) -> anyhow::Result<Vec<UplinkRow>> {
         .map(|status| {
             let over: Vec<&Subflow> = subflows
                 .iter()
+                .filter(|subflow| subflow.flow != WARM_FLOW)
                 .filter(|subflow| {
                     status.address.is_some_and(|address| {
                         addr::from_map_address(subflow.local.address)

@@ -45,6 +45,7 @@ use crate::{
 };
 use flows::FlowTable;
 use interception::{Interception, InterceptionConfig};
+use mptcp_ebpf_common::flows::WARM_FLOW;
 use pool::{Pool, Target};
 use uplinks::{ManagerConfig, UplinkConfig, UplinkManager, UplinkTable};
 use upstream::{OpenError, Upstream, UpstreamConfig};
@@ -133,7 +134,12 @@ impl Gateway {
     /// Opens a warm connection to `converter` as a flow's would be opened, for the pool.
     async fn connect_warm(&self, converter: SocketAddr) -> std::io::Result<TcpStream> {
         let attempts = self.uplinks.attempts();
-        let configure = |socket: &socket2::Socket| self.tuning.apply(socket);
+        // Labelled "warm" now, so that sock_ops records its subflows as they come up,
+        // and the flow that takes it later shows them.
+        let configure = |socket: &socket2::Socket| {
+            self.tuning.apply(socket)?;
+            self.flows.label(socket, WARM_FLOW)
+        };
         tokio::time::timeout(
             upstream::CONVERTER_TIMEOUT,
             socket::connect_racing(converter, true, &attempts, configure),

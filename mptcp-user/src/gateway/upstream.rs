@@ -144,12 +144,16 @@ impl Upstream {
     ) -> Result<(TcpStream, Vec<u8>), OpenError> {
         let mut already_read = already_read.to_vec();
         if let Some(warm) = warm {
+            let started = std::time::Instant::now();
             match self
                 .convert(warm, lan, destination, converter, &already_read)
                 .await
             {
-                // The warm connection broke; the converter may well be fine.
-                Err(OpenError::ConverterUnavailable { reason, early }) => {
+                // The warm connection broke at once (closed, reset): the converter may
+                // well be fine. One that got no answer says the converter is not.
+                Err(OpenError::ConverterUnavailable { reason, early })
+                    if started.elapsed() < CONVERTER_TIMEOUT =>
+                {
                     debug!("a warm connection to {converter} failed ({reason:#}); a fresh one");
                     already_read = early;
                 }
