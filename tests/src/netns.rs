@@ -133,6 +133,20 @@ pub fn enter(name: &str) -> anyhow::Result<()> {
     .with_context(|| format!("entering network namespace {name}"))
 }
 
+/// Runs `work` on a thread inside `netns` and returns what it returned.
+///
+/// # Panics
+/// When the namespace cannot be entered, or `work` panics.
+pub fn run_in<T: Send + 'static>(netns: &Netns, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let name = netns.name().to_owned();
+    std::thread::spawn(move || {
+        enter(&name).unwrap();
+        work()
+    })
+    .join()
+    .unwrap()
+}
+
 /// A background process, killed (and reaped) on drop.
 pub struct Process {
     child: Child,

@@ -15,7 +15,7 @@ use std::{
 
 use mptcp_tests::{
     TempDir, mptcp_user_bin,
-    netns::{Netns, enter},
+    netns::{enter, run_in},
     require_root,
     scale::{GreetingServer, raise_own_file_limit},
     testbed::{CONVERTER, CONVERTER_PORT, CONVERTER_TOWARD_SERVER, SERVER, Testbed, Uplink},
@@ -58,17 +58,6 @@ fn request(key: &Key, destination: SocketAddr, time: u64) -> Vec<u8> {
     .unwrap()
 }
 
-/// Runs `work` on a thread inside `netns`.
-fn in_netns<T: Send + 'static>(netns: &Netns, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let name = netns.name().to_owned();
-    thread::spawn(move || {
-        enter(&name).unwrap();
-        work()
-    })
-    .join()
-    .unwrap()
-}
-
 /// A TCP connection to the converter from the gateway host's `source` address (or the
 /// kernel's choice).
 fn connect(source: Option<IpAddr>) -> TcpStream {
@@ -93,7 +82,7 @@ fn read_to_close(stream: &mut TcpStream, deadline: Duration) -> Vec<u8> {
 /// Sends `bytes` to the converter from the gateway host; its response, and the bytes
 /// after it (the destination's), read until the converter closes or for 10 s.
 fn ask(testbed: &Testbed, bytes: Vec<u8>) -> (Response, Vec<u8>) {
-    let answer = in_netns(&testbed.gateway, move || {
+    let answer = run_in(&testbed.gateway, move || {
         let mut stream = connect(None);
         stream.write_all(&bytes).unwrap();
         read_to_close(&mut stream, Duration::from_secs(10))
@@ -185,7 +174,7 @@ fn bad_cookies_and_bad_messages_get_their_error_and_leave_nothing() {
 
     // A valid request, then a reset at once: the converter's side ends too.
     let fresh = request(&key, destination, unix_now());
-    in_netns(&testbed.gateway, move || {
+    run_in(&testbed.gateway, move || {
         let stream = connect(None);
         socket2::SockRef::from(&stream)
             .set_linger(Some(Duration::ZERO))
@@ -312,7 +301,7 @@ fn slow_strangers_cannot_crowd_out_a_gateway() {
             .ip(&["addr", "add", &format!("10.0.1.{host}/24"), "dev", "up1"])
             .unwrap();
     }
-    let mut slow: Vec<TcpStream> = in_netns(&testbed.gateway, || {
+    let mut slow: Vec<TcpStream> = run_in(&testbed.gateway, || {
         (0..2000)
             .map(|i| connect(Some(format!("10.0.1.{}", 100 + i % 100).parse().unwrap())))
             .collect()
@@ -473,7 +462,7 @@ fn exchange_from(
     source: Option<IpAddr>,
     bytes: Vec<u8>,
 ) -> Result<Vec<u8>, ErrorKind> {
-    in_netns(&testbed.gateway, move || {
+    run_in(&testbed.gateway, move || {
         let mut stream = connect(source);
         stream.write_all(&bytes).unwrap();
         stream

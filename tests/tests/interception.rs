@@ -152,6 +152,13 @@ fn cli_ok(testbed: &Testbed, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Sends the gateway daemon `signal` (`-9`, `-TERM`).
+fn signal_gateway(testbed: &Testbed, signal: &str) {
+    let pid = testbed.pid("gateway").unwrap().to_string();
+    let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+    assert!(status.success(), "kill {signal} {pid}: {status}");
+}
+
 /// Polls `done` every 100 ms until it holds; fails with `what()` after `timeout`.
 fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
     let deadline = Instant::now() + timeout;
@@ -354,15 +361,8 @@ fn killed_gateway_fails_open_within_a_second() {
     );
     assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
 
-    let pid = testbed.pid("gateway").unwrap().to_string();
     let killed = Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-9", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal_gateway(&testbed, "-9");
     // New flows must work directly within a second of the kill.
     let direct = loop {
         if let Some((_, seen)) = whoami(&testbed.client, None, SERVER) {
@@ -417,14 +417,7 @@ fn terminated_gateway_removes_what_it_installed() {
         .unwrap();
     assert_fails_with(&second, "another gateway is already running");
 
-    let pid = testbed.pid("gateway").unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal_gateway(&testbed, "-TERM");
     wait_until(
         Duration::from_secs(10),
         || {
@@ -961,14 +954,7 @@ fn quic_is_turned_away_so_browsers_use_tcp_and_comes_back_when_asked() {
     assert_turned_away(&testbed);
 
     // A killed gateway leaves QUIC working.
-    let pid = testbed.pid("gateway").unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-9", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal_gateway(&testbed, "-9");
     let killed = Instant::now();
     wait_until(
         Duration::from_secs(5),

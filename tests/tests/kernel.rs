@@ -17,7 +17,7 @@ use std::{
 };
 
 use mptcp_tests::{
-    netns::{Netns, enter},
+    netns::{Netns, run_in},
     require_root,
     testbed::{CONVERTER, Testbed, Uplink},
 };
@@ -26,17 +26,6 @@ use socket2::{Domain, Protocol, Socket, Type};
 const TFO_PORT: u16 = 7100;
 /// An answer later than this waited for something other than the line.
 const STALLED: Duration = Duration::from_secs(1);
-
-/// Runs `work` on a thread inside `netns`.
-fn in_netns<T: Send + 'static>(netns: &Netns, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let name = netns.name().to_owned();
-    thread::spawn(move || {
-        enter(&name).unwrap();
-        work()
-    })
-    .join()
-    .unwrap()
-}
 
 fn protocol(mptcp: bool) -> Protocol {
     if mptcp {
@@ -52,7 +41,7 @@ fn tfo_server(netns: &Netns, mptcp: bool) -> SocketAddr {
     let address: SocketAddr = format!("{CONVERTER}:{}", TFO_PORT + u16::from(mptcp))
         .parse()
         .unwrap();
-    let listener: TcpListener = in_netns(netns, move || {
+    let listener: TcpListener = run_in(netns, move || {
         let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(protocol(mptcp))).unwrap();
         socket.set_reuse_address(true).unwrap();
         socket.bind(&address.into()).unwrap();
@@ -98,7 +87,7 @@ fn set_int(socket: &Socket, option: libc::c_int, value: libc::c_int) {
 /// Times `attempts` connections from `netns` to `server` with TCP_FASTOPEN_CONNECT:
 /// from connect() to the answer's first byte (or the stall bound).
 fn tfo_exchanges(netns: &Netns, server: SocketAddr, mptcp: bool, attempts: usize) -> Vec<Duration> {
-    in_netns(netns, move || {
+    run_in(netns, move || {
         (0..attempts)
             .map(|_| {
                 let socket =

@@ -218,58 +218,44 @@ impl Netlink {
             .link_index("lo")
             .await?
             .context("this host has no loopback interface")?;
-        let v4 = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-            .output_interface(loopback)
-            .kind(RouteType::Local)
-            .scope(RouteScope::Host)
-            .table_id(table)
-            .protocol(RouteProtocol::from(PROTOCOL))
-            .build();
-        let v6 = RouteMessageBuilder::<Ipv6Addr>::new()
-            .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
-            .output_interface(loopback)
-            .kind(RouteType::Local)
-            .scope(RouteScope::Host)
-            .table_id(table)
-            .protocol(RouteProtocol::from(PROTOCOL))
-            .build();
-        for route in [v4, v6] {
-            self.route
-                .route()
-                .add(route)
-                .replace()
-                .execute()
-                .await
-                .with_context(|| format!("cannot add the local route of table {table}"))?;
-        }
-        Ok(())
+        self.set_default_routes(table, RouteType::Local, Some(loopback))
+            .await
+            .with_context(|| format!("cannot add the local route of table {table}"))
     }
 
     /// `ip route replace prohibit default table TABLE`, IPv4 and IPv6: the kernel answers
     /// each packet the table routes with ICMP "administratively prohibited" (a hard
     /// error: a connected UDP socket fails at once).
     pub async fn set_prohibited(&self, table: u32) -> anyhow::Result<()> {
-        let v4 = RouteMessageBuilder::<Ipv4Addr>::new()
+        self.set_default_routes(table, RouteType::Prohibit, None)
+            .await
+            .with_context(|| format!("cannot add the prohibit route of table {table}"))
+    }
+
+    /// A default route of `kind` in `table` for both families, through `interface` if
+    /// given (then of host scope, as a local route must be).
+    async fn set_default_routes(
+        &self,
+        table: u32,
+        kind: RouteType,
+        interface: Option<u32>,
+    ) -> Result<(), rtnetlink::Error> {
+        let mut v4 = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-            .kind(RouteType::Prohibit)
+            .kind(kind)
             .table_id(table)
-            .protocol(RouteProtocol::from(PROTOCOL))
-            .build();
-        let v6 = RouteMessageBuilder::<Ipv6Addr>::new()
+            .protocol(RouteProtocol::from(PROTOCOL));
+        let mut v6 = RouteMessageBuilder::<Ipv6Addr>::new()
             .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
-            .kind(RouteType::Prohibit)
+            .kind(kind)
             .table_id(table)
-            .protocol(RouteProtocol::from(PROTOCOL))
-            .build();
-        for route in [v4, v6] {
-            self.route
-                .route()
-                .add(route)
-                .replace()
-                .execute()
-                .await
-                .with_context(|| format!("cannot add the prohibit route of table {table}"))?;
+            .protocol(RouteProtocol::from(PROTOCOL));
+        if let Some(interface) = interface {
+            v4 = v4.output_interface(interface).scope(RouteScope::Host);
+            v6 = v6.output_interface(interface).scope(RouteScope::Host);
+        }
+        for route in [v4.build(), v6.build()] {
+            self.route.route().add(route).replace().execute().await?;
         }
         Ok(())
     }
