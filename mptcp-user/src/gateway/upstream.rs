@@ -48,6 +48,9 @@ pub enum UpstreamConfig {
 /// How long the converter may take to connect and answer before a flow goes direct.
 /// A killed converter refuses at once; this bounds a filtered or silent one.
 pub const CONVERTER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bounds of how long a warm connection's answer may take before a fresh connection
+/// takes the flow: the first uplink's head start, within these.
+const WARM_PATIENCE: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(1));
 
 /// Why a flow's upstream connection could not be opened.
 #[derive(Debug)]
@@ -143,26 +146,33 @@ impl Upstream {
         warm: Option<TcpStream>,
     ) -> Result<(TcpStream, Vec<u8>), OpenError> {
         let mut already_read = already_read.to_vec();
+        let mut attempts = attempts.to_vec();
         if let Some(warm) = warm {
-            let started = std::time::Instant::now();
+            // A warm connection's uplink may have died silently since it was opened: it
+            // gets as long as a fresh connection's first attempt would, and if that is
+            // not enough, the fresh connection tries its uplink last.
+            let patience = attempts
+                .first()
+                .map_or(WARM_PATIENCE.0, |attempt| attempt.head_start)
+                .clamp(WARM_PATIENCE.0, WARM_PATIENCE.1);
+            let source = warm.local_addr().ok().map(|local| local.ip());
             match self
-                .convert(warm, lan, destination, converter, &already_read)
+                .convert(warm, lan, destination, converter, &already_read, patience)
                 .await
             {
-                // The warm connection broke at once (closed, reset): the converter may
-                // well be fine. One that got no answer says the converter is not.
-                Err(OpenError::ConverterUnavailable { reason, early })
-                    if started.elapsed() < CONVERTER_TIMEOUT =>
-                {
+                // It broke (closed, reset) or stayed silent: a fresh connection, whose
+                // first subflow races over the uplinks, takes the flow.
+                Err(OpenError::ConverterUnavailable { reason, early }) => {
                     debug!("a warm connection to {converter} failed ({reason:#}); a fresh one");
                     already_read = early;
+                    attempts.sort_by_key(|attempt| Some(attempt.source) == source);
                 }
                 done => return done,
             }
         }
         let connected = tokio::time::timeout(
             CONVERTER_TIMEOUT,
-            socket::connect_racing(converter, true, attempts, configure),
+            socket::connect_racing(converter, true, &attempts, configure),
         )
         .await;
         let stream = match connected {
@@ -176,12 +186,21 @@ impl Upstream {
                 return Err(unavailable(reason, &already_read));
             }
         };
-        self.convert(stream, lan, destination, converter, &already_read)
-            .await
+        self.convert(
+            stream,
+            lan,
+            destination,
+            converter,
+            &already_read,
+            CONVERTER_TIMEOUT,
+        )
+        .await
     }
 
     /// Sends the Convert request for `destination`, with `already_read` and whatever the
-    /// client sent since, on `stream` (connected to `converter`), and reads the answer.
+    /// client sent since, on `stream` (connected to `converter`), and reads the answer,
+    /// for at most `patience`. A stream given up on is reset, so that the converter
+    /// drops whatever it started for it.
     async fn convert(
         &self,
         mut stream: TcpStream,
@@ -189,7 +208,9 @@ impl Upstream {
         destination: SocketAddr,
         converter: SocketAddr,
         already_read: &[u8],
+        patience: Duration,
     ) -> Result<(TcpStream, Vec<u8>), OpenError> {
+        socket::reset_on_close(&stream);
         let Self::Converter { key, .. } = self else {
             return Err(OpenError::Failed(anyhow!("--direct has no converter")));
         };
@@ -214,7 +235,7 @@ impl Upstream {
             Err(error) => return Err(error.into()),
         }
         let client_bytes = &first_segment[request_len..];
-        let answered = tokio::time::timeout(CONVERTER_TIMEOUT, async {
+        let answered = tokio::time::timeout(patience, async {
             stream.write_all(&first_segment).await?;
             wire::read_message(&mut stream)
                 .await
@@ -234,7 +255,7 @@ impl Upstream {
             },
             Ok(Err(error)) => Err(unavailable(error, client_bytes)),
             Err(_) => Err(unavailable(
-                anyhow!("{converter} did not answer the request within {CONVERTER_TIMEOUT:?}"),
+                anyhow!("{converter} did not answer the request within {patience:?}"),
                 client_bytes,
             )),
         }
