@@ -139,6 +139,19 @@ fn mptcp_fast_open_still_holds_the_servers_first_answer() {
         mptcp[0] < STALLED,
         "the first (cookie-less) attempt stalled: {mptcp:?}"
     );
+    // A plain TCP client with TFO of the same MPTCP listener is fine: one round trip.
+    // (So TFO on the converter's listener would serve RFC-style plain TCP clients, but
+    // stall MPTCP ones that use it; it stays off.)
+    testbed
+        .gateway
+        .ip(&["tcp_metrics", "flush", "all"])
+        .unwrap();
+    let plain_to_mptcp = tfo_exchanges(&testbed.gateway, mptcp_server, false, 3);
+    println!("plain TCP with TFO to the MPTCP listener: {plain_to_mptcp:?}");
+    assert!(
+        plain_to_mptcp[1] < plain_to_mptcp[0] * 3 / 4,
+        "plain TCP TFO to an MPTCP listener did not save a round trip: {plain_to_mptcp:?}"
+    );
     assert!(
         mptcp[1..].iter().all(|&took| took >= STALLED),
         "MPTCP with TFO answered without stalling ({mptcp:?}): the kernel's passive-side \
