@@ -278,21 +278,7 @@ fn slow_strangers_cannot_crowd_out_a_gateway() {
     let (testbed, _server, key) = converter(&dir, "hslow", &["--max-conns", "100"]);
     let pid = testbed.pid("converter").unwrap();
     let files = open_fds(pid);
-    let rss_kib = || {
-        fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|value| {
-                value
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .unwrap()
-    };
+    let rss_kib = || mptcp_tests::scale::Footprint::of(pid).unwrap().rss_kib;
     let rss_before = rss_kib();
     // 2000 connections from 100 addresses of the gateway host's first uplink.
     for host in 100..200 {

@@ -103,6 +103,18 @@ impl ErrorCode {
         }
     }
 
+    /// The Error TLV's value when there is nothing more to say (section 6.2.8): the
+    /// supported version; a retry delay (0 would mean "at least 30 s"); zero for the
+    /// rest. Callers with more to say (the options refused, the ICMP code, the echo)
+    /// build the TLV themselves.
+    pub fn usual_value(self) -> Vec<u8> {
+        match self {
+            Self::UnsupportedVersion => vec![VERSION],
+            Self::ResourceExceeded | Self::NetworkFailure => vec![RETRY_AFTER_SECS],
+            _ => Vec::new(),
+        }
+    }
+
     /// The code for a number on the wire.
     pub fn from_u8(code: u8) -> Self {
         match code {
@@ -548,19 +560,10 @@ impl Response {
     pub fn to_message(&self) -> Message {
         match self {
             Self::Connected => Message::new(vec![Tlv::ExtendedTcpHeader(Vec::new())]),
-            Self::Error(code) => {
-                // Section 6.2.8: the supported version; a retry delay, 0 meaning "at
-                // least 30 s"; zero for the rest (callers with more to say use
-                // `Tlv::Error` themselves: the options refused, the ICMP code, the echo).
-                let value = match code {
-                    ErrorCode::UnsupportedVersion => vec![VERSION],
-                    ErrorCode::ResourceExceeded | ErrorCode::NetworkFailure => {
-                        vec![RETRY_AFTER_SECS]
-                    }
-                    _ => Vec::new(),
-                };
-                Message::new(vec![Tlv::Error { code: *code, value }])
-            }
+            Self::Error(code) => Message::new(vec![Tlv::Error {
+                code: *code,
+                value: code.usual_value(),
+            }]),
         }
     }
 

@@ -333,15 +333,7 @@ pub enum Rejection {
 impl From<(ErrorCode, String)> for Rejection {
     /// Refused with the code's usual value.
     fn from((code, reason): (ErrorCode, String)) -> Self {
-        Self::Refused(code, default_value(code), reason)
-    }
-}
-
-/// The value an Error TLV with `code` carries when there is nothing more to say.
-fn default_value(code: ErrorCode) -> Vec<u8> {
-    match Response::Error(code).to_message().tlvs.first() {
-        Some(Tlv::Error { value, .. }) => value.clone(),
-        _ => Vec::new(),
+        Self::Refused(code, code.usual_value(), reason)
     }
 }
 
@@ -380,7 +372,7 @@ pub async fn read_request<R: AsyncRead + Unpin>(
             let code = error.error_code();
             let value = match code {
                 ErrorCode::MalformedMessage | ErrorCode::UnsupportedMessage => echo(&received),
-                _ => default_value(code),
+                _ => code.usual_value(),
             };
             return Err(Rejection::Refused(code, value, error.to_string()));
         }
@@ -487,7 +479,7 @@ async fn connect(
     match tokio::time::timeout(timeout, socket::connect(destination, false, |_| Ok(()))).await {
         Err(_) => Err((
             ErrorCode::NetworkFailure,
-            default_value(ErrorCode::NetworkFailure),
+            ErrorCode::NetworkFailure.usual_value(),
             format!("no answer within {timeout:?}"),
         )),
         Ok(Ok(stream)) => Ok(stream),
@@ -502,7 +494,7 @@ async fn connect(
                 Some(libc::EACCES | libc::EPERM) => unreachable(13),
                 _ => (
                     ErrorCode::NetworkFailure,
-                    default_value(ErrorCode::NetworkFailure),
+                    ErrorCode::NetworkFailure.usual_value(),
                 ),
             };
             Err((code, value, error.to_string()))

@@ -140,12 +140,7 @@ impl Gateway {
             self.tuning.apply(socket)?;
             self.flows.label(socket, WARM_FLOW)
         };
-        tokio::time::timeout(
-            upstream::CONVERTER_TIMEOUT,
-            socket::connect_racing(converter, true, &attempts, configure),
-        )
-        .await
-        .map_err(|_| std::io::ErrorKind::TimedOut)?
+        upstream::connect_converter(converter, &attempts, configure).await
     }
 }
 

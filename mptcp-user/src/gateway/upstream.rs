@@ -21,6 +21,21 @@ use crate::{
     net::socket::{self, Attempt},
 };
 
+/// Opens an MPTCP connection to `converter`, its first subflow racing over `attempts`,
+/// within [`CONVERTER_TIMEOUT`] (else a `TimedOut` error): a flow's, or a warm one.
+pub async fn connect_converter(
+    converter: SocketAddr,
+    attempts: &[Attempt],
+    configure: impl Fn(&Socket) -> std::io::Result<()>,
+) -> std::io::Result<TcpStream> {
+    tokio::time::timeout(
+        CONVERTER_TIMEOUT,
+        socket::connect_racing(converter, true, attempts, configure),
+    )
+    .await
+    .map_err(|_| std::io::ErrorKind::TimedOut)?
+}
+
 /// The converter could not take the flow, for `reason`; the client's `early` bytes
 /// were read already.
 fn unavailable(reason: anyhow::Error, early: &[u8]) -> OpenError {
@@ -170,19 +185,14 @@ impl Upstream {
                 done => return done,
             }
         }
-        let connected = tokio::time::timeout(
-            CONVERTER_TIMEOUT,
-            socket::connect_racing(converter, true, &attempts, configure),
-        )
-        .await;
-        let stream = match connected {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
-                let reason = anyhow!(error).context(format!("MPTCP connect to {converter} failed"));
+        let stream = match connect_converter(converter, &attempts, configure).await {
+            Ok(stream) => stream,
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+                let reason = anyhow!("{converter} did not answer within {CONVERTER_TIMEOUT:?}");
                 return Err(unavailable(reason, &already_read));
             }
-            Err(_) => {
-                let reason = anyhow!("{converter} did not answer within {CONVERTER_TIMEOUT:?}");
+            Err(error) => {
+                let reason = anyhow!(error).context(format!("MPTCP connect to {converter} failed"));
                 return Err(unavailable(reason, &already_read));
             }
         };
