@@ -315,6 +315,12 @@ pub struct ConverterOptions {
     #[serde(default, rename = "allow-client", deserialize_with = "prefixes")]
     pub allow_clients: Vec<IpNet>,
 
+    /// Accept a Convert request in the SYN (TCP Fast Open, RFC 8803 section 4.2) from
+    /// clients that send it there; the kernel does so only with the server bit of
+    /// net.ipv4.tcp_fastopen set (`sysctl -w net.ipv4.tcp_fastopen=3`) [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub fast_open: Option<bool>,
+
     /// Most authenticated connections relayed at once; beyond it, "Resource Exceeded"
     /// [default: 10000].
     #[arg(long, value_name = "N")]
@@ -380,6 +386,7 @@ impl ConverterOptions {
             key_file: self.key_file.or(file.key_file),
             allow: or_list(self.allow, file.allow),
             allow_clients: or_list(self.allow_clients, file.allow_clients),
+            fast_open: self.fast_open.or(file.fast_open),
             max_conns: self.max_conns.or(file.max_conns),
             max_pending: self.max_pending.or(file.max_pending),
             max_pending_per_source: self.max_pending_per_source.or(file.max_pending_per_source),
@@ -409,6 +416,7 @@ impl ConverterOptions {
                 .copied()
                 .map(addr::canonical_prefix)
                 .collect(),
+            fast_open: self.fast_open.unwrap_or(true),
             max_conns: self.max_conns.unwrap_or(10_000),
             max_pending: (
                 self.max_pending.unwrap_or(admission::DEFAULT_MAX_PENDING),

@@ -143,7 +143,6 @@ pub fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
     Ok(nix::fcntl::splice(from, None, to, None, len, flags)?)
 }
 
-/// The integers a socket option can be read as: every bit pattern is a valid value.
 /// The kernel's TCP_INFO of a TCP socket.
 pub fn tcp_info(socket: &impl AsFd) -> io::Result<libc::tcp_info> {
     // SAFETY: tcp_info is plain integers, for which all-zero bytes are valid.
@@ -166,9 +165,11 @@ pub fn tcp_info(socket: &impl AsFd) -> io::Result<libc::tcp_info> {
     Ok(info)
 }
 
+/// The values a socket option can be read as: every bit pattern is a valid value.
 trait OptionValue: Copy + Default {}
 impl OptionValue for u64 {}
 impl OptionValue for libc::c_int {}
+impl OptionValue for [u8; 12] {}
 
 /// An integer socket option nix does not offer.
 fn get_option<T: OptionValue>(
@@ -196,12 +197,89 @@ fn get_option<T: OptionValue>(
     }
 }
 
+/// Sets an integer socket option nix does not offer.
+fn set_option(
+    socket: &impl AsFd,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(size_of::<libc::c_int>()).unwrap_or(0);
+    // SAFETY: the pointer and length describe `value`, valid for the call.
+    let ret = unsafe {
+        libc::setsockopt(
+            socket.as_fd().as_raw_fd(),
+            level,
+            option,
+            (&raw const value).cast(),
+            len,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Lets a listener accept data in SYNs (TCP Fast Open), with at most `queue`
+/// connections whose handshake has not completed yet. The kernel does so only if
+/// net.ipv4.tcp_fastopen has its server bit: see [`fast_open_server_enabled`].
+pub fn set_fast_open(listener: &impl AsFd, queue: libc::c_int) -> io::Result<()> {
+    set_option(listener, libc::IPPROTO_TCP, libc::TCP_FASTOPEN, queue)
+}
+
+/// Whether this network namespace's net.ipv4.tcp_fastopen lets listeners accept data
+/// in SYNs (its bit 2; the default, 1, is the client's bit only).
+pub fn fast_open_server_enabled() -> io::Result<bool> {
+    const SERVER_ENABLE: u64 = 2;
+    Ok(read_sysctl("net/ipv4/tcp_fastopen")? & SERVER_ENABLE != 0)
+}
+
+/// The last number of /proc/sys/`path` (for a triple like tcp_wmem, its maximum).
+pub fn read_sysctl(path: &str) -> io::Result<u64> {
+    let file = format!("/proc/sys/{path}");
+    let text = std::fs::read_to_string(&file)
+        .map_err(|error| io::Error::new(error.kind(), format!("cannot read {file}: {error}")))?;
+    text.split_whitespace()
+        .last()
+        .and_then(|value| value.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{file} holds no number: {text:?}"),
+            )
+        })
+}
+
 /// Whether an MPTCP socket still speaks MPTCP (`TCP_IS_MPTCP`): 0 once it has fallen
 /// back to plain TCP, as when a middlebox strips the MPTCP options of its handshake.
 pub fn is_mptcp(socket: &impl AsFd) -> io::Result<bool> {
     /// From include/uapi/linux/tcp.h.
     const TCP_IS_MPTCP: libc::c_int = 43;
     Ok(get_option::<libc::c_int>(socket, libc::SOL_TCP, TCP_IS_MPTCP)? != 0)
+}
+
+/// Whether an accepted connection may be written to without its answer being held:
+/// false only for an MPTCP connection whose client's key has not arrived yet.
+///
+/// That is a connection accepted with TCP Fast Open data in its SYN, before the
+/// handshake's third ACK. On kernel 6.18 what is written to it then stays queued until
+/// the client's next packet (tests/tests/kernel.rs); once the key has arrived, writes
+/// leave at once. Plain TCP, and MPTCP fallen back to it, is never held.
+pub fn mptcp_can_send(socket: &impl AsFd) -> bool {
+    /// From include/uapi/linux/mptcp.h: `SOL_MPTCP`, `MPTCP_INFO`, and the flags of
+    /// `struct mptcp_info`, which follow six one-byte counters and two of padding.
+    const SOL_MPTCP: libc::c_int = 284;
+    const MPTCP_INFO: libc::c_int = 1;
+    const FLAG_FALLBACK: u32 = 1 << 0;
+    const FLAG_REMOTE_KEY_RECEIVED: u32 = 1 << 1;
+    // A plain TCP socket, or (before kernel 6.10) a fallen-back one, has no MPTCP_INFO.
+    let Ok(head) = get_option::<[u8; 12]>(socket, SOL_MPTCP, MPTCP_INFO) else {
+        return true;
+    };
+    let flags = u32::from_ne_bytes([head[8], head[9], head[10], head[11]]);
+    flags & (FLAG_FALLBACK | FLAG_REMOTE_KEY_RECEIVED) != 0
 }
 
 /// The cookie of this process's network namespace (`SO_NETNS_COOKIE`), the value

@@ -233,6 +233,9 @@ impl Testbed {
         for netns in [client, gateway, converter, server] {
             netns.sysctl("net.ipv4.tcp_no_metrics_save", "1")?;
         }
+        // As the converter's operator would: RFC 8803 clients may then send their
+        // request in the SYN (TCP Fast Open needs the server bit, 2).
+        converter.sysctl("net.ipv4.tcp_fastopen", "3")?;
         for netns in [gateway, converter] {
             netns.sysctl("net.ipv4.ip_forward", "1")?;
             netns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;

@@ -8,6 +8,10 @@
 //! So the gateway does not use TFO towards the converter; its warm connections save
 //! the handshake's round trip instead. When this test fails, the kernel is fixed: TFO
 //! could then do the same without holding connections open.
+//!
+//! The converter accepts TFO all the same, for RFC 8803 clients: an answer written
+//! once the MPTCP client's key has arrived (the third ACK) leaves at once, which the
+//! test checks too, and plain TCP clients are never held.
 
 use std::{
     io::{Read as _, Write as _},
@@ -35,12 +39,20 @@ fn protocol(mptcp: bool) -> Protocol {
     }
 }
 
+/// When a test server answers.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// As soon as the request is read.
+    AtOnce,
+    /// Once an MPTCP client's key has arrived, as the converter does.
+    OnceTheKeyArrived,
+}
+
 /// A listener with TCP Fast Open on, in `netns`, that answers each 4-byte request with
-/// "pong" at once and keeps the connection until the client closes.
-fn tfo_server(netns: &Netns, mptcp: bool) -> SocketAddr {
-    let address: SocketAddr = format!("{CONVERTER}:{}", TFO_PORT + u16::from(mptcp))
-        .parse()
-        .unwrap();
+/// "pong" (`when` says when) and keeps the connection until the client closes.
+fn tfo_server(netns: &Netns, mptcp: bool, when: Answer) -> SocketAddr {
+    let port = TFO_PORT + u16::from(mptcp) + 2 * when as u16;
+    let address: SocketAddr = format!("{CONVERTER}:{port}").parse().unwrap();
     let listener: TcpListener = run_in(netns, move || {
         let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(protocol(mptcp))).unwrap();
         socket.set_reuse_address(true).unwrap();
@@ -55,6 +67,11 @@ fn tfo_server(netns: &Netns, mptcp: bool) -> SocketAddr {
             thread::spawn(move || {
                 let mut request = [0u8; 4];
                 if stream.read_exact(&mut request).is_ok() {
+                    if let Answer::OnceTheKeyArrived = when {
+                        while !mptcp_user::sys::mptcp_can_send(&stream) {
+                            thread::sleep(Duration::from_millis(1));
+                        }
+                    }
                     let _ = stream.write_all(b"pong");
                     let _ = stream.read(&mut [0u8; 1]);
                 }
@@ -118,7 +135,7 @@ fn mptcp_fast_open_still_holds_the_servers_first_answer() {
     }
 
     // The control: plain TCP Fast Open answers in one round trip once it has a cookie.
-    let tcp_server = tfo_server(&testbed.converter, false);
+    let tcp_server = tfo_server(&testbed.converter, false, Answer::AtOnce);
     let tcp = tfo_exchanges(&testbed.gateway, tcp_server, false, 3);
     println!("plain TCP with TFO: {tcp:?}");
     assert!(
@@ -132,21 +149,33 @@ fn mptcp_fast_open_still_holds_the_servers_first_answer() {
         .gateway
         .ip(&["tcp_metrics", "flush", "all"])
         .unwrap();
-    let mptcp_server = tfo_server(&testbed.converter, true);
+    let mptcp_server = tfo_server(&testbed.converter, true, Answer::AtOnce);
     let mptcp = tfo_exchanges(&testbed.gateway, mptcp_server, true, 3);
     println!("MPTCP with TFO: {mptcp:?}");
     assert!(
         mptcp[0] < STALLED,
         "the first (cookie-less) attempt stalled: {mptcp:?}"
     );
-    // A plain TCP client with TFO of the same MPTCP listener is fine: one round trip.
-    // (So TFO on the converter's listener would serve RFC-style plain TCP clients, but
-    // stall MPTCP ones that use it; it stays off.)
+    // What the converter does: answer MPTCP clients once their key has arrived. The
+    // answer then never stalls, and the request still came in the SYN (the server works
+    // on it during the round trip the third ACK takes).
+    let waiting_server = tfo_server(&testbed.converter, true, Answer::OnceTheKeyArrived);
     testbed
         .gateway
         .ip(&["tcp_metrics", "flush", "all"])
         .unwrap();
-    let plain_to_mptcp = tfo_exchanges(&testbed.gateway, mptcp_server, false, 3);
+    let waited = tfo_exchanges(&testbed.gateway, waiting_server, true, 3);
+    println!("MPTCP with TFO, answered once the key arrived: {waited:?}");
+    assert!(
+        waited.iter().all(|&took| took < STALLED),
+        "an answer written once the client's key arrived stalled: {waited:?}"
+    );
+    // A plain TCP client with TFO of the same MPTCP listener is fine: one round trip.
+    testbed
+        .gateway
+        .ip(&["tcp_metrics", "flush", "all"])
+        .unwrap();
+    let plain_to_mptcp = tfo_exchanges(&testbed.gateway, waiting_server, false, 3);
     println!("plain TCP with TFO to the MPTCP listener: {plain_to_mptcp:?}");
     assert!(
         plain_to_mptcp[1] < plain_to_mptcp[0] * 3 / 4,

@@ -28,7 +28,7 @@ use log::warn;
 use mptcp_ebpf_common::uplinks::{CongestionName, NAME_LEN};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::net::addr;
+use crate::{net::addr, sys};
 
 /// Congestion control of the MPTCP connections unless told otherwise.
 pub const DEFAULT_CONGESTION: &str = "bbr";
@@ -245,8 +245,8 @@ fn long_rtt_send_buffer(mib: u32) -> anyhow::Result<u32> {
         return Ok(0);
     }
     let asked = u64::from(mib) << 20;
-    let cap = read_sysctl("net/core/wmem_max")?;
-    let autotuning_limit = read_sysctl("net/ipv4/tcp_wmem")?;
+    let cap = sys::read_sysctl("net/core/wmem_max")?;
+    let autotuning_limit = sys::read_sysctl("net/ipv4/tcp_wmem")?;
     let granted = asked.min(cap);
     if 2 * granted <= autotuning_limit {
         warn!(
@@ -263,16 +263,6 @@ fn long_rtt_send_buffer(mib: u32) -> anyhow::Result<u32> {
         );
     }
     Ok(u32::try_from(granted).unwrap_or(u32::MAX))
-}
-
-/// The last number of /proc/sys/`path` (for a triple like tcp_wmem, its maximum).
-fn read_sysctl(path: &str) -> anyhow::Result<u64> {
-    let file = format!("/proc/sys/{path}");
-    let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {file}"))?;
-    text.split_whitespace()
-        .last()
-        .and_then(|value| value.parse().ok())
-        .with_context(|| format!("{file} holds no number: {text:?}"))
 }
 
 /// SO_SNDBUFFORCE, which is not capped by net.core.wmem_max; SO_SNDBUF (capped) without
@@ -315,7 +305,7 @@ mod tests {
             .split_whitespace()
             .map(|f| f.parse().unwrap())
             .collect();
-        assert_eq!(read_sysctl("net/ipv4/tcp_wmem").unwrap(), fields[2]);
-        assert!(read_sysctl("net/ipv4/no_such_sysctl").is_err());
+        assert_eq!(sys::read_sysctl("net/ipv4/tcp_wmem").unwrap(), fields[2]);
+        assert!(sys::read_sysctl("net/ipv4/no_such_sysctl").is_err());
     }
 }

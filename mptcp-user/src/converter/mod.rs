@@ -61,6 +61,8 @@ pub struct ConverterConfig {
     pub allow: Vec<IpNet>,
     /// Client networks that may convert without a cookie.
     pub allow_clients: Vec<IpNet>,
+    /// Whether requests in the SYN (TCP Fast Open) are accepted.
+    pub fast_open: bool,
     /// Most authenticated connections relayed at once.
     pub max_conns: usize,
     /// Most connections held before they authenticate, in all and from one source.
@@ -152,6 +154,9 @@ pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
             .tuning
             .apply_congestion(&socket2::SockRef::from(&listener))
             .context("failed to set the congestion control")?;
+        if config.fast_open {
+            accept_fast_open(&listener)?;
+        }
         // Addresses the host gains later (a DHCP lease, an IPv6 temporary address) are
         // refused as destinations as soon as the kernel announces them.
         let mut changes = netlink::address_changes()?;
@@ -169,6 +174,24 @@ pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
         serve(listener, converter, server::shutdown_signal()?).await;
         Ok(())
     })
+}
+
+/// Lets the listener take Convert requests in SYNs, and says when the kernel will not.
+fn accept_fast_open(listener: &TcpListener) -> anyhow::Result<()> {
+    // Connections whose SYN carried data but whose handshake is not complete yet; the
+    // kernel falls back to a normal handshake beyond it (a flood of SYNs with data).
+    const QUEUE: libc::c_int = 256;
+    sys::set_fast_open(listener, QUEUE).context("failed to enable TCP Fast Open")?;
+    match sys::fast_open_server_enabled() {
+        Ok(true) => {}
+        Ok(false) => warn!(
+            "requests in the SYN (TCP Fast Open) are not accepted: net.ipv4.tcp_fastopen \
+             lacks the server bit (sysctl -w net.ipv4.tcp_fastopen=3; --fast-open false \
+             silences this)"
+        ),
+        Err(error) => warn!("cannot tell whether TCP Fast Open is on: {error}"),
+    }
+    Ok(())
 }
 
 /// Loads the sock_ops program that tunes each subflow: `--uplink-congestion` rules
@@ -290,6 +313,7 @@ async fn handle(
         let mut tlvs = supported_extensions(info).tlvs;
         tlvs.push(Tlv::ExtendedTcpHeader(syn_ack_options(&server)));
         let bytes = Message::new(tlvs).encode().map_err(std::io::Error::other)?;
+        until_answers_leave_at_once(&client).await;
         client.write_all(&bytes).await?;
         server.write_all(&early_data).await
     };
@@ -311,6 +335,20 @@ async fn handle(
             moved.backward
         ),
         Err(error) => info!("{peer} -> {destination}: {error}"),
+    }
+}
+
+/// Waits until what is written to `client` leaves at once. An MPTCP client that sent
+/// its request in the SYN (TCP Fast Open) sends its key only with the handshake's third
+/// ACK, and on kernel 6.18 an answer written before that waits for the client's next
+/// packet (tests/tests/kernel.rs), which may never come. The ACK follows the request
+/// by one round trip, while the converter connects to the destination; after a few
+/// seconds without it, the answer is written anyway.
+async fn until_answers_leave_at_once(client: &TcpStream) {
+    const PATIENCE: Duration = Duration::from_secs(3);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !sys::mptcp_can_send(client) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -508,6 +546,7 @@ async fn connect(
 /// the answer before the client reads it; so we discard the client's input until it
 /// closes too (it does once it has read the error), for at most two seconds.
 async fn answer(client: &mut TcpStream, response: Message) {
+    until_answers_leave_at_once(client).await;
     if let Ok(bytes) = response.encode() {
         let _ = client.write_all(&bytes).await;
     }
