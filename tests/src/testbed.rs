@@ -667,6 +667,12 @@ impl Drop for Testbed {
         // A gateway killed by the drop above leaves its pins, which would keep its maps
         // alive in the kernel.
         let _ = std::fs::remove_dir_all(self.pin_path());
+        // And its lock and status files under /run: each testbed's name is new, so
+        // nothing else would ever reuse or remove them.
+        let pins = std::path::Path::new(&self.pin_path()).to_path_buf();
+        for extension in ["lock", "uplinks.json"] {
+            let _ = std::fs::remove_file(mptcp_user::sys::run_file(&pins, extension));
+        }
     }
 }
 
