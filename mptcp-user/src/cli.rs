@@ -15,6 +15,8 @@ use crate::{
         self,
         control::{self, SelectionChange},
         selection::Action,
+        speedtest::{self, SpeedtestConfig},
+        upstream::UpstreamConfig,
     },
     net::addr::parse_prefix,
 };
@@ -55,6 +57,10 @@ pub enum Command {
     Optin(CgroupArgs),
     /// Stop intercepting a cgroup's new TCP connects; its live flows go on.
     Optout(CgroupArgs),
+    /// Measure each uplink alone, then all of them through the converter, down and up
+    /// (the converter serves the test to its gateways; a running gateway names the
+    /// uplinks).
+    Speedtest(SpeedtestArgs),
     /// Write a fresh pre-shared key (64 hex characters, mode 0600) for --key-file.
     Keygen {
         /// Where to write the key; an existing file is never overwritten.
@@ -147,6 +153,64 @@ pub enum SelectionCommand {
     },
 }
 
+/// Flags of `mptcp-user speedtest`.
+#[derive(Debug, Args)]
+pub struct SpeedtestArgs {
+    /// The gateway's config file: the converter and the key come from its [gateway]
+    /// table; the flags below win.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// The converter to test against (the first of the gateway's).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub converter: Option<String>,
+
+    /// The pre-shared key's file.
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+
+    /// Directory on bpffs where the running gateway pinned its maps.
+    #[arg(long, value_name = "DIR", default_value = gateway::DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+
+    /// Seconds each test runs, each way, per path (1 to 20).
+    #[arg(long, value_name = "SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=20))]
+    pub seconds: u64,
+
+    /// Print JSON (one array of objects) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl SpeedtestArgs {
+    /// The test's config: the converter and key from the flags, else the config file.
+    fn into_config(self) -> anyhow::Result<SpeedtestConfig> {
+        let options = GatewayOptions {
+            config: self.config,
+            converter: self.converter.into_iter().collect(),
+            key_file: self.key_file,
+            ..GatewayOptions::default()
+        }
+        .with_file()?;
+        let (false, Some(key_file)) = (options.converter.is_empty(), options.key_file) else {
+            anyhow::bail!(
+                "say which converter and key to test with: --config (the gateway's file), \
+                 or --converter and --key-file"
+            );
+        };
+        Ok(SpeedtestConfig {
+            upstream: UpstreamConfig::Converter {
+                addresses: options.converter,
+                key_file,
+            },
+            pin_path: self.pin_path,
+            seconds: self.seconds,
+            json: self.json,
+        })
+    }
+}
+
 /// Flags of `mptcp-user optin` and `optout`.
 #[derive(Debug, Args)]
 pub struct CgroupArgs {
@@ -184,6 +248,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             };
             control::change_selection(&args.pin_path, change)
         }
+        Command::Speedtest(args) => speedtest::run(&args.into_config()?),
         Command::Optin(args) => control::opt_in(&args.pin_path, &args.path),
         Command::Optout(args) => control::opt_out(&args.pin_path, &args.path),
         Command::Keygen { path } => {

@@ -321,6 +321,12 @@ pub struct ConverterOptions {
     #[arg(long, value_name = "BOOL")]
     pub fast_open: Option<bool>,
 
+    /// Rate cap of the speed tests this converter serves to its gateways
+    /// (`mptcp-user speedtest`; one at a time, 20 s at most each way), in Mbit/s; 0: none
+    /// [default: 1000].
+    #[arg(long, value_name = "MBIT")]
+    pub speedtest_rate: Option<u64>,
+
     /// Most authenticated connections relayed at once; beyond it, "Resource Exceeded"
     /// [default: 10000].
     #[arg(long, value_name = "N")]
@@ -387,6 +393,7 @@ impl ConverterOptions {
             allow: or_list(self.allow, file.allow),
             allow_clients: or_list(self.allow_clients, file.allow_clients),
             fast_open: self.fast_open.or(file.fast_open),
+            speedtest_rate: self.speedtest_rate.or(file.speedtest_rate),
             max_conns: self.max_conns.or(file.max_conns),
             max_pending: self.max_pending.or(file.max_pending),
             max_pending_per_source: self.max_pending_per_source.or(file.max_pending_per_source),
@@ -417,6 +424,7 @@ impl ConverterOptions {
                 .map(addr::canonical_prefix)
                 .collect(),
             fast_open: self.fast_open.unwrap_or(true),
+            speedtest_mbit: self.speedtest_rate.unwrap_or(1000),
             max_conns: self.max_conns.unwrap_or(10_000),
             max_pending: (
                 self.max_pending.unwrap_or(admission::DEFAULT_MAX_PENDING),

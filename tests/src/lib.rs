@@ -60,6 +60,19 @@ pub fn quic_python() -> std::path::PathBuf {
     python
 }
 
+/// Polls `done` every 100 ms until it holds; fails with `what()` after `timeout`.
+pub fn wait_until(
+    timeout: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+    what: impl Fn() -> String,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{}", what());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// `len` pseudo-random bytes: incompressible, so nothing on the way can shrink them, and
 /// no two runs alike.
 pub fn random_bytes(len: usize) -> Vec<u8> {

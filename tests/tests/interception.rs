@@ -23,6 +23,7 @@ use mptcp_tests::{
     netns::Netns,
     require_root,
     testbed::{CONVERTER_PORT, GATEWAY_PORT, SERVER, SERVER_V6, Testbed, Uplink},
+    wait_until,
 };
 use mptcp_user::gateway::routes::DEFAULT_MARK;
 
@@ -157,15 +158,6 @@ fn signal_gateway(testbed: &Testbed, signal: &str) {
     let pid = testbed.pid("gateway").unwrap().to_string();
     let status = Command::new("kill").args([signal, &pid]).status().unwrap();
     assert!(status.success(), "kill {signal} {pid}: {status}");
-}
-
-/// Polls `done` every 100 ms until it holds; fails with `what()` after `timeout`.
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "{}", what());
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Asserts that a command failed and said `text` on stderr.

@@ -14,6 +14,7 @@ use std::{
 use mptcp_tests::{
     TempDir, measure, random_bytes, require_root,
     testbed::{CONVERTER, CONVERTER_PORT, SERVER, Testbed, Uplink},
+    wait_until,
 };
 
 const UPLINKS: [Uplink; 2] = [Uplink::htb(50), Uplink::htb(50)];
@@ -87,15 +88,6 @@ fn installed(testbed: &Testbed) -> (String, String) {
 
 fn gateway_log(dir: &TempDir) -> String {
     fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
-}
-
-/// Polls `done` every 100 ms until it holds; fails with `what()` after `timeout`.
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "{}", what());
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// `mptcp-user uplinks --json`: (interface, state) of each uplink.

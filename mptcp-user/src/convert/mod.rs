@@ -4,7 +4,9 @@
 //! - [`codec`]: messages and TLVs to and from bytes (pure, no I/O).
 //! - [`wire`]: reading one whole message off a socket.
 //! - [`cookie`]: the Cookie TLV that authenticates a request (HMAC-SHA256, replay window).
+//! - [`speedtest`]: what a gateway and its converter say in a speed test.
 
 pub mod codec;
 pub mod cookie;
+pub mod speedtest;
 pub mod wire;

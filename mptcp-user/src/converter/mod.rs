@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod destination_policy;
+pub mod speedtest;
 
 use std::{
     future::Future,
@@ -44,6 +45,7 @@ use crate::{
 };
 use admission::{Pending, PendingSlot};
 use destination_policy::DestinationPolicy;
+use speedtest::SpeedTests;
 
 /// Default port the converter listens on, on every address (`[::]`).
 pub const DEFAULT_PORT: u16 = 5124;
@@ -63,6 +65,8 @@ pub struct ConverterConfig {
     pub allow_clients: Vec<IpNet>,
     /// Whether requests in the SYN (TCP Fast Open) are accepted.
     pub fast_open: bool,
+    /// The rate cap of speed tests in Mbit/s; 0: none are served.
+    pub speedtest_mbit: u64,
     /// Most authenticated connections relayed at once.
     pub max_conns: usize,
     /// Most connections held before they authenticate, in all and from one source.
@@ -102,6 +106,8 @@ pub struct Converter {
     pub tuning: Tuning,
     /// Pipes for the relays.
     pub pipes: PipePool,
+    /// The speed tests served to gateways.
+    pub speed_tests: SpeedTests,
 }
 
 impl Converter {
@@ -119,6 +125,7 @@ impl Converter {
             pending: Pending::new(config.max_pending.0, config.max_pending.1),
             tuning,
             pipes: PipePool::default(),
+            speed_tests: SpeedTests::new(config.speedtest_mbit),
         }
     }
 }
@@ -289,6 +296,10 @@ async fn handle(
             return;
         }
     };
+    if speedtest::asked(request.destination) {
+        speed_test(client, peer, &converter, &early_data).await;
+        return;
+    }
     // Only an authenticated request takes one of the relay permits.
     let Ok(_permit) = converter.connections.clone().try_acquire_owned() else {
         warn!("{peer}: refused (Resource Exceeded): already relaying --max-conns flows");
@@ -335,6 +346,31 @@ async fn handle(
             moved.backward
         ),
         Err(error) => info!("{peer} -> {destination}: {error}"),
+    }
+}
+
+/// Serves an authenticated gateway's speed test, unless one runs already.
+async fn speed_test(mut client: TcpStream, peer: SocketAddr, converter: &Converter, early: &[u8]) {
+    let Some(test) = converter.speed_tests.try_start() else {
+        info!("{peer}: speed test refused (Resource Exceeded): another one runs");
+        answer(
+            &mut client,
+            Response::Error(ErrorCode::ResourceExceeded).to_message(),
+        )
+        .await;
+        return;
+    };
+    let Ok(connected) = Response::Connected.to_message().encode() else {
+        return;
+    };
+    until_answers_leave_at_once(&client).await;
+    let served = async {
+        client.write_all(&connected).await?;
+        test.serve(&mut client, early).await
+    };
+    match served.await {
+        Ok(done) => info!("{peer}: {done}"),
+        Err(error) => info!("{peer}: speed test ended: {error:#}"),
     }
 }
 
@@ -437,6 +473,17 @@ pub async fn read_request<R: AsyncRead + Unpin>(
             .any(|network| network.contains(&addr::canonical(peer)));
     if !trusted {
         authenticate(&request, converter)?;
+    }
+    if speedtest::asked(request.destination) {
+        // The converter's own line, for its gateways only, when the operator allows.
+        if trusted || !converter.speed_tests.enabled() {
+            return Err((
+                ErrorCode::NotAuthorized,
+                "a speed test needs a gateway's cookie and --speedtest-rate above 0".to_owned(),
+            )
+                .into());
+        }
+        return Ok((request, early_data, false));
     }
     converter
         .policy

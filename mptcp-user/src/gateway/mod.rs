@@ -12,6 +12,7 @@
 //! - [`upstream`]: the connection each flow is carried on.
 //! - [`uplinks`]: the internet links the MPTCP subflows use.
 //! - [`control`]: the commands that read and edit a running gateway.
+//! - [`speedtest`]: `mptcp-user speedtest`, each uplink and all of them measured.
 
 pub mod cgroups;
 pub mod control;
@@ -20,6 +21,7 @@ pub mod interception;
 pub mod pool;
 pub mod routes;
 pub mod selection;
+pub mod speedtest;
 pub mod uplinks;
 pub mod upstream;
 
