@@ -317,7 +317,8 @@ pub struct ConverterOptions {
 
     /// Accept a Convert request in the SYN (TCP Fast Open, RFC 8803 section 4.2) from
     /// clients that send it there; the kernel does so only with the server bit of
-    /// net.ipv4.tcp_fastopen set (`sysctl -w net.ipv4.tcp_fastopen=3`) [default: true].
+    /// net.ipv4.tcp_fastopen set (`sysctl -w net.ipv4.tcp_fastopen=3`), and from clients
+    /// without a Fast Open cookie (libconvert) only with 0x200 too (515) [default: true].
     #[arg(long, value_name = "BOOL")]
     pub fast_open: Option<bool>,
 
