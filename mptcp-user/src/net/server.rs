@@ -46,6 +46,8 @@ pub async fn accept_until(
 
 /// Waits up to the grace period for `tasks`, then aborts the rest.
 async fn drain(mut tasks: JoinSet<()>) {
+    // Those that ended since the last accept are not live.
+    while tasks.try_join_next().is_some() {}
     if tasks.is_empty() {
         return;
     }
