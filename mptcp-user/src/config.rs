@@ -139,6 +139,11 @@ pub struct GatewayOptions {
     #[arg(long, value_name = "N")]
     pub pool_size: Option<usize>,
 
+    /// Serve Prometheus metrics on this address and port (`GET /metrics`), e.g.
+    /// 127.0.0.1:9124; none by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
+
     /// An uplink (repeatable): IFACE[,next-hop=ADDR][,backup]. In a file:
     /// [[gateway.uplink]] with interface, next-hop and backup.
     #[arg(long = "uplink", value_name = "UPLINK")]
@@ -226,6 +231,7 @@ impl GatewayOptions {
             ports: or_list(self.ports, file.ports),
             quic_fallback: self.quic_fallback.or(file.quic_fallback),
             pool_size: self.pool_size.or(file.pool_size),
+            metrics: self.metrics.or(file.metrics),
             uplinks: or_list(self.uplinks, file.uplinks),
             intercept_mark: self.intercept_mark.or(file.intercept_mark),
             intercept_table: self.intercept_table.or(file.intercept_table),
@@ -280,6 +286,7 @@ impl GatewayOptions {
             uplinks: self.uplinks,
             tuning: self.tuning.into_config(),
             pool_size: self.pool_size.unwrap_or(pool::DEFAULT_POOL_SIZE),
+            metrics: self.metrics,
         })
     }
 }
@@ -327,6 +334,11 @@ pub struct ConverterOptions {
     /// [default: 1000].
     #[arg(long, value_name = "MBIT")]
     pub speedtest_rate: Option<u64>,
+
+    /// Serve Prometheus metrics on this address and port (`GET /metrics`), e.g.
+    /// 127.0.0.1:9124; none by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
 
     /// Most authenticated connections relayed at once; beyond it, "Resource Exceeded"
     /// [default: 10000].
@@ -395,6 +407,7 @@ impl ConverterOptions {
             allow_clients: or_list(self.allow_clients, file.allow_clients),
             fast_open: self.fast_open.or(file.fast_open),
             speedtest_rate: self.speedtest_rate.or(file.speedtest_rate),
+            metrics: self.metrics.or(file.metrics),
             max_conns: self.max_conns.or(file.max_conns),
             max_pending: self.max_pending.or(file.max_pending),
             max_pending_per_source: self.max_pending_per_source.or(file.max_pending_per_source),
@@ -426,6 +439,7 @@ impl ConverterOptions {
                 .collect(),
             fast_open: self.fast_open.unwrap_or(true),
             speedtest_mbit: self.speedtest_rate.unwrap_or(1000),
+            metrics: self.metrics,
             max_conns: self.max_conns.unwrap_or(10_000),
             max_pending: (
                 self.max_pending.unwrap_or(admission::DEFAULT_MAX_PENDING),

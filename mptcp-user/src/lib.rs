@@ -12,6 +12,7 @@
 //! - [`convert`]: the Convert protocol both roles speak (RFC 8803 codec, message reader,
 //!   authentication cookie).
 //! - [`net`]: addresses and prefixes, sockets, the splice relay and the accept loop.
+//! - [`metrics`]: both daemons' Prometheus metrics and their endpoint.
 //! - [`bpf`]: loading the eBPF object and attaching its programs, and the tuning of
 //!   MPTCP connections and subflows it carries out.
 //! - [`sys`]: the raw system calls (every `unsafe` of the crate).
@@ -25,6 +26,7 @@ pub mod config;
 pub mod convert;
 pub mod converter;
 pub mod gateway;
+pub mod metrics;
 pub mod net;
 pub mod sys;
 

@@ -1,11 +1,16 @@
 //! The operator's tools on a running gateway and converter: `mptcp-user speedtest`
 //! and the Prometheus metrics.
 
-use std::time::Duration;
+use std::{
+    io::{Read as _, Write as _},
+    time::Duration,
+};
 
 use mptcp_tests::{
-    TempDir, require_root,
-    testbed::{CONVERTER, CONVERTER_PORT, Testbed, Uplink},
+    TempDir,
+    measure::{self, Transport},
+    require_root,
+    testbed::{CONVERTER, CONVERTER_PORT, SERVER, Testbed, Uplink},
     wait_until,
 };
 
@@ -102,3 +107,120 @@ fn speedtest_measures_each_uplink_and_their_sum() {
         "{stderr}"
     );
 }
+
+/// `GET /metrics` from inside `netns`: the body, or the error.
+fn scrape(netns: &mptcp_tests::netns::Netns, address: &'static str) -> String {
+    mptcp_tests::netns::run_in(netns, move || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        answer
+    })
+}
+
+/// The value of the sample `name` (with its labels, as written) in `text`; 0 if absent.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_count_flows_bytes_and_uplinks_during_a_download() {
+    require_root();
+    let dir = TempDir::new("toolbox-metrics").unwrap();
+    let mut testbed = Testbed::new("metrics", &[Uplink::htb(50), Uplink::htb(50)]).unwrap();
+    testbed
+        .start_gateway_and_converter(
+            dir.path(),
+            &["--metrics", GATEWAY_METRICS],
+            &["--metrics", CONVERTER_METRICS],
+        )
+        .unwrap();
+    wait_uplinks_up(&testbed);
+    let before = (
+        scrape(&testbed.gateway, GATEWAY_METRICS),
+        scrape(&testbed.converter, CONVERTER_METRICS),
+    );
+    let download = std::thread::scope(|scope| {
+        let running = scope.spawn(|| {
+            measure::download(
+                &testbed.client,
+                &testbed.server,
+                format!("{SERVER}:5001").parse().unwrap(),
+                Transport::Tcp,
+                None,
+                Duration::from_secs(4),
+            )
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let during = (
+            scrape(&testbed.gateway, GATEWAY_METRICS),
+            scrape(&testbed.converter, CONVERTER_METRICS),
+        );
+        (running.join().unwrap().unwrap(), during)
+    });
+    let (received, during) = download;
+    println!("gateway during the download:\n{}", during.0);
+    let lan_flow = r#"{taken="lan",carried="converter"}"#;
+    assert_eq!(
+        sample(&during.0, &format!("mptcp_gateway_live_flows{lan_flow}")),
+        1.0
+    );
+    assert!(sample(&during.0, &format!("mptcp_gateway_flows_total{lan_flow}")) >= 1.0);
+    assert_eq!(sample(&during.1, "mptcp_converter_live_relays"), 1.0);
+    let gateway_counters = [
+        r#"mptcp_gateway_relayed_bytes_total{path="splice",direction="down"}"#,
+        r#"mptcp_gateway_uplink_bytes_total{uplink="up1",direction="down"}"#,
+        r#"mptcp_gateway_uplink_bytes_total{uplink="up2",direction="down"}"#,
+    ];
+    let converter_counters =
+        [r#"mptcp_converter_relayed_bytes_total{path="splice",direction="down"}"#];
+    let moved = gateway_counters
+        .iter()
+        .map(|metric| (metric, &before.0, &during.0))
+        .chain(
+            converter_counters
+                .iter()
+                .map(|metric| (metric, &before.1, &during.1)),
+        );
+    for (metric, before, during) in moved {
+        let moved = sample(during, metric) - sample(before, metric);
+        assert!(moved > 1e6, "{metric} moved {moved} bytes by mid-download");
+    }
+    for uplink in ["up1", "up2"] {
+        let state = format!(r#"mptcp_gateway_uplink_state{{uplink="{uplink}",state="up"}}"#);
+        assert_eq!(sample(&during.0, &state), 1.0, "{uplink} not up");
+        let subflows = format!(r#"mptcp_gateway_uplink_subflows{{uplink="{uplink}"}}"#);
+        assert!(
+            sample(&during.0, &subflows) >= 1.0,
+            "no subflow over {uplink}"
+        );
+    }
+    // After the download the relayed bytes cover it, and the flow is no longer live.
+    let total = received.samples.iter().sum::<u64>() as f64;
+    wait_until(
+        Duration::from_secs(5),
+        || {
+            let after = scrape(&testbed.gateway, GATEWAY_METRICS);
+            sample(&after, &format!("mptcp_gateway_live_flows{lan_flow}")) == 0.0
+        },
+        || "the flow stayed live in the metrics".to_owned(),
+    );
+    let after = scrape(&testbed.gateway, GATEWAY_METRICS);
+    let relayed = sample(
+        &after,
+        r#"mptcp_gateway_relayed_bytes_total{path="splice",direction="down"}"#,
+    );
+    assert!(
+        relayed >= total,
+        "relayed {relayed} bytes, the client got {total}"
+    );
+}
+
+const GATEWAY_METRICS: &str = "127.0.0.1:9124";
+const CONVERTER_METRICS: &str = "127.0.0.1:9125";

@@ -36,6 +36,7 @@ use crate::{
         wire,
     },
     lock,
+    metrics::{self, ConverterMetrics},
     net::{
         addr, netlink,
         relay::{self, PipePool, Timeouts},
@@ -67,6 +68,8 @@ pub struct ConverterConfig {
     pub fast_open: bool,
     /// The rate cap of speed tests in Mbit/s; 0: none are served.
     pub speedtest_mbit: u64,
+    /// Where Prometheus metrics are served, if anywhere.
+    pub metrics: Option<SocketAddr>,
     /// Most authenticated connections relayed at once.
     pub max_conns: usize,
     /// Most connections held before they authenticate, in all and from one source.
@@ -108,6 +111,8 @@ pub struct Converter {
     pub pipes: PipePool,
     /// The speed tests served to gateways.
     pub speed_tests: SpeedTests,
+    /// What the metrics count.
+    pub metrics: ConverterMetrics,
 }
 
 impl Converter {
@@ -126,6 +131,7 @@ impl Converter {
             tuning,
             pipes: PipePool::default(),
             speed_tests: SpeedTests::new(config.speedtest_mbit),
+            metrics: ConverterMetrics::default(),
         }
     }
 }
@@ -177,6 +183,10 @@ pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
             }
             warn!("address changes no longer followed: the netlink socket ended");
         });
+        if let Some(address) = config.metrics {
+            let scraped = Arc::clone(&converter);
+            tokio::spawn(metrics::serve(metrics::listen(address)?, scraped));
+        }
         info!("{READY} on {} (MPTCP)", config.listen);
         serve(listener, converter, server::shutdown_signal()?).await;
         Ok(())
@@ -292,7 +302,7 @@ async fn handle(
         }
         Err(Rejection::Refused(code, value, reason)) => {
             warn!("{peer}: refused ({code}): {reason}");
-            answer(&mut client, Message::new(vec![Tlv::Error { code, value }])).await;
+            refuse(&mut client, &converter, code, value).await;
             return;
         }
     };
@@ -303,11 +313,8 @@ async fn handle(
     // Only an authenticated request takes one of the relay permits.
     let Ok(_permit) = converter.connections.clone().try_acquire_owned() else {
         warn!("{peer}: refused (Resource Exceeded): already relaying --max-conns flows");
-        answer(
-            &mut client,
-            Response::Error(ErrorCode::ResourceExceeded).to_message(),
-        )
-        .await;
+        let code = ErrorCode::ResourceExceeded;
+        refuse(&mut client, &converter, code, code.usual_value()).await;
         return;
     };
     let destination = request.destination;
@@ -315,7 +322,7 @@ async fn handle(
         Ok(server) => server,
         Err((code, value, reason)) => {
             info!("{peer} -> {destination}: {code}: {reason}");
-            answer(&mut client, Message::new(vec![Tlv::Error { code, value }])).await;
+            refuse(&mut client, &converter, code, value).await;
             return;
         }
     };
@@ -332,11 +339,13 @@ async fn handle(
         warn!("{peer} -> {destination}: {error}");
         return;
     }
+    let _counted = converter.metrics.relay_started();
     match relay::relay(
         &mut client,
         &mut server,
         &converter.pipes,
         converter.timeouts,
+        &converter.metrics.relayed,
     )
     .await
     {
@@ -349,17 +358,21 @@ async fn handle(
     }
 }
 
+impl metrics::Render for Converter {
+    async fn render(&self) -> String {
+        self.metrics.text()
+    }
+}
+
 /// Serves an authenticated gateway's speed test, unless one runs already.
 async fn speed_test(mut client: TcpStream, peer: SocketAddr, converter: &Converter, early: &[u8]) {
     let Some(test) = converter.speed_tests.try_start() else {
         info!("{peer}: speed test refused (Resource Exceeded): another one runs");
-        answer(
-            &mut client,
-            Response::Error(ErrorCode::ResourceExceeded).to_message(),
-        )
-        .await;
+        let code = ErrorCode::ResourceExceeded;
+        refuse(&mut client, converter, code, code.usual_value()).await;
         return;
     };
+    converter.metrics.speed_tests.inc();
     let Ok(connected) = Response::Connected.to_message().encode() else {
         return;
     };
@@ -592,6 +605,12 @@ async fn connect(
 /// Closing a socket with unread input makes the kernel send a reset, which can destroy
 /// the answer before the client reads it; so we discard the client's input until it
 /// closes too (it does once it has read the error), for at most two seconds.
+/// Answers an Error TLV with `code` and `value`, counted in the metrics, then closes.
+async fn refuse(client: &mut TcpStream, converter: &Converter, code: ErrorCode, value: Vec<u8>) {
+    converter.metrics.errors.count(code);
+    answer(client, Message::new(vec![Tlv::Error { code, value }])).await;
+}
+
 async fn answer(client: &mut TcpStream, response: Message) {
     until_answers_leave_at_once(client).await;
     if let Ok(bytes) = response.encode() {

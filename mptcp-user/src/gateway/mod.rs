@@ -25,7 +25,7 @@ pub mod speedtest;
 pub mod uplinks;
 pub mod upstream;
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
 use log::{debug, info, warn};
@@ -39,7 +39,9 @@ use crate::{
         self,
         tuning::{Tuning, TuningConfig},
     },
+    metrics::{self, GatewayMetrics, UplinkSample},
     net::{
+        netlink::Netlink,
         relay::{self, PipePool, Timeouts},
         server, socket,
     },
@@ -79,6 +81,8 @@ pub struct GatewayConfig {
     pub tuning: TuningConfig,
     /// Most warm connections to the converter (0: none).
     pub pool_size: usize,
+    /// Where Prometheus metrics are served, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl GatewayConfig {
@@ -116,6 +120,8 @@ pub struct Gateway {
     pub uplinks: Arc<UplinkTable>,
     /// Warm connections to the converter.
     pub pool: Arc<Pool>,
+    /// What the metrics count.
+    pub metrics: GatewayMetrics,
 }
 
 impl Gateway {
@@ -188,6 +194,7 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
             tokio::spawn(bpf::forward_log(logger));
         }
         info!("{READY}");
+        let upstream_errors = upstream.errors();
         let gateway = Arc::new(Gateway {
             upstream,
             connect_timeout: config.connect_timeout,
@@ -197,7 +204,16 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
             flows,
             uplinks: uplink_manager.table(),
             pool: Pool::new(config.pool_size),
+            metrics: GatewayMetrics::new(upstream_errors),
         });
+        if let Some(address) = config.metrics {
+            let scrape = Scrape {
+                gateway: Arc::clone(&gateway),
+                pin_dir: config.interception.pin_path.clone(),
+                netlink: Netlink::connect()?,
+            };
+            tokio::spawn(metrics::serve(metrics::listen(address)?, Arc::new(scrape)));
+        }
         let filler = tokio::spawn(Arc::clone(&gateway.pool).fill(
             {
                 let gateway = Arc::clone(&gateway);
@@ -239,6 +255,47 @@ async fn follow_lan_interfaces_until(
             () = &mut stop => return,
             _ = ticks.tick() => interception.follow_lan_interfaces(),
         }
+    }
+}
+
+/// What a metrics scrape reads: the gateway's tables, its pinned maps and the kernel's
+/// interface counters.
+struct Scrape {
+    gateway: Arc<Gateway>,
+    pin_dir: PathBuf,
+    netlink: Netlink,
+}
+
+impl metrics::Render for Scrape {
+    async fn render(&self) -> String {
+        let rows = match control::read_uplinks(&self.pin_dir) {
+            Ok(rows) => rows,
+            Err(error) => {
+                debug!("metrics: cannot read the uplinks: {error:#}");
+                Vec::new()
+            }
+        };
+        let mut samples = Vec::new();
+        for row in rows {
+            let interface_bytes = self
+                .netlink
+                .link_bytes(&row.status.interface)
+                .await
+                .unwrap_or_default();
+            samples.push(UplinkSample {
+                state: row.status.health,
+                rtt: row
+                    .status
+                    .rtt_ms
+                    .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
+                subflows: u64::try_from(row.subflows).unwrap_or(u64::MAX),
+                interface_bytes,
+                interface: row.status.interface,
+            });
+        }
+        let metrics = &self.gateway.metrics;
+        metrics.sample(self.gateway.pool.idle(), &samples);
+        metrics.text()
     }
 }
 
@@ -296,6 +353,7 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
             return;
         }
     };
+    let _counted = gateway.metrics.flow_started(intercepted, direct);
     let _listed = gateway
         .flows
         .register(flow_key, peer, destination, intercepted, direct);
@@ -304,7 +362,9 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
         return;
     }
     let relayed = tokio::select! {
-        relayed = relay::relay(&mut lan, &mut upstream, &gateway.pipes, gateway.timeouts) => {
+        relayed = relay::relay(
+            &mut lan, &mut upstream, &gateway.pipes, gateway.timeouts, &gateway.metrics.relayed,
+        ) => {
             Some(relayed)
         }
         () = converter_lost(&gateway, direct) => None,

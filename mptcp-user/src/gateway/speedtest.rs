@@ -82,7 +82,8 @@ pub fn run(config: &SpeedtestConfig) -> anyhow::Result<()> {
 
 /// Each uplink alone, then all together.
 async fn measure(config: &SpeedtestConfig) -> anyhow::Result<Vec<PathResult>> {
-    let Upstream::Converter { addresses, key } = Upstream::resolve(&config.upstream).await? else {
+    let Upstream::Converter { addresses, key, .. } = Upstream::resolve(&config.upstream).await?
+    else {
         bail!("a speed test needs a converter: the gateway runs in direct mode");
     };
     let converter = addresses[0];

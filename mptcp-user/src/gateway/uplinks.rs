@@ -196,6 +196,26 @@ pub enum Health {
 }
 
 impl Health {
+    /// Every state.
+    pub const ALL: [Self; 5] = [
+        Self::Unknown,
+        Self::Up,
+        Self::Down,
+        Self::MptcpBlocked,
+        Self::NoConverter,
+    ];
+
+    /// The state's name, as `mptcp-user uplinks` and the metrics show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::MptcpBlocked => "mptcp-blocked",
+            Self::NoConverter => "no-converter",
+        }
+    }
+
     /// Whether the probe reached the converter.
     fn reaches_converter(uplink: &UplinkStatus) -> bool {
         matches!(uplink.health, Self::Up | Self::MptcpBlocked)
@@ -204,13 +224,7 @@ impl Health {
 
 impl fmt::Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Unknown => "unknown",
-            Self::Up => "up",
-            Self::Down => "down",
-            Self::MptcpBlocked => "mptcp-blocked",
-            Self::NoConverter => "no-converter",
-        })
+        f.write_str(self.name())
     }
 }
 

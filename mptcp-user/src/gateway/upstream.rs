@@ -18,6 +18,7 @@ use crate::{
         cookie::{self, Key},
         wire,
     },
+    metrics::ErrorCounts,
     net::socket::{self, Attempt},
 };
 
@@ -96,6 +97,8 @@ pub enum Upstream {
         addresses: Vec<SocketAddr>,
         /// The pre-shared key for the cookie.
         key: Key,
+        /// The Error TLVs they answered, for the metrics.
+        errors: ErrorCounts,
     },
     /// MPTCP straight to the original destination.
     Direct,
@@ -124,7 +127,16 @@ impl Upstream {
         Ok(Self::Converter {
             addresses: resolved,
             key: Key::load(key_file)?,
+            errors: ErrorCounts::default(),
         })
+    }
+
+    /// The counts of the converters' Error TLVs (none with `--direct`).
+    pub fn errors(&self) -> ErrorCounts {
+        match self {
+            Self::Converter { errors, .. } => errors.clone(),
+            Self::Direct => ErrorCounts::default(),
+        }
     }
 
     /// The converters, preferred first; none with `--direct`.
@@ -221,7 +233,7 @@ impl Upstream {
         patience: Duration,
     ) -> Result<(TcpStream, Vec<u8>), OpenError> {
         socket::reset_on_close(&stream);
-        let Self::Converter { key, .. } = self else {
+        let Self::Converter { key, errors, .. } = self else {
             return Err(OpenError::Failed(anyhow!("--direct has no converter")));
         };
         let request = Request {
@@ -253,16 +265,20 @@ impl Upstream {
         })
         .await;
         match answered {
-            Ok(Ok((message, server_early))) => match Response::from_message(&message) {
-                Response::Connected => Ok((stream, server_early)),
-                Response::Error(ErrorCode::ResourceExceeded) => Err(unavailable(
-                    anyhow!("the converter {converter} is full (Resource Exceeded)"),
-                    client_bytes,
-                )),
-                Response::Error(code) => {
-                    Err(OpenError::Failed(anyhow!("the converter refused: {code}")))
+            Ok(Ok((message, server_early))) => {
+                let code = match Response::from_message(&message) {
+                    Response::Connected => return Ok((stream, server_early)),
+                    Response::Error(code) => code,
+                };
+                errors.count(code);
+                if code == ErrorCode::ResourceExceeded {
+                    return Err(unavailable(
+                        anyhow!("the converter {converter} is full (Resource Exceeded)"),
+                        client_bytes,
+                    ));
                 }
-            },
+                Err(OpenError::Failed(anyhow!("the converter refused: {code}")))
+            }
             Ok(Err(error)) => Err(unavailable(error, client_bytes)),
             Err(_) => Err(unavailable(
                 anyhow!("{converter} did not answer the request within {patience:?}"),

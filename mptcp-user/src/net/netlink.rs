@@ -17,6 +17,7 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         address::{AddressAttribute, AddressScope},
+        link::LinkAttribute,
         route::{
             RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
             RouteType,
@@ -89,6 +90,31 @@ impl Netlink {
             Err(error) if errno(&error) == Some(libc::ENODEV) => Ok(None),
             Err(error) => Err(error).with_context(|| format!("cannot look up interface {name}")),
         }
+    }
+
+    /// The bytes interface `name` has received and sent (`None`: no such interface).
+    pub async fn link_bytes(&self, name: &str) -> anyhow::Result<Option<(u64, u64)>> {
+        let mut links = self
+            .route
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        let link = match links.try_next().await {
+            Ok(link) => link,
+            Err(error) if errno(&error) == Some(libc::ENODEV) => None,
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot read interface {name}"));
+            }
+        };
+        Ok(link.and_then(|link| {
+            link.attributes
+                .into_iter()
+                .find_map(|attribute| match attribute {
+                    LinkAttribute::Stats64(stats) => Some((stats.rx_bytes, stats.tx_bytes)),
+                    _ => None,
+                })
+        }))
     }
 
     /// The global IPv4 addresses of interface `index`.

@@ -28,6 +28,7 @@ use std::{
 };
 
 use log::{debug, warn};
+use prometheus_client::metrics::counter::Counter;
 use tokio::{
     io::Interest,
     net::{TcpStream, tcp::ReadHalf},
@@ -135,6 +136,24 @@ pub enum RelayError {
     Pipe(io::Error),
 }
 
+/// Counters of the bytes one direction of the relays moved, by how.
+#[derive(Clone, Debug, Default)]
+pub struct DirectionBytes {
+    /// Spliced (the kernel moved them).
+    pub spliced: Counter,
+    /// Copied through userspace (the kernel could not splice).
+    pub copied: Counter,
+}
+
+/// Counters of the bytes relays moved: `up` is a→b (towards the destination).
+#[derive(Clone, Debug, Default)]
+pub struct RelayBytes {
+    /// a→b.
+    pub up: DirectionBytes,
+    /// b→a.
+    pub down: DirectionBytes,
+}
+
 /// Relays between `a` and `b` until both directions ended (Ok) or one failed (both
 /// sockets are then reset). `forward` is a→b.
 pub async fn relay(
@@ -142,6 +161,7 @@ pub async fn relay(
     b: &mut TcpStream,
     pool: &PipePool,
     timeouts: Timeouts,
+    bytes: &RelayBytes,
 ) -> Result<Transferred, RelayError> {
     for stream in [&*a, &*b] {
         socket::reset_on_close(stream);
@@ -159,8 +179,24 @@ pub async fn relay(
     let (a_read, a_write) = a.split();
     let (b_read, b_write) = b.split();
     let stall = timeouts.dead_path;
-    let forward = pump(&a_read, &b_write, pool, &last_activity, start, stall);
-    let backward = pump(&b_read, &a_write, pool, &last_activity, start, stall);
+    let forward = pump(
+        &a_read,
+        &b_write,
+        pool,
+        &bytes.up,
+        &last_activity,
+        start,
+        stall,
+    );
+    let backward = pump(
+        &b_read,
+        &a_write,
+        pool,
+        &bytes.down,
+        &last_activity,
+        start,
+        stall,
+    );
     let result = tokio::select! {
         result = async { tokio::try_join!(forward, backward) } => result,
         () = idle(&last_activity, start, timeouts.idle) => Err(RelayError::Idle(timeouts.idle)),
@@ -199,6 +235,7 @@ async fn pump(
     from: &ReadHalf<'_>,
     to: &tokio::net::tcp::WriteHalf<'_>,
     pool: &PipePool,
+    counted: &DirectionBytes,
     last_activity: &AtomicU64,
     start: Instant,
     stall: Duration,
@@ -218,7 +255,7 @@ async fn pump(
             }
             Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
                 pool.give(pipe);
-                return copy(from, to, moved, last_activity, start).await;
+                return copy(from, to, moved, &counted.copied, last_activity, start).await;
             }
             Err(error) => return Err(RelayError::Read(error)),
         };
@@ -241,6 +278,7 @@ async fn pump(
         }
         pool.give(pipe);
         moved += filled as u64;
+        counted.spliced.inc_by(filled as u64);
         touch(last_activity, start);
     }
 }
@@ -250,6 +288,7 @@ async fn copy(
     from: &TcpStream,
     to: &TcpStream,
     mut moved: u64,
+    counted: &Counter,
     last_activity: &AtomicU64,
     start: Instant,
 ) -> Result<u64, RelayError> {
@@ -279,6 +318,7 @@ async fn copy(
             }
         }
         moved += n as u64;
+        counted.inc_by(n as u64);
         touch(last_activity, start);
     }
 }
@@ -327,7 +367,7 @@ mod tests {
                 idle: idle_timeout,
                 dead_path: Duration::from_mins(1),
             };
-            let result = relay(&mut a, &mut b, &pool, timeouts).await;
+            let result = relay(&mut a, &mut b, &pool, timeouts, &RelayBytes::default()).await;
             (result, pool.idle_count())
         });
         (client, server, task)

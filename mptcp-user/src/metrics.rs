@@ -1,0 +1,552 @@
+//! Prometheus metrics of both daemons, served as text on `--metrics ADDR`
+//! (`GET /metrics`). Counters are kept by the code that counts (cheap atomic adds);
+//! what the kernel or the daemon's tables already know (uplink states, subflows,
+//! interface bytes, warm connections) is read at each scrape instead.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use log::{debug, info, warn};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+
+use crate::{
+    convert::codec::ErrorCode,
+    gateway::{flows::Intercepted, uplinks::Health},
+    net::relay::{DirectionBytes, RelayBytes},
+};
+
+/// How long a scraper has to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest request read; a scrape's is a few hundred bytes.
+const MAX_REQUEST: usize = 8192;
+
+/// Labels of a flow count: how the flow was taken and how it is carried.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlowLabels {
+    /// `lan` (tc program) or `cgroup` (an opted-in local service).
+    taken: &'static str,
+    /// `converter`, or `direct` (the converter unavailable).
+    carried: &'static str,
+}
+
+/// Labels of an error count: the RFC 8803 code and its name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    code: String,
+    error: String,
+}
+
+/// Labels of relayed bytes: `splice` or `copy`, `up` (towards the destination) or
+/// `down`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RelayLabels {
+    path: &'static str,
+    direction: &'static str,
+}
+
+/// Labels of per-uplink values.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UplinkLabels {
+    uplink: String,
+}
+
+/// Labels of per-uplink, per-direction values.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UplinkDirectionLabels {
+    uplink: String,
+    direction: &'static str,
+}
+
+/// Labels of an uplink's state gauge: 1 for its state now, 0 for the others.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UplinkStateLabels {
+    uplink: String,
+    state: &'static str,
+}
+
+/// Error TLVs counted by code: those a gateway received, or a converter sent.
+#[derive(Clone, Debug, Default)]
+pub struct ErrorCounts(Family<ErrorLabels, Counter>);
+
+impl ErrorCounts {
+    /// Counts one error with `code`.
+    pub fn count(&self, code: ErrorCode) {
+        self.0
+            .get_or_create(&ErrorLabels {
+                code: code.to_u8().to_string(),
+                // "Not Authorized (32)" without its number, which `code` has.
+                error: code
+                    .to_string()
+                    .split(" (")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// Registers the relays' byte counters under `name`, and returns them.
+fn relay_bytes(registry: &mut Registry, name: &str) -> RelayBytes {
+    let family = Family::<RelayLabels, Counter>::default();
+    registry.register(
+        name,
+        "Bytes relayed, by how (splice, or a userspace copy where the kernel cannot \
+         splice) and which way (up: towards the destination)",
+        family.clone(),
+    );
+    let counter = |path, direction| {
+        family
+            .get_or_create(&RelayLabels { path, direction })
+            .clone()
+    };
+    RelayBytes {
+        up: DirectionBytes {
+            spliced: counter("splice", "up"),
+            copied: counter("copy", "up"),
+        },
+        down: DirectionBytes {
+            spliced: counter("splice", "down"),
+            copied: counter("copy", "down"),
+        },
+    }
+}
+
+/// What a scrape reads from the gateway's tables and the kernel.
+#[derive(Debug)]
+pub struct UplinkSample {
+    /// The interface.
+    pub interface: String,
+    /// Its health now.
+    pub state: Health,
+    /// The last probe's handshake time.
+    pub rtt: Option<Duration>,
+    /// Live subflows over it.
+    pub subflows: u64,
+    /// What its interface has received and sent, all traffic included.
+    pub interface_bytes: Option<(u64, u64)>,
+}
+
+/// The gateway's metrics.
+pub struct GatewayMetrics {
+    registry: Registry,
+    flows_total: Family<FlowLabels, Counter>,
+    flows_live: Family<FlowLabels, Gauge>,
+    /// Bytes the relays moved.
+    pub relayed: RelayBytes,
+    /// Error TLVs the converter answered.
+    pub converter_errors: ErrorCounts,
+    warm_connections: Gauge,
+    uplink_state: Family<UplinkStateLabels, Gauge>,
+    uplink_rtt: Family<UplinkLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    uplink_subflows: Family<UplinkLabels, Gauge>,
+    uplink_bytes: Family<UplinkDirectionLabels, Counter>,
+}
+
+impl GatewayMetrics {
+    /// The gateway's metrics, with the counts of the converters' Error TLVs that the
+    /// upstream keeps.
+    pub fn new(converter_errors: ErrorCounts) -> Self {
+        let mut registry = Registry::with_prefix("mptcp_gateway");
+        let flows_total = Family::default();
+        registry.register(
+            "flows",
+            "Flows relayed, by how they were taken (lan, cgroup) and carried (converter, direct)",
+            flows_total.clone(),
+        );
+        let flows_live = Family::default();
+        registry.register(
+            "live_flows",
+            "Flows relayed now, by how they were taken and carried",
+            flows_live.clone(),
+        );
+        let relayed = relay_bytes(&mut registry, "relayed_bytes");
+        registry.register(
+            "converter_errors",
+            "Error TLVs the converter answered, by RFC 8803 code",
+            converter_errors.0.clone(),
+        );
+        let warm_connections = Gauge::default();
+        registry.register(
+            "warm_connections",
+            "Warm connections to the converter waiting for a flow",
+            warm_connections.clone(),
+        );
+        let uplink_state = Family::default();
+        registry.register(
+            "uplink_state",
+            "1 for each uplink's state now, 0 for the others",
+            uplink_state.clone(),
+        );
+        let uplink_rtt = Family::default();
+        registry.register(
+            "uplink_rtt_seconds",
+            "The last probe's handshake time to the converter over each uplink",
+            uplink_rtt.clone(),
+        );
+        let uplink_subflows = Family::default();
+        registry.register(
+            "uplink_subflows",
+            "Live MPTCP subflows over each uplink",
+            uplink_subflows.clone(),
+        );
+        let uplink_bytes = Family::default();
+        registry.register(
+            "uplink_bytes",
+            "Bytes each uplink's interface received (down) and sent (up), all its traffic",
+            uplink_bytes.clone(),
+        );
+        Self {
+            registry,
+            flows_total,
+            flows_live,
+            relayed,
+            converter_errors,
+            warm_connections,
+            uplink_state,
+            uplink_rtt,
+            uplink_subflows,
+            uplink_bytes,
+        }
+    }
+}
+
+/// A live flow in the metrics; dropping it ends it there.
+pub struct LiveFlow {
+    live: Gauge,
+}
+
+impl Drop for LiveFlow {
+    fn drop(&mut self) {
+        self.live.dec();
+    }
+}
+
+impl GatewayMetrics {
+    /// Counts a flow taken `intercepted`, carried `direct` or not, live until the
+    /// returned value is dropped.
+    pub fn flow_started(&self, intercepted: Intercepted, direct: bool) -> LiveFlow {
+        let labels = FlowLabels {
+            taken: match intercepted {
+                Intercepted::Lan => "lan",
+                Intercepted::Cgroup => "cgroup",
+            },
+            carried: if direct { "direct" } else { "converter" },
+        };
+        self.flows_total.get_or_create(&labels).inc();
+        let live = self.flows_live.get_or_create(&labels).clone();
+        live.inc();
+        LiveFlow { live }
+    }
+
+    /// Sets what the gateway's tables and the kernel say now.
+    pub fn sample(&self, warm_connections: usize, uplinks: &[UplinkSample]) {
+        self.warm_connections
+            .set(i64::try_from(warm_connections).unwrap_or(i64::MAX));
+        for uplink in uplinks {
+            for state in Health::ALL {
+                let labels = UplinkStateLabels {
+                    uplink: uplink.interface.clone(),
+                    state: state.name(),
+                };
+                self.uplink_state
+                    .get_or_create(&labels)
+                    .set(i64::from(state == uplink.state));
+            }
+            let labels = UplinkLabels {
+                uplink: uplink.interface.clone(),
+            };
+            if let Some(rtt) = uplink.rtt {
+                self.uplink_rtt
+                    .get_or_create(&labels)
+                    .set(rtt.as_secs_f64());
+            }
+            self.uplink_subflows
+                .get_or_create(&labels)
+                .set(i64::try_from(uplink.subflows).unwrap_or(i64::MAX));
+            if let Some((received, sent)) = uplink.interface_bytes {
+                for (direction, now) in [("down", received), ("up", sent)] {
+                    let counter = self.uplink_bytes.get_or_create(&UplinkDirectionLabels {
+                        uplink: uplink.interface.clone(),
+                        direction,
+                    });
+                    // The interface's own counter, followed; one that went back (the
+                    // interface was recreated) starts over.
+                    let before = counter.get();
+                    counter.inc_by(now.checked_sub(before).unwrap_or(now));
+                }
+            }
+        }
+    }
+}
+
+/// The converter's metrics.
+pub struct ConverterMetrics {
+    registry: Registry,
+    relays_total: Counter,
+    relays_live: Gauge,
+    /// Bytes the relays moved.
+    pub relayed: RelayBytes,
+    /// Error TLVs answered.
+    pub errors: ErrorCounts,
+    /// Speed tests served.
+    pub speed_tests: Counter,
+}
+
+impl Default for ConverterMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("mptcp_converter");
+        let relays_total = Counter::default();
+        registry.register(
+            "relays",
+            "Connections relayed to their destination",
+            relays_total.clone(),
+        );
+        let relays_live = Gauge::default();
+        registry.register(
+            "live_relays",
+            "Connections relayed now",
+            relays_live.clone(),
+        );
+        let relayed = relay_bytes(&mut registry, "relayed_bytes");
+        let errors = ErrorCounts::default();
+        registry.register(
+            "errors",
+            "Error TLVs answered, by RFC 8803 code",
+            errors.0.clone(),
+        );
+        let speed_tests = Counter::default();
+        registry.register(
+            "speed_tests",
+            "Speed tests served to gateways",
+            speed_tests.clone(),
+        );
+        Self {
+            registry,
+            relays_total,
+            relays_live,
+            relayed,
+            errors,
+            speed_tests,
+        }
+    }
+}
+
+/// A live relay in the metrics; dropping it ends it there.
+pub struct LiveRelay {
+    live: Gauge,
+}
+
+impl Drop for LiveRelay {
+    fn drop(&mut self) {
+        self.live.dec();
+    }
+}
+
+impl ConverterMetrics {
+    /// Counts a relay, live until the returned value is dropped.
+    pub fn relay_started(&self) -> LiveRelay {
+        self.relays_total.inc();
+        self.relays_live.inc();
+        LiveRelay {
+            live: self.relays_live.clone(),
+        }
+    }
+}
+
+/// Either daemon's metrics, as text.
+pub trait Render: Send + Sync {
+    /// The Prometheus text exposition of the metrics now.
+    fn render(&self) -> impl Future<Output = String> + Send;
+}
+
+/// Encodes `registry` in the Prometheus text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut text = String::new();
+    if let Err(error) = prometheus_client::encoding::prometheus_text::encode(&mut text, registry) {
+        warn!("cannot encode the metrics: {error}");
+    }
+    text
+}
+
+impl GatewayMetrics {
+    /// The metrics as text, as they are (call [`Self::sample`] first).
+    pub fn text(&self) -> String {
+        encode(&self.registry)
+    }
+}
+
+impl ConverterMetrics {
+    /// The metrics as text.
+    pub fn text(&self) -> String {
+        encode(&self.registry)
+    }
+}
+
+/// Listens on `address` for scrapers.
+pub fn listen(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = std::net::TcpListener::bind(address)
+        .with_context(|| format!("cannot serve metrics on {address}"))?;
+    listener.set_nonblocking(true)?;
+    info!("metrics on http://{address}/metrics");
+    Ok(TcpListener::from_std(listener)?)
+}
+
+/// Answers scrapes on `listener` with what `render` gives, one at a time, forever.
+pub async fn serve<R: Render + 'static>(listener: TcpListener, render: Arc<R>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                warn!("metrics: accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let render = Arc::clone(&render);
+        tokio::spawn(async move {
+            if let Err(error) = answer(stream, render.as_ref()).await {
+                debug!("metrics: {peer}: {error:#}");
+            }
+        });
+    }
+}
+
+/// Reads one HTTP request and answers it: the metrics for `GET /metrics`, 404 else.
+async fn answer(mut stream: TcpStream, render: &impl Render) -> anyhow::Result<()> {
+    let mut request = Vec::new();
+    let mut chunk = [0u8; 1024];
+    tokio::time::timeout(REQUEST_TIMEOUT, async {
+        while !request.windows(4).any(|window| window == b"\r\n\r\n") {
+            let read = stream.read(&mut chunk).await?;
+            anyhow::ensure!(read > 0, "closed before a whole request");
+            request.extend_from_slice(&chunk[..read]);
+            anyhow::ensure!(request.len() <= MAX_REQUEST, "request too long");
+        }
+        Ok(())
+    })
+    .await
+    .context("no whole request in time")??;
+    let line = request
+        .split(|&byte| byte == b'\r')
+        .next()
+        .unwrap_or_default();
+    let mut words = line.split(|&byte| byte == b' ');
+    let (status, content_type, body) = match (words.next(), words.next()) {
+        (Some(b"GET"), Some(b"/metrics")) => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            render.render().await,
+        ),
+        _ => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "metrics are at /metrics\n".to_owned(),
+        ),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_text_counts_flows_errors_and_uplinks() {
+        let metrics = GatewayMetrics::new(ErrorCounts::default());
+        let flow = metrics.flow_started(Intercepted::Lan, false);
+        metrics.flow_started(Intercepted::Cgroup, true);
+        metrics.converter_errors.count(ErrorCode::NotAuthorized);
+        metrics.relayed.up.spliced.inc_by(1234);
+        metrics.sample(
+            3,
+            &[UplinkSample {
+                interface: "dsl0".to_owned(),
+                state: Health::Up,
+                rtt: Some(Duration::from_millis(15)),
+                subflows: 2,
+                interface_bytes: Some((1000, 500)),
+            }],
+        );
+        let text = metrics.text();
+        for line in [
+            r#"mptcp_gateway_flows_total{taken="lan",carried="converter"} 1"#,
+            r#"mptcp_gateway_live_flows{taken="lan",carried="converter"} 1"#,
+            r#"mptcp_gateway_live_flows{taken="cgroup",carried="direct"} 0"#,
+            r#"mptcp_gateway_converter_errors_total{code="32",error="Not Authorized"} 1"#,
+            r#"mptcp_gateway_relayed_bytes_total{path="splice",direction="up"} 1234"#,
+            "mptcp_gateway_warm_connections 3",
+            r#"mptcp_gateway_uplink_state{uplink="dsl0",state="up"} 1"#,
+            r#"mptcp_gateway_uplink_state{uplink="dsl0",state="down"} 0"#,
+            r#"mptcp_gateway_uplink_subflows{uplink="dsl0"} 2"#,
+            r#"mptcp_gateway_uplink_bytes_total{uplink="dsl0",direction="down"} 1000"#,
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+        drop(flow);
+        // The interface counter is followed, not added up.
+        metrics.sample(
+            0,
+            &[UplinkSample {
+                interface: "dsl0".to_owned(),
+                state: Health::Down,
+                rtt: None,
+                subflows: 0,
+                interface_bytes: Some((1500, 500)),
+            }],
+        );
+        let text = metrics.text();
+        assert!(
+            text.contains(
+                r#"mptcp_gateway_uplink_bytes_total{uplink="dsl0",direction="down"} 1500"#
+            )
+        );
+        assert!(text.contains(r#"mptcp_gateway_live_flows{taken="lan",carried="converter"} 0"#));
+        assert!(text.contains(r#"mptcp_gateway_uplink_state{uplink="dsl0",state="down"} 1"#));
+    }
+
+    struct Fixed;
+
+    impl Render for Fixed {
+        async fn render(&self) -> String {
+            "answer 42\n".to_owned()
+        }
+    }
+
+    #[tokio::test]
+    async fn scrapes_get_the_text_and_other_paths_a_404() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, Arc::new(Fixed)));
+        let get = |path: &'static str| async move {
+            let mut stream = TcpStream::connect(address).await.unwrap();
+            stream
+                .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.unwrap();
+            answer
+        };
+        let metrics = get("/metrics").await;
+        assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
+        assert!(metrics.ends_with("\r\n\r\nanswer 42\n"), "{metrics}");
+        assert!(get("/").await.starts_with("HTTP/1.1 404"));
+    }
+}
