@@ -38,6 +38,10 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
+    println!(
+        "cargo:rustc-env=MPTCP_USER_COMMIT={}",
+        commit(workspace_dir)
+    );
 
     check_toolchain()?;
 
@@ -81,6 +85,26 @@ fn main() -> anyhow::Result<()> {
     fs::copy(&object, out_dir.join(EBPF_PACKAGE))
         .with_context(|| format!("failed to copy {}", object.display()))?;
     Ok(())
+}
+
+/// The commit being built (`git rev-parse`), for `--version`; "unknown" outside a git
+/// checkout. The build reruns when the checkout moves to another commit.
+fn commit(workspace_dir: &Path) -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(workspace_dir)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        for moved in ["HEAD", "refs/heads", "packed-refs"] {
+            println!("cargo:rerun-if-changed={git_dir}/{moved}");
+        }
+    }
+    git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// Fails with the fix in the message when the eBPF toolchain is not installed.

@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use anyhow::Context as _;
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use ipnet::IpNet;
 
 use crate::{
@@ -21,10 +22,18 @@ use crate::{
     net::addr::parse_prefix,
 };
 
+/// The version and the commit it was built from, as `--version` says them.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("MPTCP_USER_COMMIT"),
+    ")"
+);
+
 /// Uses every internet uplink for every TCP connection: LAN flows are intercepted by
 /// eBPF and spliced onto Multipath TCP connections to a converter.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "mptcp-user", version = VERSION, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -65,6 +74,18 @@ pub enum Command {
     Keygen {
         /// Where to write the key; an existing file is never overwritten.
         path: PathBuf,
+    },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish,
+    /// powershell), e.g. `mptcp-user completions bash > /etc/bash_completion.d/mptcp-user`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (one per command) into DIR; packaging runs it.
+    #[command(hide = true)]
+    Manpages {
+        /// Where to write them.
+        dir: PathBuf,
     },
 }
 
@@ -251,12 +272,31 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Speedtest(args) => speedtest::run(&args.into_config()?),
         Command::Optin(args) => control::opt_in(&args.pin_path, &args.path),
         Command::Optout(args) => control::opt_out(&args.pin_path, &args.path),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "mptcp-user",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Manpages { dir } => write_man_pages(Cli::command(), &dir),
         Command::Keygen { path } => {
             Key::generate(&path)?;
             println!("wrote a new key to {}", path.display());
             Ok(())
         }
     }
+}
+
+/// Writes `command`'s man page into `dir`, then one per subcommand (`mptcp-user-flows.1`
+/// and so on), hidden ones left out.
+fn write_man_pages(command: clap::Command, dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    clap_mangen::generate_to(command, dir)
+        .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]

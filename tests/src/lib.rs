@@ -44,6 +44,25 @@ pub fn mptcp_user_bin() -> std::path::PathBuf {
     )
 }
 
+/// The Debian package under test: `$MPTCP_USER_DEB` (set by `cargo xtask test`, which
+/// builds it), else what `cargo xtask dist` left in target/debian.
+///
+/// # Panics
+/// When there is none, saying how to make it.
+pub fn mptcp_user_deb() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("MPTCP_USER_DEB") {
+        return path.into();
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debian");
+    std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|extension| extension == "deb"))
+        .unwrap_or_else(|| panic!("no package in {}: run `cargo xtask dist`", dir.display()))
+}
+
 /// The Python with aioquic that `cargo xtask setup` makes (target/quic-venv), for the
 /// QUIC tests.
 ///

@@ -146,9 +146,40 @@ pub struct Testbed {
     pub uplinks: Vec<Uplink>,
     /// Unique name prefix of this testbed.
     pub name: String,
+    /// The only capabilities daemons start with (a systemd unit's
+    /// CapabilityBoundingSet), or all of root's.
+    daemon_capabilities: Option<Vec<String>>,
 }
 
 impl Testbed {
+    /// Starts the daemons from now on with only `capabilities` (names as in a systemd
+    /// unit: `CAP_BPF`, ...), as a unit's CapabilityBoundingSet does: root keeps its
+    /// identity but loses every other capability.
+    pub fn limit_daemon_capabilities(&mut self, capabilities: &[&str]) {
+        self.daemon_capabilities = Some(capabilities.iter().map(|&name| name.to_owned()).collect());
+    }
+
+    /// The command that starts a daemon in `netns`: as a service manager would, with
+    /// the capabilities [`Self::limit_daemon_capabilities`] left, if it was called.
+    fn daemon_command(&self, netns: &Netns) -> Command {
+        let binary = crate::mptcp_user_bin();
+        let Some(capabilities) = &self.daemon_capabilities else {
+            return netns.daemon_command(&binary);
+        };
+        let mut bounding = String::from("-all");
+        for name in capabilities {
+            let name = name.trim_start_matches("CAP_").to_lowercase();
+            bounding.push_str(&format!(",+{name}"));
+        }
+        let mut command = netns.daemon_command(Path::new("setpriv"));
+        command
+            .arg(format!("--bounding-set={bounding}"))
+            .arg("--inh-caps=-all")
+            .arg("--")
+            .arg(binary);
+        command
+    }
+
     /// Builds the four namespaces and wires them up, the gateway's uplinks set up by
     /// hand (a table, a source rule and an MPTCP endpoint each), as before the gateway
     /// could do it.
@@ -174,6 +205,7 @@ impl Testbed {
             server: Netns::new(format!("{name}-s"))?,
             uplinks: uplinks.to_vec(),
             name,
+            daemon_capabilities: None,
         };
         testbed
             .wire(set_up_uplinks)
@@ -497,7 +529,7 @@ impl Testbed {
         if !key.exists() {
             crate::netns::run(Command::new(&binary).arg("keygen").arg(&key))?;
         }
-        let mut converter = self.converter.daemon_command(&binary);
+        let mut converter = self.daemon_command(&self.converter);
         converter
             .args([
                 "converter",
@@ -515,8 +547,7 @@ impl Testbed {
     /// Starts the gateway with `args` alone (a `--config` file, say), logging to
     /// `dir/gateway.log`; returns once it is ready.
     pub fn start_gateway(&mut self, dir: &Path, args: &[&str]) -> anyhow::Result<()> {
-        let binary = crate::mptcp_user_bin();
-        let mut gateway = self.gateway.daemon_command(&binary);
+        let mut gateway = self.daemon_command(&self.gateway);
         gateway.arg("gateway").args(args).env("RUST_LOG", "info");
         self.start("gateway", &mut gateway, &dir.join("gateway.log"))?;
         wait_for_line(

@@ -3,6 +3,7 @@
 
 mod build;
 mod cmd;
+mod dist;
 mod fuzz;
 mod lint;
 mod run;
@@ -39,6 +40,9 @@ enum Command {
     Lint,
     /// Fuzz the Convert codec and the converter's request handler (libFuzzer).
     Fuzz(fuzz::Options),
+    /// Build the Debian package (target/debian/): binary, systemd units, sample
+    /// configs, completions and man pages.
+    Dist,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(options) => test::run(&options),
         Command::Lint => lint::run(),
         Command::Fuzz(options) => fuzz::run(&options),
+        Command::Dist => dist::run().map(|_| ()),
         Command::Demo => testbed::demo(),
         Command::Bench(options) => testbed::bench(&options),
     }

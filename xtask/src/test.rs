@@ -1,5 +1,5 @@
-//! `cargo xtask test`: unit tests, then the end-to-end tests, then a short run of each
-//! fuzz target (the whole suite only, not with a filter).
+//! `cargo xtask test`: unit tests, then the Debian package and the end-to-end tests,
+//! then a short run of each fuzz target (the whole suite only, not with a filter).
 //!
 //! The end-to-end tests (crate `mptcp-tests`) load eBPF programs, make cgroups and network
 //! namespaces, so they need root. They run one at a time: they share the host's cgroup
@@ -48,11 +48,14 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     if !cmd::is_root() {
         bail!("the end-to-end tests need root: run `sudo -E cargo xtask test` (or `--unit`)");
     }
+    // The package test installs it.
+    let package = crate::dist::run()?;
     let mut end_to_end = cmd::cargo();
     end_to_end
         .args(["test", "--package", "mptcp-tests", "--", "--test-threads=1"])
         .args(filter)
-        .env("MPTCP_USER_BIN", binary);
+        .env("MPTCP_USER_BIN", binary)
+        .env("MPTCP_USER_DEB", package);
     cmd::run(&mut end_to_end)?;
     if filter.is_none() {
         crate::setup::fuzz_tools()?;

@@ -1,0 +1,210 @@
+//! `cargo xtask dist`: a Debian package of mptcp-user (target/debian/), with the systemd
+//! units, sample configs, sysctl settings, shell completions and man pages.
+//!
+//! The package is laid out in a staging tree and built with dpkg-deb, which every
+//! Debian machine has: no packaging tool to install. Completions and man pages come
+//! from the binary itself (`mptcp-user completions`, `mptcp-user manpages`), so they
+//! say exactly what its flags are. The units are checked with `systemd-analyze verify`
+//! against the staged tree where systemd-analyze exists.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::Context as _;
+
+use crate::{build, cmd};
+
+/// The package's name.
+const PACKAGE: &str = "mptcp-user";
+/// The units, in dist/systemd.
+const UNITS: [&str; 2] = ["mptcp-gateway.service", "mptcp-converter.service"];
+/// Where the sample configs go; the units read them there.
+const CONFIG_DIR: &str = "etc/mptcp-gateway";
+
+/// Builds the package; returns its path.
+pub fn run() -> anyhow::Result<PathBuf> {
+    let binary = build::run(&build::Options { release: true })?;
+    let root = cmd::workspace_root();
+    let staging = root.join("target/debian/staging");
+    if staging.exists() {
+        fs::remove_dir_all(&staging)?;
+    }
+    let version = version(&binary)?;
+    let architecture = output(Command::new("dpkg").arg("--print-architecture"))?;
+
+    install(&binary, &staging.join("usr/bin/mptcp-user"), 0o755)?;
+    for unit in UNITS {
+        install(
+            &root.join("dist/systemd").join(unit),
+            &staging.join("usr/lib/systemd/system").join(unit),
+            0o644,
+        )?;
+    }
+    install(
+        &root.join("dist/sysctl.d/60-mptcp-user.conf"),
+        &staging.join("usr/lib/sysctl.d/60-mptcp-user.conf"),
+        0o644,
+    )?;
+    let mut conffiles = Vec::new();
+    for config in ["gateway.toml", "converter.toml"] {
+        install(
+            &root.join("config").join(config),
+            &staging.join(CONFIG_DIR).join(config),
+            0o644,
+        )?;
+        conffiles.push(format!("/{CONFIG_DIR}/{config}\n"));
+    }
+    for document in ["README.md", "docs/protocol.md", "docs/security.md"] {
+        let name = Path::new(document)
+            .file_name()
+            .context("a document without a name")?;
+        install(
+            &root.join(document),
+            &staging.join("usr/share/doc").join(PACKAGE).join(name),
+            0o644,
+        )?;
+    }
+    completions(&binary, &staging)?;
+    man_pages(&binary, &staging)?;
+
+    let debian = staging.join("DEBIAN");
+    fs::create_dir_all(&debian)?;
+    fs::write(debian.join("conffiles"), conffiles.concat())?;
+    fs::write(
+        debian.join("control"),
+        control(&version, &architecture, &staging)?,
+    )?;
+    verify_units(&staging)?;
+
+    let package = root
+        .join("target/debian")
+        .join(format!("{PACKAGE}_{version}_{architecture}.deb"));
+    cmd::run(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zxz", "--build"])
+            .arg(&staging)
+            .arg(&package),
+    )?;
+    println!("{}", package.display());
+    Ok(package)
+}
+
+/// The package version: the crate's, from `mptcp-user --version` ("mptcp-user 0.1.0
+/// (commit abc)").
+fn version(binary: &Path) -> anyhow::Result<String> {
+    let said = output(Command::new(binary).arg("--version"))?;
+    said.split_whitespace()
+        .nth(1)
+        .map(str::to_owned)
+        .with_context(|| format!("no version in {said:?}"))
+}
+
+/// Copies `from` to `to` (parents made) with `mode`.
+fn install(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
+    fs::create_dir_all(to.parent().context("no parent")?)?;
+    fs::copy(from, to).with_context(|| format!("cannot copy {}", from.display()))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// The completion scripts, where bash, zsh and fish look for those of packages.
+fn completions(binary: &Path, staging: &Path) -> anyhow::Result<()> {
+    for (shell, path) in [
+        ("bash", "usr/share/bash-completion/completions/mptcp-user"),
+        ("zsh", "usr/share/zsh/vendor-completions/_mptcp-user"),
+        (
+            "fish",
+            "usr/share/fish/vendor_completions.d/mptcp-user.fish",
+        ),
+    ] {
+        let script = output(Command::new(binary).args(["completions", shell]))?;
+        let path = staging.join(path);
+        fs::create_dir_all(path.parent().context("no parent")?)?;
+        fs::write(&path, script + "\n")?;
+    }
+    Ok(())
+}
+
+/// The man pages, one per command, compressed as Debian's policy asks.
+fn man_pages(binary: &Path, staging: &Path) -> anyhow::Result<()> {
+    let dir = staging.join("usr/share/man/man1");
+    cmd::run(Command::new(binary).arg("manpages").arg(&dir))?;
+    for page in fs::read_dir(&dir)? {
+        cmd::run(Command::new("gzip").args(["-9n"]).arg(page?.path()))?;
+    }
+    Ok(())
+}
+
+/// DEBIAN/control.
+fn control(version: &str, architecture: &str, staging: &Path) -> anyhow::Result<String> {
+    let kib = du_kib(staging)?;
+    Ok(format!(
+        "Package: {PACKAGE}\n\
+         Version: {version}\n\
+         Architecture: {architecture}\n\
+         Maintainer: MPTCP gateway developers <mptcp-gateway@example.org>\n\
+         Installed-Size: {kib}\n\
+         Depends: libc6 (>= 2.34)\n\
+         Section: net\n\
+         Priority: optional\n\
+         Description: every internet uplink for every TCP connection (MPTCP gateway)\n \
+         A gateway for a network with several internet uplinks: LAN TCP flows are\n \
+         redirected in the kernel with eBPF and spliced onto Multipath TCP\n \
+         connections to a remote converter (RFC 8803), which carries them on to\n \
+         their destinations. One binary for both roles, with systemd units\n \
+         (mptcp-gateway, mptcp-converter) and sample configs in /etc/mptcp-gateway.\n"
+    ))
+}
+
+/// The staged tree's size in KiB, as Installed-Size counts it.
+fn du_kib(dir: &Path) -> anyhow::Result<u64> {
+    let said = output(Command::new("du").args(["-sk"]).arg(dir))?;
+    said.split_whitespace()
+        .next()
+        .and_then(|kib| kib.parse().ok())
+        .with_context(|| format!("du said {said:?}"))
+}
+
+/// `systemd-analyze verify` of the staged units, where systemd-analyze exists.
+pub fn verify_units(root: &Path) -> anyhow::Result<()> {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("systemd-analyze not found: the units are not verified");
+        return Ok(());
+    }
+    for unit in UNITS {
+        let path = root.join("usr/lib/systemd/system").join(unit);
+        let verified = Command::new("systemd-analyze")
+            .args(["verify", "--man=no", "--recursive-errors=no"])
+            .arg(format!("--root={}", root.display()))
+            .arg(&path)
+            .output()
+            .context("cannot run systemd-analyze")?;
+        let said = String::from_utf8_lossy(&verified.stderr);
+        anyhow::ensure!(
+            verified.status.success() && said.trim().is_empty(),
+            "systemd-analyze verify {unit}: {said}"
+        );
+    }
+    Ok(())
+}
+
+/// What `command` printed, trimmed; an error if it failed.
+fn output(command: &mut Command) -> anyhow::Result<String> {
+    let done = command
+        .output()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    anyhow::ensure!(
+        done.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    Ok(String::from_utf8_lossy(&done.stdout).trim().to_owned())
+}
