@@ -166,11 +166,11 @@ impl Testbed {
         let Some(capabilities) = &self.daemon_capabilities else {
             return netns.daemon_command(&binary);
         };
-        let mut bounding = String::from("-all");
-        for name in capabilities {
-            let name = name.trim_start_matches("CAP_").to_lowercase();
-            bounding.push_str(&format!(",+{name}"));
-        }
+        let kept: Vec<String> = capabilities
+            .iter()
+            .map(|name| format!("+{}", name.trim_start_matches("CAP_").to_lowercase()))
+            .collect();
+        let bounding = format!("-all,{}", kept.join(","));
         let mut command = netns.daemon_command(Path::new("setpriv"));
         command
             .arg(format!("--bounding-set={bounding}"))

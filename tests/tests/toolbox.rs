@@ -126,11 +126,12 @@ fn scrape(netns: &mptcp_tests::netns::Netns, address: &'static str) -> String {
     })
 }
 
-/// The value of the sample `name` (with its labels, as written) in `text`; 0 if absent.
-fn sample(text: &str, name: &str) -> f64 {
+/// The whole-number value of the sample `name` (with its labels, as written) in
+/// `text`; 0 if absent.
+fn sample(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+        .unwrap_or(0)
 }
 
 #[test]
@@ -173,10 +174,10 @@ fn metrics_count_flows_bytes_and_uplinks_during_a_download() {
     let lan_flow = r#"{taken="lan",carried="converter"}"#;
     assert_eq!(
         sample(&during.0, &format!("mptcp_gateway_live_flows{lan_flow}")),
-        1.0
+        1
     );
-    assert!(sample(&during.0, &format!("mptcp_gateway_flows_total{lan_flow}")) >= 1.0);
-    assert_eq!(sample(&during.1, "mptcp_converter_live_relays"), 1.0);
+    assert!(sample(&during.0, &format!("mptcp_gateway_flows_total{lan_flow}")) >= 1);
+    assert_eq!(sample(&during.1, "mptcp_converter_live_relays"), 1);
     let gateway_counters = [
         r#"mptcp_gateway_relayed_bytes_total{path="splice",direction="down"}"#,
         r#"mptcp_gateway_uplink_bytes_total{uplink="up1",direction="down"}"#,
@@ -193,12 +194,12 @@ fn metrics_count_flows_bytes_and_uplinks_during_a_download() {
                 .map(|metric| (metric, &before.1, &during.1)),
         );
     for (metric, before, during) in moved {
-        let moved = sample(during, metric) - sample(before, metric);
-        assert!(moved > 1e6, "{metric} moved {moved} bytes by mid-download");
+        let moved = sample(during, metric).saturating_sub(sample(before, metric));
+        assert!(moved > 1_000_000, "{metric} moved {moved} bytes by mid-download");
     }
     for uplink in ["up1", "up2"] {
         let state = format!(r#"mptcp_gateway_uplink_state{{uplink="{uplink}",state="up"}}"#);
-        assert_eq!(sample(&during.0, &state), 1.0, "{uplink} not up");
+        assert_eq!(sample(&during.0, &state), 1, "{uplink} not up");
         let subflows = format!(r#"mptcp_gateway_uplink_subflows{{uplink="{uplink}"}}"#);
         assert!(
             sample(&during.0, &subflows) >= 1.0,
@@ -206,12 +207,12 @@ fn metrics_count_flows_bytes_and_uplinks_during_a_download() {
         );
     }
     // After the download the relayed bytes cover it, and the flow is no longer live.
-    let total = received.samples.iter().sum::<u64>() as f64;
+    let total = received.samples.iter().sum::<u64>();
     wait_until(
         Duration::from_secs(5),
         || {
             let after = scrape(&testbed.gateway, GATEWAY_METRICS);
-            sample(&after, &format!("mptcp_gateway_live_flows{lan_flow}")) == 0.0
+            sample(&after, &format!("mptcp_gateway_live_flows{lan_flow}")) == 0
         },
         || "the flow stayed live in the metrics".to_owned(),
     );
