@@ -497,6 +497,12 @@ pub struct TuningOptions {
     /// 0: autotuned [default: 4].
     #[arg(long, value_name = "MIB")]
     pub long_rtt_send_buffer: Option<u32>,
+
+    /// Capacity of the relays' pipes in KiB, and so the most one splice moves (the
+    /// kernel rounds it up to a power of two pages; 1024 at most without
+    /// CAP_SYS_RESOURCE) [default: 64].
+    #[arg(long, value_name = "KIB")]
+    pub relay_pipe: Option<u32>,
 }
 
 impl TuningOptions {
@@ -509,6 +515,7 @@ impl TuningOptions {
             long_rtt: self.long_rtt.or(file.long_rtt),
             long_rtt_congestion: self.long_rtt_congestion.or(file.long_rtt_congestion),
             long_rtt_send_buffer: self.long_rtt_send_buffer.or(file.long_rtt_send_buffer),
+            relay_pipe: self.relay_pipe.or(file.relay_pipe),
         }
     }
 
@@ -526,6 +533,7 @@ impl TuningOptions {
             long_rtt_send_buffer_mib: self
                 .long_rtt_send_buffer
                 .unwrap_or(defaults.long_rtt_send_buffer_mib),
+            relay_pipe_kib: self.relay_pipe.unwrap_or(defaults.relay_pipe_kib),
         }
     }
 }

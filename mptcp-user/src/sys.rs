@@ -136,6 +136,14 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?)
 }
 
+/// Sets the capacity of the pipe whose end is `pipe` to at least `bytes`; returns the
+/// capacity granted.
+pub fn set_pipe_size(pipe: &impl AsFd, bytes: usize) -> io::Result<usize> {
+    let bytes = libc::c_int::try_from(bytes).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let granted = nix::fcntl::fcntl(pipe, nix::fcntl::FcntlArg::F_SETPIPE_SZ(bytes))?;
+    Ok(usize::try_from(granted).unwrap_or(0))
+}
+
 /// Moves up to `len` bytes from `from` to `to` without copying them through userspace;
 /// one of the two must be a pipe. Never blocks: EAGAIN comes back as `WouldBlock`.
 pub fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {

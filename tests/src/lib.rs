@@ -10,6 +10,7 @@ pub mod emulator;
 pub mod interception;
 pub mod measure;
 pub mod netns;
+pub mod relay;
 pub mod scale;
 pub mod testbed;
 pub mod web;

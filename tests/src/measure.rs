@@ -103,6 +103,120 @@ pub fn download(
     )
 }
 
+/// Which way a bulk transfer's bytes go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From the server to the client.
+    Down,
+    /// From the client to the server.
+    Up,
+}
+
+/// Moves `bytes` in all over `flows` parallel plain TCP connections from `client` to a
+/// server in `server` listening on `address`, `direction` saying who sends; returns
+/// the time from the first connect to the last byte received.
+pub fn transfer(
+    client: &Netns,
+    server: &Netns,
+    address: SocketAddr,
+    bytes: u64,
+    flows: usize,
+    direction: Direction,
+) -> anyhow::Result<Duration> {
+    let per_flow = bytes / u64::try_from(flows)?;
+    client_and_server(
+        (client, server),
+        address,
+        Transport::Tcp,
+        move |listener| {
+            let streams = (0..flows)
+                .map(|_| Ok(std::net::TcpStream::from(listener.accept()?.0)))
+                .collect::<anyhow::Result<Vec<_>>>()
+                .context("not every flow connected")?;
+            move_in_parallel(streams, per_flow, direction == Direction::Down)
+        },
+        move || {
+            let started = Instant::now();
+            let streams = (0..flows)
+                .map(|_| {
+                    let socket = socket(address, Transport::Tcp)?;
+                    socket
+                        .connect_timeout(&address.into(), Duration::from_secs(10))
+                        .with_context(|| format!("connecting to {address}"))?;
+                    Ok(std::net::TcpStream::from(socket))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            move_in_parallel(streams, per_flow, direction == Direction::Up)?;
+            Ok(started.elapsed())
+        },
+    )
+}
+
+/// One thread per stream: sends `bytes` and closes its side, then waits for the
+/// peer's close (`send`), or reads until the peer closes, then closes.
+fn move_in_parallel(
+    streams: Vec<std::net::TcpStream>,
+    bytes: u64,
+    send: bool,
+) -> anyhow::Result<()> {
+    let threads: Vec<_> = streams
+        .into_iter()
+        .map(|mut stream| {
+            thread::spawn(move || -> anyhow::Result<()> {
+                stream.set_read_timeout(Some(Duration::from_mins(1)))?;
+                let mut buffer = vec![0u8; 256 * 1024];
+                if send {
+                    let mut left = bytes;
+                    while left > 0 {
+                        let chunk = usize::try_from(left.min(buffer.len() as u64))?;
+                        stream.write_all(&buffer[..chunk]).context("sending")?;
+                        left -= chunk as u64;
+                    }
+                    stream.shutdown(std::net::Shutdown::Write)?;
+                }
+                let mut received = 0u64;
+                loop {
+                    match stream.read(&mut buffer).context("receiving")? {
+                        0 => break,
+                        read => received += read as u64,
+                    }
+                }
+                if !send && received != bytes {
+                    bail!("received {received} of {bytes} bytes");
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a transfer thread panicked"))??;
+    }
+    Ok(())
+}
+
+/// CPU seconds the whole machine has spent busy (every CPU, user, system, interrupts),
+/// from /proc/stat.
+pub fn machine_cpu_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("malformed /proc/stat")?;
+    // user nice system idle iowait irq softirq steal ...: all but idle and iowait.
+    let busy: u64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| !matches!(index, 3 | 4))
+        .map(|(_, ticks)| ticks)
+        .sum();
+    ticks_to_seconds(busy)
+}
+
 /// Times `count` request/response exchanges on fresh connections from `client` to a
 /// responder in `server` listening on `address`: from the start of connect() to the
 /// first byte of the answer. Returns the median.
@@ -282,6 +396,11 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
         .iter()
         .map(|field| field.parse::<u64>())
         .sum::<Result<u64, _>>()?;
+    ticks_to_seconds(ticks)
+}
+
+/// Clock ticks (of /proc's counters) in seconds.
+fn ticks_to_seconds(ticks: u64) -> anyhow::Result<f64> {
     let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?
         .context("the clock tick rate is unknown")?;
     #[expect(clippy::cast_precision_loss, reason = "tick counts are small")]

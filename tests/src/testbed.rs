@@ -70,7 +70,7 @@ pub struct Uplink {
 }
 
 impl Uplink {
-    /// A zero-delay veth pair shaped by HTB.
+    /// A zero-delay veth pair shaped by HTB (0: not shaped).
     pub const fn htb(rate_mbit: u32) -> Self {
         Self {
             rate_mbit,
@@ -78,6 +78,11 @@ impl Uplink {
             loss_percent: 0.0,
             emulated: false,
         }
+    }
+
+    /// A veth pair with no shaping at all: as fast as the machine moves bytes.
+    pub const fn unshaped() -> Self {
+        Self::htb(0)
     }
 
     /// A line of the wire emulator with this rate and one-way delay.
@@ -116,6 +121,9 @@ impl Uplink {
 impl std::fmt::Display for Uplink {
     /// `20 Mbit/s 15 ms 1% loss`, or `20 Mbit/s HTB`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.rate_mbit == 0 {
+            return write!(f, "unshaped veth");
+        }
         write!(f, "{} Mbit/s", self.rate_mbit)?;
         if !self.emulated {
             return write!(f, " HTB");
@@ -228,8 +236,10 @@ impl Testbed {
                 self.converter.ip(&["link", "set", &interface, "up"])?;
             } else {
                 veth(&self.gateway, &interface, &self.converter, &interface)?;
-                for netns in [&self.gateway, &self.converter] {
-                    shape(netns, &interface, uplink.rate_mbit)?;
+                if uplink.rate_mbit > 0 {
+                    for netns in [&self.gateway, &self.converter] {
+                        shape(netns, &interface, uplink.rate_mbit)?;
+                    }
                 }
             }
         }

@@ -12,7 +12,7 @@ use crate::{build, cmd};
 /// Options of `cargo xtask bench`.
 #[derive(Debug, Args)]
 pub struct BenchOptions {
-    /// The benchmark: `aggregate`, `interception`, `scale` or `web`.
+    /// The benchmark: `aggregate`, `interception`, `scale`, `web` or `relay`.
     pub name: String,
 
     /// Its options (see `cargo xtask bench NAME -- --help`), after `--`.

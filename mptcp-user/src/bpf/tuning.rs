@@ -56,6 +56,8 @@ pub struct TuningConfig {
     pub long_rtt_congestion: String,
     /// Send buffer of each long-RTT subflow in MiB; 0: autotuned.
     pub long_rtt_send_buffer_mib: u32,
+    /// Capacity of the relays' pipes in KiB.
+    pub relay_pipe_kib: u32,
 }
 
 impl Default for TuningConfig {
@@ -67,6 +69,7 @@ impl Default for TuningConfig {
             long_rtt_ms: DEFAULT_LONG_RTT_MS,
             long_rtt_congestion: DEFAULT_LONG_RTT_CONGESTION.to_owned(),
             long_rtt_send_buffer_mib: DEFAULT_LONG_RTT_SEND_BUFFER_MIB,
+            relay_pipe_kib: 64,
         }
     }
 }

@@ -129,7 +129,7 @@ impl Converter {
             connections: Arc::new(Semaphore::new(config.max_conns)),
             pending: Pending::new(config.max_pending.0, config.max_pending.1),
             tuning,
-            pipes: PipePool::default(),
+            pipes: PipePool::for_tuning(&config.tuning),
             speed_tests: SpeedTests::new(config.speedtest_mbit),
             metrics: ConverterMetrics::default(),
         }

@@ -200,7 +200,7 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
             connect_timeout: config.connect_timeout,
             timeouts: config.timeouts,
             tuning,
-            pipes: PipePool::default(),
+            pipes: PipePool::for_tuning(&config.tuning),
             flows,
             uplinks: uplink_manager.table(),
             pool: Pool::new(config.pool_size),

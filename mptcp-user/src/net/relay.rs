@@ -36,7 +36,7 @@ use tokio::{
 
 use crate::{lock, net::socket, sys};
 
-/// Most bytes one splice moves; the default pipe capacity.
+/// The default pipe capacity, and the buffer of the copying fallback.
 const CHUNK: usize = 64 * 1024;
 /// Idle pipes a daemon's pool keeps: enough for the bursts of a household's flows,
 /// 512 file descriptors at most.
@@ -59,14 +59,18 @@ struct Pipe {
 pub struct PipePool {
     idle: Mutex<Vec<Pipe>>,
     max_idle: usize,
+    /// Bytes a pipe holds, and so the most one splice moves.
+    capacity: usize,
 }
 
 impl PipePool {
-    /// A pool keeping at most `max_idle` idle pipes open (two file descriptors each).
-    pub fn new(max_idle: usize) -> Self {
+    /// A pool keeping at most `max_idle` idle pipes open (two file descriptors each),
+    /// of `capacity` bytes each (the kernel rounds it up to a power of two pages).
+    pub fn new(max_idle: usize, capacity: usize) -> Self {
         Self {
             idle: Mutex::new(Vec::new()),
             max_idle,
+            capacity,
         }
     }
 
@@ -75,6 +79,11 @@ impl PipePool {
             return Ok(pipe);
         }
         let (read, write) = sys::pipe()?;
+        if self.capacity != CHUNK
+            && let Err(error) = sys::set_pipe_size(&write, self.capacity)
+        {
+            debug!("pipes stay at 64 KiB: {error}");
+        }
         Ok(Pipe { read, write })
     }
 
@@ -92,9 +101,17 @@ impl PipePool {
     }
 }
 
+impl PipePool {
+    /// The pool of a daemon tuned with `tuning` (`--relay-pipe`).
+    pub fn for_tuning(tuning: &crate::bpf::tuning::TuningConfig) -> Self {
+        let kib = usize::try_from(tuning.relay_pipe_kib).unwrap_or(64);
+        Self::new(MAX_IDLE_PIPES, kib * 1024)
+    }
+}
+
 impl Default for PipePool {
     fn default() -> Self {
-        Self::new(MAX_IDLE_PIPES)
+        Self::new(MAX_IDLE_PIPES, CHUNK)
     }
 }
 
@@ -246,8 +263,10 @@ async fn pump(
     loop {
         from.readable().await.map_err(RelayError::Read)?;
         let pipe = pool.take().map_err(RelayError::Pipe)?;
-        let filled = match from.try_io(Interest::READABLE, || sys::splice(from, &pipe.write, CHUNK))
-        {
+        let capacity = pool.capacity;
+        let filled = match from.try_io(Interest::READABLE, || {
+            sys::splice(from, &pipe.write, capacity)
+        }) {
             Ok(n) => n,
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 pool.give(pipe);
@@ -362,7 +381,7 @@ mod tests {
         let (client, mut a) = pair().await;
         let (mut b, server) = pair().await;
         let task = tokio::spawn(async move {
-            let pool = PipePool::new(4);
+            let pool = PipePool::new(4, CHUNK);
             let timeouts = Timeouts {
                 idle: idle_timeout,
                 dead_path: Duration::from_mins(1),

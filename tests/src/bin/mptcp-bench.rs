@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use mptcp_tests::{TempDir, aggregate, interception, require_root, scale, web};
+use mptcp_tests::{TempDir, aggregate, interception, relay, require_root, scale, web};
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks on the namespace testbed")]
@@ -83,6 +83,25 @@ enum Bench {
         #[arg(long, env = "MPTCP_BENCH_DIR", default_value = "target/bench")]
         out: PathBuf,
     },
+    /// What relaying costs per byte: bulk transfers over one fast uplink, plain routing
+    /// vs shadowsocks vs the gateway; throughput and CPU seconds per GB.
+    Relay {
+        /// Megabytes per transfer.
+        #[arg(long, default_value_t = 1000)]
+        megabytes: u64,
+        /// Parallel flows of each transfer (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        flows: Vec<usize>,
+        /// Alternating rounds; medians are compared.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Only the 1 Gbit/s HTB line (`htb`) or only the unshaped one (`unshaped`).
+        #[arg(long)]
+        line: Option<String>,
+        /// Directory for the JSON results.
+        #[arg(long, env = "MPTCP_BENCH_DIR", default_value = "target/bench")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -135,6 +154,32 @@ fn main() -> anyhow::Result<()> {
             write_json(&out, "scale", &result.to_json())
         }
         Bench::Web { rounds, row, out } => run_web(rounds, &row, &out),
+        Bench::Relay {
+            megabytes,
+            flows,
+            rounds,
+            line,
+            out,
+        } => {
+            let dir = TempDir::new("bench-relay")?;
+            let lines = relay::default_lines()
+                .into_iter()
+                .filter(|uplink| match line.as_deref() {
+                    Some("htb") => uplink.rate_mbit > 0,
+                    Some("unshaped") => uplink.rate_mbit == 0,
+                    _ => true,
+                })
+                .collect();
+            let options = relay::Options {
+                bytes: megabytes * 1_000_000,
+                flows,
+                rounds,
+                lines,
+            };
+            let cells = relay::run(&options, dir.path(), &|step| println!("  {step}"))?;
+            relay::print(&cells);
+            write_json(&out, "relay", &relay::to_json(&cells))
+        }
     }
 }
 

@@ -1,0 +1,313 @@
+//! `cargo xtask bench relay`: what relaying costs per byte. One uplink between the
+//! gateway and converter hosts, shaped to 1 Gbit/s by HTB and unshaped; bulk transfers
+//! of a fixed size from the server to the LAN host (down) and back (up), over 1 and 8
+//! parallel flows, carried by:
+//! - plain routing: the gateway host forwards, nothing relays (the baseline);
+//! - shadowsocks-libev (`ss-redir` + `ss-server` under mptcpize, as in bench
+//!   aggregate), a copying relay people use today;
+//! - the gateway and converter (splice).
+//!
+//! Every carrier runs each transfer in alternating rounds; the medians are compared.
+//! For each: throughput over plain routing's, CPU seconds per GB of the relay
+//! processes (both ends), and of the whole machine (/proc/stat, every process and
+//! interrupt: the sender and receiver, the kernel's TCP and MPTCP, the relays).
+
+use std::{net::SocketAddr, path::Path};
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use crate::{
+    measure::{self, Direction},
+    median_by,
+    testbed::{SERVER, Testbed, Uplink},
+};
+
+/// Port of the transfers' server.
+const PORT: u16 = 5300;
+/// Congestion control of every carrier, so that only the relaying differs.
+const CONGESTION: &str = "bbr";
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Bytes per transfer (all flows together).
+    pub bytes: u64,
+    /// Parallel flows of each transfer.
+    pub flows: Vec<usize>,
+    /// Alternating rounds.
+    pub rounds: usize,
+    /// The lines to run on, one testbed each.
+    pub lines: Vec<Uplink>,
+}
+
+/// Who carries the LAN host's flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carrier {
+    /// The gateway host forwards; nothing relays.
+    Plain,
+    /// ss-redir and ss-server over MPTCP.
+    Shadowsocks,
+    /// The gateway and the converter.
+    Gateway,
+    /// The gateway and the converter with pipes of 1 MiB (`--relay-pipe 1024`).
+    GatewayBigPipes,
+}
+
+impl Carrier {
+    /// Every carrier, in the order of each round.
+    pub const ALL: [Self; 4] = [
+        Self::Plain,
+        Self::Shadowsocks,
+        Self::Gateway,
+        Self::GatewayBigPipes,
+    ];
+
+    /// Its name in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "plain routing",
+            Self::Shadowsocks => "shadowsocks",
+            Self::Gateway => "gateway",
+            Self::GatewayBigPipes => "gateway, 1 MiB pipes",
+        }
+    }
+
+    /// The labels of its relay processes in the testbed.
+    fn processes(self) -> &'static [&'static str] {
+        match self {
+            Self::Plain => &[],
+            Self::Shadowsocks => &["ss-redir", "ss-server"],
+            Self::Gateway | Self::GatewayBigPipes => &["gateway", "converter"],
+        }
+    }
+}
+
+/// One transfer's cost.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// Wall-clock time of the transfer.
+    pub seconds: f64,
+    /// CPU seconds of the relay processes.
+    pub relay_cpu_s: f64,
+    /// CPU seconds of the whole machine.
+    pub machine_cpu_s: f64,
+}
+
+/// The medians of one carrier on one transfer.
+#[derive(Clone, Debug)]
+pub struct Cell {
+    /// The line.
+    pub line: String,
+    /// Which way.
+    pub direction: Direction,
+    /// Parallel flows.
+    pub flows: usize,
+    /// The carrier.
+    pub carrier: Carrier,
+    /// Every round's sample.
+    pub rounds: Vec<Sample>,
+    /// Bytes moved per transfer.
+    pub bytes: u64,
+}
+
+impl Cell {
+    /// The round with the median time.
+    pub fn median(&self) -> Option<Sample> {
+        median_by(self.rounds.clone(), |sample| sample.seconds)
+    }
+
+    /// Throughput of the median round, Mbit/s.
+    #[expect(clippy::cast_precision_loss, reason = "byte counts are displayed")]
+    pub fn mbit(&self) -> f64 {
+        self.median()
+            .map_or(0.0, |sample| self.bytes as f64 * 8.0 / sample.seconds / 1e6)
+    }
+
+    /// CPU seconds per GB (10^9 bytes): the relays' and the machine's, medians of the
+    /// rounds.
+    #[expect(clippy::cast_precision_loss, reason = "byte counts are displayed")]
+    pub fn cpu_per_gb(&self) -> (f64, f64) {
+        let gb = self.bytes as f64 / 1e9;
+        let relay = median_by(self.rounds.clone(), |sample| sample.relay_cpu_s)
+            .map_or(0.0, |sample| sample.relay_cpu_s / gb);
+        let machine = median_by(self.rounds.clone(), |sample| sample.machine_cpu_s)
+            .map_or(0.0, |sample| sample.machine_cpu_s / gb);
+        (relay, machine)
+    }
+}
+
+/// Runs every line, carrier, direction and flow count; `progress` hears each step.
+pub fn run(options: &Options, dir: &Path, progress: &dyn Fn(&str)) -> anyhow::Result<Vec<Cell>> {
+    let server = SocketAddr::new(SERVER.parse()?, PORT);
+    let mut cells = Vec::new();
+    for line in &options.lines {
+        let mut testbed = Testbed::new("relay", &[*line])?;
+        // One cell per carrier and transfer, in the table's order.
+        let mut line_cells: Vec<Cell> = Carrier::ALL
+            .iter()
+            .flat_map(|&carrier| {
+                [Direction::Down, Direction::Up]
+                    .into_iter()
+                    .flat_map(move |direction| {
+                        options.flows.iter().map(move |&flows| Cell {
+                            line: line.to_string(),
+                            direction,
+                            flows,
+                            carrier,
+                            rounds: Vec::new(),
+                            bytes: options.bytes,
+                        })
+                    })
+            })
+            .collect();
+        for round in 1..=options.rounds {
+            for carrier in Carrier::ALL {
+                progress(&format!("{line}, round {round}: {}", carrier.name()));
+                start(&mut testbed, carrier, dir)?;
+                for cell in line_cells.iter_mut().filter(|cell| cell.carrier == carrier) {
+                    let (direction, flows) = (cell.direction, cell.flows);
+                    let sample =
+                        measure_one(&testbed, carrier, server, options.bytes, flows, direction)
+                            .with_context(|| {
+                                format!("{} {direction:?} x{flows}", carrier.name())
+                            })?;
+                    cell.rounds.push(sample);
+                }
+                testbed.check_running()?;
+                stop(&mut testbed, carrier)?;
+            }
+        }
+        cells.extend(line_cells);
+    }
+    Ok(cells)
+}
+
+/// Starts what `carrier` needs.
+fn start(testbed: &mut Testbed, carrier: Carrier, dir: &Path) -> anyhow::Result<()> {
+    match carrier {
+        Carrier::Plain => testbed.route_lan_via(1),
+        Carrier::Shadowsocks => testbed.start_shadowsocks(dir, CONGESTION),
+        Carrier::Gateway => {
+            let args = ["--congestion", CONGESTION];
+            testbed.start_gateway_and_converter(dir, &args, &args)
+        }
+        Carrier::GatewayBigPipes => {
+            let args = ["--congestion", CONGESTION, "--relay-pipe", "1024"];
+            testbed.start_gateway_and_converter(dir, &args, &args)
+        }
+    }
+}
+
+/// Stops what [`start`] started, and lets the line go quiet.
+fn stop(testbed: &mut Testbed, carrier: Carrier) -> anyhow::Result<()> {
+    match carrier {
+        Carrier::Plain => {}
+        Carrier::Shadowsocks => testbed.stop_shadowsocks()?,
+        Carrier::Gateway | Carrier::GatewayBigPipes => {
+            testbed.forget("gateway");
+            testbed.forget("converter");
+        }
+    }
+    testbed.wait_uplinks_quiet().map(drop)
+}
+
+/// One transfer with its CPU costs.
+fn measure_one(
+    testbed: &Testbed,
+    carrier: Carrier,
+    server: SocketAddr,
+    bytes: u64,
+    flows: usize,
+    direction: Direction,
+) -> anyhow::Result<Sample> {
+    let pids = carrier
+        .processes()
+        .iter()
+        .map(|label| {
+            testbed
+                .pid(label)
+                .with_context(|| format!("no process {label}"))
+        })
+        .collect::<anyhow::Result<Vec<u32>>>()?;
+    let relay_cpu =
+        || -> anyhow::Result<f64> { pids.iter().map(|&pid| measure::cpu_seconds(pid)).sum() };
+    let (relay_before, machine_before) = (relay_cpu()?, measure::machine_cpu_seconds()?);
+    let took = measure::transfer(
+        &testbed.client,
+        &testbed.server,
+        server,
+        bytes,
+        flows,
+        direction,
+    )?;
+    Ok(Sample {
+        seconds: took.as_secs_f64(),
+        relay_cpu_s: relay_cpu()? - relay_before,
+        machine_cpu_s: measure::machine_cpu_seconds()? - machine_before,
+    })
+}
+
+/// The plain routing cell of the same transfer as `cell`.
+fn baseline<'a>(cells: &'a [Cell], cell: &Cell) -> Option<&'a Cell> {
+    cells.iter().find(|other| {
+        other.carrier == Carrier::Plain
+            && other.line == cell.line
+            && other.direction == cell.direction
+            && other.flows == cell.flows
+    })
+}
+
+/// Prints the table: each transfer, each carrier, with its ratios to plain routing.
+pub fn print(cells: &[Cell]) {
+    println!(
+        "| line | transfer | carrier | Mbit/s | / plain | relay CPU s/GB | machine CPU s/GB | / plain |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for cell in cells {
+        let (relay, machine) = cell.cpu_per_gb();
+        let plain = baseline(cells, cell);
+        let throughput = plain.map_or(f64::NAN, |plain| cell.mbit() / plain.mbit());
+        let machine_ratio = plain.map_or(f64::NAN, |plain| machine / plain.cpu_per_gb().1);
+        println!(
+            "| {} | {:?} x{} | {} | {:.0} | {throughput:.3} | {relay:.2} | {machine:.2} | {machine_ratio:.2} |",
+            cell.line,
+            cell.direction,
+            cell.flows,
+            cell.carrier.name(),
+            cell.mbit(),
+        );
+    }
+}
+
+/// The results as JSON, every round included.
+pub fn to_json(cells: &[Cell]) -> serde_json::Value {
+    json!(
+        cells
+            .iter()
+            .map(|cell| {
+                let (relay, machine) = cell.cpu_per_gb();
+                json!({
+                    "line": cell.line,
+                    "direction": format!("{:?}", cell.direction).to_lowercase(),
+                    "flows": cell.flows,
+                    "carrier": cell.carrier.name(),
+                    "bytes": cell.bytes,
+                    "mbit": cell.mbit(),
+                    "relay_cpu_s_per_gb": relay,
+                    "machine_cpu_s_per_gb": machine,
+                    "rounds": cell.rounds.iter().map(|sample| json!({
+                        "seconds": sample.seconds,
+                        "relay_cpu_s": sample.relay_cpu_s,
+                        "machine_cpu_s": sample.machine_cpu_s,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect::<Vec<_>>()
+    )
+}
+
+/// The default lines: HTB at 1 Gbit/s, and no shaping at all.
+pub fn default_lines() -> Vec<Uplink> {
+    vec![Uplink::htb(1000), Uplink::unshaped()]
+}
