@@ -196,6 +196,22 @@ fn move_in_parallel(
     Ok(())
 }
 
+/// The processes whose command name is one of `names` (every worker of a forking
+/// daemon, in every namespace: a benchmark runs one of each).
+pub fn pids_named(names: &[&str]) -> anyhow::Result<Vec<u32>> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if names.contains(&comm.trim()) {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
+
 /// CPU seconds the whole machine has spent busy (every CPU, user, system, interrupts),
 /// from /proc/stat.
 pub fn machine_cpu_seconds() -> anyhow::Result<f64> {

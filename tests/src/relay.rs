@@ -48,6 +48,8 @@ pub enum Carrier {
     Plain,
     /// ss-redir and ss-server over MPTCP.
     Shadowsocks,
+    /// redsocks and dante (SOCKS5) over MPTCP, without encryption.
+    SocksChain,
     /// The gateway and the converter.
     Gateway,
     /// The gateway and the converter with pipes of 1 MiB (`--relay-pipe 1024`).
@@ -56,8 +58,9 @@ pub enum Carrier {
 
 impl Carrier {
     /// Every carrier, in the order of each round.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Plain,
+        Self::SocksChain,
         Self::Shadowsocks,
         Self::Gateway,
         Self::GatewayBigPipes,
@@ -68,17 +71,20 @@ impl Carrier {
         match self {
             Self::Plain => "plain routing",
             Self::Shadowsocks => "shadowsocks",
+            Self::SocksChain => "redsocks + dante",
             Self::Gateway => "gateway",
             Self::GatewayBigPipes => "gateway, 1 MiB pipes",
         }
     }
 
-    /// The labels of its relay processes in the testbed.
+    /// The command names of its relay processes (dante forks workers; the gateway
+    /// and the converter are both mptcp-user).
     fn processes(self) -> &'static [&'static str] {
         match self {
             Self::Plain => &[],
             Self::Shadowsocks => &["ss-redir", "ss-server"],
-            Self::Gateway | Self::GatewayBigPipes => &["gateway", "converter"],
+            Self::SocksChain => &["redsocks", "danted"],
+            Self::Gateway | Self::GatewayBigPipes => &["mptcp-user"],
         }
     }
 }
@@ -188,6 +194,13 @@ fn start(testbed: &mut Testbed, carrier: Carrier, dir: &Path) -> anyhow::Result<
     match carrier {
         Carrier::Plain => testbed.route_lan_via(1),
         Carrier::Shadowsocks => testbed.start_shadowsocks(dir, CONGESTION),
+        Carrier::SocksChain => {
+            // Their TCP takes the hosts' default congestion control, like shadowsocks'.
+            for netns in [&testbed.gateway, &testbed.converter] {
+                netns.sysctl("net.ipv4.tcp_congestion_control", CONGESTION)?;
+            }
+            testbed.start_socks_chain(dir)
+        }
         Carrier::Gateway => {
             let args = ["--congestion", CONGESTION];
             testbed.start_gateway_and_converter(dir, &args, &args)
@@ -204,6 +217,7 @@ fn stop(testbed: &mut Testbed, carrier: Carrier) -> anyhow::Result<()> {
     match carrier {
         Carrier::Plain => {}
         Carrier::Shadowsocks => testbed.stop_shadowsocks()?,
+        Carrier::SocksChain => testbed.stop_socks_chain()?,
         Carrier::Gateway | Carrier::GatewayBigPipes => {
             testbed.forget("gateway");
             testbed.forget("converter");
@@ -221,15 +235,12 @@ fn measure_one(
     flows: usize,
     direction: Direction,
 ) -> anyhow::Result<Sample> {
-    let pids = carrier
-        .processes()
-        .iter()
-        .map(|label| {
-            testbed
-                .pid(label)
-                .with_context(|| format!("no process {label}"))
-        })
-        .collect::<anyhow::Result<Vec<u32>>>()?;
+    let pids = measure::pids_named(carrier.processes())?;
+    anyhow::ensure!(
+        carrier == Carrier::Plain || !pids.is_empty(),
+        "no {:?} process runs",
+        carrier.processes()
+    );
     let relay_cpu =
         || -> anyhow::Result<f64> { pids.iter().map(|&pid| measure::cpu_seconds(pid)).sum() };
     let (relay_before, machine_before) = (relay_cpu()?, measure::machine_cpu_seconds()?);

@@ -466,6 +466,71 @@ impl Testbed {
         self.remove_tproxy()
     }
 
+    /// Starts the SOCKS chain people used before (and the seed's): redsocks on the
+    /// gateway, the LAN's TCP steered to it by an nftables redirect, relaying to dante
+    /// on the converter host over SOCKS5; both forced onto MPTCP by mptcpize, no
+    /// encryption. Configs and logs go to `dir`.
+    pub fn start_socks_chain(&mut self, dir: &Path) -> anyhow::Result<()> {
+        const SOCKS_PORT: u16 = 1080;
+        let dante = dir.join("danted.conf");
+        std::fs::write(
+            &dante,
+            format!(
+                "logoutput: stderr\n\
+                 internal: 0.0.0.0 port = {SOCKS_PORT}\n\
+                 external: {CONVERTER_TOWARD_SERVER}\n\
+                 clientmethod: none\n\
+                 socksmethod: none\n\
+                 user.privileged: root\n\
+                 user.unprivileged: nobody\n\
+                 client pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}\n\
+                 socks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}\n"
+            ),
+        )?;
+        let mut server = self.converter.command("mptcpize");
+        server
+            .args(["run", "danted", "-f"])
+            .arg(&dante)
+            .arg("-p")
+            .arg(dir.join("danted.pid"));
+        self.start("danted", &mut server, &dir.join("danted.log"))?;
+        let redsocks = dir.join("redsocks.conf");
+        std::fs::write(
+            &redsocks,
+            format!(
+                "base {{ log_info = off; log = stderr; daemon = off; redirector = iptables; }}\n\
+                 redsocks {{ local_ip = 0.0.0.0; local_port = {GATEWAY_PORT}; \
+                 ip = {CONVERTER}; port = {SOCKS_PORT}; type = socks5; }}\n"
+            ),
+        )?;
+        let mut client = self.gateway.command("mptcpize");
+        client.args(["run", "redsocks", "-c"]).arg(&redsocks);
+        self.start("redsocks", &mut client, &dir.join("redsocks.log"))?;
+        self.converter
+            .wait_listening(SOCKS_PORT, Duration::from_secs(10))?;
+        self.gateway
+            .wait_listening(GATEWAY_PORT, Duration::from_secs(10))?;
+        self.gateway.exec(
+            "nft",
+            &[&format!(
+                "add table ip mptcp_socks; \
+                 add chain ip mptcp_socks prerouting {{ type nat hook prerouting priority dstnat; }}; \
+                 add rule ip mptcp_socks prerouting iifname lan0 meta l4proto tcp \
+                 redirect to :{GATEWAY_PORT}"
+            )],
+        )?;
+        Ok(())
+    }
+
+    /// Stops what [`Self::start_socks_chain`] started and removes its redirect.
+    pub fn stop_socks_chain(&mut self) -> anyhow::Result<()> {
+        self.processes
+            .retain(|process| !matches!(process.label(), "redsocks" | "danted"));
+        self.gateway
+            .exec("nft", &["delete", "table", "ip", "mptcp_socks"])
+            .map(drop)
+    }
+
     /// Routes plain forwarded LAN traffic over uplink `i` (1-based) in both directions.
     pub fn route_lan_via(&self, i: usize) -> anyhow::Result<()> {
         let interface = format!("up{i}");

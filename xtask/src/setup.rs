@@ -9,7 +9,8 @@
 //! - aioquic from PyPI in a venv under target/, for the QUIC fallback test.
 //! - cargo-fuzz, for `cargo xtask fuzz` and the tests' short fuzz run (`fuzz_tools`).
 //! - For the benchmarks only (`bench_tools`): shadowsocks-libev and mptcpd, the
-//!   comparison the aggregate benchmark runs.
+//!   comparison the aggregate benchmark runs; redsocks and dante-server, the relay
+//!   benchmark's SOCKS chain.
 //!
 //! Every step checks first, so a second run takes well under a second.
 
@@ -42,12 +43,17 @@ const APT_PACKAGES: &[&str] = &[
     "python3-venv",
 ];
 
-/// Debian packages only the benchmarks need: shadowsocks made MPTCP by mptcpize.
-const BENCH_APT_PACKAGES: &[&str] = &["shadowsocks-libev", "mptcpd"];
+/// Debian packages only the benchmarks need: shadowsocks, redsocks and dante made MPTCP
+/// by mptcpize.
+const BENCH_APT_PACKAGES: &[&str] = &["shadowsocks-libev", "mptcpd", "redsocks", "dante-server"];
 
-/// The service shadowsocks-libev's package starts on systemd machines; the benchmark
-/// starts its own daemons in namespaces and needs none on the host.
-const SHADOWSOCKS_SERVICE: &str = "shadowsocks-libev.service";
+/// The services those packages start on systemd machines; the benchmarks start their
+/// own daemons in namespaces and need none on the host.
+const BENCH_SERVICES: &[&str] = &[
+    "shadowsocks-libev.service",
+    "redsocks.service",
+    "danted.service",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -108,8 +114,13 @@ pub fn bench_tools() -> anyhow::Result<()> {
     if install_apt_packages(BENCH_APT_PACKAGES)?
         && std::path::Path::new("/run/systemd/system").exists()
     {
-        eprintln!("setup: stopping and disabling {SHADOWSOCKS_SERVICE}, which the package started");
-        cmd::run(Command::new("systemctl").args(["disable", "--now", SHADOWSOCKS_SERVICE]))?;
+        for service in BENCH_SERVICES {
+            eprintln!("setup: stopping and disabling {service}, which its package started");
+            // A service that failed to start (dante without a config) is no error here.
+            let _ = Command::new("systemctl")
+                .args(["disable", "--now", service])
+                .status();
+        }
     }
     Ok(())
 }
