@@ -39,10 +39,12 @@ pub struct Options {
     pub rounds: usize,
     /// The lines to run on, one testbed each.
     pub lines: Vec<Uplink>,
+    /// The carriers compared with plain routing (which always runs).
+    pub carriers: Vec<Carrier>,
 }
 
 /// Who carries the LAN host's flows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Carrier {
     /// The gateway host forwards; nothing relays.
     Plain,
@@ -149,8 +151,12 @@ pub fn run(options: &Options, dir: &Path, progress: &dyn Fn(&str)) -> anyhow::Re
     let mut cells = Vec::new();
     for line in &options.lines {
         let mut testbed = Testbed::new("relay", &[*line])?;
+        let carriers: Vec<Carrier> = Carrier::ALL
+            .into_iter()
+            .filter(|carrier| *carrier == Carrier::Plain || options.carriers.contains(carrier))
+            .collect();
         // One cell per carrier and transfer, in the table's order.
-        let mut line_cells: Vec<Cell> = Carrier::ALL
+        let mut line_cells: Vec<Cell> = carriers
             .iter()
             .flat_map(|&carrier| {
                 [Direction::Down, Direction::Up]
@@ -168,7 +174,7 @@ pub fn run(options: &Options, dir: &Path, progress: &dyn Fn(&str)) -> anyhow::Re
             })
             .collect();
         for round in 1..=options.rounds {
-            for carrier in Carrier::ALL {
+            for &carrier in &carriers {
                 progress(&format!("{line}, round {round}: {}", carrier.name()));
                 start(&mut testbed, carrier, dir)?;
                 for cell in line_cells.iter_mut().filter(|cell| cell.carrier == carrier) {

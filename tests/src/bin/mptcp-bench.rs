@@ -98,6 +98,9 @@ enum Bench {
         /// Only the 1 Gbit/s HTB line (`htb`) or only the unshaped one (`unshaped`).
         #[arg(long)]
         line: Option<String>,
+        /// The carriers compared with plain routing (repeatable) [default: all].
+        #[arg(long, value_enum)]
+        carrier: Vec<relay::Carrier>,
         /// Directory for the JSON results.
         #[arg(long, env = "MPTCP_BENCH_DIR", default_value = "target/bench")]
         out: PathBuf,
@@ -159,6 +162,7 @@ fn main() -> anyhow::Result<()> {
             flows,
             rounds,
             line,
+            carrier,
             out,
         } => {
             let dir = TempDir::new("bench-relay")?;
@@ -175,6 +179,11 @@ fn main() -> anyhow::Result<()> {
                 flows,
                 rounds,
                 lines,
+                carriers: if carrier.is_empty() {
+                    relay::Carrier::ALL.to_vec()
+                } else {
+                    carrier
+                },
             };
             let cells = relay::run(&options, dir.path(), &|step| println!("  {step}"))?;
             relay::print(&cells);
