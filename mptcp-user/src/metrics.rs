@@ -219,21 +219,27 @@ impl GatewayMetrics {
     }
 }
 
-/// A live flow in the metrics; dropping it ends it there.
-pub struct LiveFlow {
-    live: Gauge,
+/// A live flow or relay in the metrics: its gauge goes down when this is dropped.
+pub struct Live(Gauge);
+
+impl Live {
+    /// Counts one more on `gauge` until dropped.
+    fn on(gauge: Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
 }
 
-impl Drop for LiveFlow {
+impl Drop for Live {
     fn drop(&mut self) {
-        self.live.dec();
+        self.0.dec();
     }
 }
 
 impl GatewayMetrics {
     /// Counts a flow taken `intercepted`, carried `direct` or not, live until the
     /// returned value is dropped.
-    pub fn flow_started(&self, intercepted: Intercepted, direct: bool) -> LiveFlow {
+    pub fn flow_started(&self, intercepted: Intercepted, direct: bool) -> Live {
         let labels = FlowLabels {
             taken: match intercepted {
                 Intercepted::Lan => "lan",
@@ -242,9 +248,7 @@ impl GatewayMetrics {
             carried: if direct { "direct" } else { "converter" },
         };
         self.flows_total.get_or_create(&labels).inc();
-        let live = self.flows_live.get_or_create(&labels).clone();
-        live.inc();
-        LiveFlow { live }
+        Live::on(self.flows_live.get_or_create(&labels).clone())
     }
 
     /// Sets what the gateway's tables and the kernel say now.
@@ -340,25 +344,11 @@ impl Default for ConverterMetrics {
     }
 }
 
-/// A live relay in the metrics; dropping it ends it there.
-pub struct LiveRelay {
-    live: Gauge,
-}
-
-impl Drop for LiveRelay {
-    fn drop(&mut self) {
-        self.live.dec();
-    }
-}
-
 impl ConverterMetrics {
     /// Counts a relay, live until the returned value is dropped.
-    pub fn relay_started(&self) -> LiveRelay {
+    pub fn relay_started(&self) -> Live {
         self.relays_total.inc();
-        self.relays_live.inc();
-        LiveRelay {
-            live: self.relays_live.clone(),
-        }
+        Live::on(self.relays_live.clone())
     }
 }
 

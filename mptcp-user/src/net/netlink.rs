@@ -17,7 +17,7 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         address::{AddressAttribute, AddressScope},
-        link::LinkAttribute,
+        link::{LinkAttribute, LinkMessage},
         route::{
             RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
             RouteType,
@@ -77,8 +77,8 @@ impl Netlink {
         })
     }
 
-    /// The index of interface `name`, `None` when there is none.
-    pub async fn link_index(&self, name: &str) -> anyhow::Result<Option<u32>> {
+    /// Interface `name`'s link message, `None` when there is none.
+    async fn link(&self, name: &str) -> anyhow::Result<Option<LinkMessage>> {
         let mut links = self
             .route
             .link()
@@ -86,28 +86,20 @@ impl Netlink {
             .match_name(name.to_owned())
             .execute();
         match links.try_next().await {
-            Ok(link) => Ok(link.map(|link| link.header.index)),
+            Ok(link) => Ok(link),
             Err(error) if errno(&error) == Some(libc::ENODEV) => Ok(None),
             Err(error) => Err(error).with_context(|| format!("cannot look up interface {name}")),
         }
     }
 
+    /// The index of interface `name`, `None` when there is none.
+    pub async fn link_index(&self, name: &str) -> anyhow::Result<Option<u32>> {
+        Ok(self.link(name).await?.map(|link| link.header.index))
+    }
+
     /// The bytes interface `name` has received and sent (`None`: no such interface).
     pub async fn link_bytes(&self, name: &str) -> anyhow::Result<Option<(u64, u64)>> {
-        let mut links = self
-            .route
-            .link()
-            .get()
-            .match_name(name.to_owned())
-            .execute();
-        let link = match links.try_next().await {
-            Ok(link) => link,
-            Err(error) if errno(&error) == Some(libc::ENODEV) => None,
-            Err(error) => {
-                return Err(error).with_context(|| format!("cannot read interface {name}"));
-            }
-        };
-        Ok(link.and_then(|link| {
+        Ok(self.link(name).await?.and_then(|link| {
             link.attributes
                 .into_iter()
                 .find_map(|attribute| match attribute {
