@@ -8,6 +8,7 @@ use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},
     os::unix::fs::PermissionsExt as _,
+    path::Path,
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -439,6 +440,9 @@ fn a_key_file_others_can_read_is_refused() {
             "{role}: {stderr}"
         );
     }
+    // The gateway took its instance lock before it read the key; the lock file stays
+    // by design, and this pin path is never used again.
+    let _ = fs::remove_file(mptcp_user::sys::run_file(Path::new(&pin_path), "lock"));
 }
 
 /// Sends `bytes` from `source` and returns what came back before the close, or the
