@@ -10,7 +10,7 @@ use log::{debug, info, warn};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
+    registry::{Metric, Registry},
 };
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -94,14 +94,20 @@ impl ErrorCounts {
     }
 }
 
+/// A new metric, registered in `registry` under `name`.
+fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 /// Registers the relays' byte counters under `name`, and returns them.
 fn relay_bytes(registry: &mut Registry, name: &str) -> RelayBytes {
-    let family = Family::<RelayLabels, Counter>::default();
-    registry.register(
+    let family: Family<RelayLabels, Counter> = registered(
+        registry,
         name,
         "Bytes relayed, by how (splice, or a userspace copy where the kernel cannot \
          splice) and which way (up: towards the destination)",
-        family.clone(),
     );
     let counter = |path, direction| {
         family
@@ -135,6 +141,23 @@ pub struct UplinkSample {
     pub interface_bytes: Option<(u64, u64)>,
 }
 
+/// A live flow or relay in the metrics: its gauge goes down when this is dropped.
+pub struct Live(Gauge);
+
+impl Live {
+    /// Counts one more on `gauge` until dropped.
+    fn on(gauge: Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The gateway's metrics.
 pub struct GatewayMetrics {
     registry: Registry,
@@ -156,17 +179,15 @@ impl GatewayMetrics {
     /// upstream keeps.
     pub fn new(converter_errors: ErrorCounts) -> Self {
         let mut registry = Registry::with_prefix("mptcp_gateway");
-        let flows_total = Family::default();
-        registry.register(
+        let flows_total = registered(
+            &mut registry,
             "flows",
             "Flows relayed, by how they were taken (lan, cgroup) and carried (converter, direct)",
-            flows_total.clone(),
         );
-        let flows_live = Family::default();
-        registry.register(
+        let flows_live = registered(
+            &mut registry,
             "live_flows",
             "Flows relayed now, by how they were taken and carried",
-            flows_live.clone(),
         );
         let relayed = relay_bytes(&mut registry, "relayed_bytes");
         registry.register(
@@ -174,69 +195,45 @@ impl GatewayMetrics {
             "Error TLVs the converter answered, by RFC 8803 code",
             converter_errors.0.clone(),
         );
-        let warm_connections = Gauge::default();
-        registry.register(
-            "warm_connections",
-            "Warm connections to the converter waiting for a flow",
-            warm_connections.clone(),
-        );
-        let uplink_state = Family::default();
-        registry.register(
-            "uplink_state",
-            "1 for each uplink's state now, 0 for the others",
-            uplink_state.clone(),
-        );
-        let uplink_rtt = Family::default();
-        registry.register(
-            "uplink_rtt_seconds",
-            "The last probe's handshake time to the converter over each uplink",
-            uplink_rtt.clone(),
-        );
-        let uplink_subflows = Family::default();
-        registry.register(
-            "uplink_subflows",
-            "Live MPTCP subflows over each uplink",
-            uplink_subflows.clone(),
-        );
-        let uplink_bytes = Family::default();
-        registry.register(
-            "uplink_bytes",
-            "Bytes each uplink's interface received (down) and sent (up), all its traffic",
-            uplink_bytes.clone(),
-        );
         Self {
-            registry,
             flows_total,
             flows_live,
             relayed,
             converter_errors,
-            warm_connections,
-            uplink_state,
-            uplink_rtt,
-            uplink_subflows,
-            uplink_bytes,
+            warm_connections: registered(
+                &mut registry,
+                "warm_connections",
+                "Warm connections to the converter waiting for a flow",
+            ),
+            uplink_state: registered(
+                &mut registry,
+                "uplink_state",
+                "1 for each uplink's state now, 0 for the others",
+            ),
+            uplink_rtt: registered(
+                &mut registry,
+                "uplink_rtt_seconds",
+                "The last probe's handshake time to the converter over each uplink",
+            ),
+            uplink_subflows: registered(
+                &mut registry,
+                "uplink_subflows",
+                "Live MPTCP subflows over each uplink",
+            ),
+            uplink_bytes: registered(
+                &mut registry,
+                "uplink_bytes",
+                "Bytes each uplink's interface received (down) and sent (up), all its traffic",
+            ),
+            registry,
         }
     }
-}
 
-/// A live flow or relay in the metrics: its gauge goes down when this is dropped.
-pub struct Live(Gauge);
-
-impl Live {
-    /// Counts one more on `gauge` until dropped.
-    fn on(gauge: Gauge) -> Self {
-        gauge.inc();
-        Self(gauge)
+    /// The metrics as text, as they are (call [`Self::sample`] first).
+    pub fn text(&self) -> String {
+        encode(&self.registry)
     }
-}
 
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-impl GatewayMetrics {
     /// Counts a flow taken `intercepted`, carried `direct` or not, live until the
     /// returned value is dropped.
     pub fn flow_started(&self, intercepted: Intercepted, direct: bool) -> Live {
@@ -308,38 +305,25 @@ pub struct ConverterMetrics {
 impl Default for ConverterMetrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("mptcp_converter");
-        let relays_total = Counter::default();
-        registry.register(
-            "relays",
-            "Connections relayed to their destination",
-            relays_total.clone(),
-        );
-        let relays_live = Gauge::default();
-        registry.register(
-            "live_relays",
-            "Connections relayed now",
-            relays_live.clone(),
-        );
-        let relayed = relay_bytes(&mut registry, "relayed_bytes");
-        let errors = ErrorCounts::default();
-        registry.register(
-            "errors",
-            "Error TLVs answered, by RFC 8803 code",
-            errors.0.clone(),
-        );
-        let speed_tests = Counter::default();
-        registry.register(
-            "speed_tests",
-            "Speed tests served to gateways",
-            speed_tests.clone(),
-        );
         Self {
+            relays_total: registered(
+                &mut registry,
+                "relays",
+                "Connections relayed to their destination",
+            ),
+            relays_live: registered(&mut registry, "live_relays", "Connections relayed now"),
+            relayed: relay_bytes(&mut registry, "relayed_bytes"),
+            errors: ErrorCounts(registered(
+                &mut registry,
+                "errors",
+                "Error TLVs answered, by RFC 8803 code",
+            )),
+            speed_tests: registered(
+                &mut registry,
+                "speed_tests",
+                "Speed tests served to gateways",
+            ),
             registry,
-            relays_total,
-            relays_live,
-            relayed,
-            errors,
-            speed_tests,
         }
     }
 }
@@ -350,6 +334,11 @@ impl ConverterMetrics {
         self.relays_total.inc();
         Live::on(self.relays_live.clone())
     }
+
+    /// The metrics as text.
+    pub fn text(&self) -> String {
+        encode(&self.registry)
+    }
 }
 
 /// Either daemon's metrics, as text.
@@ -359,26 +348,12 @@ pub trait Render: Send + Sync {
 }
 
 /// Encodes `registry` in the Prometheus text format.
-pub fn encode(registry: &Registry) -> String {
+fn encode(registry: &Registry) -> String {
     let mut text = String::new();
     if let Err(error) = prometheus_client::encoding::prometheus_text::encode(&mut text, registry) {
         warn!("cannot encode the metrics: {error}");
     }
     text
-}
-
-impl GatewayMetrics {
-    /// The metrics as text, as they are (call [`Self::sample`] first).
-    pub fn text(&self) -> String {
-        encode(&self.registry)
-    }
-}
-
-impl ConverterMetrics {
-    /// The metrics as text.
-    pub fn text(&self) -> String {
-        encode(&self.registry)
-    }
 }
 
 /// Listens on `address` for scrapers.
@@ -390,7 +365,8 @@ pub fn listen(address: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(TcpListener::from_std(listener)?)
 }
 
-/// Answers scrapes on `listener` with what `render` gives, one at a time, forever.
+/// Answers scrapes on `listener` with what `render` gives, each in a task of its own,
+/// forever.
 pub async fn serve<R: Render + 'static>(listener: TcpListener, render: Arc<R>) {
     loop {
         let (stream, peer) = match listener.accept().await {

@@ -600,17 +600,17 @@ async fn connect(
     }
 }
 
-/// Sends a response, then closes our write side so the client reads it and EOF.
-///
-/// Closing a socket with unread input makes the kernel send a reset, which can destroy
-/// the answer before the client reads it; so we discard the client's input until it
-/// closes too (it does once it has read the error), for at most two seconds.
 /// Answers an Error TLV with `code` and `value`, counted in the metrics, then closes.
 async fn refuse(client: &mut TcpStream, converter: &Converter, code: ErrorCode, value: Vec<u8>) {
     converter.metrics.errors.count(code);
     answer(client, Message::new(vec![Tlv::Error { code, value }])).await;
 }
 
+/// Sends a response, then closes our write side so the client reads it and EOF.
+///
+/// Closing a socket with unread input makes the kernel send a reset, which can destroy
+/// the answer before the client reads it; so we discard the client's input until it
+/// closes too (it does once it has read the error), for at most two seconds.
 async fn answer(client: &mut TcpStream, response: Message) {
     until_answers_leave_at_once(client).await;
     if let Ok(bytes) = response.encode() {

@@ -148,7 +148,7 @@ impl Gateway {
             self.tuning.apply(socket)?;
             self.flows.label(socket, WARM_FLOW)
         };
-        upstream::connect_converter(converter, &attempts, configure).await
+        upstream::connect_converter(converter, true, &attempts, configure).await
     }
 }
 

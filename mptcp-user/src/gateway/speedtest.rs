@@ -24,7 +24,7 @@ use tokio::{
 
 use super::{
     uplinks::{self, Health},
-    upstream::{CONVERTER_TIMEOUT, Upstream, UpstreamConfig},
+    upstream::{CONVERTER_TIMEOUT, Upstream, UpstreamConfig, connect_converter},
 };
 use crate::{
     convert::{
@@ -33,7 +33,7 @@ use crate::{
         speedtest::{Command, DESTINATION, Meter, Received},
         wire,
     },
-    net::socket::{self, Attempt},
+    net::socket::Attempt,
     sys,
 };
 
@@ -213,13 +213,9 @@ impl Tester {
         command: Command,
     ) -> anyhow::Result<(f64, f64)> {
         let started = Instant::now();
-        let mut stream = tokio::time::timeout(
-            CONVERTER_TIMEOUT,
-            socket::connect_racing(self.converter, mptcp, attempts, |_| Ok(())),
-        )
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))
-        .with_context(|| format!("cannot connect to the converter {}", self.converter))??;
+        let mut stream = connect_converter(self.converter, mptcp, attempts, |_| Ok(()))
+            .await
+            .with_context(|| format!("cannot connect to the converter {}", self.converter))?;
         let handshake = started.elapsed();
         let request = Request {
             destination: DESTINATION,

@@ -22,16 +22,18 @@ use crate::{
     net::socket::{self, Attempt},
 };
 
-/// Opens an MPTCP connection to `converter`, its first subflow racing over `attempts`,
-/// within [`CONVERTER_TIMEOUT`] (else a `TimedOut` error): a flow's, or a warm one.
+/// Opens a connection to `converter`, MPTCP (a flow's, a warm one) or plain TCP (a
+/// speed test of one uplink), its first subflow racing over `attempts`, within
+/// [`CONVERTER_TIMEOUT`] (else a `TimedOut` error).
 pub async fn connect_converter(
     converter: SocketAddr,
+    mptcp: bool,
     attempts: &[Attempt],
     configure: impl Fn(&Socket) -> std::io::Result<()>,
 ) -> std::io::Result<TcpStream> {
     tokio::time::timeout(
         CONVERTER_TIMEOUT,
-        socket::connect_racing(converter, true, attempts, configure),
+        socket::connect_racing(converter, mptcp, attempts, configure),
     )
     .await
     .map_err(|_| std::io::ErrorKind::TimedOut)?
@@ -197,7 +199,7 @@ impl Upstream {
                 done => return done,
             }
         }
-        let stream = match connect_converter(converter, &attempts, configure).await {
+        let stream = match connect_converter(converter, true, &attempts, configure).await {
             Ok(stream) => stream,
             Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
                 let reason = anyhow!("{converter} did not answer within {CONVERTER_TIMEOUT:?}");

@@ -74,6 +74,12 @@ impl PipePool {
         }
     }
 
+    /// The pool of a daemon tuned with `tuning` (`--relay-pipe`).
+    pub fn for_tuning(tuning: &crate::bpf::tuning::TuningConfig) -> Self {
+        let kib = usize::try_from(tuning.relay_pipe_kib).unwrap_or(64);
+        Self::new(MAX_IDLE_PIPES, kib * 1024)
+    }
+
     fn take(&self) -> io::Result<Pipe> {
         if let Some(pipe) = lock(&self.idle).pop() {
             return Ok(pipe);
@@ -98,14 +104,6 @@ impl PipePool {
     /// Idle pipes in the pool.
     pub fn idle_count(&self) -> usize {
         lock(&self.idle).len()
-    }
-}
-
-impl PipePool {
-    /// The pool of a daemon tuned with `tuning` (`--relay-pipe`).
-    pub fn for_tuning(tuning: &crate::bpf::tuning::TuningConfig) -> Self {
-        let kib = usize::try_from(tuning.relay_pipe_kib).unwrap_or(64);
-        Self::new(MAX_IDLE_PIPES, kib * 1024)
     }
 }
 
