@@ -360,6 +360,19 @@ fn receive(
     Ok(Download { samples })
 }
 
+/// An IPv4 stream socket whose connect() returns at once and sends the first write in
+/// the SYN, once the kernel holds a Fast Open cookie for the destination
+/// (TCP_FASTOPEN_CONNECT).
+pub fn fast_open_socket(transport: Transport) -> anyhow::Result<Socket> {
+    let socket = socket(SocketAddr::from(([0, 0, 0, 0], 0)), transport)?;
+    nix::sys::socket::setsockopt(
+        &socket,
+        nix::sys::socket::sockopt::TcpFastOpenConnect,
+        &true,
+    )?;
+    Ok(socket)
+}
+
 /// A stream socket for `address`'s family.
 fn socket(address: SocketAddr, transport: Transport) -> std::io::Result<Socket> {
     let protocol = match transport {

@@ -71,6 +71,12 @@ impl Netns {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// Forgets the TCP metrics cached per destination, the TCP Fast Open cookies among
+    /// them (plain TCP and MPTCP share them).
+    pub fn flush_tcp_metrics(&self) -> anyhow::Result<()> {
+        self.ip(&["tcp_metrics", "flush", "all"])
+    }
+
     /// Sets a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
         self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")])

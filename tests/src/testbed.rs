@@ -717,6 +717,22 @@ impl Testbed {
         format!("{}/{}", mptcp_user::sys::BPFFS, self.name)
     }
 
+    /// `mptcp-user uplinks --json`: (interface, state) of each uplink; none when no
+    /// gateway runs.
+    pub fn uplink_states(&self) -> Vec<(String, String)> {
+        let output = self.gateway_cli(&["uplinks", "--json"]).unwrap();
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_slice(&output.stdout).unwrap_or_default();
+        rows.iter()
+            .map(|row| {
+                (
+                    row["interface"].as_str().unwrap_or_default().to_owned(),
+                    row["health"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
     /// Runs `mptcp-user ARGS --pin-path <ours>` on the gateway host (the inspection and
     /// policy commands), returning its output whatever its exit status.
     pub fn gateway_cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {

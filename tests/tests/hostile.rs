@@ -15,7 +15,9 @@ use std::{
 };
 
 use mptcp_tests::{
-    TempDir, mptcp_user_bin,
+    TempDir,
+    measure::{Transport, fast_open_socket},
+    mptcp_user_bin,
     netns::{enter, run_in},
     require_root,
     scale::{GreetingServer, raise_own_file_limit},
@@ -565,34 +567,25 @@ fn listed_client_networks_convert_without_a_cookie() {
 
 /// Times `attempts` requests sent in the SYN (TCP Fast Open) from the gateway host to
 /// the converter, over plain TCP or MPTCP: from connect() to the answer's first byte.
-/// Each with all that came back before the converter closed.
+/// Each with all that came back before the converter closed. The first attempt has no
+/// cookie (the cache is emptied) and fetches one; the others use it.
 fn fast_open_requests(
     testbed: &Testbed,
     mptcp: bool,
     request: &[u8],
     attempts: usize,
 ) -> Vec<(Duration, Vec<u8>)> {
+    testbed.gateway.flush_tcp_metrics().unwrap();
     let request = request.to_vec();
+    let transport = if mptcp {
+        Transport::Mptcp
+    } else {
+        Transport::Tcp
+    };
     run_in(&testbed.gateway, move || {
         (0..attempts)
             .map(|_| {
-                let protocol = if mptcp {
-                    socket2::Protocol::MPTCP
-                } else {
-                    socket2::Protocol::TCP
-                };
-                let socket = socket2::Socket::new(
-                    socket2::Domain::IPV4,
-                    socket2::Type::STREAM,
-                    Some(protocol),
-                )
-                .unwrap();
-                nix::sys::socket::setsockopt(
-                    &socket,
-                    nix::sys::socket::sockopt::TcpFastOpenConnect,
-                    &true,
-                )
-                .unwrap();
+                let socket = fast_open_socket(transport).unwrap();
                 let started = Instant::now();
                 socket.connect(&converter_address().into()).unwrap();
                 let mut stream = TcpStream::from(socket);
@@ -647,11 +640,6 @@ fn rfc_clients_may_send_their_request_in_the_syn() {
     let accepted_before = fast_open_accepted(&testbed);
     let mut in_the_syn = 0;
     for mptcp in [false, true] {
-        // The first attempt fetches the Fast Open cookie; the others use it.
-        testbed
-            .gateway
-            .ip(&["tcp_metrics", "flush", "all"])
-            .unwrap();
         let exchanges = fast_open_requests(&testbed, mptcp, &request, 3);
         let times: Vec<Duration> = exchanges.iter().map(|(took, _)| *took).collect();
         println!("{}: {times:?}", if mptcp { "MPTCP" } else { "plain TCP" });

@@ -21,6 +21,7 @@ use std::{
 };
 
 use mptcp_tests::{
+    measure::{self, Transport},
     netns::{Netns, run_in},
     require_root,
     testbed::{CONVERTER, Testbed, Uplink},
@@ -57,7 +58,7 @@ fn tfo_server(netns: &Netns, mptcp: bool, when: Answer) -> SocketAddr {
         let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(protocol(mptcp))).unwrap();
         socket.set_reuse_address(true).unwrap();
         socket.bind(&address.into()).unwrap();
-        set_int(&socket, libc::TCP_FASTOPEN, 16);
+        mptcp_user::sys::set_fast_open(&socket, 16).unwrap();
         socket.listen(16).unwrap();
         socket.into()
     });
@@ -81,35 +82,20 @@ fn tfo_server(netns: &Netns, mptcp: bool, when: Answer) -> SocketAddr {
     address
 }
 
-fn set_int(socket: &Socket, option: libc::c_int, value: libc::c_int) {
-    use std::os::fd::AsRawFd as _;
-    // SAFETY: a valid socket and a c_int option value of the right size.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            option,
-            (&raw const value).cast(),
-            libc::socklen_t::try_from(size_of::<libc::c_int>()).unwrap(),
-        )
-    };
-    assert_eq!(
-        result,
-        0,
-        "setsockopt {option}: {}",
-        std::io::Error::last_os_error()
-    );
-}
-
 /// Times `attempts` connections from `netns` to `server` with TCP_FASTOPEN_CONNECT:
-/// from connect() to the answer's first byte (or the stall bound).
+/// from connect() to the answer's first byte (or the stall bound). The first attempt
+/// has no cookie (the cache is emptied) and fetches one; the others use it.
 fn tfo_exchanges(netns: &Netns, server: SocketAddr, mptcp: bool, attempts: usize) -> Vec<Duration> {
+    netns.flush_tcp_metrics().unwrap();
+    let transport = if mptcp {
+        Transport::Mptcp
+    } else {
+        Transport::Tcp
+    };
     run_in(netns, move || {
         (0..attempts)
             .map(|_| {
-                let socket =
-                    Socket::new(Domain::IPV4, Type::STREAM, Some(protocol(mptcp))).unwrap();
-                set_int(&socket, libc::TCP_FASTOPEN_CONNECT, 1);
+                let socket = measure::fast_open_socket(transport).unwrap();
                 let started = Instant::now();
                 socket.connect(&server.into()).unwrap();
                 let mut stream = TcpStream::from(socket);
@@ -131,7 +117,7 @@ fn mptcp_fast_open_still_holds_the_servers_first_answer() {
     for netns in [&testbed.gateway, &testbed.converter] {
         netns.sysctl("net.ipv4.tcp_fastopen", "3").unwrap();
         // No cookie from an earlier run: the first attempt fetches one.
-        netns.ip(&["tcp_metrics", "flush", "all"]).unwrap();
+        netns.flush_tcp_metrics().unwrap();
     }
 
     // The control: plain TCP Fast Open answers in one round trip once it has a cookie.
@@ -143,12 +129,6 @@ fn mptcp_fast_open_still_holds_the_servers_first_answer() {
         "TFO did not save a round trip for plain TCP ({tcp:?}): the test setup is wrong"
     );
 
-    // The cookie cache (tcp_metrics) is per destination address, plain TCP and MPTCP
-    // alike: empty it again so that MPTCP's first attempt has none.
-    testbed
-        .gateway
-        .ip(&["tcp_metrics", "flush", "all"])
-        .unwrap();
     let mptcp_server = tfo_server(&testbed.converter, true, Answer::AtOnce);
     let mptcp = tfo_exchanges(&testbed.gateway, mptcp_server, true, 3);
     println!("MPTCP with TFO: {mptcp:?}");
@@ -160,10 +140,6 @@ fn mptcp_fast_open_still_holds_the_servers_first_answer() {
     // answer then never stalls, and the request still came in the SYN (the server works
     // on it during the round trip the third ACK takes).
     let waiting_server = tfo_server(&testbed.converter, true, Answer::OnceTheKeyArrived);
-    testbed
-        .gateway
-        .ip(&["tcp_metrics", "flush", "all"])
-        .unwrap();
     let waited = tfo_exchanges(&testbed.gateway, waiting_server, true, 3);
     println!("MPTCP with TFO, answered once the key arrived: {waited:?}");
     assert!(
@@ -171,10 +147,6 @@ fn mptcp_fast_open_still_holds_the_servers_first_answer() {
         "an answer written once the client's key arrived stalled: {waited:?}"
     );
     // A plain TCP client with TFO of the same MPTCP listener is fine: one round trip.
-    testbed
-        .gateway
-        .ip(&["tcp_metrics", "flush", "all"])
-        .unwrap();
     let plain_to_mptcp = tfo_exchanges(&testbed.gateway, waiting_server, false, 3);
     println!("plain TCP with TFO to the MPTCP listener: {plain_to_mptcp:?}");
     assert!(

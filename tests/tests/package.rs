@@ -37,6 +37,15 @@ fn unit_capabilities(name: &str) -> Vec<String> {
         .collect()
 }
 
+/// `capabilities` but `dropped`.
+fn without(capabilities: &[String], dropped: &str) -> Vec<String> {
+    capabilities
+        .iter()
+        .filter(|name| *name != dropped)
+        .cloned()
+        .collect()
+}
+
 /// Starts both daemons with `gateway` and `converter` capabilities; whether the gateway
 /// became ready and carried a flow through the converter, with both logs.
 fn run_with(gateway: &[String], converter: &[String]) -> (anyhow::Result<()>, String, String) {
@@ -91,12 +100,7 @@ fn the_units_capabilities_are_enough_and_needed() {
     // Each capability of the gateway's set is needed: without it, it does not start
     // or does not convert.
     for dropped in &gateway {
-        let fewer: Vec<String> = gateway
-            .iter()
-            .filter(|name| *name != dropped)
-            .cloned()
-            .collect();
-        let (result, log, _) = run_with(&fewer, &converter);
+        let (result, log, _) = run_with(&without(&gateway, dropped), &converter);
         println!("gateway without {dropped}: {result:?}");
         assert!(
             result.is_err(),
@@ -105,12 +109,7 @@ fn the_units_capabilities_are_enough_and_needed() {
     }
     // The converter runs without the eBPF ones, but without its subflow tuning.
     for dropped in ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"] {
-        let fewer: Vec<String> = converter
-            .iter()
-            .filter(|name| *name != dropped)
-            .cloned()
-            .collect();
-        let (_, _, log) = run_with(&gateway, &fewer);
+        let (_, _, log) = run_with(&gateway, &without(&converter, dropped));
         assert!(
             !log.contains("subflow tuning:"),
             "the converter tunes subflows without {dropped}:\n{log}"

@@ -16,22 +16,13 @@ use mptcp_tests::{
 
 /// Waits until `mptcp-user uplinks` says every uplink is up.
 fn wait_uplinks_up(testbed: &Testbed) {
-    let states = || {
-        let output = testbed.gateway_cli(&["uplinks", "--json"]).unwrap();
-        let rows: Vec<serde_json::Value> =
-            serde_json::from_slice(&output.stdout).unwrap_or_default();
-        rows.iter()
-            .map(|row| row["health"].as_str().unwrap_or_default().to_owned())
-            .collect::<Vec<_>>()
+    let all_up = || {
+        let states = testbed.uplink_states();
+        !states.is_empty() && states.iter().all(|(_, state)| state == "up")
     };
-    wait_until(
-        Duration::from_secs(15),
-        || {
-            let states = states();
-            !states.is_empty() && states.iter().all(|state| state == "up")
-        },
-        || format!("uplinks never all up: {:?}", states()),
-    );
+    wait_until(Duration::from_secs(15), all_up, || {
+        format!("uplinks never all up: {:?}", testbed.uplink_states())
+    });
 }
 
 #[test]

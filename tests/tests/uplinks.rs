@@ -90,20 +90,6 @@ fn gateway_log(dir: &TempDir) -> String {
     fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
 }
 
-/// `mptcp-user uplinks --json`: (interface, state) of each uplink.
-fn uplink_states(testbed: &Testbed) -> Vec<(String, String)> {
-    let output = testbed.gateway_cli(&["uplinks", "--json"]).unwrap();
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
-    rows.iter()
-        .map(|row| {
-            (
-                row["interface"].as_str().unwrap_or_default().to_owned(),
-                row["health"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
-}
-
 /// Waits (10 s at most) until `mptcp-user uplinks` says `interface` is `state`; returns
 /// how long that took.
 fn wait_for_state(testbed: &Testbed, interface: &str, state: &str) -> Duration {
@@ -111,8 +97,8 @@ fn wait_for_state(testbed: &Testbed, interface: &str, state: &str) -> Duration {
     let wanted = (interface.to_owned(), state.to_owned());
     wait_until(
         Duration::from_secs(10),
-        || uplink_states(testbed).contains(&wanted),
-        || format!("{interface} never {state}: {:?}", uplink_states(testbed)),
+        || testbed.uplink_states().contains(&wanted),
+        || format!("{interface} never {state}: {:?}", testbed.uplink_states()),
     );
     started.elapsed()
 }
@@ -195,13 +181,13 @@ fn uplinks_from_a_config_file_carry_a_download_and_are_removed_on_exit() {
     wait_until(
         Duration::from_secs(10),
         || {
-            uplink_states(&testbed)
+            testbed.uplink_states()
                 == [
                     ("up1".to_owned(), "up".to_owned()),
                     ("up2".to_owned(), "up".to_owned()),
                 ]
         },
-        || format!("uplinks: {:?}", uplink_states(&testbed)),
+        || format!("uplinks: {:?}", testbed.uplink_states()),
     );
 
     terminate(&testbed, "-TERM");
