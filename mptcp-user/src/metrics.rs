@@ -106,8 +106,9 @@ fn relay_bytes(registry: &mut Registry, name: &str) -> RelayBytes {
     let family: Family<RelayLabels, Counter> = registered(
         registry,
         name,
-        "Bytes relayed, by how (splice, or a userspace copy where the kernel cannot \
-         splice) and which way (up: towards the destination)",
+        "Bytes relayed, by how (splice, or a userspace copy: the bytes that came with \
+         the converter's handshake, or where the kernel cannot splice) and which way \
+         (up: towards the destination)",
     );
     let counter = |path, direction| {
         family

@@ -339,6 +339,12 @@ async fn handle(
         warn!("{peer} -> {destination}: {error}");
         return;
     }
+    converter
+        .metrics
+        .relayed
+        .up
+        .copied
+        .inc_by(early_data.len() as u64);
     let _counted = converter.metrics.relay_started();
     match relay::relay(
         &mut client,

@@ -361,6 +361,12 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
         debug!("{peer} -> {destination}: {error}");
         return;
     }
+    gateway
+        .metrics
+        .relayed
+        .down
+        .copied
+        .inc_by(server_early.len() as u64);
     let relayed = tokio::select! {
         relayed = relay::relay(
             &mut lan, &mut upstream, &gateway.pipes, gateway.timeouts, &gateway.metrics.relayed,

@@ -156,7 +156,8 @@ pub enum RelayError {
 pub struct DirectionBytes {
     /// Spliced (the kernel moved them).
     pub spliced: Counter,
-    /// Copied through userspace (the kernel could not splice).
+    /// Copied through userspace (read with the handshake, or the kernel could not
+    /// splice).
     pub copied: Counter,
 }
 
@@ -288,14 +289,18 @@ async fn pump(
                 .map_err(|_| RelayError::Stalled(stall))?
                 .map_err(RelayError::Write)?;
             match to.try_io(Interest::WRITABLE, || sys::splice(&pipe.read, to, in_pipe)) {
-                Ok(n) => in_pipe -= n,
+                Ok(n) => {
+                    in_pipe -= n;
+                    // Counted as they leave: a peer that goes away mid-pipe has still
+                    // received these.
+                    moved += n as u64;
+                    counted.spliced.inc_by(n as u64);
+                }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                 Err(error) => return Err(RelayError::Write(error)),
             }
         }
         pool.give(pipe);
-        moved += filled as u64;
-        counted.spliced.inc_by(filled as u64);
         touch(last_activity, start);
     }
 }
@@ -329,13 +334,15 @@ async fn copy(
         while written < n {
             to.writable().await.map_err(RelayError::Write)?;
             match to.try_write(&buffer[written..n]) {
-                Ok(w) => written += w,
+                Ok(w) => {
+                    written += w;
+                    moved += w as u64;
+                    counted.inc_by(w as u64);
+                }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                 Err(error) => return Err(RelayError::Write(error)),
             }
         }
-        moved += n as u64;
-        counted.inc_by(n as u64);
         touch(last_activity, start);
     }
 }
