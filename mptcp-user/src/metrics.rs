@@ -20,7 +20,7 @@ use tokio::{
 use crate::{
     convert::codec::ErrorCode,
     gateway::{flows::Intercepted, uplinks::Health},
-    net::relay::{DirectionBytes, RelayBytes},
+    net::relay::{DirectionCounters, RelayCounters},
 };
 
 /// How long a scraper has to send its request.
@@ -49,6 +49,12 @@ struct ErrorLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RelayLabels {
     path: &'static str,
+    direction: &'static str,
+}
+
+/// Labels of per-direction values: `up` (towards the destination) or `down`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
     direction: &'static str,
 }
 
@@ -101,29 +107,46 @@ fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, 
     metric
 }
 
-/// Registers the relays' byte counters under `name`, and returns them.
-fn relay_bytes(registry: &mut Registry, name: &str) -> RelayBytes {
-    let family: Family<RelayLabels, Counter> = registered(
+/// Registers the relays' counters (`relayed_bytes`, `relay_reads`, `relay_waits`), and
+/// returns them.
+fn relay_counters(registry: &mut Registry) -> RelayCounters {
+    let bytes: Family<RelayLabels, Counter> = registered(
         registry,
-        name,
+        "relayed_bytes",
         "Bytes relayed, by how (splice, or a userspace copy: the bytes that came with \
          the converter's handshake, or where the kernel cannot splice) and which way \
          (up: towards the destination)",
     );
-    let counter = |path, direction| {
-        family
-            .get_or_create(&RelayLabels { path, direction })
-            .clone()
+    let reads: Family<DirectionLabels, Counter> = registered(
+        registry,
+        "relay_reads",
+        "Reads (splice or read calls) that brought relayed bytes, by direction",
+    );
+    let waits: Family<DirectionLabels, Counter> = registered(
+        registry,
+        "relay_waits",
+        "Times a relay found a socket not ready (EAGAIN) and waited: its wake-ups, by \
+         direction",
+    );
+    let direction = |direction| DirectionCounters {
+        spliced: bytes
+            .get_or_create(&RelayLabels {
+                path: "splice",
+                direction,
+            })
+            .clone(),
+        copied: bytes
+            .get_or_create(&RelayLabels {
+                path: "copy",
+                direction,
+            })
+            .clone(),
+        reads: reads.get_or_create(&DirectionLabels { direction }).clone(),
+        waits: waits.get_or_create(&DirectionLabels { direction }).clone(),
     };
-    RelayBytes {
-        up: DirectionBytes {
-            spliced: counter("splice", "up"),
-            copied: counter("copy", "up"),
-        },
-        down: DirectionBytes {
-            spliced: counter("splice", "down"),
-            copied: counter("copy", "down"),
-        },
+    RelayCounters {
+        up: direction("up"),
+        down: direction("down"),
     }
 }
 
@@ -164,8 +187,8 @@ pub struct GatewayMetrics {
     registry: Registry,
     flows_total: Family<FlowLabels, Counter>,
     flows_live: Family<FlowLabels, Gauge>,
-    /// Bytes the relays moved.
-    pub relayed: RelayBytes,
+    /// What the relays moved, and how.
+    pub relayed: RelayCounters,
     /// Error TLVs the converter answered.
     pub converter_errors: ErrorCounts,
     warm_connections: Gauge,
@@ -190,7 +213,7 @@ impl GatewayMetrics {
             "live_flows",
             "Flows relayed now, by how they were taken and carried",
         );
-        let relayed = relay_bytes(&mut registry, "relayed_bytes");
+        let relayed = relay_counters(&mut registry);
         registry.register(
             "converter_errors",
             "Error TLVs the converter answered, by RFC 8803 code",
@@ -295,8 +318,8 @@ pub struct ConverterMetrics {
     registry: Registry,
     relays_total: Counter,
     relays_live: Gauge,
-    /// Bytes the relays moved.
-    pub relayed: RelayBytes,
+    /// What the relays moved, and how.
+    pub relayed: RelayCounters,
     /// Error TLVs answered.
     pub errors: ErrorCounts,
     /// Speed tests served.
@@ -313,7 +336,7 @@ impl Default for ConverterMetrics {
                 "Connections relayed to their destination",
             ),
             relays_live: registered(&mut registry, "live_relays", "Connections relayed now"),
-            relayed: relay_bytes(&mut registry, "relayed_bytes"),
+            relayed: relay_counters(&mut registry),
             errors: ErrorCounts(registered(
                 &mut registry,
                 "errors",

@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod emulator;
 pub mod interception;
 pub mod measure;
+pub mod metrics;
 pub mod netns;
 pub mod relay;
 pub mod scale;

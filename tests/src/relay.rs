@@ -5,12 +5,14 @@
 //! - plain routing: the gateway host forwards, nothing relays (the baseline);
 //! - shadowsocks-libev (`ss-redir` + `ss-server` under mptcpize, as in bench
 //!   aggregate), a copying relay people use today;
-//! - the gateway and converter (splice).
+//! - the gateway and converter: as they are, with pipes of 1 MiB, and reading MPTCP
+//!   sockets with read(2) rather than splice(2) (`--relay-mptcp-reads copy`).
 //!
 //! Every carrier runs each transfer in alternating rounds; the medians are compared.
 //! For each: throughput over plain routing's, CPU seconds per GB of the relay
 //! processes (both ends), and of the whole machine (/proc/stat, every process and
-//! interrupt: the sender and receiver, the kernel's TCP and MPTCP, the relays).
+//! interrupt: the sender and receiver, the kernel's TCP and MPTCP, the relays). For
+//! ours also, from the daemons' metrics: bytes per read call and wake-ups per MB.
 
 use std::{net::SocketAddr, path::Path};
 
@@ -20,6 +22,7 @@ use serde_json::json;
 use crate::{
     measure::{self, Direction},
     median_by,
+    metrics::{self, CONVERTER_METRICS, GATEWAY_METRICS},
     testbed::{SERVER, Testbed, Uplink},
 };
 
@@ -56,16 +59,20 @@ pub enum Carrier {
     Gateway,
     /// The gateway and the converter with pipes of 1 MiB (`--relay-pipe 1024`).
     GatewayBigPipes,
+    /// The gateway and the converter reading MPTCP sockets with read(2)
+    /// (`--relay-mptcp-reads copy`).
+    GatewayCopiedReads,
 }
 
 impl Carrier {
     /// Every carrier, in the order of each round.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Plain,
         Self::SocksChain,
         Self::Shadowsocks,
         Self::Gateway,
         Self::GatewayBigPipes,
+        Self::GatewayCopiedReads,
     ];
 
     /// Its name in tables and JSON.
@@ -76,6 +83,17 @@ impl Carrier {
             Self::SocksChain => "redsocks + dante",
             Self::Gateway => "gateway",
             Self::GatewayBigPipes => "gateway, 1 MiB pipes",
+            Self::GatewayCopiedReads => "gateway, MPTCP reads copied",
+        }
+    }
+
+    /// The daemon flags that make it, if it is ours.
+    fn gateway_flags(self) -> Option<&'static [&'static str]> {
+        match self {
+            Self::Plain | Self::Shadowsocks | Self::SocksChain => None,
+            Self::Gateway => Some(&[]),
+            Self::GatewayBigPipes => Some(&["--relay-pipe", "1024"]),
+            Self::GatewayCopiedReads => Some(&["--relay-mptcp-reads", "copy"]),
         }
     }
 
@@ -86,7 +104,7 @@ impl Carrier {
             Self::Plain => &[],
             Self::Shadowsocks => &["ss-redir", "ss-server"],
             Self::SocksChain => &["redsocks", "danted"],
-            Self::Gateway | Self::GatewayBigPipes => &["mptcp-user"],
+            Self::Gateway | Self::GatewayBigPipes | Self::GatewayCopiedReads => &["mptcp-user"],
         }
     }
 }
@@ -100,6 +118,67 @@ pub struct Sample {
     pub relay_cpu_s: f64,
     /// CPU seconds of the whole machine.
     pub machine_cpu_s: f64,
+    /// Our daemons' relay calls, both ends and directions together (none for the
+    /// others).
+    pub calls: Option<RelayCalls>,
+}
+
+/// What our relays' metrics counted during one transfer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RelayCalls {
+    /// Bytes relayed.
+    pub bytes: u64,
+    /// Read calls that brought bytes.
+    pub reads: u64,
+    /// Waits for a socket to become ready (EAGAIN).
+    pub waits: u64,
+}
+
+impl RelayCalls {
+    /// The counters of both daemons now.
+    fn read(testbed: &Testbed) -> anyhow::Result<Self> {
+        let mut calls = Self::default();
+        for (netns, address, prefix) in [
+            (&testbed.gateway, GATEWAY_METRICS, "mptcp_gateway"),
+            (&testbed.converter, CONVERTER_METRICS, "mptcp_converter"),
+        ] {
+            let text = metrics::scrape(netns, address)?;
+            for direction in ["up", "down"] {
+                for path in ["splice", "copy"] {
+                    calls.bytes += metrics::sample(
+                        &text,
+                        &format!(
+                            r#"{prefix}_relayed_bytes_total{{path="{path}",direction="{direction}"}}"#
+                        ),
+                    );
+                }
+                let labels = format!(r#"{{direction="{direction}"}}"#);
+                calls.reads +=
+                    metrics::sample(&text, &format!("{prefix}_relay_reads_total{labels}"));
+                calls.waits +=
+                    metrics::sample(&text, &format!("{prefix}_relay_waits_total{labels}"));
+            }
+        }
+        Ok(calls)
+    }
+
+    /// What was counted since `before`.
+    fn since(self, before: Self) -> Self {
+        Self {
+            bytes: self.bytes - before.bytes,
+            reads: self.reads - before.reads,
+            waits: self.waits - before.waits,
+        }
+    }
+
+    /// Bytes per read call, and wake-ups per MB (10^6 bytes).
+    #[expect(clippy::cast_precision_loss, reason = "ratios are displayed")]
+    pub fn ratios(self) -> (f64, f64) {
+        (
+            self.bytes as f64 / self.reads.max(1) as f64,
+            self.waits as f64 / (self.bytes.max(1) as f64 / 1e6),
+        )
+    }
 }
 
 /// The medians of one carrier on one transfer.
@@ -207,13 +286,12 @@ fn start(testbed: &mut Testbed, carrier: Carrier, dir: &Path) -> anyhow::Result<
             }
             testbed.start_socks_chain(dir)
         }
-        Carrier::Gateway => {
-            let args = ["--congestion", CONGESTION];
-            testbed.start_gateway_and_converter(dir, &args, &args)
-        }
-        Carrier::GatewayBigPipes => {
-            let args = ["--congestion", CONGESTION, "--relay-pipe", "1024"];
-            testbed.start_gateway_and_converter(dir, &args, &args)
+        Carrier::Gateway | Carrier::GatewayBigPipes | Carrier::GatewayCopiedReads => {
+            let flags = carrier.gateway_flags().unwrap_or_default();
+            let common = ["--congestion", CONGESTION];
+            let gateway = [&common[..], &["--metrics", GATEWAY_METRICS], flags].concat();
+            let converter = [&common[..], &["--metrics", CONVERTER_METRICS], flags].concat();
+            testbed.start_gateway_and_converter(dir, &gateway, &converter)
         }
     }
 }
@@ -224,7 +302,7 @@ fn stop(testbed: &mut Testbed, carrier: Carrier) -> anyhow::Result<()> {
         Carrier::Plain => {}
         Carrier::Shadowsocks => testbed.stop_shadowsocks()?,
         Carrier::SocksChain => testbed.stop_socks_chain()?,
-        Carrier::Gateway | Carrier::GatewayBigPipes => {
+        Carrier::Gateway | Carrier::GatewayBigPipes | Carrier::GatewayCopiedReads => {
             testbed.forget("gateway");
             testbed.forget("converter");
         }
@@ -249,6 +327,8 @@ fn measure_one(
     );
     let relay_cpu =
         || -> anyhow::Result<f64> { pids.iter().map(|&pid| measure::cpu_seconds(pid)).sum() };
+    let ours = carrier.gateway_flags().is_some();
+    let calls_before = ours.then(|| RelayCalls::read(testbed)).transpose()?;
     let (relay_before, machine_before) = (relay_cpu()?, measure::machine_cpu_seconds()?);
     let took = measure::transfer(
         &testbed.client,
@@ -258,10 +338,19 @@ fn measure_one(
         flows,
         direction,
     )?;
+    let (relay_cpu_s, machine_cpu_s) = (
+        relay_cpu()? - relay_before,
+        measure::machine_cpu_seconds()? - machine_before,
+    );
+    let calls = match calls_before {
+        Some(before) => Some(RelayCalls::read(testbed)?.since(before)),
+        None => None,
+    };
     Ok(Sample {
         seconds: took.as_secs_f64(),
-        relay_cpu_s: relay_cpu()? - relay_before,
-        machine_cpu_s: measure::machine_cpu_seconds()? - machine_before,
+        relay_cpu_s,
+        machine_cpu_s,
+        calls,
     })
 }
 
@@ -278,16 +367,23 @@ fn baseline<'a>(cells: &'a [Cell], cell: &Cell) -> Option<&'a Cell> {
 /// Prints the table: each transfer, each carrier, with its ratios to plain routing.
 pub fn print(cells: &[Cell]) {
     println!(
-        "| line | transfer | carrier | Mbit/s | / plain | relay CPU s/GB | machine CPU s/GB | / plain |"
+        "| line | transfer | carrier | Mbit/s | / plain | relay CPU s/GB | machine CPU s/GB | / plain | KB/read | waits/MB |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for cell in cells {
         let (relay, machine) = cell.cpu_per_gb();
         let plain = baseline(cells, cell);
         let throughput = plain.map_or(f64::NAN, |plain| cell.mbit() / plain.mbit());
         let machine_ratio = plain.map_or(f64::NAN, |plain| machine / plain.cpu_per_gb().1);
+        let calls = match cell.median().and_then(|sample| sample.calls) {
+            Some(calls) => {
+                let (per_read, per_mb) = calls.ratios();
+                format!("{:.1} | {per_mb:.1}", per_read / 1e3)
+            }
+            None => "- | -".to_owned(),
+        };
         println!(
-            "| {} | {:?} x{} | {} | {:.0} | {throughput:.3} | {relay:.2} | {machine:.2} | {machine_ratio:.2} |",
+            "| {} | {:?} x{} | {} | {:.0} | {throughput:.3} | {relay:.2} | {machine:.2} | {machine_ratio:.2} | {calls} |",
             cell.line,
             cell.direction,
             cell.flows,
@@ -317,6 +413,11 @@ pub fn to_json(cells: &[Cell]) -> serde_json::Value {
                         "seconds": sample.seconds,
                         "relay_cpu_s": sample.relay_cpu_s,
                         "machine_cpu_s": sample.machine_cpu_s,
+                        "relay_calls": sample.calls.map(|calls| json!({
+                            "bytes": calls.bytes,
+                            "reads": calls.reads,
+                            "waits": calls.waits,
+                        })),
                     })).collect::<Vec<_>>(),
                 })
             })

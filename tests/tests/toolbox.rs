@@ -1,14 +1,12 @@
 //! The operator's tools on a running gateway and converter: `mptcp-user speedtest`
 //! and the Prometheus metrics.
 
-use std::{
-    io::{Read as _, Write as _},
-    time::Duration,
-};
+use std::time::Duration;
 
 use mptcp_tests::{
     TempDir,
     measure::{self, Transport},
+    metrics::{self, CONVERTER_METRICS, GATEWAY_METRICS, sample},
     require_root,
     testbed::{CONVERTER, CONVERTER_PORT, SERVER, Testbed, Uplink},
     wait_until,
@@ -105,26 +103,9 @@ fn speedtest_measures_each_uplink_and_their_sum() {
     );
 }
 
-/// `GET /metrics` from inside `netns`: the body, or the error.
+/// `GET /metrics` from inside `netns`.
 fn scrape(netns: &mptcp_tests::netns::Netns, address: &'static str) -> String {
-    mptcp_tests::netns::run_in(netns, move || {
-        let mut stream = std::net::TcpStream::connect(address).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
-            .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
-        answer
-    })
-}
-
-/// The whole-number value of the sample `name` (with its labels, as written) in
-/// `text`; 0 if absent.
-fn sample(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0)
+    metrics::scrape(netns, address).unwrap()
 }
 
 #[test]
@@ -227,6 +208,3 @@ fn metrics_count_flows_bytes_and_uplinks_during_a_download() {
         "relayed {relayed} bytes, the client got {total}"
     );
 }
-
-const GATEWAY_METRICS: &str = "127.0.0.1:9124";
-const CONVERTER_METRICS: &str = "127.0.0.1:9125";

@@ -61,6 +61,8 @@ pub struct PipePool {
     max_idle: usize,
     /// Bytes a pipe holds, and so the most one splice moves.
     capacity: usize,
+    /// Whether relays read MPTCP sockets with read(2) rather than splice them.
+    copy_from_mptcp: bool,
 }
 
 impl PipePool {
@@ -71,13 +73,17 @@ impl PipePool {
             idle: Mutex::new(Vec::new()),
             max_idle,
             capacity,
+            copy_from_mptcp: false,
         }
     }
 
     /// The pool of a daemon tuned with `tuning` (`--relay-pipe`).
     pub fn for_tuning(tuning: &crate::bpf::tuning::TuningConfig) -> Self {
         let kib = usize::try_from(tuning.relay_pipe_kib).unwrap_or(64);
-        Self::new(MAX_IDLE_PIPES, kib * 1024)
+        Self {
+            copy_from_mptcp: tuning.relay_mptcp_reads == MptcpReads::Copy,
+            ..Self::new(MAX_IDLE_PIPES, kib * 1024)
+        }
     }
 
     fn take(&self) -> io::Result<Pipe> {
@@ -111,6 +117,18 @@ impl Default for PipePool {
     fn default() -> Self {
         Self::new(MAX_IDLE_PIPES, CHUNK)
     }
+}
+
+/// How relays read from MPTCP sockets. On kernel 6.18 MPTCP has no splice_read: a
+/// splice from it copies into freshly allocated pages (copy_splice_read).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MptcpReads {
+    /// splice(2) into a pipe, then out of it, as for TCP.
+    #[default]
+    Splice,
+    /// read(2) into a buffer, then write(2).
+    Copy,
 }
 
 /// Bytes moved in each direction.
@@ -151,23 +169,30 @@ pub enum RelayError {
     Pipe(io::Error),
 }
 
-/// Counters of the bytes one direction of the relays moved, by how.
+/// Counters of one direction of the relays: the bytes moved, by how, and the calls
+/// that moved them.
 #[derive(Clone, Debug, Default)]
-pub struct DirectionBytes {
-    /// Spliced (the kernel moved them).
+pub struct DirectionCounters {
+    /// Bytes spliced (the kernel moved them).
     pub spliced: Counter,
-    /// Copied through userspace (read with the handshake, or the kernel could not
-    /// splice).
+    /// Bytes copied through userspace (read with the handshake, read from MPTCP with
+    /// `--relay-mptcp-reads copy`, or the kernel could not splice).
     pub copied: Counter,
+    /// Reads (splice or read calls) that brought bytes or the end of the stream: bytes
+    /// per read tells how well each wake-up is used.
+    pub reads: Counter,
+    /// Calls that found their socket not ready (EAGAIN) and so waited for it: about one
+    /// wake-up each.
+    pub waits: Counter,
 }
 
-/// Counters of the bytes relays moved: `up` is a→b (towards the destination).
+/// Counters of the relays: `up` is a→b (towards the destination).
 #[derive(Clone, Debug, Default)]
-pub struct RelayBytes {
+pub struct RelayCounters {
     /// a→b.
-    pub up: DirectionBytes,
+    pub up: DirectionCounters,
     /// b→a.
-    pub down: DirectionBytes,
+    pub down: DirectionCounters,
 }
 
 /// Relays between `a` and `b` until both directions ended (Ok) or one failed (both
@@ -177,7 +202,7 @@ pub async fn relay(
     b: &mut TcpStream,
     pool: &PipePool,
     timeouts: Timeouts,
-    bytes: &RelayBytes,
+    counters: &RelayCounters,
 ) -> Result<Transferred, RelayError> {
     for stream in [&*a, &*b] {
         socket::reset_on_close(stream);
@@ -199,7 +224,7 @@ pub async fn relay(
         &a_read,
         &b_write,
         pool,
-        &bytes.up,
+        &counters.up,
         &last_activity,
         start,
         stall,
@@ -208,7 +233,7 @@ pub async fn relay(
         &b_read,
         &a_write,
         pool,
-        &bytes.down,
+        &counters.down,
         &last_activity,
         start,
         stall,
@@ -251,7 +276,7 @@ async fn pump(
     from: &ReadHalf<'_>,
     to: &tokio::net::tcp::WriteHalf<'_>,
     pool: &PipePool,
-    counted: &DirectionBytes,
+    counted: &DirectionCounters,
     last_activity: &AtomicU64,
     start: Instant,
     stall: Duration,
@@ -259,6 +284,9 @@ async fn pump(
     let from: &TcpStream = from.as_ref();
     let to: &TcpStream = to.as_ref();
     let mut moved = 0u64;
+    if pool.copy_from_mptcp && sys::is_mptcp_socket(from) {
+        return copy(from, to, moved, counted, last_activity, start, stall).await;
+    }
     loop {
         from.readable().await.map_err(RelayError::Read)?;
         let pipe = pool.take().map_err(RelayError::Pipe)?;
@@ -268,15 +296,24 @@ async fn pump(
         }) {
             Ok(n) => n,
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                counted.waits.inc();
                 pool.give(pipe);
                 continue;
             }
             Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                static WARNED: AtomicBool = AtomicBool::new(false);
+                if !WARNED.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        "this kernel cannot splice these sockets (EINVAL); copying through \
+                         userspace"
+                    );
+                }
                 pool.give(pipe);
-                return copy(from, to, moved, &counted.copied, last_activity, start).await;
+                return copy(from, to, moved, counted, last_activity, start, stall).await;
             }
             Err(error) => return Err(RelayError::Read(error)),
         };
+        counted.reads.inc();
         if filled == 0 {
             pool.give(pipe);
             shutdown_write(to).map_err(RelayError::Write)?;
@@ -296,7 +333,9 @@ async fn pump(
                     moved += n as u64;
                     counted.spliced.inc_by(n as u64);
                 }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    counted.waits.inc();
+                }
                 Err(error) => return Err(RelayError::Write(error)),
             }
         }
@@ -305,41 +344,48 @@ async fn pump(
     }
 }
 
-/// The fallback for sockets the kernel cannot splice: a bounded buffer copy.
+/// A bounded buffer copy through userspace: for sockets the kernel cannot splice, and
+/// for MPTCP sockets, which the kernel copies from even when splicing.
 async fn copy(
     from: &TcpStream,
     to: &TcpStream,
     mut moved: u64,
-    counted: &Counter,
+    counted: &DirectionCounters,
     last_activity: &AtomicU64,
     start: Instant,
+    stall: Duration,
 ) -> Result<u64, RelayError> {
-    static WARNED: AtomicBool = AtomicBool::new(false);
-    if !WARNED.swap(true, Ordering::Relaxed) {
-        warn!("this kernel cannot splice these sockets (EINVAL); copying through userspace");
-    }
     let mut buffer = vec![0u8; CHUNK];
     loop {
         from.readable().await.map_err(RelayError::Read)?;
         let n = match from.try_read(&mut buffer) {
             Ok(n) => n,
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                counted.waits.inc();
+                continue;
+            }
             Err(error) => return Err(RelayError::Read(error)),
         };
+        counted.reads.inc();
         if n == 0 {
             shutdown_write(to).map_err(RelayError::Write)?;
             return Ok(moved);
         }
         let mut written = 0;
         while written < n {
-            to.writable().await.map_err(RelayError::Write)?;
+            tokio::time::timeout(stall, to.writable())
+                .await
+                .map_err(|_| RelayError::Stalled(stall))?
+                .map_err(RelayError::Write)?;
             match to.try_write(&buffer[written..n]) {
                 Ok(w) => {
                     written += w;
                     moved += w as u64;
-                    counted.inc_by(w as u64);
+                    counted.copied.inc_by(w as u64);
                 }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    counted.waits.inc();
+                }
                 Err(error) => return Err(RelayError::Write(error)),
             }
         }
@@ -357,7 +403,7 @@ fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::{net::Ipv4Addr, sync::Arc};
 
     use tokio::{
         io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -366,10 +412,24 @@ mod tests {
 
     use super::*;
 
-    /// A connected pair of loopback sockets.
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
+    /// A connected pair of loopback sockets, MPTCP ones if `mptcp`.
+    async fn pair(mptcp: bool) -> (TcpStream, TcpStream) {
+        let protocol = mptcp.then_some(socket2::Protocol::MPTCP);
+        let new_socket = || {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, protocol)
+                    .unwrap();
+            socket.set_nonblocking(true).unwrap();
+            socket
+        };
+        let listener = new_socket();
+        listener
+            .bind(&std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .unwrap();
+        listener.listen(1).unwrap();
+        let listener = TcpListener::from_std(listener.into()).unwrap();
+        let client = tokio::net::TcpSocket::from_std_stream(new_socket().into())
+            .connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
@@ -383,15 +443,25 @@ mod tests {
     async fn relayed(
         idle_timeout: Duration,
     ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Relayed>) {
-        let (client, mut a) = pair().await;
-        let (mut b, server) = pair().await;
+        relayed_with(idle_timeout, PipePool::new(4, CHUNK), false, Arc::default()).await
+    }
+
+    /// [`relayed`] through `pool`, over MPTCP from b to the server if `mptcp`, counted
+    /// in `counters`.
+    async fn relayed_with(
+        idle_timeout: Duration,
+        pool: PipePool,
+        mptcp: bool,
+        counters: Arc<RelayCounters>,
+    ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Relayed>) {
+        let (client, mut a) = pair(false).await;
+        let (mut b, server) = pair(mptcp).await;
         let task = tokio::spawn(async move {
-            let pool = PipePool::new(4, CHUNK);
             let timeouts = Timeouts {
                 idle: idle_timeout,
                 dead_path: Duration::from_mins(1),
             };
-            let result = relay(&mut a, &mut b, &pool, timeouts, &RelayBytes::default()).await;
+            let result = relay(&mut a, &mut b, &pool, timeouts, &counters).await;
             (result, pool.idle_count())
         });
         (client, server, task)
@@ -404,25 +474,39 @@ mod tests {
         assert!(flow_capacity(1 << 20) > 300_000);
     }
 
-    #[tokio::test]
-    async fn bytes_arrive_intact_both_ways_and_half_close_propagates() {
-        let (mut client, mut server, task) = relayed(Duration::from_secs(10)).await;
-        let upload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    /// Sends `upload` from the client and a reply from the server across a relay, each
+    /// side closing after it; returns the relay task's result.
+    async fn exchange(
+        (mut client, mut server, task): (TcpStream, TcpStream, tokio::task::JoinHandle<Relayed>),
+        upload: Vec<u8>,
+        reply: &'static [u8],
+    ) -> Relayed {
         let expected = upload.clone();
         let server_side = tokio::spawn(async move {
             let mut received = Vec::new();
             // Reads to EOF: only ends if the client's shutdown crossed the relay.
             server.read_to_end(&mut received).await.unwrap();
-            server.write_all(b"thanks").await.unwrap();
+            server.write_all(reply).await.unwrap();
             received
         });
         client.write_all(&upload).await.unwrap();
         client.shutdown().await.unwrap();
-        let mut reply = Vec::new();
-        client.read_to_end(&mut reply).await.unwrap();
-        assert_eq!(reply, b"thanks");
+        let mut received = Vec::new();
+        client.read_to_end(&mut received).await.unwrap();
+        assert_eq!(received, reply);
         assert!(server_side.await.unwrap() == expected, "upload corrupted");
-        let (result, idle_pipes) = task.await.unwrap();
+        task.await.unwrap()
+    }
+
+    /// 3 MB of a pattern no offset error keeps intact.
+    fn pattern() -> Vec<u8> {
+        (0..3_000_000u32).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn bytes_arrive_intact_both_ways_and_half_close_propagates() {
+        let relay = relayed(Duration::from_secs(10)).await;
+        let (result, idle_pipes) = exchange(relay, pattern(), b"thanks").await;
         let transferred = result.unwrap();
         assert_eq!(transferred.forward, 3_000_000);
         assert_eq!(transferred.backward, 6);
@@ -431,6 +515,28 @@ mod tests {
             (1..=2).contains(&idle_pipes),
             "{idle_pipes} pipes came back to the pool, expected 1 or 2"
         );
+    }
+
+    #[tokio::test]
+    async fn mptcp_sockets_may_be_read_with_copies_and_everything_is_counted() {
+        let pool = PipePool {
+            copy_from_mptcp: true,
+            ..PipePool::new(4, CHUNK)
+        };
+        let counters = Arc::new(RelayCounters::default());
+        let relay = relayed_with(Duration::from_secs(10), pool, true, Arc::clone(&counters)).await;
+        let reply = b"a reply read from MPTCP";
+        let (result, _) = exchange(relay, pattern(), reply).await;
+        let transferred = result.unwrap();
+        assert_eq!(transferred.forward, 3_000_000);
+        // TCP is spliced, MPTCP read: every byte counted once, on its path.
+        assert_eq!(counters.up.spliced.get(), 3_000_000);
+        assert_eq!(counters.up.copied.get(), 0);
+        assert_eq!(counters.down.copied.get(), reply.len() as u64);
+        assert_eq!(counters.down.spliced.get(), 0);
+        // Each read brought bytes (the end of file too), at most a chunk each.
+        assert!(counters.up.reads.get() >= 3_000_000 / CHUNK as u64 + 1);
+        assert!(counters.down.reads.get() >= 2);
     }
 
     #[tokio::test]
