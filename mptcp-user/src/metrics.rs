@@ -128,21 +128,21 @@ fn relay_counters(registry: &mut Registry) -> RelayCounters {
         "Times a relay found a socket not ready (EAGAIN) and waited: its wake-ups, by \
          direction",
     );
+    // Each lookup's guard must be gone before the next one locks the family: a
+    // closure per counter, not one struct expression holding them all.
+    let bytes = |path, direction| {
+        bytes
+            .get_or_create(&RelayLabels { path, direction })
+            .clone()
+    };
+    let per_direction = |family: &Family<DirectionLabels, Counter>, direction| {
+        family.get_or_create(&DirectionLabels { direction }).clone()
+    };
     let direction = |direction| DirectionCounters {
-        spliced: bytes
-            .get_or_create(&RelayLabels {
-                path: "splice",
-                direction,
-            })
-            .clone(),
-        copied: bytes
-            .get_or_create(&RelayLabels {
-                path: "copy",
-                direction,
-            })
-            .clone(),
-        reads: reads.get_or_create(&DirectionLabels { direction }).clone(),
-        waits: waits.get_or_create(&DirectionLabels { direction }).clone(),
+        spliced: bytes("splice", direction),
+        copied: bytes("copy", direction),
+        reads: per_direction(&reads, direction),
+        waits: per_direction(&waits, direction),
     };
     RelayCounters {
         up: direction("up"),
