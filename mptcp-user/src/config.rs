@@ -34,7 +34,7 @@ use crate::{
     },
     net::{
         addr::{self, parse_prefix},
-        relay::{MptcpReads, Timeouts},
+        relay::Timeouts,
     },
 };
 
@@ -503,12 +503,6 @@ pub struct TuningOptions {
     /// CAP_SYS_RESOURCE) [default: 64].
     #[arg(long, value_name = "KIB")]
     pub relay_pipe: Option<u32>,
-
-    /// How relays read from MPTCP sockets: `splice` (through a pipe; the kernel copies
-    /// into new pages, as MPTCP cannot lend its buffers) or `copy` (read and write
-    /// through a buffer) [default: splice].
-    #[arg(long, value_name = "HOW")]
-    pub relay_mptcp_reads: Option<MptcpReads>,
 }
 
 impl TuningOptions {
@@ -522,7 +516,6 @@ impl TuningOptions {
             long_rtt_congestion: self.long_rtt_congestion.or(file.long_rtt_congestion),
             long_rtt_send_buffer: self.long_rtt_send_buffer.or(file.long_rtt_send_buffer),
             relay_pipe: self.relay_pipe.or(file.relay_pipe),
-            relay_mptcp_reads: self.relay_mptcp_reads.or(file.relay_mptcp_reads),
         }
     }
 
@@ -541,7 +534,6 @@ impl TuningOptions {
                 .long_rtt_send_buffer
                 .unwrap_or(defaults.long_rtt_send_buffer_mib),
             relay_pipe_kib: self.relay_pipe.unwrap_or(defaults.relay_pipe_kib),
-            relay_mptcp_reads: self.relay_mptcp_reads.unwrap_or(defaults.relay_mptcp_reads),
         }
     }
 }

@@ -260,12 +260,6 @@ pub fn read_sysctl(path: &str) -> io::Result<u64> {
         })
 }
 
-/// Whether `socket` was made as an MPTCP socket (`SO_PROTOCOL`), fallen back or not.
-pub fn is_mptcp_socket(socket: &impl AsFd) -> bool {
-    get_option::<libc::c_int>(socket, libc::SOL_SOCKET, libc::SO_PROTOCOL)
-        .is_ok_and(|protocol| protocol == libc::IPPROTO_MPTCP)
-}
-
 /// Whether an MPTCP socket still speaks MPTCP (`TCP_IS_MPTCP`): 0 once it has fallen
 /// back to plain TCP, as when a middlebox strips the MPTCP options of its handshake.
 pub fn is_mptcp(socket: &impl AsFd) -> io::Result<bool> {

@@ -5,8 +5,7 @@
 //! - plain routing: the gateway host forwards, nothing relays (the baseline);
 //! - shadowsocks-libev (`ss-redir` + `ss-server` under mptcpize, as in bench
 //!   aggregate), a copying relay people use today;
-//! - the gateway and converter: as they are, with pipes of 1 MiB, and reading MPTCP
-//!   sockets with read(2) rather than splice(2) (`--relay-mptcp-reads copy`).
+//! - the gateway and converter (splice), also with pipes of 1 MiB.
 //!
 //! Every carrier runs each transfer in alternating rounds; the medians are compared.
 //! For each: throughput over plain routing's, CPU seconds per GB of the relay
@@ -59,20 +58,16 @@ pub enum Carrier {
     Gateway,
     /// The gateway and the converter with pipes of 1 MiB (`--relay-pipe 1024`).
     GatewayBigPipes,
-    /// The gateway and the converter reading MPTCP sockets with read(2)
-    /// (`--relay-mptcp-reads copy`).
-    GatewayCopiedReads,
 }
 
 impl Carrier {
     /// Every carrier, in the order of each round.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 5] = [
         Self::Plain,
         Self::SocksChain,
         Self::Shadowsocks,
         Self::Gateway,
         Self::GatewayBigPipes,
-        Self::GatewayCopiedReads,
     ];
 
     /// Its name in tables and JSON.
@@ -83,7 +78,6 @@ impl Carrier {
             Self::SocksChain => "redsocks + dante",
             Self::Gateway => "gateway",
             Self::GatewayBigPipes => "gateway, 1 MiB pipes",
-            Self::GatewayCopiedReads => "gateway, MPTCP reads copied",
         }
     }
 
@@ -93,7 +87,6 @@ impl Carrier {
             Self::Plain | Self::Shadowsocks | Self::SocksChain => None,
             Self::Gateway => Some(&[]),
             Self::GatewayBigPipes => Some(&["--relay-pipe", "1024"]),
-            Self::GatewayCopiedReads => Some(&["--relay-mptcp-reads", "copy"]),
         }
     }
 
@@ -104,7 +97,7 @@ impl Carrier {
             Self::Plain => &[],
             Self::Shadowsocks => &["ss-redir", "ss-server"],
             Self::SocksChain => &["redsocks", "danted"],
-            Self::Gateway | Self::GatewayBigPipes | Self::GatewayCopiedReads => &["mptcp-user"],
+            Self::Gateway | Self::GatewayBigPipes => &["mptcp-user"],
         }
     }
 }
@@ -286,7 +279,7 @@ fn start(testbed: &mut Testbed, carrier: Carrier, dir: &Path) -> anyhow::Result<
             }
             testbed.start_socks_chain(dir)
         }
-        Carrier::Gateway | Carrier::GatewayBigPipes | Carrier::GatewayCopiedReads => {
+        Carrier::Gateway | Carrier::GatewayBigPipes => {
             let flags = carrier.gateway_flags().unwrap_or_default();
             let common = ["--congestion", CONGESTION];
             let gateway = [&common[..], &["--metrics", GATEWAY_METRICS], flags].concat();
@@ -302,7 +295,7 @@ fn stop(testbed: &mut Testbed, carrier: Carrier) -> anyhow::Result<()> {
         Carrier::Plain => {}
         Carrier::Shadowsocks => testbed.stop_shadowsocks()?,
         Carrier::SocksChain => testbed.stop_socks_chain()?,
-        Carrier::Gateway | Carrier::GatewayBigPipes | Carrier::GatewayCopiedReads => {
+        Carrier::Gateway | Carrier::GatewayBigPipes => {
             testbed.forget("gateway");
             testbed.forget("converter");
         }
@@ -375,15 +368,15 @@ pub fn print(cells: &[Cell]) {
         let plain = baseline(cells, cell);
         let throughput = plain.map_or(f64::NAN, |plain| cell.mbit() / plain.mbit());
         let machine_ratio = plain.map_or(f64::NAN, |plain| machine / plain.cpu_per_gb().1);
-        let calls = match cell.median().and_then(|sample| sample.calls) {
-            Some(calls) => {
-                let (per_read, per_mb) = calls.ratios();
+        let relay_calls = match cell.median().and_then(|sample| sample.calls) {
+            Some(counted) => {
+                let (per_read, per_mb) = counted.ratios();
                 format!("{:.1} | {per_mb:.1}", per_read / 1e3)
             }
             None => "- | -".to_owned(),
         };
         println!(
-            "| {} | {:?} x{} | {} | {:.0} | {throughput:.3} | {relay:.2} | {machine:.2} | {machine_ratio:.2} | {calls} |",
+            "| {} | {:?} x{} | {} | {:.0} | {throughput:.3} | {relay:.2} | {machine:.2} | {machine_ratio:.2} | {relay_calls} |",
             cell.line,
             cell.direction,
             cell.flows,

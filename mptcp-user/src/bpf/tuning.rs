@@ -58,8 +58,6 @@ pub struct TuningConfig {
     pub long_rtt_send_buffer_mib: u32,
     /// Capacity of the relays' pipes in KiB.
     pub relay_pipe_kib: u32,
-    /// How relays read from MPTCP sockets.
-    pub relay_mptcp_reads: crate::net::relay::MptcpReads,
 }
 
 impl Default for TuningConfig {
@@ -72,7 +70,6 @@ impl Default for TuningConfig {
             long_rtt_congestion: DEFAULT_LONG_RTT_CONGESTION.to_owned(),
             long_rtt_send_buffer_mib: DEFAULT_LONG_RTT_SEND_BUFFER_MIB,
             relay_pipe_kib: 64,
-            relay_mptcp_reads: crate::net::relay::MptcpReads::default(),
         }
     }
 }

@@ -61,8 +61,6 @@ pub struct PipePool {
     max_idle: usize,
     /// Bytes a pipe holds, and so the most one splice moves.
     capacity: usize,
-    /// Whether relays read MPTCP sockets with read(2) rather than splice them.
-    copy_from_mptcp: bool,
 }
 
 impl PipePool {
@@ -73,17 +71,13 @@ impl PipePool {
             idle: Mutex::new(Vec::new()),
             max_idle,
             capacity,
-            copy_from_mptcp: false,
         }
     }
 
     /// The pool of a daemon tuned with `tuning` (`--relay-pipe`).
     pub fn for_tuning(tuning: &crate::bpf::tuning::TuningConfig) -> Self {
         let kib = usize::try_from(tuning.relay_pipe_kib).unwrap_or(64);
-        Self {
-            copy_from_mptcp: tuning.relay_mptcp_reads == MptcpReads::Copy,
-            ..Self::new(MAX_IDLE_PIPES, kib * 1024)
-        }
+        Self::new(MAX_IDLE_PIPES, kib * 1024)
     }
 
     fn take(&self) -> io::Result<Pipe> {
@@ -117,18 +111,6 @@ impl Default for PipePool {
     fn default() -> Self {
         Self::new(MAX_IDLE_PIPES, CHUNK)
     }
-}
-
-/// How relays read from MPTCP sockets. On kernel 6.18 MPTCP has no splice_read: a
-/// splice from it copies into freshly allocated pages (copy_splice_read).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MptcpReads {
-    /// splice(2) into a pipe, then out of it, as for TCP.
-    #[default]
-    Splice,
-    /// read(2) into a buffer, then write(2).
-    Copy,
 }
 
 /// Bytes moved in each direction.
@@ -175,8 +157,8 @@ pub enum RelayError {
 pub struct DirectionCounters {
     /// Bytes spliced (the kernel moved them).
     pub spliced: Counter,
-    /// Bytes copied through userspace (read with the handshake, read from MPTCP with
-    /// `--relay-mptcp-reads copy`, or the kernel could not splice).
+    /// Bytes copied through userspace (read with the handshake, or the kernel could
+    /// not splice).
     pub copied: Counter,
     /// Reads (splice or read calls) that brought bytes or the end of the stream: bytes
     /// per read tells how well each wake-up is used.
@@ -284,9 +266,6 @@ async fn pump(
     let from: &TcpStream = from.as_ref();
     let to: &TcpStream = to.as_ref();
     let mut moved = 0u64;
-    if pool.copy_from_mptcp && sys::is_mptcp_socket(from) {
-        return copy(from, to, moved, counted, last_activity, start, stall).await;
-    }
     loop {
         from.readable().await.map_err(RelayError::Read)?;
         let pipe = pool.take().map_err(RelayError::Pipe)?;
@@ -344,8 +323,7 @@ async fn pump(
     }
 }
 
-/// A bounded buffer copy through userspace: for sockets the kernel cannot splice, and
-/// for MPTCP sockets, which the kernel copies from even when splicing.
+/// The fallback for sockets the kernel cannot splice: a bounded buffer copy.
 async fn copy(
     from: &TcpStream,
     to: &TcpStream,
@@ -518,24 +496,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn mptcp_sockets_may_be_read_with_copies_and_everything_is_counted() {
-        let pool = PipePool {
-            copy_from_mptcp: true,
-            ..PipePool::new(4, CHUNK)
-        };
+    async fn mptcp_sockets_are_spliced_and_every_byte_and_read_counted() {
         let counters = Arc::new(RelayCounters::default());
+        let pool = PipePool::new(4, CHUNK);
         let relay = relayed_with(Duration::from_secs(10), pool, true, Arc::clone(&counters)).await;
         let reply = b"a reply read from MPTCP";
         let (result, _) = exchange(relay, pattern(), reply).await;
-        let transferred = result.unwrap();
-        assert_eq!(transferred.forward, 3_000_000);
-        // TCP is spliced, MPTCP read: every byte counted once, on its path.
+        assert_eq!(result.unwrap().forward, 3_000_000);
+        // Each byte counted once, as spliced: the kernel splices from MPTCP too.
         assert_eq!(counters.up.spliced.get(), 3_000_000);
-        assert_eq!(counters.up.copied.get(), 0);
-        assert_eq!(counters.down.copied.get(), reply.len() as u64);
-        assert_eq!(counters.down.spliced.get(), 0);
-        // Each read brought bytes (the end of file too), at most a chunk each.
-        assert!(counters.up.reads.get() >= 3_000_000 / CHUNK as u64 + 1);
+        assert_eq!(counters.down.spliced.get(), reply.len() as u64);
+        assert_eq!(counters.up.copied.get() + counters.down.copied.get(), 0);
+        // Each read brought bytes or the end of the stream, a pipe's worth at most.
+        assert!(counters.up.reads.get() > 3_000_000 / CHUNK as u64);
         assert!(counters.down.reads.get() >= 2);
     }
 
