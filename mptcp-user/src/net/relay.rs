@@ -421,20 +421,19 @@ mod tests {
     async fn relayed(
         idle_timeout: Duration,
     ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Relayed>) {
-        relayed_with(idle_timeout, PipePool::new(4, CHUNK), false, Arc::default()).await
+        relayed_with(idle_timeout, false, Arc::default()).await
     }
 
-    /// [`relayed`] through `pool`, over MPTCP from b to the server if `mptcp`, counted
-    /// in `counters`.
+    /// [`relayed`], over MPTCP from b to the server if `mptcp`, counted in `counters`.
     async fn relayed_with(
         idle_timeout: Duration,
-        pool: PipePool,
         mptcp: bool,
         counters: Arc<RelayCounters>,
     ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Relayed>) {
         let (client, mut a) = pair(false).await;
         let (mut b, server) = pair(mptcp).await;
         let task = tokio::spawn(async move {
+            let pool = PipePool::new(4, CHUNK);
             let timeouts = Timeouts {
                 idle: idle_timeout,
                 dead_path: Duration::from_mins(1),
@@ -498,8 +497,7 @@ mod tests {
     #[tokio::test]
     async fn mptcp_sockets_are_spliced_and_every_byte_and_read_counted() {
         let counters = Arc::new(RelayCounters::default());
-        let pool = PipePool::new(4, CHUNK);
-        let relay = relayed_with(Duration::from_secs(10), pool, true, Arc::clone(&counters)).await;
+        let relay = relayed_with(Duration::from_secs(10), true, Arc::clone(&counters)).await;
         let reply = b"a reply read from MPTCP";
         let (result, _) = exchange(relay, pattern(), reply).await;
         assert_eq!(result.unwrap().forward, 3_000_000);
