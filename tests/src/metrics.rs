@@ -24,6 +24,23 @@ pub fn scrape(netns: &Netns, address: &'static str) -> anyhow::Result<String> {
     })
 }
 
+/// The bytes a daemon's relays moved in `direction` (`up` or `down`), spliced and
+/// copied together, from its metrics `text`; `prefix` is `mptcp_gateway` or
+/// `mptcp_converter`.
+pub fn relayed_bytes(text: &str, prefix: &str, direction: &str) -> u64 {
+    ["splice", "copy"]
+        .iter()
+        .map(|path| {
+            sample(
+                text,
+                &format!(
+                    r#"{prefix}_relayed_bytes_total{{path="{path}",direction="{direction}"}}"#
+                ),
+            )
+        })
+        .sum()
+}
+
 /// The whole-number value of the sample `name` (with its labels, as written) in
 /// `text`; 0 if absent.
 pub fn sample(text: &str, name: &str) -> u64 {

@@ -137,14 +137,7 @@ impl RelayCalls {
         ] {
             let text = metrics::scrape(netns, address)?;
             for direction in ["up", "down"] {
-                for path in ["splice", "copy"] {
-                    calls.bytes += metrics::sample(
-                        &text,
-                        &format!(
-                            r#"{prefix}_relayed_bytes_total{{path="{path}",direction="{direction}"}}"#
-                        ),
-                    );
-                }
+                calls.bytes += metrics::relayed_bytes(&text, prefix, direction);
                 let labels = format!(r#"{{direction="{direction}"}}"#);
                 calls.reads +=
                     metrics::sample(&text, &format!("{prefix}_relay_reads_total{labels}"));

@@ -195,14 +195,7 @@ fn metrics_count_flows_bytes_and_uplinks_during_a_download() {
     );
     // The bytes that came with the converter's answer were copied, the rest spliced.
     let after = scrape(&testbed.gateway, GATEWAY_METRICS);
-    let relayed: u64 = ["splice", "copy"]
-        .iter()
-        .map(|path| {
-            let metric =
-                format!(r#"mptcp_gateway_relayed_bytes_total{{path="{path}",direction="down"}}"#);
-            sample(&after, &metric)
-        })
-        .sum();
+    let relayed = metrics::relayed_bytes(&after, "mptcp_gateway", "down");
     assert!(
         relayed >= total,
         "relayed {relayed} bytes, the client got {total}"

@@ -84,7 +84,7 @@ enum Bench {
         out: PathBuf,
     },
     /// What relaying costs per byte: bulk transfers over one fast uplink, plain routing
-    /// vs shadowsocks vs the gateway; throughput and CPU seconds per GB.
+    /// vs the SOCKS chain, shadowsocks and the gateway; throughput and CPU seconds per GB.
     Relay {
         /// Megabytes per transfer.
         #[arg(long, default_value_t = 1000)]
