@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mptcp_user::convert::codec::{Message, Request, Response, message_len};
+use mptcp_user::protocol::codec::{Message, Request, Response, message_len};
 
 fuzz_target!(|data: &[u8]| {
     let _ = message_len(data);

@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 use mptcp_user::{
     bpf::tuning::Tuning,
     config::ConverterOptions,
-    convert::{
+    protocol::{
         codec::{Message, Request},
         cookie::{KEY_LEN, Key, unix_now},
         speedtest,

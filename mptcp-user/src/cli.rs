@@ -10,7 +10,6 @@ use ipnet::IpNet;
 
 use crate::{
     config::{self, ConverterOptions, GatewayOptions},
-    convert::cookie::Key,
     converter,
     gateway::{
         self,
@@ -20,6 +19,7 @@ use crate::{
         upstream::UpstreamConfig,
     },
     net::addr::parse_prefix,
+    protocol::cookie::Key,
 };
 
 /// The version and the commit it was built from, as `--version` says them.

@@ -23,7 +23,6 @@ use serde::{Deserialize, Deserializer, de::Error as _};
 
 use crate::{
     bpf::tuning::{TuningConfig, UplinkCongestion},
-    convert::cookie,
     converter::{self, ConverterConfig, admission},
     gateway::{
         self, GatewayConfig,
@@ -36,6 +35,7 @@ use crate::{
         addr::{self, parse_prefix},
         relay::Timeouts,
     },
+    protocol::cookie,
 };
 
 /// A config file.

@@ -9,7 +9,7 @@
 //!   (`flows`, `selection`, `optin`, `optout`) that work on a running gateway.
 //! - [`converter`]: the role on a well-connected host: checks each request against its
 //!   destination policy, connects to the destination, relays.
-//! - [`convert`]: the Convert protocol both roles speak (RFC 8803 codec, message reader,
+//! - [`protocol`]: the Convert protocol both roles speak (RFC 8803 codec, message reader,
 //!   authentication cookie).
 //! - [`net`]: addresses and prefixes, sockets, the splice relay and the accept loop.
 //! - [`metrics`]: both daemons' Prometheus metrics and their endpoint.
@@ -23,11 +23,11 @@
 pub mod bpf;
 pub mod cli;
 pub mod config;
-pub mod convert;
 pub mod converter;
 pub mod gateway;
 pub mod metrics;
 pub mod net;
+pub mod protocol;
 pub mod sys;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -18,9 +18,9 @@ use tokio::{
 };
 
 use crate::{
-    convert::codec::ErrorCode,
     gateway::{flows::Intercepted, uplinks::Health},
     net::relay::{DirectionCounters, RelayCounters},
+    protocol::codec::ErrorCode,
 };
 
 /// How long a scraper has to send its request.

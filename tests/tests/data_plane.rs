@@ -8,7 +8,7 @@ use mptcp_tests::{
     TempDir, random_bytes, require_root,
     testbed::{SERVER, SERVER_PRIVATE, SERVER_V6, Testbed, Uplink},
 };
-use mptcp_user::convert::codec::ErrorCode;
+use mptcp_user::protocol::codec::ErrorCode;
 
 /// Uplinks fast enough to keep the tests short, unequal like real ones.
 const UPLINKS: [Uplink; 2] = [Uplink::htb(80), Uplink::htb(40)];

@@ -23,7 +23,7 @@ use mptcp_tests::{
     scale::{GreetingServer, raise_own_file_limit},
     testbed::{CONVERTER, CONVERTER_PORT, CONVERTER_TOWARD_SERVER, SERVER, Testbed, Uplink},
 };
-use mptcp_user::convert::{
+use mptcp_user::protocol::{
     codec::{ErrorCode, Message, Request, Response, Tlv},
     cookie::{KEY_LEN, Key, unix_now},
 };

@@ -86,7 +86,7 @@ fn speedtest_measures_each_uplink_and_their_sum() {
 
     // A request with another key is refused: the test is for the converter's gateways.
     let other_key = dir.path().join("other-key");
-    mptcp_user::convert::cookie::Key::generate(&other_key).unwrap();
+    mptcp_user::protocol::cookie::Key::generate(&other_key).unwrap();
     let stranger = testbed
         .gateway_cli(&[
             "speedtest",

@@ -30,17 +30,17 @@ use crate::{
         self, Programs, Settings,
         tuning::{Tuning, TuningConfig},
     },
-    convert::{
-        codec::{self, DecodeError, ErrorCode, Message, Request, RequestError, Response, Tlv},
-        cookie::{self, AuthError, Key, Verifier},
-        wire,
-    },
     lock,
     metrics::{self, ConverterMetrics},
     net::{
         addr, netlink,
         relay::{self, PipePool, Timeouts},
         server, socket,
+    },
+    protocol::{
+        codec::{self, DecodeError, ErrorCode, Message, Request, RequestError, Response, Tlv},
+        cookie::{self, AuthError, Key, Verifier},
+        wire,
     },
     sys,
 };

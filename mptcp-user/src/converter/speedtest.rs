@@ -1,6 +1,6 @@
 //! The converter's side of `mptcp-user speedtest` (the exchange is in
-//! [`crate::convert::speedtest`]): a source and a sink for authenticated gateways,
-//! one test at a time, each at most [`MAX_SECONDS`](crate::convert::speedtest::MAX_SECONDS)
+//! [`crate::protocol::speedtest`]): a source and a sink for authenticated gateways,
+//! one test at a time, each at most [`MAX_SECONDS`](crate::protocol::speedtest::MAX_SECONDS)
 //! and paced to a rate cap.
 
 use std::{sync::Arc, time::Duration};
@@ -12,8 +12,8 @@ use tokio::{
     time::Instant,
 };
 
-pub use crate::convert::speedtest::asked;
-use crate::convert::speedtest::{Command, MAX_COMMAND_LEN, Meter, Received};
+pub use crate::protocol::speedtest::asked;
+use crate::protocol::speedtest::{Command, MAX_COMMAND_LEN, Meter, Received};
 
 /// How long a gateway has to send its command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);

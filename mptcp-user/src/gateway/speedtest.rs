@@ -1,6 +1,6 @@
 //! `mptcp-user speedtest`: from the gateway host, each uplink alone (plain TCP from its
 //! address), then all of them at once (MPTCP, as flows go), down and up, against the
-//! converter's test source and sink ([`crate::convert::speedtest`]). A live progress
+//! converter's test source and sink ([`crate::protocol::speedtest`]). A live progress
 //! line on a terminal, then a table or JSON.
 
 use std::{
@@ -27,13 +27,13 @@ use super::{
     upstream::{CONVERTER_TIMEOUT, Upstream, UpstreamConfig, connect_converter},
 };
 use crate::{
-    convert::{
+    net::socket::Attempt,
+    protocol::{
         codec::{Request, Response},
         cookie::{Key, unix_now},
         speedtest::{Command, DESTINATION, Meter, Received},
         wire,
     },
-    net::socket::Attempt,
     sys,
 };
 

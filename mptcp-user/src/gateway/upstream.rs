@@ -13,13 +13,13 @@ use socket2::Socket;
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
 use crate::{
-    convert::{
+    metrics::ErrorCounts,
+    net::socket::{self, Attempt},
+    protocol::{
         codec::{ErrorCode, Request, Response},
         cookie::{self, Key},
         wire,
     },
-    metrics::ErrorCounts,
-    net::socket::{self, Attempt},
 };
 
 /// Opens a connection to `converter`, MPTCP (a flow's, a warm one) or plain TCP (a
