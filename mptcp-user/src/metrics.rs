@@ -18,7 +18,10 @@ use tokio::{
 };
 
 use crate::{
-    gateway::{flows::Intercepted, uplinks::Health},
+    gateway::{
+        flows::{Carried, Intercepted},
+        uplinks::Health,
+    },
     net::relay::{DirectionCounters, RelayCounters},
     protocol::codec::ErrorCode,
 };
@@ -33,7 +36,7 @@ const MAX_REQUEST: usize = 8192;
 struct FlowLabels {
     /// `lan` (tc program) or `cgroup` (an opted-in local service).
     taken: &'static str,
-    /// `converter`, or `direct` (the converter unavailable).
+    /// `converter`, `direct` (direct mode) or `fallback` (no converter could take it).
     carried: &'static str,
 }
 
@@ -206,7 +209,7 @@ impl GatewayMetrics {
         let flows_total = registered(
             &mut registry,
             "flows",
-            "Flows relayed, by how they were taken (lan, cgroup) and carried (converter, direct)",
+            "Flows relayed, by how they were taken (lan, cgroup) and carried (converter, direct, fallback)",
         );
         let flows_live = registered(
             &mut registry,
@@ -258,15 +261,15 @@ impl GatewayMetrics {
         encode(&self.registry)
     }
 
-    /// Counts a flow taken `intercepted`, carried `direct` or not, live until the
-    /// returned value is dropped.
-    pub fn flow_started(&self, intercepted: Intercepted, direct: bool) -> Live {
+    /// Counts a flow taken `intercepted` and `carried`, live until the returned value
+    /// is dropped.
+    pub fn flow_started(&self, intercepted: Intercepted, carried: Carried) -> Live {
         let labels = FlowLabels {
             taken: match intercepted {
                 Intercepted::Lan => "lan",
                 Intercepted::Cgroup => "cgroup",
             },
-            carried: if direct { "direct" } else { "converter" },
+            carried: carried.name(),
         };
         self.flows_total.get_or_create(&labels).inc();
         Live::on(self.flows_live.get_or_create(&labels).clone())
@@ -460,8 +463,9 @@ mod tests {
     #[test]
     fn the_gateway_text_counts_flows_errors_and_uplinks() {
         let metrics = GatewayMetrics::new(ErrorCounts::default());
-        let flow = metrics.flow_started(Intercepted::Lan, false);
-        metrics.flow_started(Intercepted::Cgroup, true);
+        let flow = metrics.flow_started(Intercepted::Lan, Carried::Converter);
+        metrics.flow_started(Intercepted::Cgroup, Carried::Fallback);
+        metrics.flow_started(Intercepted::Lan, Carried::Direct);
         metrics.converter_errors.count(ErrorCode::NotAuthorized);
         metrics.relayed.up.spliced.inc_by(1234);
         metrics.sample(
@@ -478,7 +482,9 @@ mod tests {
         for line in [
             r#"mptcp_gateway_flows_total{taken="lan",carried="converter"} 1"#,
             r#"mptcp_gateway_live_flows{taken="lan",carried="converter"} 1"#,
-            r#"mptcp_gateway_live_flows{taken="cgroup",carried="direct"} 0"#,
+            r#"mptcp_gateway_live_flows{taken="cgroup",carried="fallback"} 0"#,
+            // Direct mode's flows are not counted as the converter's.
+            r#"mptcp_gateway_flows_total{taken="lan",carried="direct"} 1"#,
             r#"mptcp_gateway_converter_errors_total{code="32",error="Not Authorized"} 1"#,
             r#"mptcp_gateway_relayed_bytes_total{path="splice",direction="up"} 1234"#,
             "mptcp_gateway_warm_connections 3",

@@ -101,7 +101,7 @@ pub fn print_flows(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     // The uplinks' state in one line, as the status of the flows below.
-    if let Ok(statuses) = uplinks::read_status(&sys::run_file(pin_dir, "uplinks.json")) {
+    if let Ok(statuses) = uplinks::read_status(pin_dir) {
         let states: Vec<String> = statuses
             .iter()
             .map(|status| format!("{} {}", status.interface, status.health))
@@ -230,11 +230,17 @@ pub struct UplinkRow {
     pub bytes_down: u64,
 }
 
-/// The uplinks of a gateway whose maps are pinned under `pin_dir`.
+/// The uplinks of a gateway whose maps are pinned under `pin_dir`, as its status file
+/// says.
 pub fn read_uplinks(pin_dir: &Path) -> anyhow::Result<Vec<UplinkRow>> {
+    uplink_rows(pin_dir, uplinks::read_status(pin_dir)?)
+}
+
+/// `statuses`, each with the subflows over it that the maps pinned under `pin_dir`
+/// hold.
+pub fn uplink_rows(pin_dir: &Path, statuses: Vec<UplinkStatus>) -> anyhow::Result<Vec<UplinkRow>> {
     let subflows = read_subflows(pin_dir)?;
     let direct = direct_flow_keys(pin_dir)?;
-    let statuses = uplinks::read_status(&sys::run_file(pin_dir, "uplinks.json"))?;
     Ok(statuses
         .into_iter()
         .map(|status| {

@@ -128,14 +128,14 @@ impl FlowTable {
     }
 
     /// Lists the flow under `key` (the LAN-side socket cookie) for `mptcp-user flows`,
-    /// until the returned guard drops; `direct` when it bypasses the converter.
+    /// until the returned guard drops; marked direct when no converter could take it.
     pub fn register(
         &self,
         key: u64,
         client: SocketAddr,
         destination: SocketAddr,
         intercepted: Intercepted,
-        direct: bool,
+        carried: Carried,
     ) -> Registration<'_> {
         let flow = Flow {
             started_ns: sys::monotonic_ns(),
@@ -145,7 +145,11 @@ impl FlowTable {
                 Intercepted::Lan => INTERCEPTED_LAN,
                 Intercepted::Cgroup => INTERCEPTED_CGROUP,
             },
-            flags: if direct { FLOW_DIRECT } else { 0 },
+            flags: if carried == Carried::Fallback {
+                FLOW_DIRECT
+            } else {
+                0
+            },
         };
         if let Err(error) = lock(&self.flows).insert(key, flow, 0) {
             // Only the listing suffers; the flow itself goes on.
@@ -175,6 +179,28 @@ impl FlowTable {
             load.set_shedding(true);
         }
         Admitted { load }
+    }
+}
+
+/// How a flow is carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carried {
+    /// Through a converter (RFC 8803).
+    Converter,
+    /// MPTCP straight to the destination: the gateway runs in direct mode.
+    Direct,
+    /// MPTCP straight to the destination because no converter could take the flow.
+    Fallback,
+}
+
+impl Carried {
+    /// The name the metrics give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Converter => "converter",
+            Self::Direct => "direct",
+            Self::Fallback => "fallback",
+        }
     }
 }
 

@@ -10,12 +10,15 @@
 //! - [`routes`]: the local-delivery routes of intercepted LAN packets.
 //! - [`cgroups`]: the cgroup v2 root and opting cgroups in and out.
 //! - [`upstream`]: the connection each flow is carried on.
+//! - [`converters`]: which converter new flows go through, and whether any is reachable.
+//! - [`pool`]: warm connections to the converter, opened before flows need them.
 //! - [`uplinks`]: the internet links the MPTCP subflows use.
 //! - [`control`]: the commands that read and edit a running gateway.
 //! - [`speedtest`]: `mptcp-user speedtest`, each uplink and all of them measured.
 
 pub mod cgroups;
 pub mod control;
+pub mod converters;
 pub mod flows;
 pub mod interception;
 pub mod pool;
@@ -45,9 +48,10 @@ use crate::{
         relay::{self, PipePool, Timeouts},
         server, socket,
     },
-    sys::{self, InstanceLock},
+    sys::InstanceLock,
 };
-use flows::FlowTable;
+use converters::Converters;
+use flows::{Carried, FlowTable};
 use interception::{Interception, InterceptionConfig};
 use mptcp_ebpf_common::flows::WARM_FLOW;
 use pool::{Pool, Target};
@@ -118,6 +122,8 @@ pub struct Gateway {
     pub flows: FlowTable,
     /// The uplinks new flows start from.
     pub uplinks: Arc<UplinkTable>,
+    /// The converter new flows go through.
+    pub converters: Arc<Converters>,
     /// Warm connections to the converter.
     pub pool: Arc<Pool>,
     /// What the metrics count.
@@ -127,10 +133,8 @@ pub struct Gateway {
 impl Gateway {
     /// Where new flows go now, for the pool.
     fn pool_target(&self) -> Target {
-        let converters = self.upstream.converters();
         Target {
-            converter: (!converters.is_empty() && !self.uplinks.converter_down())
-                .then(|| converters[self.uplinks.active_converter() % converters.len()]),
+            converter: self.converters.active(),
             source: self
                 .uplinks
                 .attempts()
@@ -161,11 +165,12 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
         let capacity = server::raise_file_limit();
         let tuning = Tuning::new(&config.tuning)?;
         let upstream = Upstream::resolve(&config.upstream).await?;
+        let converters = Arc::new(Converters::new(upstream.converters().to_vec()));
         let uplink_manager = UplinkManager::start(ManagerConfig {
             uplinks: config.uplinks.clone(),
             first_table: config.interception.table + 1,
-            converters: upstream.converters().to_vec(),
-            status_file: sys::run_file(&config.interception.pin_path, "uplinks.json"),
+            converters: Arc::clone(&converters),
+            status_file: uplinks::status_path(&config.interception.pin_path),
         })?;
         let listener = socket::listen(config.listen, false, true)
             .with_context(|| format!("failed to listen on {} (transparent)", config.listen))?;
@@ -203,6 +208,7 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
             pipes: PipePool::for_tuning(&config.tuning),
             flows,
             uplinks: uplink_manager.table(),
+            converters,
             pool: Pool::new(config.pool_size),
             metrics: GatewayMetrics::new(upstream_errors),
         });
@@ -268,7 +274,8 @@ struct Scrape {
 
 impl metrics::Render for Scrape {
     async fn render(&self) -> String {
-        let rows = match control::read_uplinks(&self.pin_dir) {
+        let statuses = self.gateway.uplinks.snapshot();
+        let rows = match control::uplink_rows(&self.pin_dir, statuses) {
             Ok(rows) => rows,
             Err(error) => {
                 debug!("metrics: cannot read the uplinks: {error:#}");
@@ -337,7 +344,11 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
         open_upstream(&lan, destination, flow_key, &gateway),
     )
     .await;
-    let (mut upstream, server_early, direct) = match opened {
+    let Opened {
+        stream: mut upstream,
+        server_early,
+        carried,
+    } = match opened {
         Ok(Ok(opened)) => opened,
         Ok(Err(error)) => {
             info!("{peer} -> {destination}: {error:#}");
@@ -353,10 +364,10 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
             return;
         }
     };
-    let _counted = gateway.metrics.flow_started(intercepted, direct);
+    let _counted = gateway.metrics.flow_started(intercepted, carried);
     let _listed = gateway
         .flows
-        .register(flow_key, peer, destination, intercepted, direct);
+        .register(flow_key, peer, destination, intercepted, carried);
     if let Err(error) = lan.write_all(&server_early).await {
         debug!("{peer} -> {destination}: {error}");
         return;
@@ -367,13 +378,20 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
         .down
         .copied
         .inc_by(server_early.len() as u64);
+    // Only a flow carried through a converter depends on the uplinks reaching it.
+    let converter_lost = async {
+        match carried {
+            Carried::Converter => gateway.converters.lost(gateway.timeouts.dead_path).await,
+            Carried::Direct | Carried::Fallback => std::future::pending().await,
+        }
+    };
     let relayed = tokio::select! {
         relayed = relay::relay(
             &mut lan, &mut upstream, &gateway.pipes, gateway.timeouts, &gateway.metrics.relayed,
         ) => {
             Some(relayed)
         }
-        () = converter_lost(&gateway, direct) => None,
+        () = converter_lost => None,
     };
     match relayed {
         Some(Ok(moved)) => debug!(
@@ -394,98 +412,93 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
     }
 }
 
-/// Resolves when no uplink has reached the converter for the dead-path timeout: a flow
-/// carried through it has had no path for that long. Never for a direct flow.
-///
-/// The kernel does not end an MPTCP connection whose every subflow died (keepalive only
-/// ends the subflows), so the uplinks' probes tell instead.
-async fn converter_lost(gateway: &Gateway, direct: bool) {
-    if direct || !matches!(gateway.upstream, Upstream::Converter { .. }) {
-        return std::future::pending().await;
-    }
-    let mut ticks = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        ticks.tick().await;
-        if gateway
-            .uplinks
-            .converter_unreachable_for()
-            .is_some_and(|unreachable| unreachable >= gateway.timeouts.dead_path)
-        {
-            return;
-        }
-    }
+/// A flow's upstream connection, as [`open_upstream`] opened it.
+struct Opened {
+    /// The MPTCP connection (to a converter, or to the destination).
+    stream: TcpStream,
+    /// The destination's bytes that came with the converter's answer.
+    server_early: Vec<u8>,
+    /// How the flow is carried.
+    carried: Carried,
 }
 
 /// Opens the flow's upstream connection: through the converter, or straight to the
 /// destination when the converter is known to be away or cannot take the flow, so that
-/// an outage costs the household aggregation, not its connections. Returns the
-/// connection, the destination's bytes that came with the converter's answer, and
-/// whether the flow goes direct.
+/// an outage costs the household aggregation, not its connections.
 async fn open_upstream(
     lan: &TcpStream,
     destination: SocketAddr,
     flow_key: u64,
     gateway: &Gateway,
-) -> anyhow::Result<(TcpStream, Vec<u8>, bool)> {
+) -> anyhow::Result<Opened> {
     let configure = |socket: &socket2::Socket| {
         gateway.tuning.apply(socket)?;
         gateway.flows.label(socket, flow_key)
     };
     let attempts = gateway.uplinks.attempts();
-    let converters = gateway.upstream.converters();
-    if converters.is_empty() {
-        // --direct
+    if gateway.converters.addresses().is_empty() {
         let stream = Upstream::open_direct(destination, &attempts, configure).await?;
-        return Ok((stream, Vec::new(), false));
+        return Ok(Opened {
+            stream,
+            server_early: Vec::new(),
+            carried: Carried::Direct,
+        });
     }
     let mut early = Vec::new();
-    if !gateway.uplinks.converter_down() {
-        // The active converter first, then the others in their order.
-        let first = gateway.uplinks.active_converter();
-        let mut last_failure = None;
-        for attempt in 0..converters.len() {
-            let converter = converters[(first + attempt) % converters.len()];
-            let warm = if attempt == 0 {
-                let source = attempts.first().map(|attempt| attempt.source);
-                gateway.pool.take(converter, source)
-            } else {
-                None
-            };
-            if let Some(warm) = &warm {
-                gateway.flows.label(warm, flow_key)?;
+    let mut last_failure = None;
+    // The active converter first (with a warm connection if one is ready), then the
+    // others in their order; none while they are known to be away.
+    for (attempt, converter) in gateway.converters.in_order().into_iter().enumerate() {
+        let warm = if attempt == 0 {
+            let source = attempts.first().map(|attempt| attempt.source);
+            gateway.pool.take(converter, source)
+        } else {
+            None
+        };
+        if let Some(warm) = &warm {
+            gateway.flows.label(warm, flow_key)?;
+        }
+        match gateway
+            .upstream
+            .open(
+                lan,
+                destination,
+                converter,
+                &early,
+                &attempts,
+                configure,
+                warm,
+            )
+            .await
+        {
+            Ok((stream, server_early)) => {
+                return Ok(Opened {
+                    stream,
+                    server_early,
+                    carried: Carried::Converter,
+                });
             }
-            match gateway
-                .upstream
-                .open(
-                    lan,
-                    destination,
-                    converter,
-                    &early,
-                    &attempts,
-                    configure,
-                    warm,
-                )
-                .await
-            {
-                Ok((stream, server_early)) => return Ok((stream, server_early, false)),
-                Err(OpenError::Failed(error)) => return Err(error),
-                Err(OpenError::ConverterUnavailable {
-                    reason,
-                    early: read,
-                }) => {
-                    last_failure = Some(reason);
-                    early = read;
-                }
+            Err(OpenError::Failed(error)) => return Err(error),
+            Err(OpenError::ConverterUnavailable {
+                reason,
+                early: read,
+            }) => {
+                last_failure = Some(reason);
+                early = read;
             }
         }
-        if let Some(reason) = last_failure {
-            gateway.uplinks.report_converter_failure(&reason);
-        }
+    }
+    if let Some(reason) = last_failure {
+        gateway.converters.report_failure(&reason);
     }
     let mut stream = Upstream::open_direct(destination, &attempts, configure).await?;
     stream
         .write_all(&early)
         .await
         .context("sending the client's first bytes")?;
-    Ok((stream, Vec::new(), true))
+    Ok(Opened {
+        stream,
+        server_early: Vec::new(),
+        carried: Carried::Fallback,
+    })
 }

@@ -34,7 +34,6 @@ use crate::{
         speedtest::{Command, DESTINATION, Meter, Received},
         wire,
     },
-    sys,
 };
 
 /// What `mptcp-user speedtest` is told.
@@ -87,8 +86,7 @@ async fn measure(config: &SpeedtestConfig) -> anyhow::Result<Vec<PathResult>> {
         bail!("a speed test needs a converter: the gateway runs in direct mode");
     };
     let converter = addresses[0];
-    let status_file = sys::run_file(&config.pin_path, "uplinks.json");
-    let statuses = uplinks::read_status(&status_file).with_context(|| {
+    let statuses = uplinks::read_status(&config.pin_path).with_context(|| {
         format!(
             "no running gateway with its maps in {} (its status file names the uplinks)",
             config.pin_path.display()
