@@ -18,7 +18,7 @@ use mptcp_user::{
         cookie::{KEY_LEN, Key, unix_now},
         speedtest,
     },
-    converter::{Converter, read_request},
+    converter::{Converter, ReadRequest, read_request},
 };
 
 const KEY: [u8; KEY_LEN] = [7; KEY_LEN];
@@ -54,7 +54,12 @@ fuzz_target!(|data: &[u8]| {
     let mut reader: &[u8] = &input;
     let stranger = std::net::IpAddr::from([192, 0, 2, 1]);
     let read = RUNTIME.block_on(read_request(&mut reader, stranger, &CONVERTER));
-    if let Ok((request, early_data, _)) = read {
+    if let Ok(ReadRequest {
+        request,
+        early_data,
+        ..
+    }) = read
+    {
         // Accepted: a destination the policy allows, or a gateway's speed test, which
         // only a request with a valid cookie gets (only signed inputs have one). And
         // the early data is what followed the message.

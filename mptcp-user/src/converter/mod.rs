@@ -284,7 +284,11 @@ async fn handle(
         }
     };
     drop(slot);
-    let (request, early_data, info) = match read {
+    let ReadRequest {
+        request,
+        early_data,
+        asks_info,
+    } = match read {
         Ok(found) => found,
         Err(Rejection::Silent) => {
             debug!("{peer}: closed before sending a byte (a gateway's uplink probe?)");
@@ -328,7 +332,7 @@ async fn handle(
     };
     debug!("{peer} -> {destination}: connected");
     let connected = async {
-        let mut tlvs = supported_extensions(info).tlvs;
+        let mut tlvs = supported_extensions(asks_info).tlvs;
         tlvs.push(Tlv::ExtendedTcpHeader(syn_ack_options(&server)));
         let bytes = Message::new(tlvs).encode().map_err(std::io::Error::other)?;
         until_answers_leave_at_once(&client).await;
@@ -440,13 +444,25 @@ fn echo(received: &[u8]) -> Vec<u8> {
     value
 }
 
+/// A request that passed [`read_request`].
+#[derive(Debug)]
+pub struct ReadRequest {
+    /// The request, authenticated, its destination allowed.
+    pub request: Request,
+    /// The client's bytes that followed it, for the destination.
+    pub early_data: Vec<u8>,
+    /// Whether it also asked which TCP extensions the converter supports (an Info TLV
+    /// beside the Connect TLV).
+    pub asks_info: bool,
+}
+
 /// Reads, decodes, authenticates and checks the request on `client` (a connection, or
 /// any byte source: the fuzz target feeds it slices).
 pub async fn read_request<R: AsyncRead + Unpin>(
     client: &mut R,
     peer: IpAddr,
     converter: &Converter,
-) -> Result<(Request, Vec<u8>, bool), Rejection> {
+) -> Result<ReadRequest, Rejection> {
     let read = tokio::time::timeout(converter.request_timeout, wire::read_message(client)).await;
     let (message, early_data) = match read {
         Err(_) => {
@@ -502,7 +518,11 @@ pub async fn read_request<R: AsyncRead + Unpin>(
             )
                 .into());
         }
-        return Ok((request, early_data, false));
+        return Ok(ReadRequest {
+            request,
+            early_data,
+            asks_info: false,
+        });
     }
     converter
         .policy
@@ -513,7 +533,11 @@ pub async fn read_request<R: AsyncRead + Unpin>(
                 format!("destination refused: {refusal}"),
             )
         })?;
-    Ok((request, early_data, Request::asks_info(&message)))
+    Ok(ReadRequest {
+        asks_info: Request::asks_info(&message),
+        request,
+        early_data,
+    })
 }
 
 /// Checks the request's cookie.
@@ -629,3 +653,6 @@ async fn answer(client: &mut TcpStream, response: Message) {
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
+
+#[cfg(test)]
+mod tests;
