@@ -5,11 +5,14 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Args, CommandFactory as _, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use ipnet::IpNet;
 
 use crate::{
-    config::{self, ConverterOptions, GatewayOptions},
+    config::{
+        self, ConverterOptions, GatewayOptions,
+        defaults::{self, Table},
+    },
     converter,
     gateway::{
         self,
@@ -30,6 +33,32 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+/// The command line as users see it: [`Cli`], each daemon option's help ending with its
+/// default from [`defaults`] (the one table of them).
+pub fn command() -> clap::Command {
+    Cli::command()
+        .mut_subcommand("gateway", |command| with_defaults(command, Table::Gateway))
+        .mut_subcommand("converter", |command| {
+            with_defaults(command, Table::Converter)
+        })
+}
+
+/// Parses the process's arguments (exits with clap's message when they are wrong).
+pub fn parse() -> Cli {
+    Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|error| error.exit())
+}
+
+/// `command`'s options of `role`, their help ending with `[default: VALUE]`.
+fn with_defaults(command: clap::Command, role: Table) -> clap::Command {
+    command.mut_args(|arg| {
+        let Some(shown) = arg.get_long().and_then(|long| defaults::find(role, long)) else {
+            return arg;
+        };
+        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        arg.help(format!("{help} [default: {}]", shown.text()))
+    })
+}
+
 /// Uses every internet uplink for every TCP connection: LAN flows are intercepted by
 /// eBPF and spliced onto Multipath TCP connections to a converter.
 #[derive(Debug, Parser)]
@@ -47,7 +76,7 @@ pub enum Command {
     /// Run the converter on a well-connected host (`remote` is an alias).
     #[command(alias = "remote")]
     Converter(ConverterOptions),
-    /// Check a config file.
+    /// Check a config file, or print the reference of every option.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
@@ -98,13 +127,16 @@ pub enum ConfigCommand {
         /// The TOML file, with a [gateway] or [converter] table (or both).
         path: PathBuf,
     },
+    /// Print the reference of every command, option and metric (Markdown, as
+    /// docs/configuration.md).
+    Reference,
 }
 
 /// Flags of `mptcp-user flows` and `uplinks`.
 #[derive(Debug, Args)]
 pub struct FlowsArgs {
     /// Directory on bpffs where the running gateway pinned its maps.
-    #[arg(long, value_name = "DIR", default_value = gateway::DEFAULT_PIN_PATH)]
+    #[arg(long, value_name = "DIR", default_value = defaults::PIN_PATH)]
     pub pin_path: PathBuf,
 
     /// Print JSON (one array of objects) instead of a table.
@@ -125,7 +157,7 @@ fn parse_switch(text: &str) -> Result<bool, String> {
 #[derive(Debug, Args)]
 pub struct SelectionArgs {
     /// Directory on bpffs where the running gateway pinned its maps.
-    #[arg(long, value_name = "DIR", default_value = gateway::DEFAULT_PIN_PATH, global = true)]
+    #[arg(long, value_name = "DIR", default_value = defaults::PIN_PATH, global = true)]
     pub pin_path: PathBuf,
 
     #[command(subcommand)]
@@ -191,7 +223,7 @@ pub struct SpeedtestArgs {
     pub key_file: Option<PathBuf>,
 
     /// Directory on bpffs where the running gateway pinned its maps.
-    #[arg(long, value_name = "DIR", default_value = gateway::DEFAULT_PIN_PATH)]
+    #[arg(long, value_name = "DIR", default_value = defaults::PIN_PATH)]
     pub pin_path: PathBuf,
 
     /// Seconds each test runs, each way, per path (1 to 20).
@@ -239,7 +271,7 @@ pub struct CgroupArgs {
     pub path: PathBuf,
 
     /// Directory on bpffs where the running gateway pinned its maps.
-    #[arg(long, value_name = "DIR", default_value = gateway::DEFAULT_PIN_PATH)]
+    #[arg(long, value_name = "DIR", default_value = defaults::PIN_PATH)]
     pub pin_path: PathBuf,
 }
 
@@ -252,6 +284,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             command: ConfigCommand::Check { path },
         } => {
             println!("{}", config::check(&path)?);
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Reference,
+        } => {
+            print!("{}", config::reference::markdown(&Cli::command()));
             Ok(())
         }
         Command::Flows(args) => control::print_flows(&args.pin_path, args.json),
@@ -273,15 +311,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Optin(args) => control::opt_in(&args.pin_path, &args.path),
         Command::Optout(args) => control::opt_out(&args.pin_path, &args.path),
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "mptcp-user",
-                &mut std::io::stdout(),
-            );
+            clap_complete::generate(shell, &mut command(), "mptcp-user", &mut std::io::stdout());
             Ok(())
         }
-        Command::Manpages { dir } => write_man_pages(Cli::command(), &dir),
+        Command::Manpages { dir } => write_man_pages(command(), &dir),
         Command::Keygen { path } => {
             Key::generate(&path)?;
             println!("wrote a new key to {}", path.display());

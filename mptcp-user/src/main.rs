@@ -1,7 +1,6 @@
-use clap::Parser as _;
-use mptcp_user::cli::{self, Cli};
+use mptcp_user::cli;
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    cli::run(Cli::parse())
+    cli::run(cli::parse())
 }

@@ -4,6 +4,7 @@
 mod build;
 mod cmd;
 mod dist;
+mod docs;
 mod fuzz;
 mod lint;
 mod run;
@@ -40,6 +41,8 @@ enum Command {
     Lint,
     /// Fuzz the Convert codec and the converter's request handler (libFuzzer).
     Fuzz(fuzz::Options),
+    /// Write docs/configuration.md from the code (every command, option and metric).
+    Docs,
     /// Build the Debian package (target/debian/): binary, systemd units, sample
     /// configs, completions and man pages.
     Dist,
@@ -54,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::Lint => lint::run(),
         Command::Fuzz(options) => fuzz::run(&options),
         Command::Dist => dist::run().map(|_| ()),
+        Command::Docs => docs::run(),
         Command::Demo => testbed::demo(),
         Command::Bench(options) => testbed::bench(&options),
     }

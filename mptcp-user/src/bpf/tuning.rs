@@ -28,16 +28,8 @@ use log::warn;
 use mptcp_ebpf_common::uplinks::{CongestionName, NAME_LEN};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::{net::addr, sys};
+use crate::{config::defaults, net::addr, sys};
 
-/// Congestion control of the MPTCP connections unless told otherwise.
-pub const DEFAULT_CONGESTION: &str = "bbr";
-/// Handshake round trip (ms) from which a subflow is long-RTT, unless told otherwise.
-pub const DEFAULT_LONG_RTT_MS: u32 = 300;
-/// Congestion control of long-RTT subflows unless told otherwise.
-pub const DEFAULT_LONG_RTT_CONGESTION: &str = "cubic";
-/// Send buffer (MiB) of long-RTT subflows unless told otherwise.
-pub const DEFAULT_LONG_RTT_SEND_BUFFER_MIB: u32 = 4;
 /// Largest send buffer (MiB) a setting may ask for.
 pub const MAX_SEND_BUFFER_MIB: u32 = 1024;
 
@@ -63,13 +55,13 @@ pub struct TuningConfig {
 impl Default for TuningConfig {
     fn default() -> Self {
         Self {
-            congestion: DEFAULT_CONGESTION.to_owned(),
-            send_buffer_mib: 0,
+            congestion: defaults::CONGESTION.to_owned(),
+            send_buffer_mib: defaults::SEND_BUFFER_MIB,
             uplink_congestion: Vec::new(),
-            long_rtt_ms: DEFAULT_LONG_RTT_MS,
-            long_rtt_congestion: DEFAULT_LONG_RTT_CONGESTION.to_owned(),
-            long_rtt_send_buffer_mib: DEFAULT_LONG_RTT_SEND_BUFFER_MIB,
-            relay_pipe_kib: 64,
+            long_rtt_ms: defaults::LONG_RTT_MS,
+            long_rtt_congestion: defaults::LONG_RTT_CONGESTION.to_owned(),
+            long_rtt_send_buffer_mib: defaults::LONG_RTT_SEND_BUFFER_MIB,
+            relay_pipe_kib: defaults::RELAY_PIPE_KIB,
         }
     }
 }

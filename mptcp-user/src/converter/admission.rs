@@ -20,10 +20,6 @@ use tokio::sync::Notify;
 
 use crate::{lock, net::addr::canonical};
 
-/// Default unauthenticated connections held at once.
-pub const DEFAULT_MAX_PENDING: usize = 256;
-/// Default unauthenticated connections held at once from one source.
-pub const DEFAULT_MAX_PENDING_PER_SOURCE: usize = 16;
 /// Refusals are logged at most this often, with their count: a flood must not flood
 /// the log too.
 const LOG_EVERY: Duration = Duration::from_secs(10);

@@ -48,8 +48,6 @@ use admission::{Pending, PendingSlot};
 use destination_policy::DestinationPolicy;
 use speedtest::SpeedTests;
 
-/// Default port the converter listens on, on every address (`[::]`).
-pub const DEFAULT_PORT: u16 = 5124;
 /// Logged once the converter accepts connections; scripts wait for it.
 pub const READY: &str = "converter listening";
 

@@ -17,11 +17,12 @@ use mptcp_ebpf_common::cgroups::OPTED_IN_MAP_NAME;
 use super::{
     cgroups,
     flows::FlowTable,
-    routes::{self, LocalDelivery},
+    routes::LocalDelivery,
     selection::{Action, QuicFallback, Rule, Selection},
 };
 use crate::{
     bpf::{self, Programs, Settings, tuning::Tuning},
+    config::defaults,
     net::addr,
     sys,
 };
@@ -57,10 +58,10 @@ impl Default for InterceptionConfig {
             include: Vec::new(),
             exclude: Vec::new(),
             ports: Vec::new(),
-            quic_fallback: true,
-            mark: routes::DEFAULT_MARK,
-            table: routes::DEFAULT_TABLE,
-            pin_path: PathBuf::from(super::DEFAULT_PIN_PATH),
+            quic_fallback: defaults::QUIC_FALLBACK,
+            mark: defaults::INTERCEPT_MARK,
+            table: defaults::INTERCEPT_TABLE,
+            pin_path: PathBuf::from(defaults::PIN_PATH),
         }
     }
 }

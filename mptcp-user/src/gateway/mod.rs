@@ -58,10 +58,6 @@ use pool::{Pool, Target};
 use uplinks::{ManagerConfig, UplinkConfig, UplinkManager, UplinkTable};
 use upstream::{OpenError, Upstream, UpstreamConfig};
 
-/// Default directory (on bpffs) where a running gateway pins its maps.
-pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/mptcp-gateway";
-/// Default port of the transparent listener, on every address (`[::]`).
-pub const DEFAULT_LISTEN_PORT: u16 = 15124;
 /// Logged once everything is installed and flows are intercepted; scripts wait for it.
 pub const READY: &str = "gateway ready";
 

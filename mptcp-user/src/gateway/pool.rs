@@ -26,8 +26,6 @@ use tokio::{net::TcpStream, sync::Notify};
 
 use crate::lock;
 
-/// Most warm connections by default.
-pub const DEFAULT_POOL_SIZE: usize = 4;
 /// A warm connection is retired at this age, well before the converter's default
 /// request timeout (5 s) closes it.
 const MAX_AGE: Duration = Duration::from_secs(3);

@@ -15,13 +15,6 @@ use mptcp_ebpf_common::selection::quic_mark;
 
 use crate::net::netlink::{self, Netlink};
 
-/// The fwmark the LAN program sets on intercepted packets, unless `--intercept-mark`
-/// says otherwise ("MP" in ASCII).
-pub const DEFAULT_MARK: u32 = 0x4d50;
-/// The routing table of the local-delivery route, unless `--intercept-table` says
-/// otherwise.
-pub const DEFAULT_TABLE: u32 = 15124;
-
 /// The table of the prohibit route that turns QUIC away, next to `table`'s (the uplinks
 /// take the ones after it).
 pub const fn quic_table(table: u32) -> u32 {

@@ -31,8 +31,6 @@ const MAC_LEN: usize = 32;
 pub const COOKIE_LEN: usize = 8 + NONCE_LEN + MAC_LEN;
 /// Separates our MACs from any other use of the same key.
 const DOMAIN: &[u8] = b"mptcp-gateway convert v1\0";
-/// Default tolerance between the gateway's and the converter's clocks.
-pub const DEFAULT_WINDOW: Duration = Duration::from_mins(1);
 
 /// Now, in seconds since the Unix epoch: the cookie's clock (0 if the clock is before
 /// 1970, which a stale-timestamp check then refuses).
@@ -253,6 +251,9 @@ mod tests {
 
     use super::*;
 
+    /// The replay window of these tests.
+    const WINDOW: Duration = Duration::from_mins(1);
+
     const NOW: u64 = 1_700_000_000;
 
     fn destination() -> SocketAddr {
@@ -260,7 +261,7 @@ mod tests {
     }
 
     fn verifier(key: &Key) -> Verifier {
-        Verifier::new(key.clone(), DEFAULT_WINDOW, NOW - 100)
+        Verifier::new(key.clone(), WINDOW, NOW - 100)
     }
 
     #[test]
@@ -320,7 +321,7 @@ mod tests {
         let key = Key::from_bytes([7; KEY_LEN]);
         let before_restart = key.cookie(destination(), NOW - 1).unwrap();
         // Seen by the converter's previous run, replayed to the new one.
-        let mut restarted = Verifier::new(key.clone(), DEFAULT_WINDOW, NOW);
+        let mut restarted = Verifier::new(key.clone(), WINDOW, NOW);
         assert_eq!(
             restarted.verify(destination(), Some(&before_restart), NOW + 1),
             Err(AuthError::BeforeStart {
