@@ -40,9 +40,9 @@ pub const CONVERTER: &str = "10.0.1.2";
 /// The converter's address as the server sees it: a flow from there was converted.
 pub const CONVERTER_TOWARD_SERVER: &str = "203.0.113.1";
 /// The converter's port.
-pub const CONVERTER_PORT: u16 = mptcp_user::converter::DEFAULT_PORT;
+pub const CONVERTER_PORT: u16 = mptcp_user::config::defaults::CONVERTER_LISTEN.port();
 /// The gateway's transparent listener port.
-pub const GATEWAY_PORT: u16 = mptcp_user::gateway::DEFAULT_LISTEN_PORT;
+pub const GATEWAY_PORT: u16 = mptcp_user::config::defaults::GATEWAY_LISTEN.port();
 /// fwmark and table of the tproxy policy route.
 const TPROXY_MARK: &str = "1";
 const TPROXY_TABLE: &str = "100";

@@ -602,7 +602,7 @@ fn a_thousand_idle_flows_are_held_end_to_end_by_daemons_started_as_services() {
         );
         // Nothing left after they closed, but the gateway's warm connections (and their
         // converter ends).
-        let warm = mptcp_user::gateway::pool::DEFAULT_POOL_SIZE as u64;
+        let warm = mptcp_user::config::defaults::POOL_SIZE as u64;
         assert!(load.leaked_files() <= warm, "{name}: {load:?}");
     }
 }

@@ -25,7 +25,7 @@ use mptcp_tests::{
     testbed::{CONVERTER_PORT, GATEWAY_PORT, SERVER, SERVER_V6, Testbed, Uplink},
     wait_until,
 };
-use mptcp_user::gateway::routes::DEFAULT_MARK;
+use mptcp_user::config::defaults::INTERCEPT_MARK;
 
 const UPLINKS: [Uplink; 2] = [Uplink::htb(50), Uplink::htb(50)];
 /// The port of the who-am-I server.
@@ -383,7 +383,7 @@ fn terminated_gateway_removes_what_it_installed() {
     let testbed = deploy(&dir, "cleanup", &[]);
     let pin_path = testbed.pin_path();
     assert!(Path::new(&pin_path).join(FLOWS_MAP_NAME).exists());
-    let mark = format!("fwmark {DEFAULT_MARK:#x}");
+    let mark = format!("fwmark {INTERCEPT_MARK:#x}");
     let rules = |family: &str| {
         testbed
             .gateway
