@@ -99,10 +99,21 @@ fn commit(workspace_dir: &Path) -> String {
             .filter(|output| output.status.success())
             .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
     };
-    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-        for moved in ["HEAD", "refs/heads", "packed-refs"] {
-            println!("cargo:rerun-if-changed={git_dir}/{moved}");
-        }
+    // HEAD is the checkout's own (a worktree has one of its own); the branches are in
+    // the common directory. Only paths that exist: cargo reruns a build script on
+    // every build while a path it watches is missing, and with it recompiles this
+    // crate (a fresh repository has no packed-refs).
+    let head = git(&["rev-parse", "--absolute-git-dir"]).map(|dir| Path::new(&dir).join("HEAD"));
+    let common = git(&["rev-parse", "--path-format=absolute", "--git-common-dir"]);
+    let branches = common
+        .iter()
+        .flat_map(|dir| ["refs/heads", "packed-refs"].map(|moved| Path::new(dir).join(moved)));
+    for watched in head
+        .into_iter()
+        .chain(branches)
+        .filter(|path| path.exists())
+    {
+        println!("cargo:rerun-if-changed={}", watched.display());
     }
     git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned())
 }

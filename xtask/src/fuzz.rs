@@ -1,12 +1,14 @@
-//! `cargo xtask fuzz`: the libFuzzer targets in fuzz/ (cargo-fuzz), each for a bounded
-//! time, from the seed corpus in fuzz/corpus/TARGET (Convert messages laid out as in
-//! RFC 8803). A crash fails the command; libFuzzer saves the input under
-//! fuzz/artifacts/TARGET/.
+//! `cargo xtask fuzz`: the libFuzzer targets in fuzz/ (built by cargo-fuzz), side by
+//! side, each for a bounded time, from the seed corpus in fuzz/corpus/TARGET (Convert
+//! messages laid out as in RFC 8803). A crash fails the command; libFuzzer saves the
+//! input under fuzz/artifacts/TARGET/.
 //!
 //! cargo-fuzz passes nightly-only flags (-Z sanitizer); rustup cannot download a
 //! nightly here, so the machine's toolchain runs with RUSTC_BOOTSTRAP=1.
 
-use anyhow::bail;
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
 use clap::Args;
 
 use crate::cmd;
@@ -26,7 +28,7 @@ pub struct Options {
     pub seconds: u64,
 }
 
-/// Runs the chosen targets one after the other.
+/// Runs the chosen targets side by side.
 pub fn run(options: &Options) -> anyhow::Result<()> {
     let targets: Vec<&str> = match &options.target {
         Some(target) if TARGETS.contains(&target.as_str()) => vec![target.as_str()],
@@ -34,22 +36,48 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         None => TARGETS.to_vec(),
     };
     crate::setup::fuzz_tools()?;
-    for target in targets {
-        fuzz(target, options.seconds)?;
-    }
-    Ok(())
+    fuzz(&targets, options.seconds)
 }
 
-/// Fuzzes `target` for `seconds`.
-pub fn fuzz(target: &str, seconds: u64) -> anyhow::Result<()> {
+/// Builds the fuzz targets once, then fuzzes each of `targets` for `seconds`, all at
+/// once (one process each: libFuzzer uses one core). Fails naming the targets that
+/// found a crash.
+pub fn fuzz(targets: &[&str], seconds: u64) -> anyhow::Result<()> {
     let fuzz_dir = cmd::workspace_root().join("fuzz");
-    eprintln!("fuzz: {target} for {seconds} s");
     cmd::run(
         cmd::cargo()
             .current_dir(&fuzz_dir)
-            .args(["fuzz", "run", target])
-            .arg(fuzz_dir.join("corpus").join(target))
-            .args(["--", &format!("-max_total_time={seconds}")])
+            .args(["fuzz", "build"])
             .env("RUSTC_BOOTSTRAP", "1"),
-    )
+    )?;
+    let binaries = fuzz_dir
+        .join("target")
+        .join(format!("{}-unknown-linux-gnu", std::env::consts::ARCH))
+        .join("release");
+    let mut running = Vec::new();
+    for &target in targets {
+        eprintln!("fuzz: {target} for {seconds} s");
+        let artifacts = fuzz_dir.join("artifacts").join(target);
+        std::fs::create_dir_all(&artifacts)?;
+        let child = Command::new(binaries.join(target))
+            .arg(format!("-artifact_prefix={}/", artifacts.display()))
+            .arg(format!("-max_total_time={seconds}"))
+            .arg(fuzz_dir.join("corpus").join(target))
+            .spawn()
+            .with_context(|| format!("cannot start fuzz target {target}"))?;
+        running.push((target, child));
+    }
+    let mut failed = Vec::new();
+    for (target, mut child) in running {
+        if !child.wait()?.success() {
+            failed.push(target);
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "fuzzing found a crash in {}; the input is under fuzz/artifacts/",
+            failed.join(", ")
+        );
+    }
+    Ok(())
 }

@@ -59,9 +59,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     cmd::run(&mut end_to_end)?;
     if filter.is_none() {
         crate::setup::fuzz_tools()?;
-        for target in crate::fuzz::TARGETS {
-            crate::fuzz::fuzz(target, SHORT_FUZZ_SECONDS)?;
-        }
+        crate::fuzz::fuzz(crate::fuzz::TARGETS, SHORT_FUZZ_SECONDS)?;
     }
     Ok(())
 }
