@@ -8,7 +8,7 @@ use mptcp_tests::{
     measure::{self, Transport},
     metrics::{self, CONVERTER_METRICS, GATEWAY_METRICS, sample},
     require_root,
-    testbed::{CONVERTER, CONVERTER_PORT, SERVER, Testbed, Uplink},
+    testbed::{CONVERTER, CONVERTER_PORT, GATEWAY_PORT, SERVER, Testbed, Uplink},
     wait_until,
 };
 
@@ -199,5 +199,65 @@ fn metrics_count_flows_bytes_and_uplinks_during_a_download() {
     assert!(
         relayed >= total,
         "relayed {relayed} bytes, the client got {total}"
+    );
+}
+
+#[test]
+fn flows_of_direct_mode_are_counted_as_direct_not_as_the_converters() {
+    require_root();
+    let dir = TempDir::new("toolbox-direct").unwrap();
+    let mut testbed = Testbed::new("direct", &[Uplink::htb(50), Uplink::htb(50)]).unwrap();
+    let pin_path = testbed.pin_path();
+    let listen = format!("[::]:{GATEWAY_PORT}");
+    testbed
+        .start_gateway(
+            dir.path(),
+            &[
+                "--direct",
+                "--lan",
+                "lan0",
+                "--listen",
+                &listen,
+                "--pin-path",
+                &pin_path,
+                "--metrics",
+                GATEWAY_METRICS,
+            ],
+        )
+        .unwrap();
+    let during = std::thread::scope(|scope| {
+        let running = scope.spawn(|| {
+            measure::download(
+                &testbed.client,
+                &testbed.server,
+                format!("{SERVER}:5001").parse().unwrap(),
+                Transport::Tcp,
+                None,
+                Duration::from_secs(3),
+            )
+        });
+        let live = r#"mptcp_gateway_live_flows{taken="lan",carried="direct"}"#;
+        let during = std::cell::RefCell::new(String::new());
+        wait_until(
+            Duration::from_secs(3),
+            || {
+                let text = scrape(&testbed.gateway, GATEWAY_METRICS);
+                let counted = sample(&text, live) == 1;
+                *during.borrow_mut() = text;
+                counted
+            },
+            || {
+                format!(
+                    "the direct flow is not counted as direct:\n{}",
+                    during.borrow()
+                )
+            },
+        );
+        running.join().unwrap().unwrap();
+        during.into_inner()
+    });
+    assert!(
+        !during.contains(r#"carried="converter""#) && !during.contains(r#"carried="fallback""#),
+        "a direct-mode flow counted as another kind:\n{during}"
     );
 }
