@@ -6,6 +6,12 @@
 //! from the binary itself (`mptcp-user completions`, `mptcp-user manpages`), so they
 //! say exactly what its flags are. The units are checked with `systemd-analyze verify`
 //! against the staged tree where systemd-analyze exists.
+//!
+//! What Debian's policy asks of every package, and lintian checks: a copyright file
+//! (dist/debian/copyright, machine-readable), a changelog (dist/debian/changelog,
+//! written by hand; the build checks that it names this version and maintainer). The
+//! version has no Debian revision, so this is a native package and its changelog is
+//! changelog.gz, not changelog.Debian.gz.
 
 use std::{
     fs,
@@ -24,19 +30,22 @@ const PACKAGE: &str = "mptcp-user";
 const UNITS: [&str; 2] = ["mptcp-gateway.service", "mptcp-converter.service"];
 /// Where the sample configs go; the units read them there.
 const CONFIG_DIR: &str = "etc/mptcp-gateway";
+/// The package's maintainer, in the control file and the changelog.
+const MAINTAINER: &str = "MPTCP gateway developers <mptcp-gateway@example.org>";
 
 /// Builds the package; returns its path.
 pub fn run() -> anyhow::Result<PathBuf> {
-    let binary = build::run(&build::Options { release: true })?;
+    let built = build::run(&build::Options { release: true })?;
     let root = cmd::workspace_root();
     let staging = root.join("target/debian/staging");
     if staging.exists() {
         fs::remove_dir_all(&staging)?;
     }
-    let version = version(&binary)?;
     let architecture = output(Command::new("dpkg").arg("--print-architecture"))?;
 
-    install(&binary, &staging.join("usr/bin/mptcp-user"), 0o755)?;
+    let binary = staging.join("usr/bin/mptcp-user");
+    install(&built, &binary, 0o755)?;
+    let version = version(&binary)?;
     for unit in UNITS {
         install(
             &root.join("dist/systemd").join(unit),
@@ -68,6 +77,13 @@ pub fn run() -> anyhow::Result<PathBuf> {
             0o644,
         )?;
     }
+    let doc = staging.join("usr/share/doc").join(PACKAGE);
+    install(
+        &root.join("dist/debian/copyright"),
+        &doc.join("copyright"),
+        0o644,
+    )?;
+    changelog(&root.join("dist/debian/changelog"), &version, &doc)?;
     completions(&binary, &staging)?;
     man_pages(&binary, &staging)?;
 
@@ -111,6 +127,39 @@ fn install(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The changelog (`changelog`, compressed into `doc`), after checking that its latest
+/// entry is this version's and names the control file's maintainer.
+fn changelog(changelog: &Path, version: &str, doc: &Path) -> anyhow::Result<()> {
+    let text = fs::read_to_string(changelog)
+        .with_context(|| format!("cannot read {}", changelog.display()))?;
+    let heading = format!("{PACKAGE} ({version}) ");
+    anyhow::ensure!(
+        text.starts_with(&heading),
+        "{} does not begin with an entry for {version} (\"{heading}...\")",
+        changelog.display()
+    );
+    let trailer = text
+        .lines()
+        .find(|line| line.starts_with(" -- "))
+        .with_context(|| format!("{}: no \" -- \" line", changelog.display()))?;
+    anyhow::ensure!(
+        trailer.starts_with(&format!(" -- {MAINTAINER}  ")),
+        "{}: the latest entry is not signed by {MAINTAINER}",
+        changelog.display()
+    );
+    let compressed = Command::new("gzip")
+        .args(["-9n", "--stdout"])
+        .arg(changelog)
+        .output()
+        .context("cannot run gzip")?;
+    anyhow::ensure!(compressed.status.success(), "gzip {}", changelog.display());
+    let path = doc.join("changelog.gz");
+    fs::create_dir_all(doc)?;
+    fs::write(&path, compressed.stdout)?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+    Ok(())
+}
+
 /// The completion scripts, where bash, zsh and fish look for those of packages.
 fn completions(binary: &Path, staging: &Path) -> anyhow::Result<()> {
     for (shell, path) in [
@@ -146,7 +195,7 @@ fn control(version: &str, architecture: &str, staging: &Path) -> anyhow::Result<
         "Package: {PACKAGE}\n\
          Version: {version}\n\
          Architecture: {architecture}\n\
-         Maintainer: MPTCP gateway developers <mptcp-gateway@example.org>\n\
+         Maintainer: {MAINTAINER}\n\
          Installed-Size: {kib}\n\
          Depends: libc6 (>= 2.34)\n\
          Section: net\n\
