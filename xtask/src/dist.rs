@@ -9,9 +9,9 @@
 //!
 //! What Debian's policy asks of every package, and lintian checks: a copyright file
 //! (dist/debian/copyright, machine-readable), a changelog (dist/debian/changelog,
-//! written by hand; the build checks that it names this version and maintainer). The
-//! version has no Debian revision, so this is a native package and its changelog is
-//! changelog.gz, not changelog.Debian.gz.
+//! written by hand; the build checks that it names this version and maintainer) and a
+//! stripped binary. The version has no Debian revision, so this is a native package
+//! and its changelog is changelog.gz, not changelog.Debian.gz.
 
 use std::{
     fs,
@@ -43,8 +43,11 @@ pub fn run() -> anyhow::Result<PathBuf> {
     }
     let architecture = output(Command::new("dpkg").arg("--print-architecture"))?;
 
+    // The packaged binary is stripped; everything below runs that one, so it is the
+    // one shown to work. (The tests keep the unstripped build, for backtraces.)
     let binary = staging.join("usr/bin/mptcp-user");
     install(&built, &binary, 0o755)?;
+    strip(&binary, &root)?;
     let version = version(&binary)?;
     for unit in UNITS {
         install(
@@ -124,6 +127,31 @@ fn install(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
     fs::create_dir_all(to.parent().context("no parent")?)?;
     fs::copy(from, to).with_context(|| format!("cannot copy {}", from.display()))?;
     fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Strips `binary` as Debian's dh_strip does (symbols not needed for relocation, and
+/// the compiler's notes), then checks that the eBPF object came through unchanged: it
+/// is data in .rodata (`include_bytes!`), which stripping leaves alone.
+fn strip(binary: &Path, root: &Path) -> anyhow::Result<()> {
+    cmd::run(
+        Command::new("strip")
+            .args(["--remove-section=.comment", "--remove-section=.note"])
+            .arg("--strip-unneeded")
+            .arg(binary),
+    )?;
+    // Where mptcp-user's build.rs builds it (`target/ebpf`).
+    let object = root.join("target/ebpf/bpfel-unknown-none/release/mptcp-ebpf");
+    let object = fs::read(&object).with_context(|| format!("cannot read {}", object.display()))?;
+    anyhow::ensure!(!object.is_empty(), "the eBPF object is empty");
+    let stripped = fs::read(binary)?;
+    anyhow::ensure!(
+        stripped
+            .windows(object.len())
+            .any(|window| window == object.as_slice()),
+        "the stripped {} lacks the eBPF object",
+        binary.display()
+    );
     Ok(())
 }
 
