@@ -93,6 +93,7 @@ pub fn run() -> anyhow::Result<PathBuf> {
     let debian = staging.join("DEBIAN");
     fs::create_dir_all(&debian)?;
     fs::write(debian.join("conffiles"), conffiles.concat())?;
+    fs::write(debian.join("md5sums"), md5sums(&staging)?)?;
     fs::write(
         debian.join("control"),
         control(&version, &architecture, &staging)?,
@@ -235,6 +236,39 @@ fn control(version: &str, architecture: &str, staging: &Path) -> anyhow::Result<
          their destinations. One binary for both roles, with systemd units\n \
          (mptcp-gateway, mptcp-converter) and sample configs in /etc/mptcp-gateway.\n"
     ))
+}
+
+/// DEBIAN/md5sums, for `dpkg --verify`: every file but the conffiles (dpkg records
+/// theirs itself) and DEBIAN/, by path relative to the root, as dh_md5sums makes it.
+fn md5sums(staging: &Path) -> anyhow::Result<String> {
+    let mut files = Vec::new();
+    for top in fs::read_dir(staging)? {
+        let top = top?.path();
+        if !top.ends_with("DEBIAN") && !top.ends_with("etc") {
+            files_under(&top, &mut files)?;
+        }
+    }
+    let relative = files
+        .iter()
+        .map(|file| file.strip_prefix(staging))
+        .collect::<Result<Vec<_>, _>>()?;
+    output(Command::new("md5sum").current_dir(staging).args(relative)).map(|sums| sums + "\n")
+}
+
+/// Appends the files under `dir` (or `dir` itself, a file) to `files`, sorted.
+fn files_under(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        files.push(dir.to_owned());
+        return Ok(());
+    }
+    let mut entries = fs::read_dir(dir)?
+        .map(|entry| entry.map(|entry| entry.path()))
+        .collect::<Result<Vec<_>, _>>()?;
+    entries.sort();
+    for entry in entries {
+        files_under(&entry, files)?;
+    }
+    Ok(())
 }
 
 /// The staged tree's size in KiB, as Installed-Size counts it.
