@@ -1,5 +1,6 @@
 //! What the package ships: it installs and purges cleanly, its units verify, and
-//! their capability sets are enough for the daemons, and no more than they need.
+//! their capability sets are enough for the daemons, and no more than they need; and
+//! lintian, Debian's package checker, finds no error in it.
 
 use std::{
     fs,
@@ -169,6 +170,8 @@ fn the_package_installs_verifies_and_purges_cleanly() {
         "/usr/share/fish/vendor_completions.d/mptcp-user.fish",
         "/usr/share/man/man1/mptcp-user.1.gz",
         "/usr/share/man/man1/mptcp-user-speedtest.1.gz",
+        "/usr/share/doc/mptcp-user/copyright",
+        "/usr/share/doc/mptcp-user/changelog.gz",
     ] {
         assert!(installed(path).is_file(), "{path} was not installed");
     }
@@ -183,6 +186,13 @@ fn the_package_installs_verifies_and_purges_cleanly() {
         check.status.success(),
         "{}",
         String::from_utf8_lossy(&check.stderr)
+    );
+    // Every file is as packaged (DEBIAN/md5sums): dpkg --verify says nothing.
+    let verified = dpkg(root, &["--verify", "mptcp-user"]);
+    assert!(
+        verified.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
     );
     let conffiles = dpkg(root, &["--status", "mptcp-user"]);
     assert!(String::from_utf8_lossy(&conffiles.stdout).contains("/etc/mptcp-gateway/gateway.toml"));
@@ -217,6 +227,29 @@ fn the_package_installs_verifies_and_purges_cleanly() {
         .filter(|path| !path.starts_with(root.join("var/lib/dpkg")))
         .collect();
     assert!(left.is_empty(), "left after purge: {left:?}");
+}
+
+#[test]
+fn lintian_finds_no_error_in_the_package() {
+    let package = mptcp_user_deb();
+    let lintian = Command::new("lintian")
+        .args(["--fail-on", "error"])
+        .arg(&package)
+        .output()
+        .expect("cannot run lintian: `cargo xtask setup` installs it");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&lintian.stdout),
+        String::from_utf8_lossy(&lintian.stderr)
+    );
+    assert!(
+        lintian.status.success() && !said.lines().any(|line| line.starts_with("E:")),
+        "lintian {} ({}):\n{said}",
+        package.display(),
+        lintian.status
+    );
+    // Warnings are shown, not failed on.
+    println!("lintian {}:\n{said}", package.display());
 }
 
 /// Every file under `dir`.

@@ -6,6 +6,12 @@
 //! from the binary itself (`mptcp-user completions`, `mptcp-user manpages`), so they
 //! say exactly what its flags are. The units are checked with `systemd-analyze verify`
 //! against the staged tree where systemd-analyze exists.
+//!
+//! What Debian's policy asks of every package, and lintian checks: a copyright file
+//! (dist/debian/copyright, machine-readable), a changelog (dist/debian/changelog,
+//! written by hand; the build checks that it names this version and maintainer) and a
+//! stripped binary. The version has no Debian revision, so this is a native package
+//! and its changelog is changelog.gz, not changelog.Debian.gz.
 
 use std::{
     fs,
@@ -24,19 +30,25 @@ const PACKAGE: &str = "mptcp-user";
 const UNITS: [&str; 2] = ["mptcp-gateway.service", "mptcp-converter.service"];
 /// Where the sample configs go; the units read them there.
 const CONFIG_DIR: &str = "etc/mptcp-gateway";
+/// The package's maintainer, in the control file and the changelog.
+const MAINTAINER: &str = "MPTCP gateway developers <mptcp-gateway@example.org>";
 
 /// Builds the package; returns its path.
 pub fn run() -> anyhow::Result<PathBuf> {
-    let binary = build::run(&build::Options { release: true })?;
+    let built = build::run(&build::Options { release: true })?;
     let root = cmd::workspace_root();
     let staging = root.join("target/debian/staging");
     if staging.exists() {
         fs::remove_dir_all(&staging)?;
     }
-    let version = version(&binary)?;
     let architecture = output(Command::new("dpkg").arg("--print-architecture"))?;
 
-    install(&binary, &staging.join("usr/bin/mptcp-user"), 0o755)?;
+    // The packaged binary is stripped; everything below runs that one, so it is the
+    // one shown to work. (The tests keep the unstripped build, for backtraces.)
+    let binary = staging.join("usr/bin/mptcp-user");
+    install(&built, &binary, 0o755)?;
+    strip(&binary, &root)?;
+    let version = version(&binary)?;
     for unit in UNITS {
         install(
             &root.join("dist/systemd").join(unit),
@@ -68,12 +80,20 @@ pub fn run() -> anyhow::Result<PathBuf> {
             0o644,
         )?;
     }
+    let doc = staging.join("usr/share/doc").join(PACKAGE);
+    install(
+        &root.join("dist/debian/copyright"),
+        &doc.join("copyright"),
+        0o644,
+    )?;
+    changelog(&root.join("dist/debian/changelog"), &version, &doc)?;
     completions(&binary, &staging)?;
     man_pages(&binary, &staging)?;
 
     let debian = staging.join("DEBIAN");
     fs::create_dir_all(&debian)?;
     fs::write(debian.join("conffiles"), conffiles.concat())?;
+    fs::write(debian.join("md5sums"), md5sums(&staging)?)?;
     fs::write(
         debian.join("control"),
         control(&version, &architecture, &staging)?,
@@ -108,6 +128,64 @@ fn install(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
     fs::create_dir_all(to.parent().context("no parent")?)?;
     fs::copy(from, to).with_context(|| format!("cannot copy {}", from.display()))?;
     fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Strips `binary` as Debian's dh_strip does (symbols not needed for relocation, and
+/// the compiler's notes), then checks that the eBPF object came through unchanged: it
+/// is data in .rodata (`include_bytes!`), which stripping leaves alone.
+fn strip(binary: &Path, root: &Path) -> anyhow::Result<()> {
+    cmd::run(
+        Command::new("strip")
+            .args(["--remove-section=.comment", "--remove-section=.note"])
+            .arg("--strip-unneeded")
+            .arg(binary),
+    )?;
+    // Where mptcp-user's build.rs builds it (`target/ebpf`).
+    let object = root.join("target/ebpf/bpfel-unknown-none/release/mptcp-ebpf");
+    let object = fs::read(&object).with_context(|| format!("cannot read {}", object.display()))?;
+    anyhow::ensure!(!object.is_empty(), "the eBPF object is empty");
+    let stripped = fs::read(binary)?;
+    anyhow::ensure!(
+        stripped
+            .windows(object.len())
+            .any(|window| window == object.as_slice()),
+        "the stripped {} lacks the eBPF object",
+        binary.display()
+    );
+    Ok(())
+}
+
+/// The changelog (`changelog`, compressed into `doc`), after checking that its latest
+/// entry is this version's and names the control file's maintainer.
+fn changelog(changelog: &Path, version: &str, doc: &Path) -> anyhow::Result<()> {
+    let text = fs::read_to_string(changelog)
+        .with_context(|| format!("cannot read {}", changelog.display()))?;
+    let heading = format!("{PACKAGE} ({version}) ");
+    anyhow::ensure!(
+        text.starts_with(&heading),
+        "{} does not begin with an entry for {version} (\"{heading}...\")",
+        changelog.display()
+    );
+    let trailer = text
+        .lines()
+        .find(|line| line.starts_with(" -- "))
+        .with_context(|| format!("{}: no \" -- \" line", changelog.display()))?;
+    anyhow::ensure!(
+        trailer.starts_with(&format!(" -- {MAINTAINER}  ")),
+        "{}: the latest entry is not signed by {MAINTAINER}",
+        changelog.display()
+    );
+    let compressed = Command::new("gzip")
+        .args(["-9n", "--stdout"])
+        .arg(changelog)
+        .output()
+        .context("cannot run gzip")?;
+    anyhow::ensure!(compressed.status.success(), "gzip {}", changelog.display());
+    let path = doc.join("changelog.gz");
+    fs::create_dir_all(doc)?;
+    fs::write(&path, compressed.stdout)?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
     Ok(())
 }
 
@@ -146,7 +224,7 @@ fn control(version: &str, architecture: &str, staging: &Path) -> anyhow::Result<
         "Package: {PACKAGE}\n\
          Version: {version}\n\
          Architecture: {architecture}\n\
-         Maintainer: MPTCP gateway developers <mptcp-gateway@example.org>\n\
+         Maintainer: {MAINTAINER}\n\
          Installed-Size: {kib}\n\
          Depends: libc6 (>= 2.34)\n\
          Section: net\n\
@@ -158,6 +236,39 @@ fn control(version: &str, architecture: &str, staging: &Path) -> anyhow::Result<
          their destinations. One binary for both roles, with systemd units\n \
          (mptcp-gateway, mptcp-converter) and sample configs in /etc/mptcp-gateway.\n"
     ))
+}
+
+/// DEBIAN/md5sums, for `dpkg --verify`: every file but the conffiles (dpkg records
+/// theirs itself) and DEBIAN/, by path relative to the root, as dh_md5sums makes it.
+fn md5sums(staging: &Path) -> anyhow::Result<String> {
+    let mut files = Vec::new();
+    for top in fs::read_dir(staging)? {
+        let top = top?.path();
+        if !top.ends_with("DEBIAN") && !top.ends_with("etc") {
+            files_under(&top, &mut files)?;
+        }
+    }
+    let relative = files
+        .iter()
+        .map(|file| file.strip_prefix(staging))
+        .collect::<Result<Vec<_>, _>>()?;
+    output(Command::new("md5sum").current_dir(staging).args(relative)).map(|sums| sums + "\n")
+}
+
+/// Appends the files under `dir` (or `dir` itself, a file) to `files`, sorted.
+fn files_under(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        files.push(dir.to_owned());
+        return Ok(());
+    }
+    let mut entries = fs::read_dir(dir)?
+        .map(|entry| entry.map(|entry| entry.path()))
+        .collect::<Result<Vec<_>, _>>()?;
+    entries.sort();
+    for entry in entries {
+        files_under(&entry, files)?;
+    }
+    Ok(())
 }
 
 /// The staged tree's size in KiB, as Installed-Size counts it.

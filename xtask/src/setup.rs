@@ -6,6 +6,7 @@
 //!   that builds it, and rustup cannot download rust-src here.
 //! - bpf-linker 0.13 linked against LLVM 22 (llvm-22-dev), the LLVM of that rustc.
 //! - bpftool, iproute2, nftables, curl, iputils-ping, python3: used by the tests and the testbed.
+//! - lintian: the package test checks the Debian package with it.
 //! - aioquic from PyPI in a venv under target/, for the QUIC fallback test.
 //! - cargo-fuzz, for `cargo xtask fuzz` and the tests' short fuzz run (`fuzz_tools`).
 //! - For the benchmarks only (`bench_tools`): shadowsocks-libev and mptcpd, the
@@ -41,6 +42,8 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "python3",
     "python3-venv",
+    // The package test's check of the .deb against Debian's policy.
+    "lintian",
 ];
 
 /// Debian packages only the benchmarks need: shadowsocks, redsocks and dante made MPTCP
