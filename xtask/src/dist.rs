@@ -70,13 +70,19 @@ pub fn run() -> anyhow::Result<PathBuf> {
         )?;
         conffiles.push(format!("/{CONFIG_DIR}/{config}\n"));
     }
-    for document in ["README.md", "docs/protocol.md", "docs/security.md"] {
-        let name = Path::new(document)
-            .file_name()
-            .context("a document without a name")?;
+    // The README and docs/ as laid out in the repository, so that the README's links
+    // hold in /usr/share/doc too.
+    let mut documents = vec![PathBuf::from("README.md")];
+    for entry in fs::read_dir(root.join("docs"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|extension| extension == "md") {
+            documents.push(Path::new("docs").join(path.file_name().context("a nameless doc")?));
+        }
+    }
+    for document in documents {
         install(
-            &root.join(document),
-            &staging.join("usr/share/doc").join(PACKAGE).join(name),
+            &root.join(&document),
+            &staging.join("usr/share/doc").join(PACKAGE).join(&document),
             0o644,
         )?;
     }
