@@ -99,9 +99,29 @@ fn commit(workspace_dir: &Path) -> String {
             .filter(|output| output.status.success())
             .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
     };
-    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-        for moved in ["HEAD", "refs/heads", "packed-refs"] {
-            println!("cargo:rerun-if-changed={git_dir}/{moved}");
+    // HEAD's reflog grows with every commit, checkout and reset of this checkout, a
+    // worktree's too (whose branches live in the main checkout's git directory). Where
+    // reflogs are off, the branches' refs, loose and packed, stand in. Only paths that
+    // exist are named: cargo reruns a build script on every build while one it names
+    // is missing (a fresh clone has no packed-refs, a worktree no refs of its own),
+    // and mptcp-user would be compiled again each time.
+    if let (Some(git_dir), Some(common_dir)) = (
+        git(&["rev-parse", "--absolute-git-dir"]),
+        git(&["rev-parse", "--path-format=absolute", "--git-common-dir"]),
+    ) {
+        let (git_dir, common_dir) = (Path::new(&git_dir), Path::new(&common_dir));
+        let reflog = git_dir.join("logs/HEAD");
+        let moved = if reflog.exists() {
+            vec![git_dir.join("HEAD"), reflog]
+        } else {
+            vec![
+                git_dir.join("HEAD"),
+                common_dir.join("refs/heads"),
+                common_dir.join("packed-refs"),
+            ]
+        };
+        for path in moved.iter().filter(|path| path.exists()) {
+            println!("cargo:rerun-if-changed={}", path.display());
         }
     }
     git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned())
