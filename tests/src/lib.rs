@@ -4,17 +4,15 @@
 //! The tests need root (eBPF, cgroups, namespaces); `cargo xtask test` runs them one at a
 //! time. They never skip: without root they fail and say why.
 
-pub mod aggregate;
+pub mod bench;
 pub mod cgroup;
 pub mod emulator;
-pub mod interception;
+pub mod footprint;
+pub mod greeting;
 pub mod measure;
 pub mod metrics;
 pub mod netns;
-pub mod relay;
-pub mod scale;
 pub mod testbed;
-pub mod web;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 

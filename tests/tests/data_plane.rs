@@ -589,7 +589,7 @@ fn a_thousand_idle_flows_are_held_end_to_end_by_daemons_started_as_services() {
     // Both daemons start with a soft limit of 1024 open files, which without raising
     // it holds about 500 flows.
     let mut testbed = deploy(&dir, "held", &[]);
-    let held = mptcp_tests::scale::hold(&mut testbed, 1000).unwrap();
+    let held = mptcp_tests::bench::scale::hold(&mut testbed, 1000).unwrap();
     println!("{held:?}");
     assert_eq!(held.converted(), 1000, "{:?}", held.seen_from);
     assert_eq!(held.echoed, 1000);

@@ -16,11 +16,12 @@ use std::{
 
 use mptcp_tests::{
     TempDir,
+    footprint::{Footprint, raise_own_file_limit},
+    greeting::GreetingServer,
     measure::{Transport, fast_open_socket},
     mptcp_user_bin,
     netns::{enter, run_in},
     require_root,
-    scale::{GreetingServer, raise_own_file_limit},
     testbed::{CONVERTER, CONVERTER_PORT, CONVERTER_TOWARD_SERVER, SERVER, Testbed, Uplink},
 };
 use mptcp_user::protocol::{
@@ -103,7 +104,7 @@ fn verdict(testbed: &Testbed, key: &Key, destination: SocketAddr) -> Response {
 /// Open files of process `pid`, the relays' pooled pipes left out: the pool keeps a
 /// few for the next flows.
 fn open_fds(pid: u32) -> usize {
-    let footprint = mptcp_tests::scale::Footprint::of(pid).unwrap();
+    let footprint = Footprint::of(pid).unwrap();
     usize::try_from(footprint.sockets_and_others()).unwrap()
 }
 
@@ -281,7 +282,7 @@ fn slow_strangers_cannot_crowd_out_a_gateway() {
     let (testbed, _server, key) = converter(&dir, "hslow", &["--max-conns", "100"]);
     let pid = testbed.pid("converter").unwrap();
     let files = open_fds(pid);
-    let rss_kib = || mptcp_tests::scale::Footprint::of(pid).unwrap().rss_kib;
+    let rss_kib = || Footprint::of(pid).unwrap().rss_kib;
     let rss_before = rss_kib();
     // 2000 connections from 100 addresses of the gateway host's first uplink.
     for host in 100..200 {

@@ -11,10 +11,11 @@ use std::{
 };
 
 use mptcp_tests::{
-    TempDir, mptcp_user_deb,
+    TempDir,
+    greeting::GreetingServer,
+    mptcp_user_deb,
     netns::run_in,
     require_root,
-    scale::GreetingServer,
     testbed::{CONVERTER_TOWARD_SERVER, Interception, SERVER, Testbed, Uplink},
 };
 
