@@ -5,6 +5,7 @@
 //! time. They never skip: without root they fail and say why.
 
 pub mod bench;
+pub mod carriers;
 pub mod cgroup;
 pub mod emulator;
 pub mod footprint;
