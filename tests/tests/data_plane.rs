@@ -6,7 +6,7 @@ use std::{fs, process::Command};
 
 use mptcp_tests::{
     TempDir, random_bytes, require_root,
-    testbed::{SERVER, SERVER_PRIVATE, SERVER_V6, Testbed, Uplink},
+    testbed::{SERVER, SERVER_PRIVATE, SERVER_V6, Testbed, Uplink, daemon_log},
 };
 use mptcp_user::protocol::codec::ErrorCode;
 
@@ -54,11 +54,6 @@ fn start_python_server(
         .unwrap();
 }
 
-/// What a daemon ("gateway" or "converter") has logged so far.
-fn daemon_log(dir: &TempDir, daemon: &str) -> String {
-    fs::read_to_string(dir.path().join(format!("{daemon}.log"))).unwrap()
-}
-
 /// Runs curl in the LAN namespace; returns whether it succeeded.
 fn curl(testbed: &Testbed, args: &[&str]) -> bool {
     let status = testbed
@@ -82,7 +77,7 @@ fn download(testbed: &Testbed, dir: &TempDir, url: &str) -> (Vec<u8>, Vec<u64>) 
             &["--fail", "--output", output.to_str().unwrap(), url]
         ),
         "download from {url} failed; gateway log: {}",
-        daemon_log(dir, "gateway")
+        daemon_log(dir.path(), "gateway")
     );
     let after = testbed.uplink_rx_bytes().unwrap();
     let carried = after.iter().zip(&before).map(|(a, b)| a - b).collect();
@@ -109,7 +104,7 @@ fn download_arrives_intact_over_both_uplinks() {
         );
     }
     // A flow that fails is logged as `CLIENT -> DESTINATION: why`.
-    let gateway_log = daemon_log(&dir, "gateway");
+    let gateway_log = daemon_log(dir.path(), "gateway");
     assert!(
         !gateway_log
             .lines()
@@ -200,12 +195,12 @@ fn gateway_with_a_wrong_key_is_not_authorized() {
         ),
         "must fail"
     );
-    let gateway_log = daemon_log(&dir, "gateway");
+    let gateway_log = daemon_log(dir.path(), "gateway");
     assert!(
         gateway_log.contains(&ErrorCode::NotAuthorized.to_string()),
         "gateway log: {gateway_log}"
     );
-    let converter_log = daemon_log(&dir, "converter");
+    let converter_log = daemon_log(dir.path(), "converter");
     assert!(
         converter_log.contains("bad MAC"),
         "converter log: {converter_log}"
@@ -236,7 +231,7 @@ fn private_destinations_are_refused_by_the_converter() {
             &format!("http://{SERVER_PRIVATE}/")
         ]
     ));
-    let converter_log = daemon_log(&dir, "converter");
+    let converter_log = daemon_log(dir.path(), "converter");
     assert!(
         converter_log.contains(&format!(
             "destination refused: {SERVER_PRIVATE} is in the refused range"
@@ -349,7 +344,7 @@ fn converter_answers_bad_requests_with_rfc_error_codes() {
     );
     // A request cut short: after the 5 s request timeout, Malformed Message (1).
     assert_eq!(ask("010122"), "010222631e010100", "Malformed Message (1)");
-    let converter_log = daemon_log(&dir, "converter");
+    let converter_log = daemon_log(dir.path(), "converter");
     assert!(
         converter_log.contains(&format!("refused ({})", ErrorCode::MissingCookie)),
         "converter log: {converter_log}"
@@ -440,7 +435,7 @@ fn floods_of_bad_connections_leak_no_descriptors() {
         ),
         "a good request fails after the floods"
     );
-    let converter_log = daemon_log(&dir, "converter");
+    let converter_log = daemon_log(dir.path(), "converter");
     assert!(
         converter_log.contains("refused") && !converter_log.contains("panicked"),
         "converter log: {converter_log}"

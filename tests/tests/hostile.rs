@@ -22,7 +22,9 @@ use mptcp_tests::{
     mptcp_user_bin,
     netns::{enter, run_in},
     require_root,
-    testbed::{CONVERTER, CONVERTER_PORT, CONVERTER_TOWARD_SERVER, SERVER, Testbed, Uplink},
+    testbed::{
+        CONVERTER, CONVERTER_PORT, CONVERTER_TOWARD_SERVER, SERVER, Testbed, Uplink, daemon_log,
+    },
 };
 use mptcp_user::protocol::{
     codec::{ErrorCode, Message, Request, Response, Tlv},
@@ -121,10 +123,6 @@ fn settle_fds(pid: u32, files: usize) -> usize {
     }
 }
 
-fn converter_log(dir: &TempDir) -> String {
-    fs::read_to_string(dir.path().join("converter.log")).unwrap()
-}
-
 #[test]
 fn bad_cookies_and_bad_messages_get_their_error_and_leave_nothing() {
     require_root();
@@ -187,7 +185,7 @@ fn bad_cookies_and_bad_messages_get_their_error_and_leave_nothing() {
     });
     let left = settle_fds(pid, files);
     assert!(left <= files, "{left} open files, {files} before");
-    let log = converter_log(&dir);
+    let log = daemon_log(dir.path(), "converter");
     assert!(log.contains("replayed nonce"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
 }
@@ -208,9 +206,9 @@ fn a_cookie_seen_before_a_restart_is_refused_after_it() {
         Response::Error(ErrorCode::NotAuthorized)
     );
     assert!(
-        converter_log(&dir).contains("before this converter started"),
+        daemon_log(dir.path(), "converter").contains("before this converter started"),
         "{}",
-        converter_log(&dir)
+        daemon_log(dir.path(), "converter")
     );
     // A gateway's fresh request is served as before.
     assert_eq!(
@@ -265,7 +263,7 @@ fn destinations_inside_the_converters_own_networks_are_refused() {
         assert!(Instant::now() < deadline, "{gained} is still a destination");
         thread::sleep(Duration::from_millis(200));
     }
-    let log = converter_log(&dir);
+    let log = daemon_log(dir.path(), "converter");
     assert!(
         log.contains("198.51.100.9 is an address of this host"),
         "{log}"
@@ -357,7 +355,7 @@ fn slow_strangers_cannot_crowd_out_a_gateway() {
     drop(slow);
     let left = settle_fds(pid, files);
     assert!(left <= files, "{left} open files, {files} before");
-    let log = converter_log(&dir);
+    let log = daemon_log(dir.path(), "converter");
     assert!(
         log.contains("unauthenticated connections over budget"),
         "{log}"
@@ -671,5 +669,5 @@ fn rfc_clients_may_send_their_request_in_the_syn() {
         u64::try_from(in_the_syn).unwrap(),
         "the converter did not take every request with a cookie in the SYN"
     );
-    assert!(!converter_log(&dir).contains("not accepted"));
+    assert!(!daemon_log(dir.path(), "converter").contains("not accepted"));
 }

@@ -9,7 +9,7 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
@@ -22,7 +22,9 @@ use mptcp_tests::{
     mptcp_user_bin,
     netns::Netns,
     require_root,
-    testbed::{CONVERTER_PORT, GATEWAY_PORT, SERVER, SERVER_V6, Testbed, Uplink},
+    testbed::{
+        CONVERTER_PORT, GATEWAY_PORT, SERVER, SERVER_V6, Testbed, Uplink, daemon_log, log_path,
+    },
     wait_until,
 };
 use mptcp_user::gateway::routes::DEFAULT_MARK;
@@ -88,8 +90,8 @@ fn start_server(testbed: &mut Testbed, dir: &TempDir, script: &str, port: u16) {
 }
 
 /// Starts the gateway (LAN lan0, the testbed's converter) through `launcher` (`ip netns
-/// exec prlimit ...`, say) and waits until it is ready; returns its log's path.
-fn start_gateway_through(testbed: &mut Testbed, dir: &TempDir, mut launcher: Command) -> PathBuf {
+/// exec prlimit ...`, say) and waits until it is ready.
+fn start_gateway_through(testbed: &mut Testbed, dir: &TempDir, mut launcher: Command) {
     launcher
         .arg(mptcp_user_bin())
         .args(["gateway", "--lan", "lan0", "--converter"])
@@ -98,11 +100,10 @@ fn start_gateway_through(testbed: &mut Testbed, dir: &TempDir, mut launcher: Com
         .arg(dir.path().join("key"))
         .args(["--pin-path", &testbed.pin_path()])
         .env("RUST_LOG", "info");
-    let log = dir.path().join("gateway.log");
+    let log = log_path(dir.path(), "gateway");
     testbed.start("gateway", &mut launcher, &log).unwrap();
     mptcp_tests::testbed::wait_for_line(&log, mptcp_user::gateway::READY, Duration::from_secs(10))
         .unwrap();
-    log
 }
 
 /// Runs the who-am-I client from `netns` (in `cgroup` if given): (the peer address the
@@ -221,7 +222,7 @@ fn lan_flows_are_intercepted_by_ebpf_and_listed_with_their_subflows() {
         assert!(
             Instant::now() < deadline,
             "no live flow with two busy subflows listed; gateway log: {}",
-            fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
+            daemon_log(dir.path(), "gateway")
         );
         thread::sleep(Duration::from_millis(200));
     };
@@ -448,7 +449,7 @@ fn lan_flows_to_the_listeners_port_elsewhere_are_relayed() {
         itself.as_ref().is_none_or(|(_, seen)| seen.is_empty()),
         "the listener answered for itself: {itself:?}"
     );
-    let log = fs::read_to_string(dir.path().join("gateway.log")).unwrap();
+    let log = daemon_log(dir.path(), "gateway");
     assert!(
         log.contains("connection to the listener itself"),
         "gateway log: {log}"
@@ -469,11 +470,11 @@ fn recreated_lan_interface_is_intercepted_again() {
         || {
             format!(
                 "the new LAN interface is not intercepted; gateway log: {}",
-                fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
+                daemon_log(dir.path(), "gateway")
             )
         },
     );
-    let log = fs::read_to_string(dir.path().join("gateway.log")).unwrap();
+    let log = daemon_log(dir.path(), "gateway");
     assert!(
         log.contains("LAN interface lan0 is back"),
         "gateway log: {log}"
@@ -512,7 +513,7 @@ fn a_converter_outage_sends_new_flows_direct_and_back() {
     // Once the probes have seen it too, one line in the log said so, not one per flow.
     thread::sleep(Duration::from_secs(3));
     assert_eq!(seen_from_lan(&testbed, SERVER), GATEWAY_HOST_DIRECT);
-    let log = fs::read_to_string(dir.path().join("gateway.log")).unwrap();
+    let log = daemon_log(dir.path(), "gateway");
     let outage_lines = log.matches("the converter is unavailable").count()
         + log.matches("no uplink reaches the converter").count();
     assert_eq!(outage_lines, 1, "gateway log: {log}");
@@ -624,10 +625,10 @@ fn a_gateway_started_like_a_service_without_cgroups_still_intercepts_the_lan() {
         nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
     let mut launcher = testbed.gateway.command("prlimit");
     launcher.arg(format!("--nofile=1024:{hard}"));
-    let log = start_gateway_through(&mut testbed, &dir, launcher);
+    start_gateway_through(&mut testbed, &dir, launcher);
     start_whoami_server(&mut testbed, &dir, WHOAMI_PORT);
     assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
-    let log = fs::read_to_string(&log).unwrap();
+    let log = daemon_log(dir.path(), "gateway");
     assert!(
         log.contains("running without the cgroup programs"),
         "gateway log: {log}"
@@ -687,7 +688,7 @@ fn a_full_gateway_sends_new_flows_direct_instead_of_stalling_them() {
     // A hard limit of 1024 open files: room for about 149 flows.
     let mut launcher = testbed.gateway.host_mounts_command("prlimit");
     launcher.arg("--nofile=1024:1024");
-    let log = start_gateway_through(&mut testbed, &dir, launcher);
+    start_gateway_through(&mut testbed, &dir, launcher);
     let port = 9400;
     start_server(&mut testbed, &dir, HOLDING_SERVER, port);
 
@@ -705,7 +706,7 @@ fn a_full_gateway_sends_new_flows_direct_instead_of_stalling_them() {
         })
         .collect();
     println!("250 held flows through a gateway with room for about 149: {counts:?}");
-    let log_text = fs::read_to_string(&log).unwrap();
+    let log_text = daemon_log(dir.path(), "gateway");
     assert_eq!(counts.get("failed"), None, "{counts:?}; {log_text}");
     assert!(
         counts.get(VIA_CONVERTER).is_some_and(|&n| n >= 100),
@@ -751,7 +752,7 @@ fn a_standby_converter_takes_the_flows_when_the_first_is_away() {
     for _ in 0..5 {
         assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
     }
-    let log = || fs::read_to_string(dir.path().join("gateway.log")).unwrap();
+    let log = || daemon_log(dir.path(), "gateway");
     wait_until(
         Duration::from_secs(10),
         || log().contains(&format!("new flows go through the converter {standby}")),
@@ -1005,7 +1006,7 @@ fn warm_connections_wait_for_flows_and_none_goes_stale() {
         thread::sleep(Duration::from_millis(1500));
         assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
     }
-    let log = fs::read_to_string(dir.path().join("gateway.log")).unwrap();
+    let log = daemon_log(dir.path(), "gateway");
     assert!(!log.contains("refused"), "{log}");
     assert!(!log.contains("go direct"), "{log}");
 }

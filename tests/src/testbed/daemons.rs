@@ -173,8 +173,14 @@ impl Testbed {
 
 /// Where the daemon `label` ("gateway", "converter", ...) started with logs in `dir`
 /// writes them: `dir/<label>.log`.
-fn log_path(dir: &Path, label: &str) -> PathBuf {
+pub fn log_path(dir: &Path, label: &str) -> PathBuf {
     dir.join(format!("{label}.log"))
+}
+
+/// What the daemon `label` ("gateway", "converter", ...) started with logs in `dir`
+/// has logged so far; nothing if it was never started.
+pub fn daemon_log(dir: &Path, label: &str) -> String {
+    std::fs::read_to_string(log_path(dir, label)).unwrap_or_default()
 }
 
 /// Waits until the log file at `path` has a line containing `text`.

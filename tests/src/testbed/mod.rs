@@ -21,7 +21,7 @@
 //! for comparison ([`crate::carriers::intercept_with_tproxy`]).
 //!
 //! Layout: this module builds the topology and reads its counters; [`daemons`] starts
-//! the daemons and servers; [`faults`] breaks and mends links;
+//! the daemons and servers and reads their logs; [`faults`] breaks and mends links;
 //! [`uplink`] describes one uplink's shape. The other carriers the benchmarks compare
 //! with live in [`crate::carriers`].
 
@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-pub use daemons::wait_for_line;
+pub use daemons::{daemon_log, log_path, wait_for_line};
 pub use uplink::Uplink;
 
 use crate::{
