@@ -14,6 +14,7 @@ pub mod measure;
 pub mod metrics;
 pub mod netns;
 pub mod testbed;
+pub mod whoami;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 

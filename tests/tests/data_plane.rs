@@ -35,25 +35,6 @@ fn serve_files(testbed: &mut Testbed, dir: &TempDir, files: &[(&str, &[u8])]) {
         .unwrap();
 }
 
-/// Runs a python3 `script` (with `args`) on the server host and waits until it listens
-/// on `port`.
-fn start_python_server(
-    testbed: &mut Testbed,
-    dir: &TempDir,
-    script: &str,
-    args: &[&str],
-    port: u16,
-) {
-    let mut server = testbed.server.command("python3");
-    server.args(["-c", script]).args(args);
-    let log = dir.path().join(format!("server-{port}.log"));
-    testbed.start("python server", &mut server, &log).unwrap();
-    testbed
-        .server
-        .wait_listening(port, std::time::Duration::from_secs(10))
-        .unwrap();
-}
-
 /// Runs curl in the LAN namespace; returns whether it succeeded.
 fn curl(testbed: &Testbed, args: &[&str]) -> bool {
     let status = testbed
@@ -155,7 +136,9 @@ fn upload_arrives_intact() {
     let dir = TempDir::new("upload").unwrap();
     let mut testbed = deploy(&dir, "ul", &[]);
     let upload_dir = dir.path().to_str().unwrap().to_owned();
-    start_python_server(&mut testbed, &dir, PUT_SERVER, &[&upload_dir], 8080);
+    testbed
+        .start_python_server(dir.path(), PUT_SERVER, &[&upload_dir], 8080)
+        .unwrap();
 
     let file = dir.path().join("to-upload");
     let original = random_bytes(20 * 1024 * 1024);
@@ -279,7 +262,9 @@ fn half_close_lets_the_client_receive_the_whole_response() {
     require_root();
     let dir = TempDir::new("halfclose").unwrap();
     let mut testbed = deploy(&dir, "half", &[]);
-    start_python_server(&mut testbed, &dir, HALF_CLOSE_SERVER, &[], 7000);
+    testbed
+        .start_python_server(dir.path(), HALF_CLOSE_SERVER, &[], 7000)
+        .unwrap();
 
     let output = testbed
         .client
@@ -535,13 +520,9 @@ fn stream_end_when_killed(daemon: &str) -> (String, std::time::Duration) {
     let port = 9300;
     let dir = TempDir::new(&format!("crash{daemon}")).unwrap();
     let mut testbed = deploy(&dir, &format!("crash{daemon}"), &[]);
-    start_python_server(
-        &mut testbed,
-        &dir,
-        ENDLESS_SERVER,
-        &[&port.to_string()],
-        port,
-    );
+    testbed
+        .start_python_server(dir.path(), ENDLESS_SERVER, &[&port.to_string()], port)
+        .unwrap();
     let reader = testbed
         .client
         .command("python3")

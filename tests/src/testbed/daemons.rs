@@ -159,6 +159,43 @@ impl Testbed {
         self.check_running()
     }
 
+    /// Runs the python3 `script` (with `args`) on the server host, logging to
+    /// `dir/server-<port>.log`, and returns once it listens on `port`.
+    pub fn start_python_server(
+        &mut self,
+        dir: &Path,
+        script: &str,
+        args: &[&str],
+        port: u16,
+    ) -> anyhow::Result<()> {
+        let mut server = self.server.command("python3");
+        server.args(["-c", script]).args(args);
+        let log = dir.join(format!("server-{port}.log"));
+        self.start("python server", &mut server, &log)?;
+        self.server.wait_listening(port, Duration::from_secs(10))
+    }
+
+    /// Starts the gateway (LAN lan0, the testbed's converter, the key `dir/key`)
+    /// through `launcher` (`ip netns exec prlimit ...`, say) instead of as a service
+    /// manager would, and returns once it is ready; it logs to `dir/gateway.log`.
+    pub fn start_gateway_through(
+        &mut self,
+        dir: &Path,
+        mut launcher: Command,
+    ) -> anyhow::Result<()> {
+        launcher
+            .arg(crate::mptcp_user_bin())
+            .args(["gateway", "--lan", "lan0", "--converter"])
+            .arg(format!("{CONVERTER}:{CONVERTER_PORT}"))
+            .arg("--key-file")
+            .arg(dir.join("key"))
+            .args(["--pin-path", &self.pin_path()])
+            .env("RUST_LOG", "info");
+        let log = log_path(dir, "gateway");
+        self.start("gateway", &mut launcher, &log)?;
+        wait_for_line(&log, mptcp_user::gateway::READY, Duration::from_secs(10))
+    }
+
     /// Serves the files of `dir` over HTTP on port 80 of the server, IPv4 and IPv6
     /// (python3's stock http.server: a real third-party server).
     pub fn start_http_server(&mut self, dir: &Path, log: &Path) -> anyhow::Result<()> {

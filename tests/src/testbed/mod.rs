@@ -314,6 +314,29 @@ impl Testbed {
             .context("running mptcp-user")
     }
 
+    /// [`Self::gateway_cli`], which must succeed; its output.
+    ///
+    /// # Panics
+    /// When it fails, with what it said.
+    pub fn gateway_cli_ok(&self, args: &[&str]) -> String {
+        let output = self.gateway_cli(args).unwrap();
+        assert!(
+            output.status.success(),
+            "mptcp-user {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The running gateway's flows, as `mptcp-user flows --json` lists them.
+    ///
+    /// # Panics
+    /// When the listing fails or is not JSON.
+    pub fn flows(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.gateway_cli_ok(&["flows", "--json"]))
+            .expect("flows --json is JSON")
+    }
+
     /// Gateway bytes received on each uplink so far.
     pub fn uplink_rx_bytes(&self) -> anyhow::Result<Vec<u64>> {
         (1..=self.uplinks.len())
