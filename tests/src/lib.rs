@@ -94,6 +94,16 @@ pub fn wait_until(
     }
 }
 
+/// Whether process `pid`, a child of this one, has ended (a zombie not yet reaped, or
+/// gone).
+pub fn exited(pid: u32) -> bool {
+    // The state is the field after the command name, which may hold spaces.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, fields)| fields.trim_start().starts_with(['Z', 'X']))
+    })
+}
+
 /// `len` pseudo-random bytes: incompressible, so nothing on the way can shrink them, and
 /// no two runs alike.
 pub fn random_bytes(len: usize) -> Vec<u8> {

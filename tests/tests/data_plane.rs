@@ -2,7 +2,11 @@
 //! carried over MPTCP on every uplink to the converter, and on to a server. Real
 //! third-party programs at the ends: curl on the LAN host, python3's http.server.
 
-use std::{fs, process::Command};
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    process::Command,
+};
 
 use mptcp_tests::{
     TempDir, random_bytes, require_root,
@@ -500,13 +504,16 @@ while True:
     threading.Thread(target=feed, args=(client,), daemon=True).start()
 ";
 
-/// Reads until the stream ends; prints `eof`, `reset` or `timeout`.
+/// Reads until the stream ends; prints `reading` once the first bytes came, then
+/// `eof`, `reset` or `timeout`.
 const STREAM_READER: &str = r"
 import socket, sys
 connection = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
 try:
-    while connection.recv(65536):
-        pass
+    if connection.recv(65536):
+        print('reading', flush=True)
+        while connection.recv(65536):
+            pass
     print('eof')
 except ConnectionResetError:
     print('reset')
@@ -523,21 +530,21 @@ fn stream_end_when_killed(daemon: &str) -> (String, std::time::Duration) {
     testbed
         .start_python_server(dir.path(), ENDLESS_SERVER, &[&port.to_string()], port)
         .unwrap();
-    let reader = testbed
+    let mut reader = testbed
         .client
         .command("python3")
         .args(["-c", STREAM_READER, SERVER, &port.to_string()])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    let mut said = BufReader::new(reader.stdout.take().unwrap()).lines();
+    let first = said.next().transpose().unwrap();
+    assert_eq!(first.as_deref(), Some("reading"), "the stream never came");
     testbed.forget(daemon);
     let killed = std::time::Instant::now();
-    let output = reader.wait_with_output().unwrap();
-    (
-        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
-        killed.elapsed(),
-    )
+    let end = said.next().transpose().unwrap().unwrap_or_default();
+    reader.wait().unwrap();
+    (end.trim().to_owned(), killed.elapsed())
 }
 
 #[test]

@@ -20,6 +20,27 @@ use mptcp_tests::{
     },
 };
 
+/// Waits (10 s at most) until the gateway's probes reach the converter over no uplink:
+/// each is `no-converter` (the converter refused) or `down` (nothing answered).
+fn wait_until_probes_miss_the_converter(testbed: &Testbed) {
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            let states = testbed.uplink_states();
+            !states.is_empty()
+                && states
+                    .iter()
+                    .all(|(_, state)| matches!(state.as_str(), "no-converter" | "down"))
+        },
+        || {
+            format!(
+                "the probes still reach the converter: {:?}",
+                testbed.uplink_states()
+            )
+        },
+    );
+}
+
 /// Answers each connection with the peer's address and keeps it open.
 const HOLDING_SERVER: &str = r"
 import socket, sys
@@ -92,7 +113,7 @@ fn a_converter_outage_sends_new_flows_direct_and_back() {
         assert_eq!(seen_from_lan(&testbed, SERVER), GATEWAY_HOST_DIRECT);
     }
     // Once the probes have seen it too, one line in the log said so, not one per flow.
-    thread::sleep(Duration::from_secs(3));
+    wait_until_probes_miss_the_converter(&testbed);
     assert_eq!(seen_from_lan(&testbed, SERVER), GATEWAY_HOST_DIRECT);
     let log = daemon_log(dir.path(), "gateway");
     let outage_lines = log.matches("the converter is unavailable").count()
@@ -183,7 +204,7 @@ fn a_filtered_converter_port_sends_new_flows_direct_within_seconds() {
     );
     assert!(filtered.elapsed() < Duration::from_secs(5));
     // Once the probes know, new flows skip the converter at once.
-    thread::sleep(Duration::from_secs(4));
+    wait_until_probes_miss_the_converter(&testbed);
     let skipped = Instant::now();
     assert_eq!(seen_from_lan(&testbed, SERVER), GATEWAY_HOST_DIRECT);
     println!("then after {:?}", skipped.elapsed());
@@ -314,10 +335,12 @@ fn warm_connections_wait_for_flows_and_none_goes_stale() {
     for _ in 0..4 {
         assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
     }
-    // The flows ended; warm connections wait for the next ones.
-    thread::sleep(Duration::from_millis(300));
-    let warm = converter_connections(&testbed);
-    assert!((1..=3).contains(&warm), "{warm} warm connections");
+    // The flows ended; warm connections wait for the next ones (stale after 1 s).
+    wait_until(
+        Duration::from_secs(1),
+        || (1..=3).contains(&converter_connections(&testbed)),
+        || format!("{} warm connections", converter_connections(&testbed)),
+    );
 
     // Each flow now comes when the warm connections have gone stale: none is used.
     for _ in 0..4 {

@@ -25,6 +25,7 @@ use mptcp_tests::{
     testbed::{
         CONVERTER, CONVERTER_PORT, CONVERTER_TOWARD_SERVER, SERVER, Testbed, Uplink, daemon_log,
     },
+    wait_until,
 };
 use mptcp_user::protocol::{
     codec::{ErrorCode, Message, Request, Response, Tlv},
@@ -195,10 +196,15 @@ fn a_cookie_seen_before_a_restart_is_refused_after_it() {
     require_root();
     let dir = TempDir::new("hostile-restart").unwrap();
     let (mut testbed, _server, key) = converter(&dir, "hrestart", &[]);
-    let captured = request(&key, greeting_server_address(), unix_now());
+    let captured_at = unix_now();
+    let captured = request(&key, greeting_server_address(), captured_at);
     assert_eq!(ask(&testbed, captured.clone()).0, Response::Connected);
     // Cookies carry whole seconds: the restart comes in a later one.
-    thread::sleep(Duration::from_millis(1100));
+    wait_until(
+        Duration::from_secs(2),
+        || unix_now() > captured_at,
+        || "the clock stands still".to_owned(),
+    );
     testbed.forget("converter");
     testbed.start_converter(dir.path(), &[]).unwrap();
     assert_eq!(

@@ -76,28 +76,14 @@ fn lan_flows_are_intercepted_by_ebpf_and_listed_with_their_subflows() {
         .arg(format!("http://{SERVER}/big"))
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(6);
-    let listed = loop {
-        let flows = testbed.flows();
-        let live = flows.into_iter().find(|flow| {
-            flow["destination"] == format!("{SERVER}:80")
-                && flow["subflows"].as_array().is_some_and(|subflows| {
-                    subflows.len() >= 2
-                        && subflows
-                            .iter()
-                            .all(|subflow| subflow["bytes_down"].as_u64() > Some(0))
-                })
+    let listed = testbed
+        .wait_for_flow_on_every_uplink(&format!("{SERVER}:80"), Duration::from_secs(6))
+        .unwrap_or_else(|error| {
+            panic!(
+                "{error}; gateway log: {}",
+                daemon_log(dir.path(), "gateway")
+            )
         });
-        if let Some(flow) = live {
-            break flow;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no live flow with two busy subflows listed; gateway log: {}",
-            daemon_log(dir.path(), "gateway")
-        );
-        thread::sleep(Duration::from_millis(200));
-    };
     let _ = curl.kill();
     let _ = curl.wait();
     assert_eq!(listed["intercepted"], "lan");

@@ -110,6 +110,13 @@ fn terminate(testbed: &Testbed, signal: &str) {
     );
 }
 
+/// Waits until the download from the server's port 80 is under way over every uplink.
+fn wait_until_under_way(testbed: &Testbed) {
+    testbed
+        .wait_for_flow_on_every_uplink(&format!("{SERVER}:80"), Duration::from_secs(10))
+        .unwrap();
+}
+
 #[test]
 fn uplinks_from_a_config_file_carry_a_download_and_are_removed_on_exit() {
     require_root();
@@ -214,7 +221,12 @@ fn a_killed_gateways_uplinks_are_replaced_by_the_next_one() {
     let mut testbed = deploy(&dir, "upkill");
     let first = installed(&testbed);
     terminate(&testbed, "-KILL");
-    thread::sleep(Duration::from_millis(500));
+    let pid = testbed.pid("gateway").unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        || mptcp_tests::exited(pid),
+        || format!("gateway {pid} still runs after SIGKILL"),
+    );
     testbed.forget("gateway");
     assert_eq!(installed(&testbed), first, "SIGKILL removes nothing");
     let config = dir.path().join("gateway.toml");
@@ -295,7 +307,7 @@ fn fail_over(silent: usize) {
         .arg(format!("http://{SERVER}/file"))
         .spawn()
         .unwrap();
-    thread::sleep(Duration::from_secs(1));
+    wait_until_under_way(&testbed);
     let silenced = Instant::now();
     testbed.silence_uplink(silent).unwrap();
 
@@ -484,7 +496,7 @@ fn a_flow_whose_every_path_is_dead_ends_with_a_reset_after_the_bound() {
         .start_gateway_and_converter(dir.path(), &bound, &bound)
         .unwrap();
     let (_, mut curl) = start_download(&mut testbed, &dir, 32 << 20, "2M");
-    thread::sleep(Duration::from_secs(1));
+    wait_until_under_way(&testbed);
     testbed.silence_uplink(1).unwrap();
     testbed.silence_uplink(2).unwrap();
     let cut = Instant::now();
@@ -518,7 +530,7 @@ fn a_flow_resumes_when_its_dead_paths_come_back_within_the_bound() {
         .start_gateway_and_converter(dir.path(), &[], &[])
         .unwrap();
     let (original, mut curl) = start_download(&mut testbed, &dir, 16 << 20, "2M");
-    thread::sleep(Duration::from_secs(1));
+    wait_until_under_way(&testbed);
     testbed.silence_uplink(1).unwrap();
     testbed.silence_uplink(2).unwrap();
     thread::sleep(Duration::from_secs(10));

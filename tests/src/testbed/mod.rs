@@ -337,6 +337,37 @@ impl Testbed {
             .expect("flows --json is JSON")
     }
 
+    /// Waits (at most `timeout`) until the gateway lists a live flow to `destination`
+    /// (`address:port`) with a subflow over every uplink, each having carried bytes
+    /// down: the flow is under way on all of them. Returns that flow's listing.
+    pub fn wait_for_flow_on_every_uplink(
+        &self,
+        destination: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let flows = self.flows();
+            let busy = flows.iter().find(|flow| {
+                flow["destination"] == destination
+                    && flow["subflows"].as_array().is_some_and(|subflows| {
+                        subflows.len() >= self.uplinks.len()
+                            && subflows
+                                .iter()
+                                .all(|subflow| subflow["bytes_down"].as_u64() > Some(0))
+                    })
+            });
+            if let Some(flow) = busy {
+                return Ok(flow.clone());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "no flow to {destination} busy on every uplink after {timeout:?}: {flows:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Gateway bytes received on each uplink so far.
     pub fn uplink_rx_bytes(&self) -> anyhow::Result<Vec<u64>> {
         (1..=self.uplinks.len())
