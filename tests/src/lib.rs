@@ -1,8 +1,11 @@
 //! Helpers for the end-to-end tests: each creates what it needs under a unique name and
 //! removes it on drop, also when the test panics.
 //!
-//! The tests need root (eBPF, cgroups, namespaces); `cargo xtask test` runs them one at a
-//! time. They never skip: without root they fail and say why.
+//! The tests need root (eBPF, cgroups, namespaces); `cargo xtask test` runs them with
+//! cargo-nextest, several at a time, each in a process of its own, then those that
+//! measure one at a time (.config/nextest.toml). So a test shares nothing with another:
+//! names from [`unique_name`], ports only inside its own namespaces. They never skip:
+//! without root they fail and say why.
 
 pub mod bench;
 pub mod carriers;

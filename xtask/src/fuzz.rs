@@ -6,7 +6,9 @@
 //! cargo-fuzz passes nightly-only flags (-Z sanitizer); rustup cannot download a
 //! nightly here, so the machine's toolchain runs with RUSTC_BOOTSTRAP=1.
 
-use anyhow::bail;
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
 use clap::Args;
 
 use crate::cmd;
@@ -40,16 +42,67 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fuzzes `target` for `seconds`.
+/// Fuzzes `target` for `seconds` (building it first if need be).
 pub fn fuzz(target: &str, seconds: u64) -> anyhow::Result<()> {
-    let fuzz_dir = cmd::workspace_root().join("fuzz");
+    let corpus = cmd::workspace_root().join("fuzz/corpus").join(target);
     eprintln!("fuzz: {target} for {seconds} s");
     cmd::run(
-        cmd::cargo()
-            .current_dir(&fuzz_dir)
-            .args(["fuzz", "run", target])
-            .arg(fuzz_dir.join("corpus").join(target))
-            .args(["--", &format!("-max_total_time={seconds}")])
-            .env("RUSTC_BOOTSTRAP", "1"),
+        cargo_fuzz(&["run", target])
+            .arg(corpus)
+            .args(["--", &format!("-max_total_time={seconds}")]),
     )
+}
+
+/// `cargo fuzz ARGS` in fuzz/, allowed the nightly flags it passes.
+fn cargo_fuzz(args: &[&str]) -> Command {
+    let mut command = cmd::cargo();
+    command
+        .current_dir(cmd::workspace_root().join("fuzz"))
+        .arg("fuzz")
+        .args(args)
+        .env("RUSTC_BOOTSTRAP", "1");
+    command
+}
+
+/// Starts building every fuzz target in the background: the sanitizer build of
+/// mptcp-user and the targets, minutes of CPU. Its output goes to
+/// target/fuzz-build.log.
+pub fn start_build() -> anyhow::Result<cmd::Background> {
+    let log = cmd::workspace_root().join("target/fuzz-build.log");
+    eprintln!(
+        "fuzz: building the targets in the background ({})",
+        log.display()
+    );
+    cmd::Background::start(&mut cargo_fuzz(&["build"]), log)
+}
+
+/// Fuzzes every target for `seconds`, all at once (each takes a core), once built
+/// ([`start_build`]); their output goes to target/fuzz-TARGET.log, and the end of it
+/// here.
+pub fn all_at_once(seconds: u64) -> anyhow::Result<()> {
+    let runs = TARGETS
+        .iter()
+        .map(|&target| {
+            let corpus = cmd::workspace_root().join("fuzz/corpus").join(target);
+            let log = cmd::workspace_root()
+                .join("target")
+                .join(format!("fuzz-{target}.log"));
+            eprintln!("fuzz: {target} for {seconds} s ({})", log.display());
+            let mut run = cargo_fuzz(&["run", target]);
+            run.arg(corpus)
+                .args(["--", &format!("-max_total_time={seconds}")]);
+            Ok((target, cmd::Background::start(&mut run, log)?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (target, run) in runs {
+        let log = run.log().to_owned();
+        run.wait()
+            .with_context(|| format!("fuzz target {target} failed"))?;
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        eprintln!(
+            "fuzz: {target}: {}",
+            said.lines().last().unwrap_or_default()
+        );
+    }
+    Ok(())
 }
