@@ -13,12 +13,12 @@ use libfuzzer_sys::fuzz_target;
 use mptcp_user::{
     bpf::tuning::Tuning,
     config::ConverterOptions,
+    converter::{Converter, ReadRequest, read_request},
     protocol::{
         codec::{Message, Request},
         cookie::{KEY_LEN, Key, unix_now},
         speedtest,
     },
-    converter::{Converter, ReadRequest, read_request},
 };
 
 const KEY: [u8; KEY_LEN] = [7; KEY_LEN];

@@ -1,20 +1,23 @@
 //! Helpers for the end-to-end tests: each creates what it needs under a unique name and
 //! removes it on drop, also when the test panics.
 //!
-//! The tests need root (eBPF, cgroups, namespaces); `cargo xtask test` runs them one at a
-//! time. They never skip: without root they fail and say why.
+//! The tests need root (eBPF, cgroups, namespaces); `cargo xtask test` runs them with
+//! cargo-nextest, several at a time, each in a process of its own, then those that
+//! measure one at a time (.config/nextest.toml). So a test shares nothing with another:
+//! names from [`unique_name`], ports only inside its own namespaces. They never skip:
+//! without root they fail and say why.
 
-pub mod aggregate;
+pub mod bench;
+pub mod carriers;
 pub mod cgroup;
 pub mod emulator;
-pub mod interception;
+pub mod footprint;
+pub mod greeting;
 pub mod measure;
 pub mod metrics;
 pub mod netns;
-pub mod relay;
-pub mod scale;
 pub mod testbed;
-pub mod web;
+pub mod whoami;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -92,6 +95,16 @@ pub fn wait_until(
         assert!(std::time::Instant::now() < deadline, "{}", what());
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// Whether process `pid`, a child of this one, has ended (a zombie not yet reaped, or
+/// gone).
+pub fn exited(pid: u32) -> bool {
+    // The state is the field after the command name, which may hold spaces.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, fields)| fields.trim_start().starts_with(['Z', 'X']))
+    })
 }
 
 /// `len` pseudo-random bytes: incompressible, so nothing on the way can shrink them, and

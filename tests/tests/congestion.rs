@@ -15,7 +15,7 @@ use std::{
 
 use mptcp_tests::{
     TempDir, random_bytes, require_root,
-    testbed::{CONVERTER, SERVER, Testbed, Uplink},
+    testbed::{CONVERTER, SERVER, Testbed, Uplink, daemon_log},
 };
 
 /// What `ss -tmi` shows of one socket.
@@ -178,7 +178,7 @@ fn subflows_over_the_chosen_uplink_get_their_own_congestion_control() {
         congestion(&gateway),
         expected,
         "gateway subflows by local address; gateway log:\n{}",
-        fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
+        daemon_log(dir.path(), "gateway")
     );
     assert_eq!(
         congestion(&converter),
@@ -201,8 +201,8 @@ fn long_rtt_subflows_get_the_long_rtt_algorithm_and_a_fixed_send_buffer() {
     let logs = || {
         format!(
             "gateway log:\n{}\nremote log:\n{}",
-            fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default(),
-            fs::read_to_string(dir.path().join("converter.log")).unwrap_or_default()
+            daemon_log(dir.path(), "gateway"),
+            daemon_log(dir.path(), "converter")
         )
     };
     // The defaults: bbr, and cubic for long round trips.

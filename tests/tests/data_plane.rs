@@ -2,11 +2,15 @@
 //! carried over MPTCP on every uplink to the converter, and on to a server. Real
 //! third-party programs at the ends: curl on the LAN host, python3's http.server.
 
-use std::{fs, process::Command};
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    process::Command,
+};
 
 use mptcp_tests::{
     TempDir, random_bytes, require_root,
-    testbed::{SERVER, SERVER_PRIVATE, SERVER_V6, Testbed, Uplink},
+    testbed::{SERVER, SERVER_PRIVATE, SERVER_V6, Testbed, Uplink, daemon_log},
 };
 use mptcp_user::protocol::codec::ErrorCode;
 
@@ -35,30 +39,6 @@ fn serve_files(testbed: &mut Testbed, dir: &TempDir, files: &[(&str, &[u8])]) {
         .unwrap();
 }
 
-/// Runs a python3 `script` (with `args`) on the server host and waits until it listens
-/// on `port`.
-fn start_python_server(
-    testbed: &mut Testbed,
-    dir: &TempDir,
-    script: &str,
-    args: &[&str],
-    port: u16,
-) {
-    let mut server = testbed.server.command("python3");
-    server.args(["-c", script]).args(args);
-    let log = dir.path().join(format!("server-{port}.log"));
-    testbed.start("python server", &mut server, &log).unwrap();
-    testbed
-        .server
-        .wait_listening(port, std::time::Duration::from_secs(10))
-        .unwrap();
-}
-
-/// What a daemon ("gateway" or "converter") has logged so far.
-fn daemon_log(dir: &TempDir, daemon: &str) -> String {
-    fs::read_to_string(dir.path().join(format!("{daemon}.log"))).unwrap()
-}
-
 /// Runs curl in the LAN namespace; returns whether it succeeded.
 fn curl(testbed: &Testbed, args: &[&str]) -> bool {
     let status = testbed
@@ -82,7 +62,7 @@ fn download(testbed: &Testbed, dir: &TempDir, url: &str) -> (Vec<u8>, Vec<u64>) 
             &["--fail", "--output", output.to_str().unwrap(), url]
         ),
         "download from {url} failed; gateway log: {}",
-        daemon_log(dir, "gateway")
+        daemon_log(dir.path(), "gateway")
     );
     let after = testbed.uplink_rx_bytes().unwrap();
     let carried = after.iter().zip(&before).map(|(a, b)| a - b).collect();
@@ -109,7 +89,7 @@ fn download_arrives_intact_over_both_uplinks() {
         );
     }
     // A flow that fails is logged as `CLIENT -> DESTINATION: why`.
-    let gateway_log = daemon_log(&dir, "gateway");
+    let gateway_log = daemon_log(dir.path(), "gateway");
     assert!(
         !gateway_log
             .lines()
@@ -160,7 +140,9 @@ fn upload_arrives_intact() {
     let dir = TempDir::new("upload").unwrap();
     let mut testbed = deploy(&dir, "ul", &[]);
     let upload_dir = dir.path().to_str().unwrap().to_owned();
-    start_python_server(&mut testbed, &dir, PUT_SERVER, &[&upload_dir], 8080);
+    testbed
+        .start_python_server(dir.path(), PUT_SERVER, &[&upload_dir], 8080)
+        .unwrap();
 
     let file = dir.path().join("to-upload");
     let original = random_bytes(20 * 1024 * 1024);
@@ -200,12 +182,12 @@ fn gateway_with_a_wrong_key_is_not_authorized() {
         ),
         "must fail"
     );
-    let gateway_log = daemon_log(&dir, "gateway");
+    let gateway_log = daemon_log(dir.path(), "gateway");
     assert!(
         gateway_log.contains(&ErrorCode::NotAuthorized.to_string()),
         "gateway log: {gateway_log}"
     );
-    let converter_log = daemon_log(&dir, "converter");
+    let converter_log = daemon_log(dir.path(), "converter");
     assert!(
         converter_log.contains("bad MAC"),
         "converter log: {converter_log}"
@@ -236,7 +218,7 @@ fn private_destinations_are_refused_by_the_converter() {
             &format!("http://{SERVER_PRIVATE}/")
         ]
     ));
-    let converter_log = daemon_log(&dir, "converter");
+    let converter_log = daemon_log(dir.path(), "converter");
     assert!(
         converter_log.contains(&format!(
             "destination refused: {SERVER_PRIVATE} is in the refused range"
@@ -284,7 +266,9 @@ fn half_close_lets_the_client_receive_the_whole_response() {
     require_root();
     let dir = TempDir::new("halfclose").unwrap();
     let mut testbed = deploy(&dir, "half", &[]);
-    start_python_server(&mut testbed, &dir, HALF_CLOSE_SERVER, &[], 7000);
+    testbed
+        .start_python_server(dir.path(), HALF_CLOSE_SERVER, &[], 7000)
+        .unwrap();
 
     let output = testbed
         .client
@@ -349,7 +333,7 @@ fn converter_answers_bad_requests_with_rfc_error_codes() {
     );
     // A request cut short: after the 5 s request timeout, Malformed Message (1).
     assert_eq!(ask("010122"), "010222631e010100", "Malformed Message (1)");
-    let converter_log = daemon_log(&dir, "converter");
+    let converter_log = daemon_log(dir.path(), "converter");
     assert!(
         converter_log.contains(&format!("refused ({})", ErrorCode::MissingCookie)),
         "converter log: {converter_log}"
@@ -440,7 +424,7 @@ fn floods_of_bad_connections_leak_no_descriptors() {
         ),
         "a good request fails after the floods"
     );
-    let converter_log = daemon_log(&dir, "converter");
+    let converter_log = daemon_log(dir.path(), "converter");
     assert!(
         converter_log.contains("refused") && !converter_log.contains("panicked"),
         "converter log: {converter_log}"
@@ -520,13 +504,16 @@ while True:
     threading.Thread(target=feed, args=(client,), daemon=True).start()
 ";
 
-/// Reads until the stream ends; prints `eof`, `reset` or `timeout`.
+/// Reads until the stream ends; prints `reading` once the first bytes came, then
+/// `eof`, `reset` or `timeout`.
 const STREAM_READER: &str = r"
 import socket, sys
 connection = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
 try:
-    while connection.recv(65536):
-        pass
+    if connection.recv(65536):
+        print('reading', flush=True)
+        while connection.recv(65536):
+            pass
     print('eof')
 except ConnectionResetError:
     print('reset')
@@ -540,28 +527,24 @@ fn stream_end_when_killed(daemon: &str) -> (String, std::time::Duration) {
     let port = 9300;
     let dir = TempDir::new(&format!("crash{daemon}")).unwrap();
     let mut testbed = deploy(&dir, &format!("crash{daemon}"), &[]);
-    start_python_server(
-        &mut testbed,
-        &dir,
-        ENDLESS_SERVER,
-        &[&port.to_string()],
-        port,
-    );
-    let reader = testbed
+    testbed
+        .start_python_server(dir.path(), ENDLESS_SERVER, &[&port.to_string()], port)
+        .unwrap();
+    let mut reader = testbed
         .client
         .command("python3")
         .args(["-c", STREAM_READER, SERVER, &port.to_string()])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    let mut said = BufReader::new(reader.stdout.take().unwrap()).lines();
+    let first = said.next().transpose().unwrap();
+    assert_eq!(first.as_deref(), Some("reading"), "the stream never came");
     testbed.forget(daemon);
     let killed = std::time::Instant::now();
-    let output = reader.wait_with_output().unwrap();
-    (
-        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
-        killed.elapsed(),
-    )
+    let end = said.next().transpose().unwrap().unwrap_or_default();
+    reader.wait().unwrap();
+    (end.trim().to_owned(), killed.elapsed())
 }
 
 #[test]
@@ -589,7 +572,7 @@ fn a_thousand_idle_flows_are_held_end_to_end_by_daemons_started_as_services() {
     // Both daemons start with a soft limit of 1024 open files, which without raising
     // it holds about 500 flows.
     let mut testbed = deploy(&dir, "held", &[]);
-    let held = mptcp_tests::scale::hold(&mut testbed, 1000).unwrap();
+    let held = mptcp_tests::bench::scale::hold(&mut testbed, 1000).unwrap();
     println!("{held:?}");
     assert_eq!(held.converted(), 1000, "{:?}", held.seen_from);
     assert_eq!(held.echoed, 1000);

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mptcp_tests::require_root;
+use mptcp_tests::{require_root, wait_until};
 use mptcp_user::gateway::control::FLOWS_HEADER;
 use nix::{sys::signal, unistd::Pid};
 
@@ -53,6 +53,25 @@ fn demo_prints_both_downloads_and_cleans_up() {
     assert_eq!(leftover_namespaces(pid), Vec::<String>::new());
 }
 
+/// Whether a curl runs in a namespace of the demo with process id `pid`: a download is
+/// under way.
+fn downloading(pid: u32) -> bool {
+    leftover_namespaces(pid).iter().any(|line| {
+        // "NAME (id: N)"
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let pids = Command::new("ip")
+            .args(["netns", "pids", name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&pids.stdout)
+            .split_whitespace()
+            .any(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|command| command.trim() == "curl")
+            })
+    })
+}
+
 /// The number printed right after `label` in `text`.
 fn number_after(text: &str, label: &str) -> f64 {
     let (_, rest) = text
@@ -79,7 +98,11 @@ fn interrupted_demo_removes_its_testbed() {
         "the demo never started downloading"
     );
     assert!(!leftover_namespaces(pid).is_empty());
-    std::thread::sleep(Duration::from_secs(2));
+    wait_until(
+        Duration::from_secs(20),
+        || downloading(pid),
+        || "the first download never started".to_owned(),
+    );
     signal::kill(
         Pid::from_raw(pid.try_into().unwrap()),
         signal::Signal::SIGINT,

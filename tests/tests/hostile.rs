@@ -16,12 +16,16 @@ use std::{
 
 use mptcp_tests::{
     TempDir,
+    footprint::{Footprint, raise_own_file_limit},
+    greeting::GreetingServer,
     measure::{Transport, fast_open_socket},
     mptcp_user_bin,
     netns::{enter, run_in},
     require_root,
-    scale::{GreetingServer, raise_own_file_limit},
-    testbed::{CONVERTER, CONVERTER_PORT, CONVERTER_TOWARD_SERVER, SERVER, Testbed, Uplink},
+    testbed::{
+        CONVERTER, CONVERTER_PORT, CONVERTER_TOWARD_SERVER, SERVER, Testbed, Uplink, daemon_log,
+    },
+    wait_until,
 };
 use mptcp_user::protocol::{
     codec::{ErrorCode, Message, Request, Response, Tlv},
@@ -103,7 +107,7 @@ fn verdict(testbed: &Testbed, key: &Key, destination: SocketAddr) -> Response {
 /// Open files of process `pid`, the relays' pooled pipes left out: the pool keeps a
 /// few for the next flows.
 fn open_fds(pid: u32) -> usize {
-    let footprint = mptcp_tests::scale::Footprint::of(pid).unwrap();
+    let footprint = Footprint::of(pid).unwrap();
     usize::try_from(footprint.sockets_and_others()).unwrap()
 }
 
@@ -118,10 +122,6 @@ fn settle_fds(pid: u32, files: usize) -> usize {
         }
         thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn converter_log(dir: &TempDir) -> String {
-    fs::read_to_string(dir.path().join("converter.log")).unwrap()
 }
 
 #[test]
@@ -186,7 +186,7 @@ fn bad_cookies_and_bad_messages_get_their_error_and_leave_nothing() {
     });
     let left = settle_fds(pid, files);
     assert!(left <= files, "{left} open files, {files} before");
-    let log = converter_log(&dir);
+    let log = daemon_log(dir.path(), "converter");
     assert!(log.contains("replayed nonce"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
 }
@@ -196,10 +196,15 @@ fn a_cookie_seen_before_a_restart_is_refused_after_it() {
     require_root();
     let dir = TempDir::new("hostile-restart").unwrap();
     let (mut testbed, _server, key) = converter(&dir, "hrestart", &[]);
-    let captured = request(&key, greeting_server_address(), unix_now());
+    let captured_at = unix_now();
+    let captured = request(&key, greeting_server_address(), captured_at);
     assert_eq!(ask(&testbed, captured.clone()).0, Response::Connected);
     // Cookies carry whole seconds: the restart comes in a later one.
-    thread::sleep(Duration::from_millis(1100));
+    wait_until(
+        Duration::from_secs(2),
+        || unix_now() > captured_at,
+        || "the clock stands still".to_owned(),
+    );
     testbed.forget("converter");
     testbed.start_converter(dir.path(), &[]).unwrap();
     assert_eq!(
@@ -207,9 +212,9 @@ fn a_cookie_seen_before_a_restart_is_refused_after_it() {
         Response::Error(ErrorCode::NotAuthorized)
     );
     assert!(
-        converter_log(&dir).contains("before this converter started"),
+        daemon_log(dir.path(), "converter").contains("before this converter started"),
         "{}",
-        converter_log(&dir)
+        daemon_log(dir.path(), "converter")
     );
     // A gateway's fresh request is served as before.
     assert_eq!(
@@ -264,7 +269,7 @@ fn destinations_inside_the_converters_own_networks_are_refused() {
         assert!(Instant::now() < deadline, "{gained} is still a destination");
         thread::sleep(Duration::from_millis(200));
     }
-    let log = converter_log(&dir);
+    let log = daemon_log(dir.path(), "converter");
     assert!(
         log.contains("198.51.100.9 is an address of this host"),
         "{log}"
@@ -281,7 +286,7 @@ fn slow_strangers_cannot_crowd_out_a_gateway() {
     let (testbed, _server, key) = converter(&dir, "hslow", &["--max-conns", "100"]);
     let pid = testbed.pid("converter").unwrap();
     let files = open_fds(pid);
-    let rss_kib = || mptcp_tests::scale::Footprint::of(pid).unwrap().rss_kib;
+    let rss_kib = || Footprint::of(pid).unwrap().rss_kib;
     let rss_before = rss_kib();
     // 2000 connections from 100 addresses of the gateway host's first uplink.
     for host in 100..200 {
@@ -356,7 +361,7 @@ fn slow_strangers_cannot_crowd_out_a_gateway() {
     drop(slow);
     let left = settle_fds(pid, files);
     assert!(left <= files, "{left} open files, {files} before");
-    let log = converter_log(&dir);
+    let log = daemon_log(dir.path(), "converter");
     assert!(
         log.contains("unauthenticated connections over budget"),
         "{log}"
@@ -670,5 +675,5 @@ fn rfc_clients_may_send_their_request_in_the_syn() {
         u64::try_from(in_the_syn).unwrap(),
         "the converter did not take every request with a cookie in the SYN"
     );
-    assert!(!converter_log(&dir).contains("not accepted"));
+    assert!(!daemon_log(dir.path(), "converter").contains("not accepted"));
 }

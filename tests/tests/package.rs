@@ -12,11 +12,12 @@ use std::{
 };
 
 use mptcp_tests::{
-    TempDir, mptcp_user_deb,
+    TempDir,
+    greeting::GreetingServer,
+    mptcp_user_deb,
     netns::run_in,
     require_root,
-    scale::GreetingServer,
-    testbed::{CONVERTER_TOWARD_SERVER, Interception, SERVER, Testbed, Uplink},
+    testbed::{CONVERTER_TOWARD_SERVER, Interception, SERVER, Testbed, Uplink, daemon_log},
 };
 
 /// Port of the server's greeting server: it answers with the address it saw.
@@ -75,8 +76,11 @@ fn run_with(gateway: &[String], converter: &[String]) -> (anyhow::Result<()>, St
         );
         Ok(())
     });
-    let log = |name: &str| fs::read_to_string(dir.path().join(name)).unwrap_or_default();
-    (result, log("gateway.log"), log("converter.log"))
+    (
+        result,
+        daemon_log(dir.path(), "gateway"),
+        daemon_log(dir.path(), "converter"),
+    )
 }
 
 #[test]

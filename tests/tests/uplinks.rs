@@ -13,7 +13,7 @@ use std::{
 
 use mptcp_tests::{
     TempDir, measure, random_bytes, require_root,
-    testbed::{CONVERTER, CONVERTER_PORT, SERVER, Testbed, Uplink},
+    testbed::{CONVERTER, CONVERTER_PORT, SERVER, Testbed, Uplink, daemon_log},
     wait_until,
 };
 
@@ -86,10 +86,6 @@ fn installed(testbed: &Testbed) -> (String, String) {
     )
 }
 
-fn gateway_log(dir: &TempDir) -> String {
-    fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
-}
-
 /// Waits (10 s at most) until `mptcp-user uplinks` says `interface` is `state`; returns
 /// how long that took.
 fn wait_for_state(testbed: &Testbed, interface: &str, state: &str) -> Duration {
@@ -112,6 +108,13 @@ fn terminate(testbed: &Testbed, signal: &str) {
             .unwrap()
             .success()
     );
+}
+
+/// Waits until the download from the server's port 80 is under way over every uplink.
+fn wait_until_under_way(testbed: &Testbed) {
+    testbed
+        .wait_for_flow_on_every_uplink(&format!("{SERVER}:80"), Duration::from_secs(10))
+        .unwrap();
 }
 
 #[test]
@@ -166,7 +169,11 @@ fn uplinks_from_a_config_file_carry_a_download_and_are_removed_on_exit() {
         .arg(format!("http://{SERVER}/file"))
         .status()
         .unwrap();
-    assert!(status.success(), "gateway log: {}", gateway_log(&dir));
+    assert!(
+        status.success(),
+        "gateway log: {}",
+        daemon_log(dir.path(), "gateway")
+    );
     assert!(fs::read(&output).unwrap() == original, "download corrupted");
     let after = testbed.uplink_rx_bytes().unwrap();
     for (uplink, (after, before)) in after.iter().zip(&before).enumerate() {
@@ -214,7 +221,12 @@ fn a_killed_gateways_uplinks_are_replaced_by_the_next_one() {
     let mut testbed = deploy(&dir, "upkill");
     let first = installed(&testbed);
     terminate(&testbed, "-KILL");
-    thread::sleep(Duration::from_millis(500));
+    let pid = testbed.pid("gateway").unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        || mptcp_tests::exited(pid),
+        || format!("gateway {pid} still runs after SIGKILL"),
+    );
     testbed.forget("gateway");
     assert_eq!(installed(&testbed), first, "SIGKILL removes nothing");
     let config = dir.path().join("gateway.toml");
@@ -295,7 +307,7 @@ fn fail_over(silent: usize) {
         .arg(format!("http://{SERVER}/file"))
         .spawn()
         .unwrap();
-    thread::sleep(Duration::from_secs(1));
+    wait_until_under_way(&testbed);
     let silenced = Instant::now();
     testbed.silence_uplink(silent).unwrap();
 
@@ -316,7 +328,7 @@ fn fail_over(silent: usize) {
         assert!(
             *first <= FAILOVER_LIMIT,
             "first byte after {first:?}; gateway log: {}",
-            gateway_log(&dir)
+            daemon_log(dir.path(), "gateway")
         );
     }
     let interface = format!("up{silent}");
@@ -389,7 +401,7 @@ fn fail_over_link_down(down: usize) {
     assert!(
         firsts.iter().all(|first| *first <= FAILOVER_LIMIT),
         "{firsts:?}; gateway log: {}",
-        gateway_log(&dir)
+        daemon_log(dir.path(), "gateway")
     );
     wait_for_state(&testbed, &interface, "down");
     println!("uplink {down} marked down after {:?}", downed.elapsed());
@@ -422,7 +434,7 @@ fn a_recreated_uplink_interface_is_set_up_again() {
     testbed.recreate_uplink(2).unwrap();
     // Set up at start, then again for the new interface.
     let set_up = || {
-        gateway_log(&dir)
+        daemon_log(dir.path(), "gateway")
             .matches("uplink up2: 10.0.2.1 via 10.0.2.2")
             .count()
     };
@@ -440,7 +452,7 @@ fn a_recreated_uplink_interface_is_set_up_again() {
             format!(
                 "not set up again: {:?}; gateway log: {}",
                 installed(&testbed),
-                gateway_log(&dir)
+                daemon_log(dir.path(), "gateway")
             )
         },
     );
@@ -484,7 +496,7 @@ fn a_flow_whose_every_path_is_dead_ends_with_a_reset_after_the_bound() {
         .start_gateway_and_converter(dir.path(), &bound, &bound)
         .unwrap();
     let (_, mut curl) = start_download(&mut testbed, &dir, 32 << 20, "2M");
-    thread::sleep(Duration::from_secs(1));
+    wait_until_under_way(&testbed);
     testbed.silence_uplink(1).unwrap();
     testbed.silence_uplink(2).unwrap();
     let cut = Instant::now();
@@ -496,7 +508,7 @@ fn a_flow_whose_every_path_is_dead_ends_with_a_reset_after_the_bound() {
         assert!(
             Instant::now() < deadline,
             "the download hangs; {}",
-            gateway_log(&dir)
+            daemon_log(dir.path(), "gateway")
         );
         thread::sleep(Duration::from_millis(100));
     };
@@ -518,13 +530,17 @@ fn a_flow_resumes_when_its_dead_paths_come_back_within_the_bound() {
         .start_gateway_and_converter(dir.path(), &[], &[])
         .unwrap();
     let (original, mut curl) = start_download(&mut testbed, &dir, 16 << 20, "2M");
-    thread::sleep(Duration::from_secs(1));
+    wait_until_under_way(&testbed);
     testbed.silence_uplink(1).unwrap();
     testbed.silence_uplink(2).unwrap();
     thread::sleep(Duration::from_secs(10));
     testbed.restore_uplink(1).unwrap();
     testbed.restore_uplink(2).unwrap();
-    assert!(curl.wait().unwrap().success(), "{}", gateway_log(&dir));
+    assert!(
+        curl.wait().unwrap().success(),
+        "{}",
+        daemon_log(dir.path(), "gateway")
+    );
     assert!(
         fs::read(dir.path().join("downloaded")).unwrap() == original,
         "download corrupted"

@@ -1,7 +1,7 @@
-//! `cargo xtask fuzz`: the libFuzzer targets in fuzz/ (built by cargo-fuzz), side by
-//! side, each for a bounded time, from the seed corpus in fuzz/corpus/TARGET (Convert
-//! messages laid out as in RFC 8803). A crash fails the command; libFuzzer saves the
-//! input under fuzz/artifacts/TARGET/.
+//! `cargo xtask fuzz`: the libFuzzer targets in fuzz/ (cargo-fuzz), each for a bounded
+//! time, from the seed corpus in fuzz/corpus/TARGET (Convert messages laid out as in
+//! RFC 8803). A crash fails the command; libFuzzer saves the input under
+//! fuzz/artifacts/TARGET/.
 //!
 //! cargo-fuzz passes nightly-only flags (-Z sanitizer); rustup cannot download a
 //! nightly here, so the machine's toolchain runs with RUSTC_BOOTSTRAP=1.
@@ -28,7 +28,7 @@ pub struct Options {
     pub seconds: u64,
 }
 
-/// Runs the chosen targets side by side.
+/// Runs the chosen targets one after the other.
 pub fn run(options: &Options) -> anyhow::Result<()> {
     let targets: Vec<&str> = match &options.target {
         Some(target) if TARGETS.contains(&target.as_str()) => vec![target.as_str()],
@@ -36,47 +36,72 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         None => TARGETS.to_vec(),
     };
     crate::setup::fuzz_tools()?;
-    fuzz(&targets, options.seconds)
+    for target in targets {
+        fuzz(target, options.seconds)?;
+    }
+    Ok(())
 }
 
-/// Builds the fuzz targets once, then fuzzes each of `targets` for `seconds`, all at
-/// once (one process each: libFuzzer uses one core). Fails naming the targets that
-/// found a crash.
-pub fn fuzz(targets: &[&str], seconds: u64) -> anyhow::Result<()> {
-    let fuzz_dir = cmd::workspace_root().join("fuzz");
+/// Fuzzes `target` for `seconds` (building it first if need be).
+pub fn fuzz(target: &str, seconds: u64) -> anyhow::Result<()> {
+    let corpus = cmd::workspace_root().join("fuzz/corpus").join(target);
+    eprintln!("fuzz: {target} for {seconds} s");
     cmd::run(
-        cmd::cargo()
-            .current_dir(&fuzz_dir)
-            .args(["fuzz", "build"])
-            .env("RUSTC_BOOTSTRAP", "1"),
-    )?;
-    let binaries = fuzz_dir
-        .join("target")
-        .join(format!("{}-unknown-linux-gnu", std::env::consts::ARCH))
-        .join("release");
-    let mut running = Vec::new();
-    for &target in targets {
-        eprintln!("fuzz: {target} for {seconds} s");
-        let artifacts = fuzz_dir.join("artifacts").join(target);
-        std::fs::create_dir_all(&artifacts)?;
-        let child = Command::new(binaries.join(target))
-            .arg(format!("-artifact_prefix={}/", artifacts.display()))
-            .arg(format!("-max_total_time={seconds}"))
-            .arg(fuzz_dir.join("corpus").join(target))
-            .spawn()
-            .with_context(|| format!("cannot start fuzz target {target}"))?;
-        running.push((target, child));
-    }
-    let mut failed = Vec::new();
-    for (target, mut child) in running {
-        if !child.wait()?.success() {
-            failed.push(target);
-        }
-    }
-    if !failed.is_empty() {
-        bail!(
-            "fuzzing found a crash in {}; the input is under fuzz/artifacts/",
-            failed.join(", ")
+        cargo_fuzz(&["run", target])
+            .arg(corpus)
+            .args(["--", &format!("-max_total_time={seconds}")]),
+    )
+}
+
+/// `cargo fuzz ARGS` in fuzz/, allowed the nightly flags it passes.
+fn cargo_fuzz(args: &[&str]) -> Command {
+    let mut command = cmd::cargo();
+    command
+        .current_dir(cmd::workspace_root().join("fuzz"))
+        .arg("fuzz")
+        .args(args)
+        .env("RUSTC_BOOTSTRAP", "1");
+    command
+}
+
+/// Starts building every fuzz target in the background: the sanitizer build of
+/// mptcp-user and the targets, minutes of CPU. Its output goes to
+/// target/fuzz-build.log.
+pub fn start_build() -> anyhow::Result<cmd::Background> {
+    let log = cmd::workspace_root().join("target/fuzz-build.log");
+    eprintln!(
+        "fuzz: building the targets in the background ({})",
+        log.display()
+    );
+    cmd::Background::start(&mut cargo_fuzz(&["build"]), log)
+}
+
+/// Fuzzes every target for `seconds`, all at once (each takes a core), once built
+/// ([`start_build`]); their output goes to target/fuzz-TARGET.log, and the end of it
+/// here.
+pub fn all_at_once(seconds: u64) -> anyhow::Result<()> {
+    let runs = TARGETS
+        .iter()
+        .map(|&target| {
+            let corpus = cmd::workspace_root().join("fuzz/corpus").join(target);
+            let log = cmd::workspace_root()
+                .join("target")
+                .join(format!("fuzz-{target}.log"));
+            eprintln!("fuzz: {target} for {seconds} s ({})", log.display());
+            let mut run = cargo_fuzz(&["run", target]);
+            run.arg(corpus)
+                .args(["--", &format!("-max_total_time={seconds}")]);
+            Ok((target, cmd::Background::start(&mut run, log)?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (target, run) in runs {
+        let log = run.log().to_owned();
+        run.wait()
+            .with_context(|| format!("fuzz target {target} failed"))?;
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        eprintln!(
+            "fuzz: {target}: {}",
+            said.lines().last().unwrap_or_default()
         );
     }
     Ok(())

@@ -9,6 +9,8 @@
 //! - lintian: the package test checks the Debian package with it.
 //! - aioquic from PyPI in a venv under target/, for the QUIC fallback test.
 //! - cargo-fuzz, for `cargo xtask fuzz` and the tests' short fuzz run (`fuzz_tools`).
+//! - cargo-nextest, which runs the end-to-end tests in their two passes (any version
+//!   that reads .config/nextest.toml's `group()` filters will do).
 //! - For the benchmarks only (`bench_tools`): shadowsocks-libev and mptcpd, the
 //!   comparison the aggregate benchmark runs; redsocks and dante-server, the relay
 //!   benchmark's SOCKS chain.
@@ -60,6 +62,10 @@ const BENCH_SERVICES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// The cargo-nextest `cargo xtask setup` installs where there is none.
+const NEXTEST_VERSION: &str = "0.9.143";
+/// The oldest cargo-nextest that reads .config/nextest.toml (filters on test groups).
+const NEXTEST_OLDEST: (u32, u32, u32) = (0, 9, 133);
 /// The QUIC implementation the QUIC fallback test builds its client and server with.
 const AIOQUIC: &str = "aioquic==1.7.2";
 
@@ -68,7 +74,32 @@ pub fn run() -> anyhow::Result<()> {
     install_apt_packages(APT_PACKAGES)?;
     install_bpf_linker()?;
     install_quic_python()?;
+    install_nextest()?;
     fuzz_tools()
+}
+
+/// Installs cargo-nextest unless one recent enough is there (it may come with the
+/// machine: /usr/local/bin/cargo-nextest).
+fn install_nextest() -> anyhow::Result<()> {
+    // "cargo-nextest 0.9.143 (60fa45f63 2026-08-04)"
+    let installed = cmd::output(cmd::cargo().args(["nextest", "--version"]))
+        .and_then(|version| {
+            let number = version.split_whitespace().nth(1)?;
+            let mut parts = number.split('.').map(|part| part.parse::<u32>().ok());
+            Some((parts.next()??, parts.next()??, parts.next()??))
+        })
+        .is_some_and(|version| version >= NEXTEST_OLDEST);
+    if installed {
+        return Ok(());
+    }
+    eprintln!("setup: building cargo-nextest {NEXTEST_VERSION} (a few minutes)");
+    cmd::run(cmd::cargo().args([
+        "install",
+        "cargo-nextest",
+        "--locked",
+        "--version",
+        NEXTEST_VERSION,
+    ]))
 }
 
 /// The Python the QUIC test runs (a virtual environment in target/, with aioquic).

@@ -1,18 +1,47 @@
 //! `cargo xtask test`: unit tests, then the Debian package and the end-to-end tests,
 //! then a short run of each fuzz target (the whole suite only, not with a filter).
 //!
-//! The end-to-end tests (crate `mptcp-tests`) load eBPF programs, make cgroups and network
-//! namespaces, so they need root. They run one at a time: they share the host's cgroup
-//! tree and kernel settings, and the machine has two cores.
+//! cargo-nextest runs the tests, every binary built by one cargo invocation: cargo
+//! unifies features over the packages it builds, so a build of the end-to-end tests
+//! alone would compile a dozen dependencies again.
+//!
+//! The end-to-end tests (crate `mptcp-tests`) load eBPF programs, make cgroups and
+//! network namespaces, so they need root. They run in two passes (.config/nextest.toml
+//! says which test is in which):
+//! 1. the tests that check what happens, several at a time: each builds its testbed
+//!    under names of its own, and most of their time is spent waiting;
+//! 2. the `timed` group, the tests that assert a rate or a time, one at a time on an
+//!    otherwise idle machine, so that nothing else moves what they measure.
+//!
+//! The fuzz targets' sanitizer build is minutes of CPU. It runs in the background from
+//! the start, on what the foreground leaves (the builds' serial stretches, the waiting
+//! end-to-end tests), is paused while the unit tests run and must be done before the
+//! timed pass; the targets then run side by side, a core each.
 
-use anyhow::bail;
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
 use clap::Args;
 
-use crate::{build, cmd};
+use crate::{build, cmd, fuzz};
 
 /// How long each fuzz target runs in the test suite: enough to replay the corpus and
 /// catch a regression on the message paths; `cargo xtask fuzz` runs longer.
 const SHORT_FUZZ_SECONDS: u64 = 20;
+
+/// The packages with tests: all but the eBPF programs, which only build for BPF.
+const PACKAGES: &[&str] = &["--workspace", "--exclude", "mptcp-ebpf"];
+/// The unit tests: nextest filtersets and options of each pass.
+const UNIT_PASS: &[&str] = &[
+    "-E",
+    "not package(mptcp-tests)",
+    "--test-threads",
+    "num-cpus",
+];
+/// The end-to-end tests that only check what happens, several at a time.
+const UNTIMED_PASS: &[&str] = &["-E", "package(mptcp-tests) & not group(timed)"];
+/// The end-to-end tests that measure, one at a time.
+const TIMED_PASS: &[&str] = &["-E", "group(timed)", "--test-threads", "1"];
 
 /// Options of `cargo xtask test`.
 #[derive(Debug, Args)]
@@ -27,20 +56,30 @@ pub struct Options {
 
 /// Runs the test suites, failing on the first red one.
 pub fn run(options: &Options) -> anyhow::Result<()> {
-    let binary = build::run(&build::Options { release: true })?;
     let filter = options.filter.as_deref();
+    let whole_suite = filter.is_none() && !options.unit;
+    crate::setup::run()?;
+    let fuzz_build = (whole_suite && cmd::is_root())
+        .then(fuzz::start_build)
+        .transpose()?;
+    let binary = build::run(&build::Options { release: true })?;
 
-    let mut unit = cmd::cargo();
-    unit.args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "mptcp-ebpf",
-        "--exclude",
-        "mptcp-tests",
-    ]);
-    unit.args(["--"]).args(filter);
-    cmd::run(&mut unit)?;
+    cmd::run(cmd::cargo().arg("test").args(PACKAGES).arg("--no-run"))?;
+    if let Some(fuzz_build) = &fuzz_build {
+        fuzz_build.pause()?;
+    }
+    cmd::run(&mut nextest(UNIT_PASS, filter))?;
+    // nextest runs no doc tests.
+    cmd::run(
+        cmd::cargo()
+            .args(["test", "--doc"])
+            .args(PACKAGES)
+            .arg("--")
+            .args(filter),
+    )?;
+    if let Some(fuzz_build) = &fuzz_build {
+        fuzz_build.resume()?;
+    }
     if options.unit {
         return Ok(());
     }
@@ -50,16 +89,34 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     }
     // The package test installs it.
     let package = crate::dist::run()?;
-    let mut end_to_end = cmd::cargo();
-    end_to_end
-        .args(["test", "--package", "mptcp-tests", "--", "--test-threads=1"])
-        .args(filter)
-        .env("MPTCP_USER_BIN", binary)
-        .env("MPTCP_USER_DEB", package);
-    cmd::run(&mut end_to_end)?;
-    if filter.is_none() {
-        crate::setup::fuzz_tools()?;
-        crate::fuzz::fuzz(crate::fuzz::TARGETS, SHORT_FUZZ_SECONDS)?;
+    let end_to_end = |pass: &[&str]| {
+        let mut nextest = nextest(pass, filter);
+        nextest
+            .env("MPTCP_USER_BIN", &binary)
+            .env("MPTCP_USER_DEB", &package);
+        cmd::run(&mut nextest)
+    };
+    end_to_end(UNTIMED_PASS)?;
+    if let Some(fuzz_build) = fuzz_build {
+        eprintln!("fuzz: waiting for the targets' build to end before the timed tests");
+        fuzz_build
+            .wait()
+            .context("building the fuzz targets failed")?;
+    }
+    end_to_end(TIMED_PASS)?;
+    if whole_suite {
+        fuzz::all_at_once(SHORT_FUZZ_SECONDS)?;
     }
     Ok(())
+}
+
+/// `cargo nextest run` on the tests of `pass`, those whose name contains `filter` if
+/// given (then a pass may have none).
+fn nextest(pass: &[&str], filter: Option<&str>) -> Command {
+    let mut nextest = cmd::cargo();
+    nextest.args(["nextest", "run"]).args(PACKAGES).args(pass);
+    if let Some(filter) = filter {
+        nextest.args(["--no-tests", "pass", filter]);
+    }
+    nextest
 }

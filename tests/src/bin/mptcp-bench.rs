@@ -4,7 +4,11 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use mptcp_tests::{TempDir, aggregate, interception, relay, require_root, scale, web};
+use mptcp_tests::{
+    TempDir,
+    bench::{aggregate, interception, relay, scale, web},
+    require_root,
+};
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks on the namespace testbed")]

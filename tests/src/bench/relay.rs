@@ -19,6 +19,7 @@ use anyhow::Context as _;
 use serde_json::json;
 
 use crate::{
+    carriers,
     measure::{self, Direction},
     median_by,
     metrics::{self, CONVERTER_METRICS, GATEWAY_METRICS},
@@ -264,13 +265,13 @@ pub fn run(options: &Options, dir: &Path, progress: &dyn Fn(&str)) -> anyhow::Re
 fn start(testbed: &mut Testbed, carrier: Carrier, dir: &Path) -> anyhow::Result<()> {
     match carrier {
         Carrier::Plain => testbed.route_lan_via(1),
-        Carrier::Shadowsocks => testbed.start_shadowsocks(dir, CONGESTION),
+        Carrier::Shadowsocks => carriers::start_shadowsocks(testbed, dir, CONGESTION),
         Carrier::SocksChain => {
             // Their TCP takes the hosts' default congestion control, like shadowsocks'.
             for netns in [&testbed.gateway, &testbed.converter] {
                 netns.sysctl("net.ipv4.tcp_congestion_control", CONGESTION)?;
             }
-            testbed.start_socks_chain(dir)
+            carriers::start_socks_chain(testbed, dir)
         }
         Carrier::Gateway | Carrier::GatewayBigPipes => {
             let flags = carrier.gateway_flags().unwrap_or_default();
@@ -286,8 +287,8 @@ fn start(testbed: &mut Testbed, carrier: Carrier, dir: &Path) -> anyhow::Result<
 fn stop(testbed: &mut Testbed, carrier: Carrier) -> anyhow::Result<()> {
     match carrier {
         Carrier::Plain => {}
-        Carrier::Shadowsocks => testbed.stop_shadowsocks()?,
-        Carrier::SocksChain => testbed.stop_socks_chain()?,
+        Carrier::Shadowsocks => carriers::stop_shadowsocks(testbed)?,
+        Carrier::SocksChain => carriers::stop_socks_chain(testbed)?,
         Carrier::Gateway | Carrier::GatewayBigPipes => {
             testbed.forget("gateway");
             testbed.forget("converter");

@@ -28,6 +28,7 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use anyhow::Context as _;
 
 use crate::{
+    carriers,
     measure::{self, Download, Transport},
     median_by,
     testbed::{CONVERTER, SERVER, Testbed, Uplink},
@@ -245,11 +246,11 @@ pub fn run_row(
 
     testbed.wait_uplinks_quiet()?;
     progress("shadowsocks over MPTCP: ss-redir + ss-server under mptcpize");
-    let shadowsocks = match testbed.start_shadowsocks(dir, congestion) {
+    let shadowsocks = match carriers::start_shadowsocks(&mut testbed, dir, congestion) {
         Ok(()) => {
             let measured = with_cpu_time(&testbed, &["ss-redir", "ss-server"], lan_download)?;
             testbed.check_running()?;
-            testbed.stop_shadowsocks()?;
+            carriers::stop_shadowsocks(&mut testbed)?;
             // Killed, they leave orphaned MPTCP connections retransmitting for a second
             // or two: measured, they cost the next flow half its first second.
             testbed.wait_uplinks_quiet()?;

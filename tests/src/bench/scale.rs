@@ -23,17 +23,16 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 
 use crate::{
+    footprint::{Footprint, raise_own_file_limit},
+    greeting::{GreetingServer, listen_in},
     netns::{Netns, enter},
     testbed::{CONVERTER_TOWARD_SERVER, SERVER, Testbed, Uplink},
 };
@@ -54,49 +53,6 @@ pub struct Options {
     pub counts: Vec<usize>,
     /// How long each connection-rate measurement runs.
     pub rate_duration: Duration,
-}
-
-/// One process's footprint: resident memory, open files, and pipes among them.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Footprint {
-    /// Resident set size, KiB.
-    pub rss_kib: u64,
-    /// Open file descriptors.
-    pub files: u64,
-    /// Those of them that are pipes.
-    pub pipes: u64,
-}
-
-impl Footprint {
-    /// Reads process `pid`'s footprint from /proc.
-    pub fn of(pid: u32) -> anyhow::Result<Self> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .with_context(|| format!("no process {pid}"))?;
-        let rss_kib = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS in /proc status")?;
-        let mut files = 0;
-        let mut pipes = 0;
-        for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
-            files += 1;
-            let target = std::fs::read_link(entry?.path()).unwrap_or_default();
-            if target.to_string_lossy().starts_with("pipe:") {
-                pipes += 1;
-            }
-        }
-        Ok(Self {
-            rss_kib,
-            files,
-            pipes,
-        })
-    }
-
-    /// Open files that are not pipes.
-    pub fn sockets_and_others(&self) -> u64 {
-        self.files - self.pipes
-    }
 }
 
 /// One daemon while it held the flows: its footprint before and during.
@@ -316,69 +272,6 @@ pub fn print(result: &ScaleResult) {
             held.rss_kib_per_flow()
         );
     }
-}
-
-/// Raises this process's soft open-file limit to the hard one (it holds both ends of
-/// many flows); returns the hard limit.
-pub fn raise_own_file_limit() -> anyhow::Result<u64> {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
-    Ok(hard)
-}
-
-/// A server greeting each connection with the address it came from (a line), then
-/// closing it; it stops when dropped.
-pub struct GreetingServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl GreetingServer {
-    /// Starts one in `netns` on `port` (every address).
-    pub fn start(netns: &Netns, port: u16) -> anyhow::Result<Self> {
-        let listener = listen_in(netns, port)?;
-        // accept() wakes up now and then to see `stop`; a sleep between polls would cap
-        // the rate at one connection per sleep.
-        socket2::SockRef::from(&listener).set_read_timeout(Some(Duration::from_millis(100)))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
-        let thread = thread::spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
-                if let Ok((mut stream, peer)) = listener.accept() {
-                    let _ = writeln!(stream, "{}", peer.ip());
-                }
-            }
-        });
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for GreetingServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// A listener on every address of `netns`, at `port`.
-fn listen_in(netns: &Netns, port: u16) -> anyhow::Result<TcpListener> {
-    let name = netns.name().to_owned();
-    thread::spawn(move || {
-        enter(&name)?;
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-        socket.set_reuse_address(true)?;
-        socket.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
-        socket.listen(4096)?;
-        Ok(TcpListener::from(socket))
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the listener thread panicked"))?
 }
 
 /// Runs `work(thread index)` on [`THREADS`] threads inside `netns`; their results.

@@ -1,0 +1,16 @@
+//! The benchmarks `cargo xtask bench NAME` runs (binary mptcp-bench), one module each.
+//! Each states its method in its own docs (the README's "Benchmarks" says the same),
+//! runs on the namespace testbed and returns its figures for a table and JSON.
+//!
+//! - [`aggregate`]: one long download through the gateway against each uplink alone,
+//!   raw MPTCP and shadowsocks.
+//! - [`interception`]: what intercepting a connection costs, eBPF against nftables.
+//! - [`relay`]: what relaying costs per byte, against shadowsocks and a SOCKS chain.
+//! - [`scale`]: many idle flows held at once, and new connections per second.
+//! - [`web`]: page loads and short downloads, against the best uplink alone.
+
+pub mod aggregate;
+pub mod interception;
+pub mod relay;
+pub mod scale;
+pub mod web;

@@ -1,0 +1,239 @@
+//! The processes a testbed runs: our daemons, started as a service manager would, and
+//! the servers a test needs; each owned by the testbed and killed before its
+//! namespaces go. Each daemon logs to `<dir>/<label>.log`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use super::{CONVERTER, CONVERTER_PORT, GATEWAY_PORT, Interception, Testbed};
+use crate::netns::{Netns, Process};
+
+impl Testbed {
+    /// Starts the daemons from now on with only `capabilities` (names as in a systemd
+    /// unit: `CAP_BPF`, ...), as a unit's CapabilityBoundingSet does: root keeps its
+    /// identity but loses every other capability.
+    pub fn limit_daemon_capabilities(&mut self, capabilities: &[&str]) {
+        self.daemon_capabilities = Some(capabilities.iter().map(|&name| name.to_owned()).collect());
+    }
+
+    /// The command that starts a daemon in `netns`: as a service manager would, with
+    /// the capabilities [`Self::limit_daemon_capabilities`] left, if it was called.
+    fn daemon_command(&self, netns: &Netns) -> Command {
+        let binary = crate::mptcp_user_bin();
+        let Some(capabilities) = &self.daemon_capabilities else {
+            return netns.daemon_command(&binary);
+        };
+        let kept: Vec<String> = capabilities
+            .iter()
+            .map(|name| format!("+{}", name.trim_start_matches("CAP_").to_lowercase()))
+            .collect();
+        let bounding = format!("-all,{}", kept.join(","));
+        let mut command = netns.daemon_command(Path::new("setpriv"));
+        command
+            .arg(format!("--bounding-set={bounding}"))
+            .arg("--inh-caps=-all")
+            .arg("--")
+            .arg(binary);
+        command
+    }
+
+    /// Starts a process in `netns`, owned by the testbed, with its stderr in `log`.
+    pub fn start(&mut self, label: &str, command: &mut Command, log: &Path) -> anyhow::Result<()> {
+        let log = std::fs::File::create(log)?;
+        command.stdout(log.try_clone()?).stderr(log);
+        self.processes.push(Process::spawn(label, command)?);
+        Ok(())
+    }
+
+    /// The process id of the started process labelled `label` ("gateway", "converter").
+    pub fn pid(&self, label: &str) -> Option<u32> {
+        self.processes
+            .iter()
+            .find(|process| process.label() == label)
+            .map(Process::pid)
+    }
+
+    /// Forgets the processes labelled `label` (killing any still running): for a
+    /// daemon the test killed itself, before starting another.
+    pub fn forget(&mut self, label: &str) {
+        self.processes.retain(|process| process.label() != label);
+    }
+
+    /// Checks that every started process still runs.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.processes
+            .iter_mut()
+            .try_for_each(Process::check_running)
+    }
+
+    /// Writes a fresh key, starts the converter on the converter host (`converter_args` added
+    /// to its command line) and the gateway intercepting lan0 with its eBPF programs
+    /// (`gateway_args` added, e.g. another --key-file), and waits until both listen.
+    /// Logs go to `dir`.
+    pub fn start_gateway_and_converter(
+        &mut self,
+        dir: &Path,
+        gateway_args: &[&str],
+        converter_args: &[&str],
+    ) -> anyhow::Result<()> {
+        self.start_daemons(dir, Interception::Ebpf, gateway_args, converter_args)
+    }
+
+    /// Starts the converter with the key `dir/key` (written first if there is none),
+    /// `args` added, logging to `dir/converter.log`; returns once it listens.
+    pub fn start_converter(&mut self, dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+        let binary = crate::mptcp_user_bin();
+        let key = dir.join("key");
+        if !key.exists() {
+            crate::netns::run(Command::new(&binary).arg("keygen").arg(&key))?;
+        }
+        let mut converter = self.daemon_command(&self.converter);
+        converter
+            .args([
+                "converter",
+                "--listen",
+                &format!("0.0.0.0:{CONVERTER_PORT}"),
+            ])
+            .arg("--key-file")
+            .arg(&key)
+            .args(args);
+        self.start("converter", &mut converter, &log_path(dir, "converter"))?;
+        self.converter
+            .wait_listening(CONVERTER_PORT, Duration::from_secs(10))
+    }
+
+    /// Starts the gateway with `args` alone (a `--config` file, say), logging to
+    /// `dir/gateway.log`; returns once it is ready.
+    pub fn start_gateway(&mut self, dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+        let mut gateway = self.daemon_command(&self.gateway);
+        gateway.arg("gateway").args(args).env("RUST_LOG", "info");
+        self.start("gateway", &mut gateway, &log_path(dir, "gateway"))?;
+        wait_for_line(
+            &log_path(dir, "gateway"),
+            mptcp_user::gateway::READY,
+            Duration::from_secs(10),
+        )?;
+        self.check_running()
+    }
+
+    /// [`Self::start_gateway_and_converter`], with the LAN intercepted by `interception`.
+    pub fn start_daemons(
+        &mut self,
+        dir: &Path,
+        interception: Interception,
+        gateway_args: &[&str],
+        converter_args: &[&str],
+    ) -> anyhow::Result<()> {
+        self.start_converter(dir, converter_args)?;
+        self.start_gateway_intercepting(dir, interception, gateway_args)
+    }
+
+    /// The gateway half of [`Self::start_daemons`], for a converter already running
+    /// with the key `dir/key`: to start a gateway again with other arguments, say.
+    pub fn start_gateway_intercepting(
+        &mut self,
+        dir: &Path,
+        interception: Interception,
+        gateway_args: &[&str],
+    ) -> anyhow::Result<()> {
+        let listen = format!("[::]:{GATEWAY_PORT}");
+        let converter = format!("{CONVERTER}:{CONVERTER_PORT}");
+        let pin_path = self.pin_path();
+        let key = dir.join("key").to_string_lossy().into_owned();
+        let mut args = vec!["--listen", &listen, "--converter", &converter];
+        args.extend(["--pin-path", &pin_path]);
+        if interception == Interception::Ebpf {
+            args.extend(["--lan", "lan0"]);
+        }
+        if !gateway_args.contains(&"--key-file") {
+            args.extend(["--key-file", &key]);
+        }
+        args.extend(gateway_args);
+        self.start_gateway(dir, &args)?;
+        if interception == Interception::Nftables {
+            crate::carriers::intercept_with_tproxy(self)?;
+        }
+        self.check_running()
+    }
+
+    /// Runs the python3 `script` (with `args`) on the server host, logging to
+    /// `dir/server-<port>.log`, and returns once it listens on `port`.
+    pub fn start_python_server(
+        &mut self,
+        dir: &Path,
+        script: &str,
+        args: &[&str],
+        port: u16,
+    ) -> anyhow::Result<()> {
+        let mut server = self.server.command("python3");
+        server.args(["-c", script]).args(args);
+        let log = dir.join(format!("server-{port}.log"));
+        self.start("python server", &mut server, &log)?;
+        self.server.wait_listening(port, Duration::from_secs(10))
+    }
+
+    /// Starts the gateway (LAN lan0, the testbed's converter, the key `dir/key`)
+    /// through `launcher` (`ip netns exec prlimit ...`, say) instead of as a service
+    /// manager would, and returns once it is ready; it logs to `dir/gateway.log`.
+    pub fn start_gateway_through(
+        &mut self,
+        dir: &Path,
+        mut launcher: Command,
+    ) -> anyhow::Result<()> {
+        launcher
+            .arg(crate::mptcp_user_bin())
+            .args(["gateway", "--lan", "lan0", "--converter"])
+            .arg(format!("{CONVERTER}:{CONVERTER_PORT}"))
+            .arg("--key-file")
+            .arg(dir.join("key"))
+            .args(["--pin-path", &self.pin_path()])
+            .env("RUST_LOG", "info");
+        let log = log_path(dir, "gateway");
+        self.start("gateway", &mut launcher, &log)?;
+        wait_for_line(&log, mptcp_user::gateway::READY, Duration::from_secs(10))
+    }
+
+    /// Serves the files of `dir` over HTTP on port 80 of the server, IPv4 and IPv6
+    /// (python3's stock http.server: a real third-party server).
+    pub fn start_http_server(&mut self, dir: &Path, log: &Path) -> anyhow::Result<()> {
+        let mut server = self.server.command("python3");
+        server
+            .args(["-m", "http.server", "80", "--bind", "::", "--directory"])
+            .arg(dir);
+        self.start("http server", &mut server, log)?;
+        self.server.wait_listening(80, Duration::from_secs(10))
+    }
+}
+
+/// Where the daemon `label` ("gateway", "converter", ...) started with logs in `dir`
+/// writes them: `dir/<label>.log`.
+pub fn log_path(dir: &Path, label: &str) -> PathBuf {
+    dir.join(format!("{label}.log"))
+}
+
+/// What the daemon `label` ("gateway", "converter", ...) started with logs in `dir`
+/// has logged so far; nothing if it was never started.
+pub fn daemon_log(dir: &Path, label: &str) -> String {
+    std::fs::read_to_string(log_path(dir, label)).unwrap_or_default()
+}
+
+/// Waits until the log file at `path` has a line containing `text`.
+pub fn wait_for_line(path: &Path, text: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.contains(text) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "{} has no line {text:?} after {timeout:?}; it says:\n{log}",
+                path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
