@@ -64,8 +64,15 @@ fn cargo_fuzz(args: &[&str]) -> Command {
     command
 }
 
-/// Starts building every fuzz target in the background: the sanitizer build of
-/// mptcp-user and the targets, minutes of CPU. Its output goes to
+/// The test suite's fuzz targets are built without optimisation (`cargo fuzz --dev`):
+/// the sanitizer build of mptcp-user and its dependencies is the suite's longest build,
+/// and unoptimised it takes far less CPU; 20 s of an unoptimised target still run its
+/// seeds and hundreds of thousands of inputs. `cargo xtask fuzz`, which
+/// fuzzes for longer, builds them optimised.
+const SUITE_PROFILE: &str = "--dev";
+
+/// Starts building every fuzz target for the test suite in the background: the
+/// sanitizer build of mptcp-user and the targets, minutes of CPU. Its output goes to
 /// target/fuzz-build.log.
 pub fn start_build() -> anyhow::Result<cmd::Background> {
     let log = cmd::workspace_root().join("target/fuzz-build.log");
@@ -73,7 +80,7 @@ pub fn start_build() -> anyhow::Result<cmd::Background> {
         "fuzz: building the targets in the background ({})",
         log.display()
     );
-    cmd::Background::start(&mut cargo_fuzz(&["build"]), log)
+    cmd::Background::start(&mut cargo_fuzz(&["build", SUITE_PROFILE]), log)
 }
 
 /// Fuzzes every target for `seconds`, all at once (each takes a core), once built
@@ -88,7 +95,7 @@ pub fn all_at_once(seconds: u64) -> anyhow::Result<()> {
                 .join("target")
                 .join(format!("fuzz-{target}.log"));
             eprintln!("fuzz: {target} for {seconds} s ({})", log.display());
-            let mut run = cargo_fuzz(&["run", target]);
+            let mut run = cargo_fuzz(&["run", SUITE_PROFILE, target]);
             run.arg(corpus)
                 .args(["--", &format!("-max_total_time={seconds}")]);
             Ok((target, cmd::Background::start(&mut run, log)?))
