@@ -15,8 +15,9 @@
 //!
 //! The fuzz targets' sanitizer build is minutes of CPU. It runs in the background from
 //! the start, on what the foreground leaves (the builds' serial stretches, the waiting
-//! end-to-end tests), is paused while the unit tests run and must be done before the
-//! timed pass; the targets then run side by side, a core each.
+//! end-to-end tests), and is paused while the unit tests run; the targets then run
+//! side by side, a core each, beside the untimed pass, and are done before the timed
+//! pass starts.
 
 use std::process::Command;
 
@@ -96,18 +97,29 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             .env("MPTCP_USER_DEB", &package);
         cmd::run(&mut nextest)
     };
-    end_to_end(UNTIMED_PASS)?;
-    if let Some(fuzz_build) = fuzz_build {
-        eprintln!("fuzz: waiting for the targets' build to end before the timed tests");
-        fuzz_build
-            .wait()
-            .context("building the fuzz targets failed")?;
-    }
-    end_to_end(TIMED_PASS)?;
-    if whole_suite {
-        fuzz::all_at_once(SHORT_FUZZ_SECONDS)?;
-    }
-    Ok(())
+    // The fuzz targets run beside the untimed tests, which mostly wait, and are done
+    // before the timed ones start.
+    std::thread::scope(|scope| {
+        let fuzzing = fuzz_build.map(|fuzz_build| {
+            scope.spawn(move || {
+                fuzz_build
+                    .wait()
+                    .context("building the fuzz targets failed")?;
+                fuzz::all_at_once(SHORT_FUZZ_SECONDS)
+            })
+        });
+        let untimed = end_to_end(UNTIMED_PASS);
+        if fuzzing.is_some() {
+            eprintln!("fuzz: waiting for the fuzz targets before the timed tests");
+        }
+        let fuzzed = fuzzing.map_or(Ok(()), |fuzzing| {
+            fuzzing
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        untimed.and(fuzzed)
+    })?;
+    end_to_end(TIMED_PASS)
 }
 
 /// `cargo nextest run` on the tests of `pass`, those whose name contains `filter` if
