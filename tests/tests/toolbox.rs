@@ -103,6 +103,18 @@ fn speedtest_measures_each_uplink_and_their_sum() {
     );
 }
 
+/// A TCP download from the server to the LAN host, `seconds` long.
+fn download(testbed: &Testbed, seconds: Duration) -> anyhow::Result<measure::Download> {
+    measure::download(
+        &testbed.client,
+        &testbed.server,
+        format!("{SERVER}:5001").parse().unwrap(),
+        Transport::Tcp,
+        None,
+        seconds,
+    )
+}
+
 /// `GET /metrics` from inside `netns`.
 fn scrape(netns: &mptcp_tests::netns::Netns, address: &'static str) -> String {
     metrics::scrape(netns, address).unwrap()
@@ -126,16 +138,7 @@ fn metrics_count_flows_bytes_and_uplinks_during_a_download() {
         scrape(&testbed.converter, CONVERTER_METRICS),
     );
     let download = std::thread::scope(|scope| {
-        let running = scope.spawn(|| {
-            measure::download(
-                &testbed.client,
-                &testbed.server,
-                format!("{SERVER}:5001").parse().unwrap(),
-                Transport::Tcp,
-                None,
-                Duration::from_secs(4),
-            )
-        });
+        let running = scope.spawn(|| download(&testbed, Duration::from_secs(4)));
         std::thread::sleep(Duration::from_secs(2));
         let during = (
             scrape(&testbed.gateway, GATEWAY_METRICS),
@@ -226,16 +229,7 @@ fn flows_of_direct_mode_are_counted_as_direct_not_as_the_converters() {
         )
         .unwrap();
     let during = std::thread::scope(|scope| {
-        let running = scope.spawn(|| {
-            measure::download(
-                &testbed.client,
-                &testbed.server,
-                format!("{SERVER}:5001").parse().unwrap(),
-                Transport::Tcp,
-                None,
-                Duration::from_secs(3),
-            )
-        });
+        let running = scope.spawn(|| download(&testbed, Duration::from_secs(3)));
         let live = r#"mptcp_gateway_live_flows{taken="lan",carried="direct"}"#;
         let during = std::cell::RefCell::new(String::new());
         wait_until(
