@@ -44,13 +44,17 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
 
 /// Fuzzes `target` for `seconds` (building it first if need be).
 pub fn fuzz(target: &str, seconds: u64) -> anyhow::Result<()> {
-    let corpus = cmd::workspace_root().join("fuzz/corpus").join(target);
     eprintln!("fuzz: {target} for {seconds} s");
-    cmd::run(
-        cargo_fuzz(&["run", target])
-            .arg(corpus)
-            .args(["--", &format!("-max_total_time={seconds}")]),
-    )
+    cmd::run(&mut fuzz_command(&[], target, seconds))
+}
+
+/// `cargo fuzz run OPTIONS` of `target` on its seed corpus for `seconds`.
+fn fuzz_command(options: &[&str], target: &str, seconds: u64) -> Command {
+    let mut run = cargo_fuzz(&["run"]);
+    run.args(options).arg(target);
+    run.arg(cmd::workspace_root().join("fuzz/corpus").join(target))
+        .args(["--", &format!("-max_total_time={seconds}")]);
+    run
 }
 
 /// `cargo fuzz ARGS` in fuzz/, allowed the nightly flags it passes.
@@ -100,15 +104,13 @@ pub fn all_at_once(seconds: u64) -> anyhow::Result<()> {
     let runs = TARGETS
         .iter()
         .map(|&target| {
-            let corpus = cmd::workspace_root().join("fuzz/corpus").join(target);
             let log = cmd::workspace_root()
                 .join("target")
                 .join(format!("fuzz-{target}.log"));
             eprintln!("fuzz: {target} for {seconds} s ({})", log.display());
-            let mut run = cargo_fuzz(&["run", SUITE_PROFILE, target]);
-            run.arg(corpus)
-                .args(["--", &format!("-max_total_time={seconds}")]);
-            Ok((target, cmd::Background::start(&mut run, log)?))
+            let run =
+                cmd::Background::start(&mut fuzz_command(&[SUITE_PROFILE], target, seconds), log)?;
+            Ok((target, run))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     for (target, run) in runs {

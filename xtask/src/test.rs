@@ -67,7 +67,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
 
     cmd::run(cmd::cargo().arg("test").args(PACKAGES).arg("--no-run"))?;
     if let Some(fuzz_build) = &fuzz_build {
-        fuzz_build.pause()?;
+        fuzz_build.pause();
     }
     cmd::run(&mut nextest(UNIT_PASS, filter))?;
     // nextest runs no doc tests.
@@ -79,7 +79,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             .args(filter),
     )?;
     if let Some(fuzz_build) = &fuzz_build {
-        fuzz_build.resume()?;
+        fuzz_build.resume();
     }
     if options.unit {
         return Ok(());
