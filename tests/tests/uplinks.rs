@@ -234,7 +234,16 @@ fn a_killed_gateways_uplinks_are_replaced_by_the_next_one() {
         .start_gateway(dir.path(), &["--config", config.to_str().unwrap()])
         .unwrap();
     let (rules, endpoints) = installed(&testbed);
-    assert_eq!(rules.matches("lookup 15125").count(), 1, "{rules}");
+    assert_eq!(
+        rules.matches("from 10.0.1.1 lookup 15125").count(),
+        1,
+        "{rules}"
+    );
+    assert_eq!(
+        rules.matches("suppress_prefixlength 0").count(),
+        1,
+        "{rules}"
+    );
     assert_eq!(endpoints.matches("10.0.1.1").count(), 1, "{endpoints}");
 }
 

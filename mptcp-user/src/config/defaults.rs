@@ -20,6 +20,10 @@ pub const POOL_SIZE: usize = 4;
 pub const INTERCEPT_MARK: u32 = 0x4d50;
 /// `intercept-table`: the routing table of their local-delivery route.
 pub const INTERCEPT_TABLE: u32 = 15124;
+/// `steer-unconverted`: what is not converted follows the uplinks' health.
+pub const STEER_UNCONVERTED: bool = true;
+/// `state-dir`: what must survive a restart.
+pub const STATE_DIR: &str = "/var/lib/mptcp-gateway";
 /// `connect-timeout`, seconds: opening the upstream connection (gateway) or the
 /// destination's (converter).
 pub const CONNECT_TIMEOUT_S: u64 = 10;
@@ -105,6 +109,12 @@ pub fn shown() -> Vec<Shown> {
         (Table::Gateway, "pin-path", quoted(PIN_PATH)),
         (Table::Gateway, "quic-fallback", QUIC_FALLBACK.to_string()),
         (Table::Gateway, "pool-size", POOL_SIZE.to_string()),
+        (
+            Table::Gateway,
+            "steer-unconverted",
+            STEER_UNCONVERTED.to_string(),
+        ),
+        (Table::Gateway, "state-dir", quoted(STATE_DIR)),
         (
             Table::Gateway,
             "intercept-mark",

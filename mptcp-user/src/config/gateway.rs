@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::bail;
 use clap::Args;
 use ipnet::IpNet;
+use mptcp_ebpf_common::selection::quic_mark;
 use serde::Deserialize;
 
 use super::{
@@ -77,11 +78,24 @@ pub struct GatewayOptions {
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
 
-    /// An uplink (repeatable): IFACE[,next-hop=ADDR][,backup]. In a file:
-    /// [[gateway.uplink]] with interface, next-hop and backup.
+    /// An uplink (repeatable):
+    /// IFACE[,next-hop=ADDR][,backup|,metered][,allowance=SIZE][,allowance-period=month|day].
+    /// In a file: [[gateway.uplink]] with interface, next-hop, role (primary, backup or
+    /// metered), allowance (a metered line's bytes per period, e.g. "20GB") and
+    /// allowance-period (month or day).
     #[arg(long = "uplink", value_name = "UPLINK")]
     #[serde(default, rename = "uplink")]
     pub uplinks: Vec<UplinkConfig>,
+
+    /// Steer what the gateway does not convert (DNS, UDP, TCP it does not intercept, this
+    /// host's own traffic) to the best working uplink, and move it when that uplink dies
+    /// (with configured uplinks); `false` leaves it to the main routing table.
+    #[arg(long, value_name = "BOOL")]
+    pub steer_unconverted: Option<bool>,
+
+    /// Directory of what must survive a restart: the metered uplinks' usage.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 
     /// fwmark of the policy route that delivers intercepted LAN packets locally.
     #[arg(long, alias = "steer-mark", value_name = "MARK", value_parser = parse_mark)]
@@ -162,6 +176,20 @@ impl GatewayOptions {
             }
         };
         uplinks::check_unique(&self.uplinks)?;
+        let steer_unconverted = self
+            .steer_unconverted
+            .unwrap_or(defaults::STEER_UNCONVERTED);
+        let mark = self.intercept_mark.unwrap_or(defaults::INTERCEPT_MARK);
+        if steer_unconverted
+            && !self.uplinks.is_empty()
+            && (mark | quic_mark(mark)) & uplinks::MARK_MASK != 0
+        {
+            bail!(
+                "intercept-mark {mark:#x} shares bits with the marks of the uplinks \
+                 ({:#x}); choose another, or steer-unconverted = false",
+                uplinks::MARK_MASK
+            );
+        }
         Ok(GatewayConfig {
             listen: self.listen.unwrap_or(defaults::GATEWAY_LISTEN),
             upstream,
@@ -176,13 +204,17 @@ impl GatewayOptions {
                 exclude: self.exclude,
                 ports: self.ports,
                 quic_fallback: self.quic_fallback.unwrap_or(defaults::QUIC_FALLBACK),
-                mark: self.intercept_mark.unwrap_or(defaults::INTERCEPT_MARK),
+                mark,
                 table: self.intercept_table.unwrap_or(defaults::INTERCEPT_TABLE),
                 pin_path: self
                     .pin_path
                     .unwrap_or_else(|| PathBuf::from(defaults::PIN_PATH)),
             },
             uplinks: self.uplinks,
+            steer_unconverted,
+            state_dir: self
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from(defaults::STATE_DIR)),
             tuning: self.tuning.into_config(),
             pool_size: self.pool_size.unwrap_or(defaults::POOL_SIZE),
             metrics: self.metrics,

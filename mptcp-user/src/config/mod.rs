@@ -215,7 +215,12 @@ mod tests {
         let gateway = ConfigFile::load(&root.join("gateway.toml")).unwrap();
         let config = gateway.gateway.unwrap().into_config().unwrap();
         assert_eq!(config.uplinks.len(), 2);
-        assert!(config.uplinks[1].backup);
+        let lte = &config.uplinks[1];
+        assert_eq!(lte.role, crate::gateway::uplinks::Role::Metered);
+        assert_eq!(
+            lte.allowance.map(|allowance| allowance.bytes),
+            Some(20_000_000_000)
+        );
         let converter = ConfigFile::load(&root.join("converter.toml")).unwrap();
         converter.converter.unwrap().into_config().unwrap();
     }

@@ -21,7 +21,7 @@ use serde::Serialize;
 use super::{
     cgroups,
     selection::{Action, QuicFallback, Selection},
-    uplinks::{self, UplinkStatus},
+    uplinks::{self, Traffic, UplinkStatus},
 };
 use crate::{bpf::open_pinned, net::addr, sys};
 
@@ -281,38 +281,41 @@ pub fn print_uplinks(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "{:<12} {:<16} {:<16} {:<14} {:>8} {:>9} {:>8} {:>6} {:>14} {:>14}",
+        "{:<12} {:<16} {:<16} {:<8} {:<14} {:>8} {:>9} {:>8} {:>6} {:>14} {:>14}  CARRIES",
         "UPLINK",
         "ADDRESS",
         "NEXT HOP",
+        "ROLE",
         "STATE",
         "FOR s",
         "RTT ms",
         "SUBFLOWS",
         "DIRECT",
         "UP bytes",
-        "DOWN bytes"
+        "DOWN bytes",
     )?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .map_or(0, |since| since.as_secs());
+    let mut carried = Vec::new();
     for row in &rows {
         let status = &row.status;
         let text = |address: Option<std::net::Ipv4Addr>| {
             address.map_or_else(|| "-".to_owned(), |address| address.to_string())
         };
-        let state = if status.backup {
-            format!("{} (backup)", status.health)
-        } else {
-            status.health.to_string()
-        };
+        let traffic_names: Vec<&str> = status
+            .carries
+            .iter()
+            .map(|traffic| traffic.name())
+            .collect();
         writeln!(
             out,
-            "{:<12} {:<16} {:<16} {:<14} {:>8} {:>9} {:>8} {:>6} {:>14} {:>14}",
+            "{:<12} {:<16} {:<16} {:<8} {:<14} {:>8} {:>9} {:>8} {:>6} {:>14} {:>14}  {}",
             status.interface,
             text(status.address),
             text(status.next_hop),
-            state,
+            status.role,
+            status.health,
             now.saturating_sub(status.since_unix_s),
             status
                 .rtt_ms
@@ -320,13 +323,53 @@ pub fn print_uplinks(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
             row.subflows,
             row.direct_flows,
             row.bytes_up,
-            row.bytes_down
+            row.bytes_down,
+            if traffic_names.is_empty() {
+                "-".to_owned()
+            } else {
+                traffic_names.join(",")
+            }
         )?;
+        if let Some(used) = status.usage_bytes {
+            match status.allowance_bytes {
+                Some(allowance) => writeln!(
+                    out,
+                    "  used {} of its allowance of {}{}",
+                    megabytes(used),
+                    megabytes(allowance),
+                    if used >= allowance { ": spent" } else { "" }
+                )?,
+                None => writeln!(out, "  used {} this month", megabytes(used))?,
+            }
+        }
         if let Some(reason) = &status.reason {
             writeln!(out, "  {reason}")?;
         }
+        for (traffic, since) in [
+            (Traffic::Default, status.default_since_unix_s),
+            (Traffic::Udp, status.udp_since_unix_s),
+        ] {
+            if let Some(since) = since {
+                carried.push(format!(
+                    "{} by {} for {} s",
+                    traffic.route(),
+                    status.interface,
+                    now.saturating_sub(since)
+                ));
+            }
+        }
+    }
+    if !carried.is_empty() {
+        writeln!(out, "not converted: {}", carried.join("; "))?;
     }
     Ok(())
+}
+
+/// Bytes in megabytes, as operators bill them.
+fn megabytes(bytes: u64) -> String {
+    #[allow(clippy::cast_precision_loss)]
+    let megabytes = bytes as f64 / 1e6;
+    format!("{megabytes:.1} MB")
 }
 
 fn endpoint_text(endpoint: Endpoint) -> String {

@@ -77,6 +77,10 @@ pub struct GatewayConfig {
     pub interception: InterceptionConfig,
     /// The uplinks; none: the host's own MPTCP endpoints and routes, as they are.
     pub uplinks: Vec<UplinkConfig>,
+    /// Whether what is not converted follows the uplinks' health.
+    pub steer_unconverted: bool,
+    /// Where what must survive a restart is kept.
+    pub state_dir: PathBuf,
     /// Congestion control and buffers of the MPTCP connections and subflows.
     pub tuning: TuningConfig,
     /// Most warm connections to the converter (0: none).
@@ -167,6 +171,8 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
             first_table: config.interception.table + 1,
             converters: Arc::clone(&converters),
             status_file: uplinks::status_path(&config.interception.pin_path),
+            steer: config.steer_unconverted,
+            state_dir: config.state_dir.clone(),
         })?;
         let listener = socket::listen(config.listen, false, true)
             .with_context(|| format!("failed to listen on {} (transparent)", config.listen))?;

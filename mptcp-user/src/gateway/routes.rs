@@ -6,6 +6,10 @@
 //!   default table TABLE-1`, so the kernel answers such a packet with ICMP
 //!   "administratively prohibited" and the browser falls back to TCP at once.
 //!
+//! Each rule's priority is its table's number: ahead of the uplinks' rules (the tables
+//! after these), so that an intercepted packet is delivered here before anything could
+//! route it out.
+//!
 //! The LAN program marks a packet only when it assigned it to one of our sockets or
 //! turns QUIC away, so when the daemon is gone (and its tcx links with it) nothing is
 //! marked and these routes are harmless; they are still removed on a clean exit.
@@ -37,10 +41,10 @@ impl LocalDelivery {
             let netlink = Netlink::connect()?;
             netlink.delete_rules(ours).await?;
             netlink.set_local_delivery(table).await?;
-            netlink.add_mark_rules(mark, table).await?;
+            netlink.add_mark_rules(mark, table, table).await?;
             netlink.set_prohibited(quic_table(table)).await?;
             netlink
-                .add_mark_rules(quic_mark(mark), quic_table(table))
+                .add_mark_rules(quic_mark(mark), quic_table(table), quic_table(table))
                 .await
         })?;
         debug!(

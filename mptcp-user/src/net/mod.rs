@@ -2,8 +2,10 @@
 //! accept loop.
 
 pub mod addr;
+pub mod conntrack;
 pub mod mptcp_pm;
 pub mod netlink;
+pub mod nft;
 pub mod relay;
 pub mod server;
 pub mod socket;

@@ -15,9 +15,9 @@ use futures::TryStreamExt as _;
 use rtnetlink::{
     Handle, IpVersion, RouteMessageBuilder,
     packet_route::{
-        AddressFamily,
+        AddressFamily, IpProtocol,
         address::{AddressAttribute, AddressScope},
-        link::{LinkAttribute, LinkMessage},
+        link::{LinkAttribute, LinkFlags, LinkMessage},
         route::{
             RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
             RouteType,
@@ -34,6 +34,23 @@ const PROTOCOL: u8 = 77;
 const EEXIST: i32 = 17;
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
+
+/// An IPv4 routing rule: `ip rule add priority PRIORITY [fwmark MARK/MASK]
+/// [ipproto udp] lookup TABLE [suppress_prefixlength 0]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Where it sits among the rules; lower first.
+    pub priority: u32,
+    /// The table it looks up.
+    pub table: u32,
+    /// Only packets with this mark in the mask's bits.
+    pub mark: Option<(u32, u32)>,
+    /// Only UDP.
+    pub udp_only: bool,
+    /// The table's default routes do not count (`suppress_prefixlength 0`): only its
+    /// more specific routes decide.
+    pub no_default_routes: bool,
+}
 
 /// A connection to rtnetlink and to the MPTCP path manager.
 pub struct Netlink {
@@ -95,6 +112,18 @@ impl Netlink {
     /// The index of interface `name`, `None` when there is none.
     pub async fn link_index(&self, name: &str) -> anyhow::Result<Option<u32>> {
         Ok(self.link(name).await?.map(|link| link.header.index))
+    }
+
+    /// The index of interface `name` and whether it is up and has a carrier; `None`
+    /// when there is no such interface.
+    pub async fn link_state(&self, name: &str) -> anyhow::Result<Option<(u32, bool)>> {
+        Ok(self.link(name).await?.map(|link| {
+            let flags = link.header.flags;
+            (
+                link.header.index,
+                flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::Running),
+            )
+        }))
     }
 
     /// The bytes interface `name` has received and sent (`None`: no such interface).
@@ -327,8 +356,8 @@ impl Netlink {
         }
     }
 
-    /// `ip rule add fwmark MARK lookup TABLE`, IPv4 and IPv6.
-    pub async fn add_mark_rules(&self, mark: u32, table: u32) -> anyhow::Result<()> {
+    /// `ip rule add priority PRIORITY fwmark MARK lookup TABLE`, IPv4 and IPv6.
+    pub async fn add_mark_rules(&self, mark: u32, table: u32, priority: u32) -> anyhow::Result<()> {
         for version in [IpVersion::V4, IpVersion::V6] {
             let request = self
                 .route
@@ -336,6 +365,7 @@ impl Netlink {
                 .add()
                 .fw_mark(mark)
                 .table_id(table)
+                .priority(priority)
                 .action(RuleAction::ToTable);
             let result = match version {
                 IpVersion::V4 => {
@@ -363,8 +393,43 @@ impl Netlink {
         Ok(())
     }
 
+    /// Adds an IPv4 rule of ours, as [`Rule`] describes it; an identical rule is left
+    /// as it is.
+    pub async fn add_rule(&self, rule: &Rule) -> anyhow::Result<()> {
+        let mut request = self
+            .route
+            .rule()
+            .add()
+            .table_id(rule.table)
+            .priority(rule.priority)
+            .action(RuleAction::ToTable)
+            .v4();
+        let attributes = &mut request.message_mut().attributes;
+        attributes.push(RuleAttribute::Protocol(RouteProtocol::from(PROTOCOL)));
+        if let Some((mark, mask)) = rule.mark {
+            attributes.push(RuleAttribute::FwMark(mark));
+            attributes.push(RuleAttribute::FwMask(mask));
+        }
+        if rule.udp_only {
+            attributes.push(RuleAttribute::IpProtocol(IpProtocol::Udp));
+        }
+        if rule.no_default_routes {
+            attributes.push(RuleAttribute::SuppressPrefixLen(0));
+        }
+        match request.execute().await {
+            Err(error) if errno(&error) == Some(EEXIST) => Ok(()),
+            result => result.with_context(|| format!("cannot add the rule {rule:?}")),
+        }
+    }
+
     /// Deletes our rules (by protocol tag) whose table `tables` accepts, both families.
     pub async fn delete_rules(&self, tables: impl Fn(u32) -> bool) -> anyhow::Result<()> {
+        self.delete_rules_where(|table, _| tables(table)).await
+    }
+
+    /// Deletes our rules (by protocol tag) for which `ours(table, priority)` holds, both
+    /// families.
+    pub async fn delete_rules_where(&self, ours: impl Fn(u32, u32) -> bool) -> anyhow::Result<()> {
         for version in [IpVersion::V4, IpVersion::V6] {
             let rules: Vec<RuleMessage> = self
                 .route
@@ -375,7 +440,9 @@ impl Netlink {
                 .await
                 .context("cannot list rules")?;
             for rule in rules {
-                if rule_protocol(&rule) != PROTOCOL || !tables(rule_table(&rule)) {
+                if rule_protocol(&rule) != PROTOCOL
+                    || !ours(rule_table(&rule), rule_priority(&rule))
+                {
                     continue;
                 }
                 match self.route.rule().del(rule).execute().await {
@@ -434,6 +501,16 @@ fn rule_table(rule: &RuleMessage) -> u32 {
             _ => None,
         })
         .unwrap_or(u32::from(rule.header.table))
+}
+
+fn rule_priority(rule: &RuleMessage) -> u32 {
+    rule.attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RuleAttribute::Priority(priority) => Some(*priority),
+            _ => None,
+        })
+        .unwrap_or(0)
 }
 
 fn rule_protocol(rule: &RuleMessage) -> u8 {

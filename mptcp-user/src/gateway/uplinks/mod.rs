@@ -13,17 +13,27 @@
 //! from, healthy uplinks first ([`UplinkTable::attempts`]), and tells the gateway's
 //! [`Converters`] which converter the uplinks reach.
 //!
+//! With configured uplinks it also steers what the gateway does not convert (DNS, UDP,
+//! TCP it does not intercept, the host's own traffic) to the best working uplink, and
+//! moves it when that uplink dies ([`steer`], [`choice`]).
+//!
 //! - [`config`]: an uplink as configured.
 //! - [`status`]: each uplink's health, and the status file the commands read.
 //! - [`ranking`]: where new flows start.
 //! - [`setup`]: routes, rules and MPTCP endpoints through netlink.
 //! - [`probe`]: the handshake that tells an uplink's health.
+//! - [`choice`]: which uplink carries what is not converted.
+//! - [`steer`]: the rules, routes, marks and conntrack deletions that carry it there.
+//! - [`usage`]: what the metered uplinks have carried.
 
+mod choice;
 mod config;
 mod probe;
 mod ranking;
 mod setup;
 mod status;
+mod steer;
+mod usage;
 
 use std::{
     path::PathBuf,
@@ -35,12 +45,16 @@ use anyhow::Context as _;
 use log::warn;
 use tokio::sync::watch;
 
-pub use config::{UplinkConfig, check_unique};
+pub use choice::{HOLD_DOWN, Traffic};
+pub use config::{Allowance, Period, Role, UplinkConfig, check_unique, parse_bytes};
 pub use probe::PROBE_INTERVAL;
 pub use ranking::UplinkTable;
 use setup::Uplinks;
 use status::write_status;
 pub use status::{Health, UplinkStatus, read_status, status_path};
+pub use steer::MARK_MASK;
+use steer::{Layout, Steering};
+use usage::Usage;
 
 use super::converters::Converters;
 use crate::net::netlink::Netlink;
@@ -66,6 +80,11 @@ pub struct ManagerConfig {
     pub converters: Arc<Converters>,
     /// Where the status is written for `mptcp-user uplinks` ([`status_path`]).
     pub status_file: PathBuf,
+    /// Whether to steer what is not converted by the uplinks' health (with configured
+    /// uplinks only).
+    pub steer: bool,
+    /// Where the metered uplinks' usage is kept.
+    pub state_dir: PathBuf,
 }
 
 impl UplinkManager {
@@ -135,7 +154,20 @@ async fn manage(
         }
     };
     let mut uplinks = Uplinks::new(&config);
-    if let Err(error) = uplinks.set_up(&netlink).await {
+    let mut steering = None;
+    let set_up = async {
+        uplinks.set_up(&netlink).await?;
+        if config.steer && !config.uplinks.is_empty() {
+            let usage = Usage::load(&config.state_dir, &config.uplinks);
+            let layout = Layout::new(config.first_table);
+            steering = Some(Steering::install(&netlink, layout, &config.uplinks, usage).await?);
+        }
+        anyhow::Ok(())
+    };
+    if let Err(error) = set_up.await {
+        if let Some(steering) = &mut steering {
+            steering.remove(&netlink).await;
+        }
         uplinks.remove(&netlink).await;
         let _ = started.send(Err(error));
         return;
@@ -172,7 +204,16 @@ async fn manage(
             let failed = uplinks.status.iter().any(|uplink| uplink.health.failed());
             converters.note_probes(reached(&uplinks.status), failed);
         }
+        if let Some(steering) = &mut steering {
+            let routes = uplinks.routes();
+            steering
+                .update(&netlink, &mut uplinks.status, &routes)
+                .await;
+        }
         write_status(&config.status_file, &uplinks.status);
+    }
+    if let Some(steering) = &mut steering {
+        steering.remove(&netlink).await;
     }
     uplinks.remove(&netlink).await;
     let _ = std::fs::remove_file(&config.status_file);

@@ -3,7 +3,7 @@
 
 use std::{net::IpAddr, sync::Mutex, time::Duration};
 
-use super::{Health, UplinkStatus};
+use super::{Health, Role, UplinkStatus};
 use crate::{lock, net::socket::Attempt};
 
 /// The shortest head start a new flow's first attempt gets before the next uplink is
@@ -66,7 +66,8 @@ impl UplinkTable {
 
 /// The order in which uplinks are tried; lower first.
 fn rank(uplink: &UplinkStatus) -> u8 {
-    match (uplink.health, uplink.backup) {
+    // Metered lines wait like backups: their bytes cost.
+    match (uplink.health, uplink.role != Role::Primary) {
         (Health::Up, false) => 0,
         // The line works; only the converter does not answer on it.
         (Health::Unknown | Health::NoConverter, false) => 1,
@@ -91,7 +92,11 @@ mod tests {
             address: Some(address.parse().unwrap()),
             health,
             rtt_ms: Some(rtt),
-            ..UplinkStatus::new("x", backup, endpoint)
+            ..UplinkStatus::new(
+                "x",
+                if backup { Role::Backup } else { Role::Primary },
+                endpoint,
+            )
         }
     }
 

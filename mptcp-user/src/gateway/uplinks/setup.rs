@@ -8,14 +8,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use anyhow::bail;
 use log::{debug, info, warn};
 
-use super::{Health, ManagerConfig, UplinkConfig, UplinkStatus, probe::probe};
+use super::{Health, ManagerConfig, Role, UplinkConfig, UplinkStatus, probe::probe, steer::Route};
 use crate::net::{
     mptcp_pm::{self, FLAG_BACKUP, FLAG_SUBFLOW, Limits},
     netlink::Netlink,
 };
 
 /// Most uplinks: the path manager's limit on subflows.
-const MAX_UPLINKS: u32 = mptcp_pm::MAX_LIMIT;
+pub(super) const MAX_UPLINKS: u32 = mptcp_pm::MAX_LIMIT;
 
 /// What was installed for one configured uplink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +44,7 @@ impl Uplinks {
             status: config
                 .uplinks
                 .iter()
-                .map(|uplink| UplinkStatus::new(&uplink.interface, uplink.backup, true))
+                .map(|uplink| UplinkStatus::new(&uplink.interface, uplink.role, true))
                 .collect(),
             previous_limits: None,
         }
@@ -95,9 +95,14 @@ impl Uplinks {
         position: usize,
     ) -> anyhow::Result<Result<Installed, String>> {
         let uplink = &self.configured[position];
-        let Some(index) = netlink.link_index(&uplink.interface).await? else {
+        let Some((index, up)) = netlink.link_state(&uplink.interface).await? else {
             return Ok(Err(format!("interface {} is gone", uplink.interface)));
         };
+        // A link that went down took its routes with it; they are installed again
+        // when it comes back.
+        if !up {
+            return Ok(Err(format!("interface {} is down", uplink.interface)));
+        }
         let Some(address) = netlink.ipv4_addresses(index).await?.first().copied() else {
             return Ok(Err("no IPv4 address".to_owned()));
         };
@@ -155,7 +160,9 @@ impl Uplinks {
                 netlink.mptcp.delete_endpoint(endpoint.id).await?;
             }
         }
-        let flags = FLAG_SUBFLOW | if uplink.backup { FLAG_BACKUP } else { 0 };
+        // Metered lines carry subflows only when nothing else can, as backups do.
+        let backup = uplink.role != Role::Primary;
+        let flags = FLAG_SUBFLOW | if backup { FLAG_BACKUP } else { 0 };
         netlink
             .mptcp
             .add_endpoint(IpAddr::V4(wanted.address), wanted.index, flags)
@@ -167,7 +174,10 @@ impl Uplinks {
             wanted
                 .next_hop
                 .map_or_else(|| "the link".to_owned(), |next_hop| next_hop.to_string()),
-            if uplink.backup { ", backup" } else { "" }
+            match uplink.role {
+                Role::Primary => String::new(),
+                role => format!(", {role}"),
+            }
         );
         self.installed[position] = Some(wanted);
         let status = &mut self.status[position];
@@ -192,6 +202,14 @@ impl Uplinks {
             }
         }
         Ok(())
+    }
+
+    /// Where each configured uplink routes, when it is installed.
+    pub(super) fn routes(&self) -> Vec<Option<Route>> {
+        self.installed
+            .iter()
+            .map(|installed| installed.map(|installed| (installed.index, installed.next_hop)))
+            .collect()
     }
 
     /// Brings what is installed in line with the interfaces as they are now.
@@ -245,10 +263,16 @@ impl Uplinks {
                 .iter()
                 .find(|known| known.address == Some(address))
                 .cloned()
-                .unwrap_or_else(|| UplinkStatus::new(&interface, backup, endpoint));
+                .unwrap_or_else(|| {
+                    UplinkStatus::new(
+                        &interface,
+                        if backup { Role::Backup } else { Role::Primary },
+                        endpoint,
+                    )
+                });
             uplink.interface = interface;
             uplink.address = Some(address);
-            uplink.backup = backup;
+            uplink.role = if backup { Role::Backup } else { Role::Primary };
             uplink.endpoint = endpoint;
             status.push(uplink);
         }

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
 
+use super::{choice::Traffic, config::Role};
 use crate::sys;
 
 /// The file, beside the daemon's lock under /run, where the gateway that pins its maps
@@ -85,8 +86,8 @@ pub struct UplinkStatus {
     pub address: Option<Ipv4Addr>,
     /// The next hop its table routes through (none: a point-to-point link).
     pub next_hop: Option<Ipv4Addr>,
-    /// Used only when no regular uplink is up.
-    pub backup: bool,
+    /// What it is for.
+    pub role: Role,
     /// Whether the path manager opens subflows from it (an MPTCP `subflow` endpoint).
     pub endpoint: bool,
     /// The last probe's verdict.
@@ -97,20 +98,40 @@ pub struct UplinkStatus {
     pub rtt_ms: Option<f64>,
     /// Why it is down, when it is.
     pub reason: Option<String>,
+    /// What it carries of the traffic the gateway does not convert.
+    #[serde(default)]
+    pub carries: Vec<Traffic>,
+    /// Since when it carries the default route, in seconds since the Unix epoch.
+    #[serde(default)]
+    pub default_since_unix_s: Option<u64>,
+    /// Since when it carries UDP.
+    #[serde(default)]
+    pub udp_since_unix_s: Option<u64>,
+    /// A metered line's bytes in its allowance's period.
+    #[serde(default)]
+    pub usage_bytes: Option<u64>,
+    /// A metered line's allowance.
+    #[serde(default)]
+    pub allowance_bytes: Option<u64>,
 }
 
 impl UplinkStatus {
-    pub(super) fn new(interface: &str, backup: bool, endpoint: bool) -> Self {
+    pub(super) fn new(interface: &str, role: Role, endpoint: bool) -> Self {
         Self {
             interface: interface.to_owned(),
             address: None,
             next_hop: None,
-            backup,
+            role,
             endpoint,
             health: Health::Unknown,
             since_unix_s: unix_now(),
             rtt_ms: None,
             reason: None,
+            carries: Vec::new(),
+            default_since_unix_s: None,
+            udp_since_unix_s: None,
+            usage_bytes: None,
+            allowance_bytes: None,
         }
     }
 

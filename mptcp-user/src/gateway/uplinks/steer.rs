@@ -1,0 +1,412 @@
+//! Steering what the gateway does not convert (DNS, UDP, TCP it does not intercept, the
+//! host's own traffic) by the uplinks' health, as a multi-WAN router does, instead of
+//! leaving it to the main table's default route.
+//!
+//! What it installs, after the uplinks' source rules and before the main table:
+//!
+//! ```text
+//! 15133  lookup main suppress_prefixlength 0    the LAN and other specific routes
+//! 15134  fwmark 0x100000/0xf00000 lookup 15125  a flow stays on the uplink it left by
+//!        ... one per uplink
+//! 15135  ipproto udp lookup 15134              UDP: the chosen uplink (fastest)
+//! 15136  lookup 15133                          the rest: the chosen uplink (by order)
+//! ```
+//!
+//! (numbers for the default `intercept-table`), and an nftables table `inet
+//! mptcp_gateway` that marks each connection with the uplink it first left by, and
+//! each of its packets with that mark, so that a flow keeps its uplink (and its NAT)
+//! while the uplink lives. When an uplink goes down, the connections marked with it are
+//! deleted from conntrack: their next packet is routed and NATed anew, out of a live
+//! uplink. [`super::choice`] decides which uplink each table routes through.
+//!
+//! Nothing depends on the main table, which a DHCP client may rewrite at any time; and
+//! when the daemon is killed, what it leaves routes through the uplinks it chose, whose
+//! routes go with their links, after which the main table decides again. A new start
+//! replaces it.
+
+use std::{fmt::Write as _, net::Ipv4Addr, time::SystemTime};
+
+use log::{info, warn};
+use tokio::time::Instant;
+
+use super::{
+    Health, UplinkConfig, UplinkStatus,
+    choice::{Choice, Line, Reason, Switch, Traffic},
+    config::Role,
+    usage::Usage,
+};
+use crate::net::{
+    conntrack, mptcp_pm,
+    netlink::{Netlink, Rule},
+    nft,
+};
+
+/// The bits of the packet and connection marks that name an uplink: uplink `i`
+/// (0-based) is `(i + 1) << 20`.
+pub const MARK_MASK: u32 = 0x00f0_0000;
+
+/// The nftables table of the marks.
+const NFT_TABLE: &str = "mptcp_gateway";
+
+/// The mark of the uplink at `position`.
+fn mark(position: usize) -> u32 {
+    (u32::try_from(position).unwrap_or(0) + 1) << MARK_MASK.trailing_zeros()
+}
+
+/// The tables and rule priorities steering uses, after the uplinks' own.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Layout {
+    first_table: u32,
+}
+
+impl Layout {
+    pub(super) fn new(first_table: u32) -> Self {
+        Self { first_table }
+    }
+
+    /// The table of uplink `position` (its default route).
+    fn uplink_table(self, position: usize) -> u32 {
+        self.first_table + u32::try_from(position).unwrap_or(0)
+    }
+
+    /// The table whose default route carries `traffic`.
+    fn table(self, traffic: Traffic) -> u32 {
+        let after_uplinks = self.first_table + mptcp_pm::MAX_LIMIT;
+        match traffic {
+            Traffic::Default => after_uplinks,
+            Traffic::Udp => after_uplinks + 1,
+        }
+    }
+
+    /// The rules, in the order the kernel goes through them.
+    fn rules(self, uplinks: usize) -> Vec<Rule> {
+        let first = self.first_table + mptcp_pm::MAX_LIMIT;
+        let rule = |priority, table| Rule {
+            priority,
+            table,
+            mark: None,
+            udp_only: false,
+            no_default_routes: false,
+        };
+        let mut rules = vec![Rule {
+            no_default_routes: true,
+            ..rule(first, u32::from(libc::RT_TABLE_MAIN))
+        }];
+        for position in 0..uplinks {
+            rules.push(Rule {
+                mark: Some((mark(position), MARK_MASK)),
+                ..rule(first + 1, self.uplink_table(position))
+            });
+        }
+        rules.push(Rule {
+            udp_only: true,
+            ..rule(first + 2, self.table(Traffic::Udp))
+        });
+        rules.push(rule(first + 3, self.table(Traffic::Default)));
+        rules
+    }
+
+    /// Whether a rule of ours at `priority` is steering's.
+    fn is_steering_priority(self, priority: u32) -> bool {
+        let first = self.first_table + mptcp_pm::MAX_LIMIT;
+        (first..=first + 3).contains(&priority)
+    }
+
+    /// Whether `table` is one of steering's.
+    fn is_steering_table(self, table: u32) -> bool {
+        Traffic::ALL
+            .iter()
+            .any(|&traffic| self.table(traffic) == table)
+    }
+}
+
+/// The nftables ruleset that remembers, per connection, the uplink it left by.
+fn ruleset(interfaces: &[String]) -> String {
+    let keep = !MARK_MASK;
+    let mut remember = String::new();
+    let mut recall = String::new();
+    for (position, interface) in interfaces.iter().enumerate() {
+        let mark = mark(position);
+        let _ = writeln!(
+            remember,
+            "    ct mark & {MARK_MASK:#x} == 0 oifname \"{interface}\" \
+             ct mark set ct mark & {keep:#x} | {mark:#x}"
+        );
+        let _ = writeln!(
+            recall,
+            "    ct mark & {MARK_MASK:#x} == {mark:#x} meta mark set meta mark & {keep:#x} | {mark:#x}"
+        );
+    }
+    format!(
+        "table inet {NFT_TABLE} {{\n\
+         \x20 chain remember {{\n\
+         \x20   type filter hook postrouting priority mangle; policy accept;\n\
+         {remember}\
+         \x20 }}\n\
+         \x20 chain recall {{\n\
+         \x20   type filter hook prerouting priority mangle; policy accept;\n\
+         {recall}\
+         \x20 }}\n\
+         \x20 chain recall_local {{\n\
+         \x20   type route hook output priority mangle; policy accept;\n\
+         {recall}\
+         \x20 }}\n\
+         }}\n"
+    )
+}
+
+/// Where an uplink routes: its interface and next hop.
+pub(super) type Route = (u32, Option<Ipv4Addr>);
+
+/// Steering as installed, with the choice and the metered lines' usage.
+pub(super) struct Steering {
+    layout: Layout,
+    uplinks: Vec<UplinkConfig>,
+    choice: Choice,
+    /// What each traffic's table routes through now.
+    routed: [Option<Route>; 2],
+    /// Since when each traffic has its uplink, in seconds since the Unix epoch.
+    since: [Option<u64>; 2],
+    /// Whether each uplink was usable at the last round.
+    usable: Vec<bool>,
+    usage: Usage,
+}
+
+impl Steering {
+    /// Removes what a killed daemon left, then installs the marks and the rules; the
+    /// routes come with the first [`Self::update`].
+    pub(super) async fn install(
+        netlink: &Netlink,
+        layout: Layout,
+        uplinks: &[UplinkConfig],
+        usage: Usage,
+    ) -> anyhow::Result<Self> {
+        let steering = Self {
+            layout,
+            uplinks: uplinks.to_vec(),
+            choice: Choice::default(),
+            routed: [None; 2],
+            since: [None; 2],
+            usable: vec![false; uplinks.len()],
+            usage,
+        };
+        steering.clear(netlink).await?;
+        let interfaces: Vec<String> = uplinks
+            .iter()
+            .map(|uplink| uplink.interface.clone())
+            .collect();
+        nft::apply(&ruleset(&interfaces))?;
+        for rule in layout.rules(uplinks.len()) {
+            netlink.add_rule(&rule).await?;
+        }
+        Ok(steering)
+    }
+
+    /// Removes the rules, routes and marks of steering, ours or a killed daemon's.
+    async fn clear(&self, netlink: &Netlink) -> anyhow::Result<()> {
+        let layout = self.layout;
+        netlink
+            .delete_rules_where(|_, priority| layout.is_steering_priority(priority))
+            .await?;
+        netlink
+            .flush_tables(|table| layout.is_steering_table(table))
+            .await?;
+        nft::delete_table("inet", NFT_TABLE)
+    }
+
+    /// Removes what [`Self::install`] installed, and writes the usage down.
+    pub(super) async fn remove(&mut self, netlink: &Netlink) {
+        if let Err(error) = self.clear(netlink).await {
+            warn!("cannot remove the routes of unconverted traffic: {error:#}");
+        }
+        self.usage.save(true);
+    }
+
+    /// After a probe round: counts the metered lines' bytes, forgets the flows of
+    /// uplinks that went down, makes the choice and routes by it, and writes it all
+    /// into `status`. `routes[i]` is where uplink `i` routes, if it is installed.
+    pub(super) async fn update(
+        &mut self,
+        netlink: &Netlink,
+        status: &mut [UplinkStatus],
+        routes: &[Option<Route>],
+    ) {
+        let lines = self.lines(netlink, status, routes).await;
+        for (position, line) in lines.iter().enumerate() {
+            if self.usable[position] && !line.usable {
+                self.forget_flows(position, "it is down");
+            }
+            self.usable[position] = line.usable;
+        }
+        for switch in self.choice.update(&lines, Instant::now()) {
+            self.log(switch, &lines);
+            if switch.reason == Reason::Spent
+                && let Some(from) = switch.from
+            {
+                self.forget_flows(from, "its allowance is spent");
+            }
+            self.since[switch.traffic as usize] = Some(unix_now());
+        }
+        for traffic in Traffic::ALL {
+            let wanted = self
+                .choice
+                .chosen(traffic)
+                .and_then(|position| routes.get(position).copied().flatten());
+            if wanted.is_none() || wanted == self.routed[traffic as usize] {
+                continue;
+            }
+            let (index, next_hop) = wanted.unwrap_or_default();
+            match netlink
+                .set_default_route(self.layout.table(traffic), index, next_hop)
+                .await
+            {
+                Ok(()) => self.routed[traffic as usize] = wanted,
+                Err(error) => warn!("cannot route the {}: {error:#}", traffic.route()),
+            }
+        }
+        for (position, uplink) in status.iter_mut().enumerate() {
+            uplink.carries = Traffic::ALL
+                .into_iter()
+                .filter(|&traffic| self.choice.chosen(traffic) == Some(position))
+                .collect();
+            uplink.default_since_unix_s = self.since_if_carries(position, Traffic::Default);
+            uplink.udp_since_unix_s = self.since_if_carries(position, Traffic::Udp);
+        }
+        self.usage.save(false);
+    }
+
+    fn since_if_carries(&self, position: usize, traffic: Traffic) -> Option<u64> {
+        (self.choice.chosen(traffic) == Some(position))
+            .then_some(self.since[traffic as usize])
+            .flatten()
+    }
+
+    /// Each uplink as the choice sees it, the metered lines' usage counted on the way.
+    async fn lines(
+        &mut self,
+        netlink: &Netlink,
+        status: &mut [UplinkStatus],
+        routes: &[Option<Route>],
+    ) -> Vec<Line> {
+        let mut lines = Vec::with_capacity(self.uplinks.len());
+        for (position, uplink) in self.uplinks.iter().enumerate() {
+            let mut spent = false;
+            if uplink.role == Role::Metered {
+                match netlink.link_bytes(&uplink.interface).await {
+                    Ok(Some((bytes_in, bytes_out))) => self.usage.add(
+                        &uplink.interface,
+                        bytes_in + bytes_out,
+                        uplink
+                            .allowance
+                            .map(|allowance| allowance.period)
+                            .unwrap_or_default(),
+                        SystemTime::now(),
+                    ),
+                    Ok(None) => {}
+                    Err(error) => warn!("cannot count {}'s bytes: {error:#}", uplink.interface),
+                }
+                let used = self.usage.bytes(&uplink.interface);
+                let allowance = uplink.allowance.map(|allowance| allowance.bytes);
+                spent =
+                    matches!((used, allowance), (Some(used), Some(allowance)) if used >= allowance);
+                status[position].usage_bytes = used;
+                status[position].allowance_bytes = allowance;
+            }
+            lines.push(Line {
+                usable: routes.get(position).copied().flatten().is_some()
+                    && status[position].health != Health::Down,
+                role: uplink.role,
+                spent,
+                rtt_ms: status[position].rtt_ms,
+            });
+        }
+        lines
+    }
+
+    /// Deletes the conntrack entries of the flows that left by uplink `position`, so
+    /// that their next packet leaves by a live uplink, NATed anew.
+    fn forget_flows(&self, position: usize, why: &str) {
+        let interface = &self.uplinks[position].interface;
+        match conntrack::delete_marked(mark(position), MARK_MASK) {
+            Ok(()) => info!(
+                "uplink {interface}: {why}; its flows that were not converted move to \
+                 another uplink"
+            ),
+            Err(error) => warn!("uplink {interface}: {why}, but {error:#}"),
+        }
+    }
+
+    /// Logs a switch, once, with its reason.
+    fn log(&self, switch: Switch, lines: &[Line]) {
+        let name = |position: usize| self.uplinks[position].interface.as_str();
+        let route = switch.traffic.route();
+        let to = name(switch.to);
+        let Some(from) = switch.from.map(name) else {
+            info!("{route}: {to} (first choice)");
+            return;
+        };
+        let why = match switch.reason {
+            Reason::Start => "first choice".to_owned(),
+            Reason::Down if lines.iter().all(|line| !line.usable) => {
+                format!("{from} is down, and so is every other uplink")
+            }
+            Reason::Down => format!("{from} is down"),
+            Reason::Spent => format!("{from}'s allowance is spent"),
+            Reason::Back => format!(
+                "{to} has worked for {} s",
+                super::choice::HOLD_DOWN.as_secs()
+            ),
+        };
+        info!("{route}: {from} -> {to}: {why}");
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_come_after_the_uplinks_and_before_main() {
+        let layout = Layout::new(15125);
+        let rules = layout.rules(2);
+        assert!(
+            rules
+                .iter()
+                .all(|rule| rule.priority > 15125 + 7 && rule.priority < 32766)
+        );
+        assert!(
+            rules
+                .windows(2)
+                .all(|pair| pair[0].priority <= pair[1].priority)
+        );
+        // The LAN's routes first, then sticky flows, UDP, the rest.
+        assert!(rules[0].no_default_routes && rules[0].table == 254);
+        assert_eq!(rules[1].mark, Some((0x10_0000, MARK_MASK)));
+        assert_eq!(rules[2].mark, Some((0x20_0000, MARK_MASK)));
+        assert_eq!(rules[1].table, 15125);
+        assert!(rules[3].udp_only && rules[3].table == layout.table(Traffic::Udp));
+        assert_eq!(rules[4].table, layout.table(Traffic::Default));
+        for rule in &rules {
+            assert!(layout.is_steering_priority(rule.priority));
+        }
+        assert!(!layout.is_steering_priority(15125));
+        assert!(!layout.is_steering_table(15125 + 7));
+    }
+
+    #[test]
+    fn the_marks_name_each_uplink_within_the_mask() {
+        for position in 0..mptcp_pm::MAX_LIMIT as usize {
+            assert_eq!(mark(position) & !MARK_MASK, 0);
+            assert_ne!(mark(position), 0);
+        }
+        let script = ruleset(&["up1".to_owned(), "up2".to_owned()]);
+        assert!(script.contains("oifname \"up2\" ct mark set ct mark & 0xff0fffff | 0x200000"));
+        assert_eq!(script.matches("meta mark set").count(), 4, "{script}");
+    }
+}
