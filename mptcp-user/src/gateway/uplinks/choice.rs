@@ -148,21 +148,25 @@ impl Choice {
             self.working_since[index].is_some_and(|since| now.duration_since(since) >= HOLD_DOWN)
         };
         let current = self.chosen[traffic as usize].filter(|&index| index < lines.len());
+        // The first of the best rank in the configured order; for UDP, one of that
+        // rank with a clearly shorter round trip beats it (so that jitter between
+        // like lines picks nothing at random).
         let best = |allowed: &dyn Fn(usize) -> bool| {
-            (0..lines.len())
-                .filter(|&index| allowed(index))
-                .min_by(|&a, &b| {
-                    let (a_line, b_line) = (&lines[a], &lines[b]);
-                    let by_rank = a_line.rank().cmp(&b_line.rank());
-                    let by_rtt = match traffic {
-                        Traffic::Udp => a_line
-                            .rtt_ms
-                            .unwrap_or(f64::MAX)
-                            .total_cmp(&b_line.rtt_ms.unwrap_or(f64::MAX)),
-                        Traffic::Default => std::cmp::Ordering::Equal,
-                    };
-                    by_rank.then(by_rtt).then(a.cmp(&b))
-                })
+            let candidates = || (0..lines.len()).filter(|&index| allowed(index));
+            let first = candidates().min_by_key(|&index| (lines[index].rank(), index))?;
+            let fastest = candidates().min_by(|&a, &b| {
+                let rtt = |index: usize| lines[index].rtt_ms.unwrap_or(f64::MAX);
+                (lines[a].rank().cmp(&lines[b].rank()))
+                    .then(rtt(a).total_cmp(&rtt(b)))
+                    .then(a.cmp(&b))
+            })?;
+            Some(
+                if preferred(traffic, (fastest, &lines[fastest]), (first, &lines[first])) {
+                    fastest
+                } else {
+                    first
+                },
+            )
         };
         // A spent allowance is kept only while nothing else works.
         let keeps = |index: usize| {
@@ -251,6 +255,13 @@ mod tests {
         assert_eq!(choice.chosen(Traffic::Default), Some(0));
         assert_eq!(choice.chosen(Traffic::Udp), Some(1));
         assert!(switches.iter().all(|switch| switch.reason == Reason::Start));
+        // Lines alike but for jitter: the order decides, not the jitter.
+        let mut alike = Choice::default();
+        alike.update(
+            &[line(Role::Primary, 21.0), line(Role::Primary, 20.0)],
+            at(0),
+        );
+        assert_eq!(alike.chosen(Traffic::Udp), Some(0));
         // Nothing changes while nothing changes, round trips included.
         let faster = [lines[0], line(Role::Primary, 700.0), lines[2]];
         assert!(choice.update(&faster, at(2)).is_empty());

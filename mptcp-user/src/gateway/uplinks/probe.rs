@@ -17,8 +17,8 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a probe's handshake may take (one SYN retransmission included).
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// One MPTCP handshake with `target` from `address`: up (and how long it took), MPTCP
-/// blocked (it answered without MPTCP) or down.
+/// One MPTCP handshake with `target` from `address`: up, MPTCP blocked (it answered
+/// without MPTCP) or refused (each with how long it took), or down.
 pub(super) async fn probe(
     address: Ipv4Addr,
     target: SocketAddr,
@@ -41,9 +41,10 @@ pub(super) async fn probe(
                 _ => (Health::Up, Some(rtt), None),
             }
         }
+        // The refusal took a round trip too: the line's, which UDP's choice needs.
         Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => (
             Health::NoConverter,
-            None,
+            Some(started.elapsed()),
             Some(format!("the converter {target} refuses connections")),
         ),
         Ok(Err(error)) => (

@@ -222,8 +222,8 @@ impl Steering {
         self.usage.save(true);
     }
 
-    /// After a probe round: counts the metered lines' bytes, forgets the flows of
-    /// uplinks that went down, makes the choice and routes by it, and writes it all
+    /// After a probe round: counts the metered lines' bytes, makes the choice and
+    /// routes by it, forgets the flows of uplinks that went down, and writes it all
     /// into `status`. `routes[i]` is where uplink `i` routes, if it is installed.
     pub(super) async fn update(
         &mut self,
@@ -232,9 +232,13 @@ impl Steering {
         routes: &[Option<Route>],
     ) {
         let lines = self.lines(netlink, status, routes).await;
+        let mut forget = Vec::new();
+        // With every line down (or the probes' converter gone) there is nowhere else
+        // to go: flows stay as they are.
+        let elsewhere = lines.iter().any(|line| line.usable);
         for (position, line) in lines.iter().enumerate() {
-            if self.usable[position] && !line.usable {
-                self.forget_flows(position, "it is down");
+            if self.usable[position] && !line.usable && elsewhere {
+                forget.push((position, "it is down"));
             }
             self.usable[position] = line.usable;
         }
@@ -243,10 +247,29 @@ impl Steering {
             if switch.reason == Reason::Spent
                 && let Some(from) = switch.from
             {
-                self.forget_flows(from, "its allowance is spent");
+                forget.push((from, "its allowance is spent"));
             }
             self.since[switch.traffic as usize] = Some(unix_now());
         }
+        self.route_choices(netlink, routes).await;
+        // Only now: a flow forgotten before its table routed elsewhere would be
+        // remembered on the same uplink again by its next packet.
+        for (position, why) in forget {
+            self.forget_flows(position, why);
+        }
+        for (position, uplink) in status.iter_mut().enumerate() {
+            uplink.carries = Traffic::ALL
+                .into_iter()
+                .filter(|&traffic| self.choice.chosen(traffic) == Some(position))
+                .collect();
+            uplink.default_since_unix_s = self.since_if_carries(position, Traffic::Default);
+            uplink.udp_since_unix_s = self.since_if_carries(position, Traffic::Udp);
+        }
+        self.usage.save(false);
+    }
+
+    /// Routes each traffic's table through its chosen uplink, where that changed.
+    async fn route_choices(&mut self, netlink: &Netlink, routes: &[Option<Route>]) {
         for traffic in Traffic::ALL {
             let wanted = self
                 .choice
@@ -264,15 +287,6 @@ impl Steering {
                 Err(error) => warn!("cannot route the {}: {error:#}", traffic.route()),
             }
         }
-        for (position, uplink) in status.iter_mut().enumerate() {
-            uplink.carries = Traffic::ALL
-                .into_iter()
-                .filter(|&traffic| self.choice.chosen(traffic) == Some(position))
-                .collect();
-            uplink.default_since_unix_s = self.since_if_carries(position, Traffic::Default);
-            uplink.udp_since_unix_s = self.since_if_carries(position, Traffic::Udp);
-        }
-        self.usage.save(false);
     }
 
     fn since_if_carries(&self, position: usize, traffic: Traffic) -> Option<u64> {
