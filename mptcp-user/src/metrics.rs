@@ -20,7 +20,7 @@ use tokio::{
 use crate::{
     gateway::{
         flows::{Carried, Intercepted},
-        uplinks::Health,
+        uplinks::{Health, Traffic},
     },
     net::relay::{DirectionCounters, RelayCounters},
     protocol::codec::ErrorCode,
@@ -72,6 +72,13 @@ struct UplinkLabels {
 struct UplinkDirectionLabels {
     uplink: String,
     direction: &'static str,
+}
+
+/// Labels of what an uplink carries of the unconverted traffic: 1 or 0.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UplinkTrafficLabels {
+    uplink: String,
+    traffic: &'static str,
 }
 
 /// Labels of an uplink's state gauge: 1 for its state now, 0 for the others.
@@ -166,6 +173,10 @@ pub struct UplinkSample {
     pub subflows: u64,
     /// What its interface has received and sent, all traffic included.
     pub interface_bytes: Option<(u64, u64)>,
+    /// What it carries of the traffic the gateway does not convert.
+    pub carries: Vec<Traffic>,
+    /// A metered line's bytes in its allowance's period, and its allowance.
+    pub usage: (Option<u64>, Option<u64>),
 }
 
 /// A live flow or relay in the metrics: its gauge goes down when this is dropped.
@@ -199,6 +210,9 @@ pub struct GatewayMetrics {
     uplink_rtt: Family<UplinkLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     uplink_subflows: Family<UplinkLabels, Gauge>,
     uplink_bytes: Family<UplinkDirectionLabels, Counter>,
+    uplink_carries: Family<UplinkTrafficLabels, Gauge>,
+    uplink_usage: Family<UplinkLabels, Gauge>,
+    uplink_allowance: Family<UplinkLabels, Gauge>,
 }
 
 impl GatewayMetrics {
@@ -252,6 +266,22 @@ impl GatewayMetrics {
                 "uplink_bytes",
                 "Bytes each uplink's interface received (down) and sent (up), all its traffic",
             ),
+            uplink_carries: registered(
+                &mut registry,
+                "uplink_carries",
+                "1 when the uplink carries this traffic that is not converted (default: all \
+                 but UDP; udp), else 0",
+            ),
+            uplink_usage: registered(
+                &mut registry,
+                "uplink_usage_bytes",
+                "A metered uplink's bytes in its allowance's period",
+            ),
+            uplink_allowance: registered(
+                &mut registry,
+                "uplink_allowance_bytes",
+                "A metered uplink's allowance per period",
+            ),
             registry,
         }
     }
@@ -300,6 +330,25 @@ impl GatewayMetrics {
             self.uplink_subflows
                 .get_or_create(&labels)
                 .set(i64::try_from(uplink.subflows).unwrap_or(i64::MAX));
+            for traffic in Traffic::ALL {
+                self.uplink_carries
+                    .get_or_create(&UplinkTrafficLabels {
+                        uplink: uplink.interface.clone(),
+                        traffic: traffic.name(),
+                    })
+                    .set(i64::from(uplink.carries.contains(&traffic)));
+            }
+            let (usage, allowance) = uplink.usage;
+            for (family, value) in [
+                (&self.uplink_usage, usage),
+                (&self.uplink_allowance, allowance),
+            ] {
+                if let Some(value) = value {
+                    family
+                        .get_or_create(&labels)
+                        .set(i64::try_from(value).unwrap_or(i64::MAX));
+                }
+            }
             if let Some((received, sent)) = uplink.interface_bytes {
                 for (direction, now) in [("down", received), ("up", sent)] {
                     let counter = self.uplink_bytes.get_or_create(&UplinkDirectionLabels {
@@ -476,6 +525,8 @@ mod tests {
                 rtt: Some(Duration::from_millis(15)),
                 subflows: 2,
                 interface_bytes: Some((1000, 500)),
+                carries: vec![Traffic::Udp],
+                usage: (Some(700), Some(1000)),
             }],
         );
         let text = metrics.text();
@@ -492,6 +543,10 @@ mod tests {
             r#"mptcp_gateway_uplink_state{uplink="dsl0",state="down"} 0"#,
             r#"mptcp_gateway_uplink_subflows{uplink="dsl0"} 2"#,
             r#"mptcp_gateway_uplink_bytes_total{uplink="dsl0",direction="down"} 1000"#,
+            r#"mptcp_gateway_uplink_carries{uplink="dsl0",traffic="udp"} 1"#,
+            r#"mptcp_gateway_uplink_carries{uplink="dsl0",traffic="default"} 0"#,
+            r#"mptcp_gateway_uplink_usage_bytes{uplink="dsl0"} 700"#,
+            r#"mptcp_gateway_uplink_allowance_bytes{uplink="dsl0"} 1000"#,
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }
@@ -505,6 +560,8 @@ mod tests {
                 rtt: None,
                 subflows: 0,
                 interface_bytes: Some((1500, 500)),
+                carries: Vec::new(),
+                usage: (None, None),
             }],
         );
         let text = metrics.text();

@@ -232,7 +232,7 @@ fn control(version: &str, architecture: &str, staging: &Path) -> anyhow::Result<
          Architecture: {architecture}\n\
          Maintainer: {MAINTAINER}\n\
          Installed-Size: {kib}\n\
-         Depends: libc6 (>= 2.34)\n\
+         Depends: libc6 (>= 2.34), nftables\n\
          Section: net\n\
          Priority: optional\n\
          Description: every internet uplink for every TCP connection (MPTCP gateway)\n \

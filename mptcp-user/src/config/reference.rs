@@ -14,7 +14,7 @@ use super::{
 use crate::{
     gateway::{
         flows::{Carried, Intercepted},
-        uplinks::Health,
+        uplinks::{Health, Traffic},
     },
     metrics::{ConverterMetrics, ErrorCounts, GatewayMetrics, UplinkSample},
     protocol::codec::ErrorCode,
@@ -59,6 +59,8 @@ fn gateway_metrics() -> String {
         rtt: Some(Duration::from_millis(15)),
         subflows: 1,
         interface_bytes: Some((1, 1)),
+        carries: vec![Traffic::Default],
+        usage: (Some(1), Some(1)),
     };
     metrics.sample(0, &[uplink]);
     metrics.text()

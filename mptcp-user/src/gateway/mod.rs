@@ -299,6 +299,8 @@ impl metrics::Render for Scrape {
                     .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
                 subflows: u64::try_from(row.subflows).unwrap_or(u64::MAX),
                 interface_bytes,
+                carries: row.status.carries.clone(),
+                usage: (row.status.usage_bytes, row.status.allowance_bytes),
                 interface: row.status.interface,
             });
         }
