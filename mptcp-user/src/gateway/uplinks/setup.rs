@@ -195,7 +195,12 @@ impl Uplinks {
             return Ok(());
         };
         let table = self.table(position);
-        netlink.clear_tables(|cleared| cleared == table).await?;
+        // Its source rule (priority: the table's number) and routes; steering's rule
+        // to the same table stays, for when the uplink comes back.
+        netlink
+            .delete_rules_where(|rule_table, priority| rule_table == table && priority == table)
+            .await?;
+        netlink.flush_tables(|flushed| flushed == table).await?;
         for endpoint in netlink.mptcp.endpoints().await? {
             if endpoint.address == Some(IpAddr::V4(installed.address)) {
                 netlink.mptcp.delete_endpoint(endpoint.id).await?;
