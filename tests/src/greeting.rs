@@ -1,10 +1,11 @@
 //! A server run by this process inside a testbed namespace: the greeting server, which
 //! answers each connection with the address it came from, so that a test or benchmark
-//! reads off who carried the connection (the converter, or the client directly).
+//! reads off who carried the connection (the converter, the client directly, or which
+//! uplink); and its client, [`greeting`].
 
 use std::{
-    io::Write as _,
-    net::{SocketAddr, TcpListener},
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -67,4 +68,18 @@ pub fn listen_in(netns: &Netns, port: u16) -> anyhow::Result<TcpListener> {
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the listener thread panicked"))?
+}
+
+/// Connects to the greeting server at `server` and reads its greeting line, waiting at
+/// most `patience` for each; returns the open connection and the line (the address the
+/// server saw). Call it from a thread inside the client's namespace.
+pub fn greeting(server: SocketAddr, patience: Duration) -> std::io::Result<(TcpStream, String)> {
+    let stream = TcpStream::connect_timeout(&server, patience)?;
+    stream.set_read_timeout(Some(patience))?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok((stream, line.trim().to_owned()))
 }

@@ -10,13 +10,16 @@
 pub mod bench;
 pub mod carriers;
 pub mod cgroup;
+pub mod dns;
 pub mod emulator;
 pub mod footprint;
 pub mod greeting;
+pub mod household;
 pub mod measure;
 pub mod metrics;
 pub mod netns;
 pub mod testbed;
+pub mod udp;
 pub mod whoami;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

@@ -85,15 +85,32 @@ impl Netns {
 
     /// Waits until a TCP socket listens on `port` inside the namespace.
     pub fn wait_listening(&self, port: u16, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_for_socket("-Hltn", "TCP", port, timeout)
+    }
+
+    /// Waits until a UDP socket is bound to `port` inside the namespace (a UDP server
+    /// is ready).
+    pub fn wait_udp_bound(&self, port: u16, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_for_socket("-Hlun", "UDP", port, timeout)
+    }
+
+    /// Waits until `ss FLAGS sport = :PORT` lists a socket.
+    fn wait_for_socket(
+        &self,
+        flags: &str,
+        protocol: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let listening = self.exec("ss", &["-Hltn", &format!("sport = :{port}")])?;
+            let listening = self.exec("ss", &[flags, &format!("sport = :{port}")])?;
             if !listening.trim().is_empty() {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(
-                    "nothing listens on port {port} in {} after {timeout:?}",
+                    "nothing listens on {protocol} port {port} in {} after {timeout:?}",
                     self.name
                 );
             }

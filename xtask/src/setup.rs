@@ -6,6 +6,8 @@
 //!   that builds it, and rustup cannot download rust-src here.
 //! - bpf-linker 0.13 linked against LLVM 22 (llvm-22-dev), the LLVM of that rustc.
 //! - bpftool, iproute2, nftables, curl, iputils-ping, python3: used by the tests and the testbed.
+//! - dnsmasq-base and bind9-dnsutils (dig): the household tests' DNS server, forwarder
+//!   and resolver client (dnsmasq-base is the binary alone, no service).
 //! - lintian: the package test checks the Debian package with it.
 //! - aioquic from PyPI in a venv under target/, for the QUIC fallback test.
 //! - cargo-fuzz, for `cargo xtask fuzz` and the tests' short fuzz run (`fuzz_tools`).
@@ -44,6 +46,9 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "python3",
     "python3-venv",
+    // The household tests' DNS: dnsmasq (no service) and dig.
+    "dnsmasq-base",
+    "bind9-dnsutils",
     // The package test's check of the .deb against Debian's policy.
     "lintian",
 ];

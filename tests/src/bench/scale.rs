@@ -20,7 +20,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
     sync::Arc,
@@ -32,7 +32,7 @@ use anyhow::bail;
 
 use crate::{
     footprint::{Footprint, raise_own_file_limit},
-    greeting::{GreetingServer, listen_in},
+    greeting::{GreetingServer, greeting, listen_in},
     netns::{Netns, enter},
     testbed::{CONVERTER_TOWARD_SERVER, SERVER, Testbed, Uplink},
 };
@@ -312,7 +312,7 @@ fn connection_rate(client: &Netns, duration: Duration) -> anyhow::Result<(f64, u
         while start.elapsed() < duration {
             // The server closes first, as web servers do: waiting for its end keeps the
             // client free of TIME_WAIT sockets, whose port search would dominate.
-            let exchange = greeting(server).and_then(|(mut stream, _)| {
+            let exchange = greeting(server, PATIENCE).and_then(|(mut stream, _)| {
                 let end = stream.read(&mut [0u8; 1])?;
                 if end == 0 {
                     Ok(())
@@ -336,19 +336,6 @@ fn connection_rate(client: &Netns, duration: Duration) -> anyhow::Result<(f64, u
     Ok((done as f64 / elapsed, failed))
 }
 
-/// Connects to `server` and reads its greeting line; returns the open connection and
-/// the line.
-fn greeting(server: SocketAddr) -> std::io::Result<(TcpStream, String)> {
-    let stream = TcpStream::connect_timeout(&server, PATIENCE)?;
-    stream.set_read_timeout(Some(PATIENCE))?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
-    if line.is_empty() {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok((stream, line.trim().to_owned()))
-}
-
 /// Opens `count` flows from the LAN host through the testbed's running gateway and
 /// converter, and holds them; see the module's method.
 pub fn hold(testbed: &mut Testbed, count: usize) -> anyhow::Result<Held> {
@@ -367,7 +354,9 @@ pub fn hold(testbed: &mut Testbed, count: usize) -> anyhow::Result<Held> {
     let target = SocketAddr::new(SERVER.parse()?, HOLD_PORT);
     let opened = in_netns(&testbed.client, move |index| {
         let mine = count / THREADS + usize::from(index < count % THREADS);
-        Ok((0..mine).map(|_| greeting(target)).collect::<Vec<_>>())
+        Ok((0..mine)
+            .map(|_| greeting(target, PATIENCE))
+            .collect::<Vec<_>>())
     })?;
     let open_time = started.elapsed();
     let mut seen_from = BTreeMap::new();

@@ -5,8 +5,11 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
+    time::{Duration, Instant},
 };
+
+use anyhow::{Context as _, bail};
+use nix::{sys::signal::Signal, unistd::Pid};
 
 use super::{CONVERTER, CONVERTER_PORT, GATEWAY_PORT, Interception, Testbed};
 use crate::netns::{Netns, Process};
@@ -60,6 +63,25 @@ impl Testbed {
     /// daemon the test killed itself, before starting another.
     pub fn forget(&mut self, label: &str) {
         self.processes.retain(|process| process.label() != label);
+    }
+
+    /// Sends the started process labelled `label` `signal` (SIGTERM: a service
+    /// manager's graceful stop; SIGKILL: a crash), waits (10 s at most) until it has
+    /// exited, and forgets it: the next one may be started under the same label.
+    pub fn stop(&mut self, label: &str, signal: Signal) -> anyhow::Result<()> {
+        let pid = self
+            .pid(label)
+            .with_context(|| format!("no process labelled {label}"))?;
+        nix::sys::signal::kill(Pid::from_raw(i32::try_from(pid)?), signal)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !crate::exited(pid) {
+            if Instant::now() > deadline {
+                bail!("{label} ({pid}) still runs 10 s after {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.forget(label);
+        Ok(())
     }
 
     /// Checks that every started process still runs.

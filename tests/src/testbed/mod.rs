@@ -23,11 +23,14 @@
 //! Layout: this module builds the topology and reads its counters; [`daemons`] starts
 //! the daemons and servers and reads their logs; [`inspect`] asks the running gateway
 //! what it does; [`faults`] breaks and mends links; [`uplink`] describes one uplink's
-//! shape. The other carriers the benchmarks compare with live in [`crate::carriers`].
+//! shape; [`router`] wires the testbed as a household router (a default route per
+//! uplink, masquerade, no route back to the LAN). The other carriers the benchmarks
+//! compare with live in [`crate::carriers`].
 
 pub mod daemons;
 pub mod faults;
 pub mod inspect;
+pub mod router;
 pub mod uplink;
 
 use std::time::Duration;

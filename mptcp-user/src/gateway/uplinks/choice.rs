@@ -313,7 +313,7 @@ mod tests {
         let mut choice = Choice::default();
         let mut lines = [line(Role::Primary, 20.0), line(Role::Primary, 50.0)];
         let mut default_switches = 0;
-        // Probes every 2 s over 30 s see it up and down in turn.
+        // Probe rounds 2 s apart over 30 s see it up and down in turn.
         for round in 0..15 {
             lines[0].usable = round % 2 == 0;
             default_switches += choice

@@ -12,8 +12,10 @@ use crate::{
     sys,
 };
 
-/// How often each uplink is probed, and its addresses and routes looked at again.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often each uplink is probed, and its addresses and routes looked at again: a
+/// silent uplink is found within this plus [`PROBE_TIMEOUT`], 2.5 s, so that a
+/// resolver's first retry already leaves by another uplink.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a probe's handshake may take (one SYN retransmission included).
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
