@@ -26,6 +26,7 @@
 
 use std::{fmt::Write as _, net::Ipv4Addr, time::SystemTime};
 
+use anyhow::Context as _;
 use log::{info, warn};
 use tokio::time::Instant;
 
@@ -195,7 +196,10 @@ impl Steering {
             .iter()
             .map(|uplink| uplink.interface.clone())
             .collect();
-        nft::apply(&ruleset(&interfaces))?;
+        nft::apply(&ruleset(&interfaces)).context(
+            "cannot mark the flows that are not converted (steer-unconverted = false does \
+             without, leaving them to the main routing table)",
+        )?;
         for rule in layout.rules(uplinks.len()) {
             netlink.add_rule(&rule).await?;
         }
