@@ -164,10 +164,8 @@ async fn manage(
         }
         anyhow::Ok(())
     };
+    // Steering removes what it half-installed itself.
     if let Err(error) = set_up.await {
-        if let Some(steering) = &mut steering {
-            steering.remove(&netlink).await;
-        }
         uplinks.remove(&netlink).await;
         let _ = started.send(Err(error));
         return;

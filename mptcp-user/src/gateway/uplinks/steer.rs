@@ -192,7 +192,20 @@ impl Steering {
             usage,
         };
         steering.clear(netlink).await?;
-        let interfaces: Vec<String> = uplinks
+        if let Err(error) = steering.add(netlink).await {
+            // Nothing half-installed stays.
+            if let Err(left) = steering.clear(netlink).await {
+                warn!("cannot remove the routes of unconverted traffic: {left:#}");
+            }
+            return Err(error);
+        }
+        Ok(steering)
+    }
+
+    /// Installs the marks and the rules.
+    async fn add(&self, netlink: &Netlink) -> anyhow::Result<()> {
+        let interfaces: Vec<String> = self
+            .uplinks
             .iter()
             .map(|uplink| uplink.interface.clone())
             .collect();
@@ -200,10 +213,10 @@ impl Steering {
             "cannot mark the flows that are not converted (steer-unconverted = false does \
              without, leaving them to the main routing table)",
         )?;
-        for rule in layout.rules(uplinks.len()) {
+        for rule in self.layout.rules(self.uplinks.len()) {
             netlink.add_rule(&rule).await?;
         }
-        Ok(steering)
+        Ok(())
     }
 
     /// Removes the rules, routes and marks of steering, ours or a killed daemon's.
