@@ -45,8 +45,8 @@ use anyhow::Context as _;
 use log::warn;
 use tokio::sync::watch;
 
-pub use choice::{HOLD_DOWN, Traffic};
-pub use config::{Allowance, Period, Role, UplinkConfig, check_unique, parse_bytes};
+pub use choice::Traffic;
+pub use config::{Allowance, Period, Role, UplinkConfig, check_unique};
 pub use probe::PROBE_INTERVAL;
 pub use ranking::UplinkTable;
 use setup::Uplinks;
