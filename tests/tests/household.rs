@@ -520,3 +520,38 @@ fn sigterm_leaves_the_routing_as_it_was_and_sigkill_leaves_it_working() {
     household.stop_gateway(Signal::SIGTERM);
     assert_same_routing(&before, &routing(&household.testbed.gateway));
 }
+
+/// Lines that lose packets but work (DSL and LTE with 4 % loss each way) are not taken
+/// for dead: a lost probe handshake is not a dead line, and every false "down" would
+/// move the household's traffic and forget its flows. (Before the probes hedged their
+/// handshakes, 5 % loss took the lines for down 4 times in 90 s and moved the routes 14
+/// times; with one probe in 27,000 expected to lose all its handshakes at 4 %, this
+/// minute fails by chance about once in 200 runs.)
+#[test]
+fn lossy_lines_that_work_keep_their_traffic() {
+    require_root();
+    let lossy = [
+        Uplink::line(20, 15).with_loss(4.0),
+        Uplink::line(10, 50).with_loss(4.0),
+    ];
+    let household = Household::deploy("hhlossy", &lossy, &[]);
+    let watched = Duration::from_mins(1);
+    thread::sleep(watched);
+    let log = household.gateway_log();
+    let downs: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains(" is down"))
+        .collect();
+    let switches = household.switches();
+    eprintln!(
+        "household: 4 % loss on both lines for {watched:?}: {} uplinks taken for down, {} route \
+         switches:\n{}",
+        downs.len(),
+        switches.len(),
+        switches.join("\n")
+    );
+    assert!(
+        downs.is_empty() && switches.is_empty(),
+        "{downs:#?}\n{switches:#?}"
+    );
+}

@@ -24,7 +24,7 @@
 //! routes go with their links, after which the main table decides again. A new start
 //! replaces it.
 
-use std::{fmt::Write as _, net::Ipv4Addr, time::SystemTime};
+use std::{collections::VecDeque, fmt::Write as _, net::Ipv4Addr, time::SystemTime};
 
 use anyhow::Context as _;
 use log::{info, warn};
@@ -170,6 +170,8 @@ pub(super) struct Steering {
     since: [Option<u64>; 2],
     /// Whether each uplink was usable at the last round.
     usable: Vec<bool>,
+    /// Each uplink's last probe round trips, ms.
+    rtts: Vec<VecDeque<f64>>,
     usage: Usage,
 }
 
@@ -189,6 +191,7 @@ impl Steering {
             routed: [None; 2],
             since: [None; 2],
             usable: vec![false; uplinks.len()],
+            rtts: vec![VecDeque::new(); uplinks.len()],
             usage,
         };
         steering.clear(netlink).await?;
@@ -348,7 +351,7 @@ impl Steering {
                     && status[position].health != Health::Down,
                 role: uplink.role,
                 spent,
-                rtt_ms: status[position].rtt_ms,
+                rtt_ms: median_rtt(&mut self.rtts[position], status[position].rtt_ms),
             });
         }
         lines
@@ -392,6 +395,23 @@ impl Steering {
     }
 }
 
+/// How many probe round trips UDP's choice looks at.
+const RTT_SAMPLES: usize = 5;
+
+/// Adds the round trip `latest` to `samples` and returns their median: one handshake
+/// slowed by a lost SYN must not move UDP to another line and back.
+fn median_rtt(samples: &mut VecDeque<f64>, latest: Option<f64>) -> Option<f64> {
+    if let Some(latest) = latest {
+        if samples.len() == RTT_SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back(latest);
+    }
+    let mut sorted: Vec<f64> = samples.iter().copied().collect();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied()
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -428,6 +448,21 @@ mod tests {
         }
         assert!(!layout.is_steering_priority(15125));
         assert!(!layout.is_steering_table(15125 + 7));
+    }
+
+    #[test]
+    fn one_slow_handshake_does_not_move_the_median() {
+        let mut samples = VecDeque::new();
+        assert_eq!(median_rtt(&mut samples, None), None);
+        for rtt in [30.0, 31.0, 1030.0] {
+            median_rtt(&mut samples, Some(rtt));
+        }
+        assert_eq!(median_rtt(&mut samples, Some(29.0)), Some(31.0));
+        // A line that became slow for good is slow after a few rounds.
+        for _ in 0..RTT_SAMPLES {
+            median_rtt(&mut samples, Some(600.0));
+        }
+        assert_eq!(median_rtt(&mut samples, None), Some(600.0));
     }
 
     #[test]
