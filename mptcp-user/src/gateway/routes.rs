@@ -17,7 +17,9 @@
 use log::{debug, warn};
 use mptcp_ebpf_common::selection::quic_mark;
 
-use crate::net::netlink::{self, Netlink};
+use rtnetlink::IpVersion;
+
+use crate::net::netlink::{self, Netlink, Rule};
 
 /// The table of the prohibit route that turns QUIC away, next to `table`'s (the uplinks
 /// take the ones after it).
@@ -41,11 +43,21 @@ impl LocalDelivery {
             let netlink = Netlink::connect()?;
             netlink.delete_rules(ours).await?;
             netlink.set_local_delivery(table).await?;
-            netlink.add_mark_rules(mark, table, table).await?;
             netlink.set_prohibited(quic_table(table)).await?;
-            netlink
-                .add_mark_rules(quic_mark(mark), quic_table(table), quic_table(table))
-                .await
+            // Each rule's priority is its table's number.
+            for (mark, table) in [(mark, table), (quic_mark(mark), quic_table(table))] {
+                let rule = Rule {
+                    priority: table,
+                    table,
+                    mark: Some((mark, u32::MAX)),
+                    udp_only: false,
+                    no_default_routes: false,
+                };
+                for version in [IpVersion::V4, IpVersion::V6] {
+                    netlink.add_rule(&rule, version).await?;
+                }
+            }
+            anyhow::Ok(())
         })?;
         debug!(
             "local-delivery routes installed: fwmark {mark:#x} -> table {table}, fwmark \

@@ -35,8 +35,8 @@ const EEXIST: i32 = 17;
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 
-/// An IPv4 routing rule: `ip rule add priority PRIORITY [fwmark MARK/MASK]
-/// [ipproto udp] lookup TABLE [suppress_prefixlength 0]`.
+/// A routing rule: `ip rule add priority PRIORITY [fwmark MARK/MASK] [ipproto udp]
+/// lookup TABLE [suppress_prefixlength 0]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rule {
     /// Where it sits among the rules; lower first.
@@ -356,56 +356,10 @@ impl Netlink {
         }
     }
 
-    /// `ip rule add priority PRIORITY fwmark MARK lookup TABLE`, IPv4 and IPv6.
-    pub async fn add_mark_rules(&self, mark: u32, table: u32, priority: u32) -> anyhow::Result<()> {
-        for version in [IpVersion::V4, IpVersion::V6] {
-            let request = self
-                .route
-                .rule()
-                .add()
-                .fw_mark(mark)
-                .table_id(table)
-                .priority(priority)
-                .action(RuleAction::ToTable);
-            let result = match version {
-                IpVersion::V4 => {
-                    let mut rule = request.v4();
-                    rule.message_mut()
-                        .attributes
-                        .push(RuleAttribute::Protocol(RouteProtocol::from(PROTOCOL)));
-                    rule.execute().await
-                }
-                IpVersion::V6 => {
-                    let mut rule = request.v6();
-                    rule.message_mut()
-                        .attributes
-                        .push(RuleAttribute::Protocol(RouteProtocol::from(PROTOCOL)));
-                    rule.execute().await
-                }
-            };
-            match result {
-                Err(error) if errno(&error) == Some(EEXIST) => {}
-                result => {
-                    result.with_context(|| format!("cannot add the fwmark {mark:#x} rule"))?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Adds an IPv4 rule of ours, as [`Rule`] describes it; an identical rule is left
-    /// as it is.
-    pub async fn add_rule(&self, rule: &Rule) -> anyhow::Result<()> {
-        let mut request = self
-            .route
-            .rule()
-            .add()
-            .table_id(rule.table)
-            .priority(rule.priority)
-            .action(RuleAction::ToTable)
-            .v4();
-        let attributes = &mut request.message_mut().attributes;
-        attributes.push(RuleAttribute::Protocol(RouteProtocol::from(PROTOCOL)));
+    /// Adds a rule of ours for `version`, as [`Rule`] describes it; an identical rule
+    /// is left as it is.
+    pub async fn add_rule(&self, rule: &Rule, version: IpVersion) -> anyhow::Result<()> {
+        let mut attributes = vec![RuleAttribute::Protocol(RouteProtocol::from(PROTOCOL))];
         if let Some((mark, mask)) = rule.mark {
             attributes.push(RuleAttribute::FwMark(mark));
             attributes.push(RuleAttribute::FwMask(mask));
@@ -416,7 +370,26 @@ impl Netlink {
         if rule.no_default_routes {
             attributes.push(RuleAttribute::SuppressPrefixLen(0));
         }
-        match request.execute().await {
+        let request = self
+            .route
+            .rule()
+            .add()
+            .table_id(rule.table)
+            .priority(rule.priority)
+            .action(RuleAction::ToTable);
+        let result = match version {
+            IpVersion::V4 => {
+                let mut request = request.v4();
+                request.message_mut().attributes.extend(attributes);
+                request.execute().await
+            }
+            IpVersion::V6 => {
+                let mut request = request.v6();
+                request.message_mut().attributes.extend(attributes);
+                request.execute().await
+            }
+        };
+        match result {
             Err(error) if errno(&error) == Some(EEXIST) => Ok(()),
             result => result.with_context(|| format!("cannot add the rule {rule:?}")),
         }

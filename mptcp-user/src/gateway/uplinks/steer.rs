@@ -28,6 +28,7 @@ use std::{collections::VecDeque, fmt::Write as _, net::Ipv4Addr, time::SystemTim
 
 use anyhow::Context as _;
 use log::{info, warn};
+use rtnetlink::IpVersion;
 use tokio::time::Instant;
 
 use super::{
@@ -217,7 +218,7 @@ impl Steering {
              without, leaving them to the main routing table)",
         )?;
         for rule in self.layout.rules(self.uplinks.len()) {
-            netlink.add_rule(&rule).await?;
+            netlink.add_rule(&rule, IpVersion::V4).await?;
         }
         Ok(())
     }
