@@ -7,6 +7,11 @@
 //! evicts the oldest unauthenticated one. A gateway authenticates within a round trip;
 //! a stranger who holds connections open loses them to the next comers. Only
 //! authenticated requests take one of the `--max-conns` relay permits.
+//!
+//! A source that proved it holds the key is no stranger: its share grows by the flows it
+//! relays now and those it authenticated in the last [`RECENT`], so that a gateway's
+//! warm connections, opened ahead of a burst of flows, are not sent away as a scan's
+//! would be (the gateway would then take the converter for gone).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -23,6 +28,8 @@ use crate::{lock, net::addr::canonical};
 /// Refusals are logged at most this often, with their count: a flood must not flood
 /// the log too.
 const LOG_EVERY: Duration = Duration::from_secs(10);
+/// How long a source's authenticated flows count toward its share once they ended.
+pub const RECENT: Duration = Duration::from_mins(1);
 
 /// The budget of unauthenticated connections.
 pub struct Pending {
@@ -41,6 +48,23 @@ struct State {
     /// Refusals and evictions since the last log line, and when that was.
     unlogged: (u64, u64),
     last_log: Option<Instant>,
+    /// What the sources that authenticated have proved.
+    trusted: HashMap<IpAddr, Trust>,
+}
+
+/// A source's authenticated flows: those relayed now, and those authenticated since
+/// `since` (restarted every [`RECENT`]).
+struct Trust {
+    live: usize,
+    recent: usize,
+    since: Instant,
+}
+
+impl Trust {
+    /// How many more connections than a stranger's share the source may hold.
+    fn extra(&self) -> usize {
+        self.live + self.recent
+    }
 }
 
 /// An unauthenticated connection's place in the budget; dropping it gives the place
@@ -72,6 +96,22 @@ impl Drop for PendingSlot {
     }
 }
 
+/// An authenticated flow being relayed; dropping it ends its count in its source's
+/// share.
+pub struct Relaying {
+    pending: Arc<Pending>,
+    source: IpAddr,
+}
+
+impl Drop for Relaying {
+    fn drop(&mut self) {
+        let mut state = lock(&self.pending.state);
+        if let Some(trust) = state.trusted.get_mut(&self.source) {
+            trust.live = trust.live.saturating_sub(1);
+        }
+    }
+}
+
 impl Pending {
     /// A budget of `max_total` unauthenticated connections, `max_per_source` from one
     /// source.
@@ -90,7 +130,14 @@ impl Pending {
         let source = source_of(peer);
         let mut state = lock(&self.state);
         let held = state.by_source.get(&source).copied().unwrap_or(0);
-        if held >= self.max_per_source {
+        let extra = state.trusted.get_mut(&source).map_or(0, |trust| {
+            if trust.since.elapsed() >= RECENT {
+                trust.recent = 0;
+                trust.since = Instant::now();
+            }
+            trust.extra()
+        });
+        if held >= (self.max_per_source + extra).min(self.max_total) {
             state.unlogged.0 += 1;
             self.log_pressure(&mut state);
             return None;
@@ -113,6 +160,33 @@ impl Pending {
             source,
             evicted,
         })
+    }
+
+    /// Counts a flow from `peer` that authenticated, in its source's share for as long
+    /// as the returned guard lives (and [`RECENT`] after).
+    pub fn relaying(self: &Arc<Self>, peer: IpAddr) -> Relaying {
+        let source = source_of(peer);
+        let mut state = lock(&self.state);
+        // Sources that stopped relaying a while ago are forgotten (only key holders are
+        // here, but their addresses change).
+        state
+            .trusted
+            .retain(|_, trust| trust.live > 0 || trust.since.elapsed() < RECENT);
+        let trust = state.trusted.entry(source).or_insert(Trust {
+            live: 0,
+            recent: 0,
+            since: Instant::now(),
+        });
+        if trust.since.elapsed() >= RECENT {
+            trust.recent = 0;
+            trust.since = Instant::now();
+        }
+        trust.live += 1;
+        trust.recent += 1;
+        Relaying {
+            pending: Arc::clone(self),
+            source,
+        }
     }
 
     /// Unauthenticated connections held now.
@@ -176,6 +250,31 @@ mod tests {
         assert!(pending.admit(ip("2001:db8::3")).is_none());
         drop(first);
         assert!(pending.admit(ip("192.0.2.1")).is_some());
+    }
+
+    #[test]
+    fn a_source_that_authenticated_gets_the_share_of_its_flows() {
+        let pending = Pending::new(100, 2);
+        let gateway = ip("198.51.100.7");
+        let strangers: Vec<PendingSlot> = (0..2).map(|_| pending.admit(gateway).unwrap()).collect();
+        assert!(pending.admit(gateway).is_none(), "a stranger's share");
+        // Three flows authenticated: three more warm connections may wait, also once
+        // two of the flows ended (they count for a while).
+        let flows: Vec<Relaying> = (0..3).map(|_| pending.relaying(gateway)).collect();
+        drop(flows);
+        let warm: Vec<PendingSlot> = (0..3).map(|_| pending.admit(gateway).unwrap()).collect();
+        assert!(pending.admit(gateway).is_none(), "two plus three");
+        // Another source is still a stranger.
+        let other = ip("198.51.100.8");
+        let _a = pending.admit(other).unwrap();
+        let _b = pending.admit(other).unwrap();
+        assert!(pending.admit(other).is_none());
+        // Never more than the budget in all.
+        let small = Pending::new(4, 2);
+        let _flows: Vec<Relaying> = (0..10).map(|_| small.relaying(gateway)).collect();
+        let held: Vec<PendingSlot> = (0..4).map(|_| small.admit(gateway).unwrap()).collect();
+        assert!(small.admit(gateway).is_none());
+        drop((strangers, warm, held));
     }
 
     #[tokio::test]

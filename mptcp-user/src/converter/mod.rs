@@ -319,6 +319,8 @@ async fn handle(
         refuse(&mut client, &converter, code, code.usual_value()).await;
         return;
     };
+    // Its gateway's warm connections count on this flow's share of the budget.
+    let _relaying = converter.pending.relaying(peer.ip());
     let destination = request.destination;
     let mut server = match connect(destination, converter.connect_timeout).await {
         Ok(server) => server,
