@@ -123,10 +123,18 @@ impl Household {
     /// # Panics
     /// When it does not start.
     pub fn start_gateway(&mut self) {
+        self.start_gateway_with(&[]);
+    }
+
+    /// [`Self::start_gateway`] with these flags after the config file's.
+    ///
+    /// # Panics
+    /// When it does not start.
+    pub fn start_gateway_with(&mut self, flags: &[&str]) {
         let config = self.config();
-        self.testbed
-            .start_gateway(self.dir.path(), &["--config", config.to_str().unwrap()])
-            .unwrap();
+        let mut args = vec!["--config", config.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        self.testbed.start_gateway(self.dir.path(), &args).unwrap();
     }
 
     /// Stops the gateway with `signal` and waits until it has exited.

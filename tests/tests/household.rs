@@ -463,7 +463,8 @@ fn duplicate_rules(gateway: &Netns, family: &str) -> BTreeSet<String> {
 
 /// SIGTERM leaves the gateway host's rules, routes and nftables as they were before the
 /// gateway started; after SIGKILL the routing still works, and the next gateway takes
-/// over what the killed one left (no duplicate, all removed on its own SIGTERM).
+/// over what the killed one left (no duplicate, all removed on its own SIGTERM), also
+/// when it does not steer.
 #[test]
 fn sigterm_leaves_the_routing_as_it_was_and_sigkill_leaves_it_working() {
     require_root();
@@ -517,6 +518,19 @@ fn sigterm_leaves_the_routing_as_it_was_and_sigkill_leaves_it_working() {
         );
     }
     assert!(household.udp().is_some());
+    household.stop_gateway(Signal::SIGTERM);
+    assert_same_routing(&before, &routing(&household.testbed.gateway));
+
+    // A next one that does not steer still removes what a killed one left.
+    household.start_gateway();
+    household.wait_probed();
+    household.stop_gateway(Signal::SIGKILL);
+    household.start_gateway_with(&["--steer-unconverted", "false"]);
+    let not_steering = routing(&household.testbed.gateway);
+    assert!(
+        !not_steering[4].1.contains("mptcp_gateway") && !not_steering[0].1.contains("suppress"),
+        "left by the killed gateway: {not_steering:?}"
+    );
     household.stop_gateway(Signal::SIGTERM);
     assert_same_routing(&before, &routing(&household.testbed.gateway));
 }

@@ -179,6 +179,8 @@ impl GatewayOptions {
         let steer_unconverted = self
             .steer_unconverted
             .unwrap_or(defaults::STEER_UNCONVERTED);
+        let table = self.intercept_table.unwrap_or(defaults::INTERCEPT_TABLE);
+        check_intercept_table(table)?;
         let mark = self.intercept_mark.unwrap_or(defaults::INTERCEPT_MARK);
         if steer_unconverted
             && !self.uplinks.is_empty()
@@ -205,7 +207,7 @@ impl GatewayOptions {
                 ports: self.ports,
                 quic_fallback: self.quic_fallback.unwrap_or(defaults::QUIC_FALLBACK),
                 mark,
-                table: self.intercept_table.unwrap_or(defaults::INTERCEPT_TABLE),
+                table,
                 pin_path: self
                     .pin_path
                     .unwrap_or_else(|| PathBuf::from(defaults::PIN_PATH)),
@@ -220,6 +222,31 @@ impl GatewayOptions {
             metrics: self.metrics,
         })
     }
+}
+
+/// The gateway's tables are `intercept-table - 1` (QUIC) to `intercept-table + 10`
+/// (the uplinks' and the steering's), and its rules' priorities up to
+/// `intercept-table + 12`: none may be a table of the system's (253 to 255: default,
+/// main, local), and all must come before the main table's rule (32766).
+fn check_intercept_table(table: u32) -> anyhow::Result<()> {
+    const LAST_TABLE: u32 = 10;
+    const LAST_PRIORITY: u32 = 12;
+    let clear_of_system = |first: u32, last: u32| !(first..=last).any(|t| (253..=255).contains(&t));
+    if table < 2
+        || table
+            .checked_add(LAST_PRIORITY)
+            .is_none_or(|last| last >= 32_766)
+        || !clear_of_system(table - 1, table + LAST_TABLE)
+    {
+        bail!(
+            "intercept-table {table}: the gateway uses the tables {} to {} and rule \
+             priorities up to {}: choose one from 2 to 242 or 257 to 32753",
+            table.saturating_sub(1),
+            table.saturating_add(LAST_TABLE),
+            table.saturating_add(LAST_PRIORITY)
+        );
+    }
+    Ok(())
 }
 
 /// A fwmark, in decimal or, as `ip rule` shows it, hex (`0x4d50`).

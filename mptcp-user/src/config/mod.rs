@@ -226,6 +226,25 @@ mod tests {
     }
 
     #[test]
+    fn intercept_tables_that_would_touch_the_systems_are_refused() {
+        for table in [0, 1, 243, 250, 256, 32_754, u32::MAX] {
+            let error = error_of(&format!(
+                "[gateway]\ndirect = true\nintercept-table = {table}\n"
+            ));
+            assert!(error.contains("intercept-table"), "{table}: {error}");
+        }
+        for table in [2, 242, 257, 15_124, 32_753] {
+            let text = format!("[gateway]\ndirect = true\nintercept-table = {table}\n");
+            let config = ConfigFile::parse(&text)
+                .unwrap()
+                .gateway
+                .unwrap()
+                .into_config();
+            assert!(config.is_ok(), "{table}: {:?}", config.err());
+        }
+    }
+
+    #[test]
     fn bad_files_are_refused_with_the_line_and_key() {
         let unknown = error_of("[gateway]\ndirect = true\nlan = [\"br0\"]\nspeed = 3\n");
         assert!(

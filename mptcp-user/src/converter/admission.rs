@@ -9,7 +9,8 @@
 //! authenticated requests take one of the `--max-conns` relay permits.
 //!
 //! A source that proved it holds the key is no stranger: its share grows by the flows it
-//! relays now and those it authenticated in the last [`RECENT`], so that a gateway's
+//! relays now and those it authenticated in its current window of [`RECENT`] (a window
+//! that starts again once it is over), so that a gateway's
 //! warm connections, opened ahead of a burst of flows, are not sent away as a scan's
 //! would be (the gateway would then take the converter for gone).
 
@@ -28,7 +29,8 @@ use crate::{lock, net::addr::canonical};
 /// Refusals are logged at most this often, with their count: a flood must not flood
 /// the log too.
 const LOG_EVERY: Duration = Duration::from_secs(10);
-/// How long a source's authenticated flows count toward its share once they ended.
+/// The window in which a source's authenticated flows count toward its share once they
+/// ended.
 pub const RECENT: Duration = Duration::from_mins(1);
 
 /// The budget of unauthenticated connections.

@@ -6,9 +6,9 @@
 //!   default table TABLE-1`, so the kernel answers such a packet with ICMP
 //!   "administratively prohibited" and the browser falls back to TCP at once.
 //!
-//! Each rule's priority is its table's number: ahead of the uplinks' rules (the tables
-//! after these), so that an intercepted packet is delivered here before anything could
-//! route it out.
+//! Each rule's priority is its table's number: ahead of the uplinks' rules and the
+//! steering of unconverted traffic (the tables after these), so that an intercepted
+//! packet is delivered here before they could route it out.
 //!
 //! The LAN program marks a packet only when it assigned it to one of our sockets or
 //! turns QUIC away, so when the daemon is gone (and its tcx links with it) nothing is

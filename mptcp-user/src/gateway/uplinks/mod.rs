@@ -155,11 +155,13 @@ async fn manage(
     };
     let mut uplinks = Uplinks::new(&config);
     let mut steering = None;
+    let layout = Layout::new(config.first_table);
     let set_up = async {
+        // What a killed run left, whether this one steers or not.
+        steer::clear(&netlink, layout).await?;
         uplinks.set_up(&netlink).await?;
         if config.steer && !config.uplinks.is_empty() {
             let usage = Usage::load(&config.state_dir, &config.uplinks);
-            let layout = Layout::new(config.first_table);
             steering = Some(Steering::install(&netlink, layout, &config.uplinks, usage).await?);
         }
         anyhow::Ok(())

@@ -47,6 +47,9 @@ use crate::net::{
 /// (0-based) is `(i + 1) << 20`.
 pub const MARK_MASK: u32 = 0x00f0_0000;
 
+/// How many uplinks the mark bits can name.
+const MAX_MARKS: usize = (MARK_MASK >> MARK_MASK.trailing_zeros()) as usize;
+
 /// The nftables table of the marks.
 const NFT_TABLE: &str = "mptcp_gateway";
 
@@ -134,9 +137,11 @@ fn ruleset(interfaces: &[String]) -> String {
             "    ct mark & {MARK_MASK:#x} == 0 oifname \"{interface}\" \
              ct mark set ct mark & {keep:#x} | {mark:#x}"
         );
+        // Only packets nothing else marked: an intercepted or QUIC-refused packet keeps
+        // the exact mark its rule looks for.
         let _ = writeln!(
             recall,
-            "    ct mark & {MARK_MASK:#x} == {mark:#x} meta mark set meta mark & {keep:#x} | {mark:#x}"
+            "    ct mark & {MARK_MASK:#x} == {mark:#x} meta mark 0 meta mark set {mark:#x}"
         );
     }
     format!(
@@ -157,6 +162,19 @@ fn ruleset(interfaces: &[String]) -> String {
     )
 }
 
+/// Removes the rules, routes and marks of steering, ours or a killed daemon's: every
+/// step is tried, the first error is returned.
+pub(super) async fn clear(netlink: &Netlink, layout: Layout) -> anyhow::Result<()> {
+    let rules = netlink
+        .delete_rules_where(|_, priority| layout.is_steering_priority(priority))
+        .await;
+    let routes = netlink
+        .flush_tables(|table| layout.is_steering_table(table))
+        .await;
+    let marks = nft::delete_table("inet", NFT_TABLE);
+    rules.and(routes).and(marks)
+}
+
 /// Where an uplink routes: its interface and next hop.
 pub(super) type Route = (u32, Option<Ipv4Addr>);
 
@@ -165,12 +183,13 @@ pub(super) struct Steering {
     layout: Layout,
     uplinks: Vec<UplinkConfig>,
     choice: Choice,
-    /// What each traffic's table routes through now.
-    routed: [Option<Route>; 2],
     /// Since when each traffic has its uplink, in seconds since the Unix epoch.
     since: [Option<u64>; 2],
-    /// Whether each uplink was usable at the last round.
+    /// Whether each uplink was usable at the last round (all are taken to be before the
+    /// first, so that flows a killed run left on a dead one are forgotten).
     usable: Vec<bool>,
+    /// Whether the flows of each spent metered uplink were moved off it.
+    left_spent: Vec<bool>,
     /// Each uplink's last probe round trips, ms.
     rtts: Vec<VecDeque<f64>>,
     usage: Usage,
@@ -189,16 +208,23 @@ impl Steering {
             layout,
             uplinks: uplinks.to_vec(),
             choice: Choice::default(),
-            routed: [None; 2],
             since: [None; 2],
-            usable: vec![false; uplinks.len()],
+            usable: vec![true; uplinks.len()],
+            left_spent: vec![false; uplinks.len()],
             rtts: vec![VecDeque::new(); uplinks.len()],
             usage,
         };
-        steering.clear(netlink).await?;
+        clear(netlink, layout).await?;
+        // Flows a killed run marked for uplinks that are no more.
+        for position in uplinks.len()..MAX_MARKS {
+            if let Err(error) = conntrack::delete_marked(mark(position), MARK_MASK) {
+                warn!("cannot forget the flows of a former uplink: {error:#}");
+                break;
+            }
+        }
         if let Err(error) = steering.add(netlink).await {
             // Nothing half-installed stays.
-            if let Err(left) = steering.clear(netlink).await {
+            if let Err(left) = clear(netlink, layout).await {
                 warn!("cannot remove the routes of unconverted traffic: {left:#}");
             }
             return Err(error);
@@ -223,21 +249,9 @@ impl Steering {
         Ok(())
     }
 
-    /// Removes the rules, routes and marks of steering, ours or a killed daemon's.
-    async fn clear(&self, netlink: &Netlink) -> anyhow::Result<()> {
-        let layout = self.layout;
-        netlink
-            .delete_rules_where(|_, priority| layout.is_steering_priority(priority))
-            .await?;
-        netlink
-            .flush_tables(|table| layout.is_steering_table(table))
-            .await?;
-        nft::delete_table("inet", NFT_TABLE)
-    }
-
     /// Removes what [`Self::install`] installed, and writes the usage down.
     pub(super) async fn remove(&mut self, netlink: &Netlink) {
-        if let Err(error) = self.clear(netlink).await {
+        if let Err(error) = clear(netlink, self.layout).await {
             warn!("cannot remove the routes of unconverted traffic: {error:#}");
         }
         self.usage.save(true);
@@ -261,17 +275,26 @@ impl Steering {
             if self.usable[position] && !line.usable && elsewhere {
                 forget.push((position, "it is down"));
             }
+            // Flows on a line whose allowance ran out leave it, once another can take
+            // them.
+            let others = lines
+                .iter()
+                .enumerate()
+                .any(|(other, line)| other != position && line.usable && !line.spent);
+            if line.spent && others && !self.left_spent[position] {
+                forget.push((position, "its allowance is spent"));
+                self.left_spent[position] = true;
+            }
+            if !line.spent {
+                self.left_spent[position] = false;
+            }
             self.usable[position] = line.usable;
         }
         for switch in self.choice.update(&lines, Instant::now()) {
             self.log(switch, &lines);
-            if switch.reason == Reason::Spent
-                && let Some(from) = switch.from
-            {
-                forget.push((from, "its allowance is spent"));
-            }
             self.since[switch.traffic as usize] = Some(unix_now());
         }
+        forget.dedup_by_key(|(position, _)| *position);
         self.route_choices(netlink, routes).await;
         // Only now: a flow forgotten before its table routed elsewhere would be
         // remembered on the same uplink again by its next packet.
@@ -289,23 +312,23 @@ impl Steering {
         self.usage.save(false);
     }
 
-    /// Routes each traffic's table through its chosen uplink, where that changed.
-    async fn route_choices(&mut self, netlink: &Netlink, routes: &[Option<Route>]) {
+    /// Routes each traffic's table through its chosen uplink: every round, since the
+    /// kernel drops the route when the uplink's link or address goes, even when the
+    /// choice stays.
+    async fn route_choices(&self, netlink: &Netlink, routes: &[Option<Route>]) {
         for traffic in Traffic::ALL {
-            let wanted = self
+            let Some((index, next_hop)) = self
                 .choice
                 .chosen(traffic)
-                .and_then(|position| routes.get(position).copied().flatten());
-            if wanted.is_none() || wanted == self.routed[traffic as usize] {
+                .and_then(|position| routes.get(position).copied().flatten())
+            else {
                 continue;
-            }
-            let (index, next_hop) = wanted.unwrap_or_default();
-            match netlink
+            };
+            if let Err(error) = netlink
                 .set_default_route(self.layout.table(traffic), index, next_hop)
                 .await
             {
-                Ok(()) => self.routed[traffic as usize] = wanted,
-                Err(error) => warn!("cannot route the {}: {error:#}", traffic.route()),
+                warn!("cannot route the {}: {error:#}", traffic.route());
             }
         }
     }
