@@ -11,6 +11,9 @@
 //!   the time from the page's request to the last object.
 //! - Short downloads of 100 KB, 500 KB and 2 MB, one connection each: the time to
 //!   their last byte.
+//! - Bursts: 8, then 32 requests for a 10 KB object at once, each on a connection of its
+//!   own (curl `--parallel-immediate`), as a browser opening a page of many hosts does:
+//!   the median and the 90th percentile of their first bytes.
 //! - Each directly over the best uplink (the server excluded from the selection, so
 //!   plain forwarding over DSL), through the gateway with its warm connections, and
 //!   through the gateway without them (`--pool-size 0`); direct and gateway rounds
@@ -46,6 +49,8 @@ const SHORT_SIZES: [usize; 3] = [100 * 1024, 500 * 1024, 2 * 1024 * 1024];
 const OBJECTS: usize = 30;
 /// Connections curl opens at once for them (a browser's per-host limit).
 const PARALLEL: &str = "6";
+/// Requests of each burst.
+const BURSTS: [usize; 2] = [8, 32];
 
 /// One measurement of every figure, in seconds.
 #[derive(Clone, Debug, Default)]
@@ -56,6 +61,8 @@ pub struct Sample {
     pub page_load: f64,
     /// Each short download, [`SHORT_SIZES`] in order.
     pub short: Vec<f64>,
+    /// Each burst's first bytes, [`BURSTS`] in order: median and 90th percentile.
+    pub bursts: Vec<(f64, f64)>,
 }
 
 /// One way of reaching the server, over the rounds.
@@ -79,6 +86,10 @@ impl Series {
         ];
         for index in 0..SHORT_SIZES.len() {
             medians.push(self.median(|sample| sample.short[index]));
+        }
+        for index in 0..BURSTS.len() {
+            medians.push(self.median(|sample| sample.bursts[index].0));
+            medians.push(self.median(|sample| sample.bursts[index].1));
         }
         medians
     }
@@ -105,6 +116,10 @@ pub fn figure_names() -> Vec<String> {
             .iter()
             .map(|size| format!("{} KB download", size / 1024)),
     );
+    for requests in BURSTS {
+        names.push(format!("burst {requests} median"));
+        names.push(format!("burst {requests} p90"));
+    }
     names
 }
 
@@ -194,6 +209,7 @@ fn write_site(dir: &Path) -> anyhow::Result<()> {
     for size in SHORT_SIZES {
         std::fs::write(dir.join(format!("short{size}")), bytes(size))?;
     }
+    std::fs::write(dir.join("small"), bytes(10 * 1024))?;
     Ok(())
 }
 
@@ -259,10 +275,38 @@ fn sample(testbed: &Testbed) -> anyhow::Result<Sample> {
         )?)?;
         short.push(total[0]);
     }
+    let mut bursts = Vec::new();
+    for requests in BURSTS {
+        let mut batch = vec![
+            "--parallel".to_owned(),
+            "--parallel-immediate".into(),
+            "--parallel-max".into(),
+            requests.to_string(),
+            "--write-out".into(),
+            "%{time_starttransfer}\\n".into(),
+        ];
+        for _ in 0..requests {
+            batch.extend(["--output".into(), "/dev/null".into(), url("small")]);
+        }
+        let mut first_bytes = timing(&curl(testbed, &batch)?)?;
+        first_bytes.sort_by(f64::total_cmp);
+        let at = |share: f64| {
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                clippy::cast_precision_loss,
+                reason = "a few dozen requests"
+            )]
+            let index = ((first_bytes.len() - 1) as f64 * share).round() as usize;
+            first_bytes[index]
+        };
+        bursts.push((at(0.5), at(0.9)));
+    }
     Ok(Sample {
         first_byte: page[0],
         page_load,
         short,
+        bursts,
     })
 }
 

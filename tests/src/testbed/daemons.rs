@@ -219,16 +219,30 @@ impl Testbed {
     }
 
     /// Serves the files of `dir` over HTTP on port 80 of the server, IPv4 and IPv6
-    /// (python3's stock http.server: a real third-party server).
+    /// (python3's stock http.server classes: a real third-party server).
     pub fn start_http_server(&mut self, dir: &Path, log: &Path) -> anyhow::Result<()> {
         let mut server = self.server.command("python3");
-        server
-            .args(["-m", "http.server", "80", "--bind", "::", "--directory"])
-            .arg(dir);
+        server.args(["-c", HTTP_SERVER]).arg(dir);
         self.start("http server", &mut server, log)?;
         self.server.wait_listening(80, Duration::from_secs(10))
     }
 }
+
+/// python's `http.server` on port 80, IPv4 and IPv6, serving the directory given, with
+/// a listen backlog of a real web server's size: `python -m http.server` listens with
+/// 5, and a burst of 32 connections then waits for SYN retransmissions, directly or
+/// not, which is the server's limit and not the path's.
+const HTTP_SERVER: &str = r"
+import functools, http.server, socket, sys
+class Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    request_queue_size = 1024
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
+Server(('::', 80), handler).serve_forever()
+";
 
 /// Where the daemon `label` ("gateway", "converter", ...) started with logs in `dir`
 /// writes them: `dir/<label>.log`.
