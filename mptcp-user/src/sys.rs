@@ -88,6 +88,15 @@ pub fn make_private(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("failed to make {} root-only", dir.display()))
 }
 
+/// `value` as JSON in `path`, replaced whole (written beside it, then renamed), so that
+/// a reader never sees half a file.
+pub fn write_json_replacing(path: &Path, value: &impl serde::Serialize) -> io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    let json = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    fs::write(&temporary, json)?;
+    fs::rename(&temporary, path)
+}
+
 /// A file of the daemon that pins its maps in `pin_dir`, under /run: `NAME.extension`.
 pub fn run_file(pin_dir: &Path, extension: &str) -> PathBuf {
     let name = pin_dir.to_string_lossy().replace('/', "_");

@@ -164,7 +164,8 @@ impl UplinkStatus {
     }
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch.
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |since| since.as_secs())
@@ -173,12 +174,7 @@ fn unix_now() -> u64 {
 /// Writes the uplinks' status where `mptcp-user uplinks` reads it (replaced whole, so
 /// a reader never sees half a file).
 pub(super) fn write_status(path: &Path, status: &[UplinkStatus]) {
-    let temporary = path.with_extension("tmp");
-    let written = serde_json::to_vec_pretty(status)
-        .map_err(std::io::Error::other)
-        .and_then(|json| std::fs::write(&temporary, json))
-        .and_then(|()| std::fs::rename(&temporary, path));
-    if let Err(error) = written {
+    if let Err(error) = sys::write_json_replacing(path, &status) {
         debug!("cannot write {}: {error}", path.display());
     }
 }

@@ -35,6 +35,7 @@ use super::{
     Health, UplinkConfig, UplinkStatus,
     choice::{Choice, Line, Reason, Switch, Traffic},
     config::Role,
+    status::unix_now,
     usage::Usage,
 };
 use crate::net::{
@@ -434,12 +435,6 @@ fn median_rtt(samples: &mut VecDeque<f64>, latest: Option<f64>) -> Option<f64> {
     let mut sorted: Vec<f64> = samples.iter().copied().collect();
     sorted.sort_by(f64::total_cmp);
     sorted.get(sorted.len() / 2).copied()
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::config::{Period, Role, UplinkConfig};
+use crate::sys;
 
 /// How often the count is written down: what a crash may lose, against writes to the
 /// router's flash.
@@ -104,14 +105,11 @@ impl Usage {
             return;
         }
         self.saved = Instant::now();
-        let temporary = self.file.with_extension("tmp");
         let written = self
             .file
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| serde_json::to_vec_pretty(&self.counts).map_err(std::io::Error::other))
-            .and_then(|json| std::fs::write(&temporary, json))
-            .and_then(|()| std::fs::rename(&temporary, &self.file));
+            .and_then(|()| sys::write_json_replacing(&self.file, &self.counts));
         match written {
             Ok(()) => self.changed = false,
             Err(error) => warn!(
