@@ -69,7 +69,8 @@ pub struct GatewayOptions {
     pub quic_fallback: Option<bool>,
 
     /// Most warm connections kept open to the converter, so that a new flow's request
-    /// leaves at once (0: none).
+    /// leaves at once (0: none). The pool follows demand up to it: about one per two
+    /// recent flows, and as many as the largest recent burst of new flows.
     #[arg(long, value_name = "N")]
     pub pool_size: Option<usize>,
 

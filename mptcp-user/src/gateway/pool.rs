@@ -4,8 +4,10 @@
 //! uplink already up.
 //!
 //! The pool follows demand: it keeps about one warm connection per two flows of the
-//! last five seconds, at least two while flows come, at most `--pool-size`, and none
-//! once the LAN has been quiet for 30 s. A warm connection has sent nothing, so the
+//! last five seconds, at least two while flows come, and at least as many as the
+//! largest burst of the last 30 s (flows starting within 250 ms of each other: a
+//! browser opening a page), so that the next burst of that size finds one each; at
+//! most `--pool-size`, and none once the LAN has been quiet for 30 s. A warm connection has sent nothing, so the
 //! converter holds it only for its request timeout (5 s by default) and counts it among
 //! the gateway's unauthenticated connections: each is retired after 3 s, and a new one
 //! takes its place while demand lasts. A flow gets a warm connection only if it goes to
@@ -31,8 +33,10 @@ use crate::lock;
 const MAX_AGE: Duration = Duration::from_secs(3);
 /// The demand is the flows of this last stretch.
 const DEMAND_WINDOW: Duration = Duration::from_secs(5);
-/// After this long without a flow the pool empties.
+/// After this long without a flow the pool empties; bursts are remembered this long.
 const QUIET: Duration = Duration::from_secs(30);
+/// Flows that start within this span of each other are one burst.
+const BURST_SPAN: Duration = Duration::from_millis(250);
 /// How often the pool looks at itself when nothing wakes it.
 const TICK: Duration = Duration::from_millis(250);
 /// After a failed connection, the pool waits this long before opening more.
@@ -147,7 +151,9 @@ impl Pool {
             .iter()
             .filter(|&&start| now.duration_since(start) <= DEMAND_WINDOW)
             .count();
-        (2 + recent / 2).min(self.max)
+        (2 + recent / 2)
+            .max(largest_burst(&state.flows))
+            .min(self.max)
     }
 
     /// Keeps the pool at the demand until the task is dropped: `target` says where
@@ -215,6 +221,19 @@ impl Pool {
     }
 }
 
+/// The most flows of `starts` (oldest first) that started within [`BURST_SPAN`].
+fn largest_burst(starts: &VecDeque<Instant>) -> usize {
+    let mut largest = 0;
+    let mut first = 0;
+    for (last, &start) in starts.iter().enumerate() {
+        while start.duration_since(starts[first]) > BURST_SPAN {
+            first += 1;
+        }
+        largest = largest.max(last - first + 1);
+    }
+    largest
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +248,19 @@ mod tests {
         assert_eq!(pool.desired(&state), 2);
         state.flows.extend([now; 5]);
         assert_eq!(pool.desired(&state), 4, "2 + 6 / 2, capped at 4");
+        // A burst of 8 a while ago (beyond the demand window) still calls for 8.
+        let pool = Pool::new(32);
+        let earlier = now.checked_sub(DEMAND_WINDOW * 2).unwrap();
+        state.flows = std::iter::repeat_n(earlier, 8)
+            .chain([earlier + BURST_SPAN * 2, now])
+            .collect();
+        assert_eq!(pool.desired(&state), 8);
+        // Flows spread over seconds are no burst.
+        state.flows = (0..6u32)
+            .map(|i| earlier + BURST_SPAN * 2 * i)
+            .chain([now])
+            .collect();
+        assert_eq!(largest_burst(&state.flows), 1);
         let quiet = now.checked_sub(QUIET + Duration::from_secs(1)).unwrap();
         state.flows = VecDeque::from([quiet]);
         assert_eq!(pool.desired(&state), 0);
