@@ -1,7 +1,7 @@
 //! The other carriers the benchmarks compare the gateway with, started on a testbed:
-//! shadowsocks (OpenMPTCProuter's default) behind an nftables tproxy rule, and the SOCKS
-//! chain people used before (redsocks and dante). Neither is part of the product; the
-//! tproxy rule also lets a benchmark intercept the LAN for our gateway without its eBPF
+//! shadowsocks (OpenMPTCProuter's default) and the smallest relay chain (`tcp-relay`)
+//! behind an nftables tproxy rule, and the SOCKS chain people used before (redsocks and
+//! dante). None is part of the product; the tproxy rule also lets a benchmark intercept the LAN for our gateway without its eBPF
 //! programs ([`crate::testbed::Interception::Nftables`]).
 
 use std::{path::Path, time::Duration};
@@ -179,6 +179,39 @@ pub fn start_socks_chain(testbed: &mut Testbed, dir: &Path) -> anyhow::Result<()
         )],
     )?;
     Ok(())
+}
+
+/// Starts the smallest terminating relay chain (`tcp-relay`, built next to this
+/// binary): one blocking copier on each host, plain TCP between them, the LAN steered
+/// to the near one by the tproxy rule. Logs go to `dir`.
+pub fn start_tcp_relay_chain(testbed: &mut Testbed, dir: &Path) -> anyhow::Result<()> {
+    const FAR_PORT: u16 = 1081;
+    let program = std::env::current_exe()?.with_file_name("tcp-relay");
+    let program = program.to_str().context("the relay's path is not UTF-8")?;
+    let mut far = testbed.converter.command(program);
+    far.args(["far", &format!("0.0.0.0:{FAR_PORT}")]);
+    testbed.start("tcp-relay far", &mut far, &dir.join("tcp-relay-far.log"))?;
+    let mut near = testbed.gateway.command(program);
+    near.args([
+        "near",
+        &format!("0.0.0.0:{GATEWAY_PORT}"),
+        &format!("{CONVERTER}:{FAR_PORT}"),
+    ]);
+    testbed.start("tcp-relay near", &mut near, &dir.join("tcp-relay-near.log"))?;
+    testbed
+        .converter
+        .wait_listening(FAR_PORT, Duration::from_secs(10))?;
+    testbed
+        .gateway
+        .wait_listening(GATEWAY_PORT, Duration::from_secs(10))?;
+    intercept_with_tproxy(testbed)
+}
+
+/// Stops what [`start_tcp_relay_chain`] started and removes its tproxy rule.
+pub fn stop_tcp_relay_chain(testbed: &mut Testbed) -> anyhow::Result<()> {
+    testbed.forget("tcp-relay near");
+    testbed.forget("tcp-relay far");
+    remove_tproxy(testbed)
 }
 
 /// Stops what [`start_socks_chain`] started and removes its redirect.

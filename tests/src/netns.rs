@@ -118,6 +118,24 @@ impl Netns {
         }
     }
 
+    /// A counter of the namespace's /proc/net/netstat, e.g. ("MPTcpExt",
+    /// "MPTCPRetrans"); 0 when this kernel does not count it.
+    pub fn netstat_counter(&self, group: &str, name: &str) -> anyhow::Result<u64> {
+        let text = self.exec("cat", &["/proc/net/netstat"])?;
+        let prefix = format!("{group}:");
+        // Each group is two lines: the names, then the values.
+        let mut lines = text.lines().filter(|line| line.starts_with(&prefix));
+        let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+            return Ok(0);
+        };
+        let value = names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(counter, _)| *counter == name)
+            .map_or(Ok(0), |(_, value)| value.parse())?;
+        Ok(value)
+    }
+
     /// Bytes an interface of the namespace has received and sent.
     pub fn interface_bytes(&self, interface: &str) -> anyhow::Result<(u64, u64)> {
         let read = |counter: &str| -> anyhow::Result<u64> {

@@ -51,6 +51,9 @@ fn tool(name: &str) -> anyhow::Result<Command> {
         "mptcp-tests",
         "--bin",
         name,
+        // The smallest relay chain, a carrier of `bench relay`.
+        "--bin",
+        "tcp-relay",
     ]))?;
     let mut command = Command::new(cmd::workspace_root().join("target/release").join(name));
     command.env("MPTCP_USER_BIN", mptcp_user);

@@ -24,7 +24,7 @@ use std::{io, str::FromStr};
 
 use anyhow::{Context as _, bail};
 use ipnet::IpNet;
-use log::warn;
+use log::{debug, warn};
 use mptcp_ebpf_common::uplinks::{CongestionName, NAME_LEN};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -48,6 +48,8 @@ pub struct TuningConfig {
     pub long_rtt_congestion: String,
     /// Send buffer of each long-RTT subflow in MiB; 0: autotuned.
     pub long_rtt_send_buffer_mib: u32,
+    /// Unsent bytes an MPTCP connection may queue, KiB; 0: the kernel's default.
+    pub notsent_lowat_kib: u32,
     /// Capacity of the relays' pipes in KiB.
     pub relay_pipe_kib: u32,
 }
@@ -61,6 +63,7 @@ impl Default for TuningConfig {
             long_rtt_ms: defaults::LONG_RTT_MS,
             long_rtt_congestion: defaults::LONG_RTT_CONGESTION.to_owned(),
             long_rtt_send_buffer_mib: defaults::LONG_RTT_SEND_BUFFER_MIB,
+            notsent_lowat_kib: defaults::NOTSENT_LOWAT_KIB,
             relay_pipe_kib: defaults::RELAY_PIPE_KIB,
         }
     }
@@ -114,6 +117,7 @@ impl FromStr for UplinkCongestion {
 pub struct Tuning {
     congestion: String,
     send_buffer_bytes: usize,
+    notsent_lowat_bytes: u32,
     uplink_congestion: Vec<UplinkCongestion>,
     long_rtt: LongRtt,
 }
@@ -139,6 +143,10 @@ impl Tuning {
         let tuning = Self {
             congestion: config.congestion.clone(),
             send_buffer_bytes: usize::try_from(config.send_buffer_mib)? << 20,
+            notsent_lowat_bytes: config
+                .notsent_lowat_kib
+                .checked_mul(1024)
+                .context("notsent-lowat is at most 4194303 KiB")?,
             uplink_congestion: config.uplink_congestion.clone(),
             long_rtt,
         };
@@ -200,7 +208,7 @@ impl Tuning {
     /// subflow, until sock_ops gives one its uplink's algorithm).
     pub fn apply(&self, socket: &Socket) -> io::Result<()> {
         self.apply_congestion(socket)?;
-        self.apply_send_buffer(socket)
+        self.apply_send_queue(socket)
     }
 
     /// Sets the congestion control. On an MPTCP connection it reaches every subflow,
@@ -210,8 +218,14 @@ impl Tuning {
         socket.set_tcp_congestion(self.congestion.as_bytes())
     }
 
-    /// Sets the send buffer, if one was asked for.
-    pub fn apply_send_buffer(&self, socket: &Socket) -> io::Result<()> {
+    /// Sets the send buffer and the unsent-bytes limit, where asked for. An older kernel
+    /// without TCP_NOTSENT_LOWAT for MPTCP leaves the queue unlimited.
+    pub fn apply_send_queue(&self, socket: &Socket) -> io::Result<()> {
+        if self.notsent_lowat_bytes != 0
+            && let Err(error) = socket.set_tcp_notsent_lowat(self.notsent_lowat_bytes)
+        {
+            debug!("TCP_NOTSENT_LOWAT left at the kernel's default: {error}");
+        }
         if self.send_buffer_bytes == 0 {
             return Ok(());
         }

@@ -14,8 +14,9 @@ pub const CONVERTER_LISTEN: SocketAddr =
 pub const PIN_PATH: &str = "/sys/fs/bpf/mptcp-gateway";
 /// `quic-fallback`: QUIC to intercepted destinations is turned away.
 pub const QUIC_FALLBACK: bool = true;
-/// `pool-size`: most warm connections to the converter.
-pub const POOL_SIZE: usize = 4;
+/// `pool-size`: most warm connections to the converter (a browser's burst of new
+/// connections is 8 to 32).
+pub const POOL_SIZE: usize = 32;
 /// `intercept-mark`: the fwmark of intercepted LAN packets ("MP" in ASCII).
 pub const INTERCEPT_MARK: u32 = 0x4d50;
 /// `intercept-table`: the routing table of their local-delivery route.
@@ -57,6 +58,8 @@ pub const LONG_RTT_MS: u32 = 300;
 pub const LONG_RTT_CONGESTION: &str = "cubic";
 /// `long-rtt-send-buffer`, MiB, of each long-RTT subflow.
 pub const LONG_RTT_SEND_BUFFER_MIB: u32 = 4;
+/// `notsent-lowat`, KiB: unsent bytes an MPTCP connection may queue; 0: no limit.
+pub const NOTSENT_LOWAT_KIB: u32 = 256;
 /// `relay-pipe`, KiB: the capacity of the relays' pipes.
 pub const RELAY_PIPE_KIB: u32 = 64;
 
@@ -176,6 +179,11 @@ pub fn shown() -> Vec<Shown> {
             Table::Tuning,
             "long-rtt-send-buffer",
             LONG_RTT_SEND_BUFFER_MIB.to_string(),
+        ),
+        (
+            Table::Tuning,
+            "notsent-lowat",
+            NOTSENT_LOWAT_KIB.to_string(),
         ),
         (Table::Tuning, "relay-pipe", RELAY_PIPE_KIB.to_string()),
     ];

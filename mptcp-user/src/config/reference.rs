@@ -262,7 +262,7 @@ mod tests {
     fn every_option_of_the_daemons_is_in_the_reference_with_its_default() {
         let text = markdown(&Cli::command());
         for needle in [
-            "| `--pool-size N` | `pool-size` | `4` |",
+            "| `--pool-size N` | `pool-size` | `32` |",
             "| `--congestion NAME` | `congestion` in `[gateway.tuning]` | `bbr` |",
             "| `--listen ADDR:PORT` | `listen` | `[::]:5124` |",
             "| `--uplink UPLINK` | `[[gateway.uplink]]` |",

@@ -52,6 +52,15 @@ pub struct TuningOptions {
     #[arg(long, value_name = "MIB")]
     pub long_rtt_send_buffer: Option<u32>,
 
+    /// Unsent bytes each MPTCP connection may queue in KiB (TCP_NOTSENT_LOWAT): the
+    /// relay writes more only once the queue drains below it. Kernels from 6.15 stall
+    /// an MPTCP sender whose whole send buffer waits for a data ACK for 200 ms at a
+    /// time, from 1 Gbit/s up; a short queue keeps it sending (docs/benchmarks.md).
+    /// It also keeps a connection's own later bytes from waiting behind megabytes.
+    /// 0: the kernel's default (no limit).
+    #[arg(long, value_name = "KIB")]
+    pub notsent_lowat: Option<u32>,
+
     /// Capacity of the relays' pipes in KiB, and so the most one splice moves (the
     /// kernel rounds it up to a power of two pages; 1024 at most without
     /// CAP_SYS_RESOURCE).
@@ -76,6 +85,7 @@ impl TuningOptions {
             long_rtt_send_buffer_mib: self
                 .long_rtt_send_buffer
                 .unwrap_or(defaults::LONG_RTT_SEND_BUFFER_MIB),
+            notsent_lowat_kib: self.notsent_lowat.unwrap_or(defaults::NOTSENT_LOWAT_KIB),
             relay_pipe_kib: self.relay_pipe.unwrap_or(defaults::RELAY_PIPE_KIB),
         }
     }

@@ -270,7 +270,7 @@ async fn handle(
 ) {
     if let Err(error) = converter
         .tuning
-        .apply_send_buffer(&socket2::SockRef::from(&client))
+        .apply_send_queue(&socket2::SockRef::from(&client))
     {
         warn!("{peer}: cannot tune the MPTCP connection: {error}");
     }

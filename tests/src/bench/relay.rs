@@ -5,7 +5,12 @@
 //! - plain routing: the gateway host forwards, nothing relays (the baseline);
 //! - shadowsocks-libev (`ss-redir` + `ss-server` under mptcpize, as in bench
 //!   aggregate), a copying relay people use today;
-//! - the gateway and converter (splice), also with pipes of 1 MiB.
+//! - the smallest relay chain (`tcp-relay`: a blocking copier on each host, plain TCP
+//!   between them): what any terminating relay costs on this machine, the yardstick
+//!   for ours;
+//! - the gateway and converter (splice); also with pipes of 1 MiB, without the limit
+//!   on unsent bytes (`--notsent-lowat 0`), and with the send buffer for fast lines
+//!   (`--send-buffer 64`).
 //!
 //! Every carrier runs each transfer in alternating rounds; the medians are compared.
 //! For each: throughput over plain routing's, CPU seconds per GB of the relay
@@ -55,19 +60,28 @@ pub enum Carrier {
     Shadowsocks,
     /// redsocks and dante (SOCKS5) over MPTCP, without encryption.
     SocksChain,
+    /// tcp-relay on both hosts, plain TCP between them.
+    RelayChain,
     /// The gateway and the converter.
     Gateway,
+    /// The gateway and the converter without a limit on unsent bytes.
+    GatewayNoLowat,
+    /// The gateway and the converter with a fixed send buffer of 64 MiB.
+    GatewayBigSendBuffer,
     /// The gateway and the converter with pipes of 1 MiB (`--relay-pipe 1024`).
     GatewayBigPipes,
 }
 
 impl Carrier {
     /// Every carrier, in the order of each round.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 8] = [
         Self::Plain,
+        Self::RelayChain,
         Self::SocksChain,
         Self::Shadowsocks,
         Self::Gateway,
+        Self::GatewayNoLowat,
+        Self::GatewayBigSendBuffer,
         Self::GatewayBigPipes,
     ];
 
@@ -77,7 +91,10 @@ impl Carrier {
             Self::Plain => "plain routing",
             Self::Shadowsocks => "shadowsocks",
             Self::SocksChain => "redsocks + dante",
+            Self::RelayChain => "TCP relay chain",
             Self::Gateway => "gateway",
+            Self::GatewayNoLowat => "gateway, unlimited unsent bytes",
+            Self::GatewayBigSendBuffer => "gateway, 64 MiB send buffer",
             Self::GatewayBigPipes => "gateway, 1 MiB pipes",
         }
     }
@@ -85,8 +102,10 @@ impl Carrier {
     /// The daemon flags that make it, if it is ours.
     fn gateway_flags(self) -> Option<&'static [&'static str]> {
         match self {
-            Self::Plain | Self::Shadowsocks | Self::SocksChain => None,
+            Self::Plain | Self::Shadowsocks | Self::SocksChain | Self::RelayChain => None,
             Self::Gateway => Some(&[]),
+            Self::GatewayNoLowat => Some(&["--notsent-lowat", "0"]),
+            Self::GatewayBigSendBuffer => Some(&["--send-buffer", "64"]),
             Self::GatewayBigPipes => Some(&["--relay-pipe", "1024"]),
         }
     }
@@ -98,7 +117,11 @@ impl Carrier {
             Self::Plain => &[],
             Self::Shadowsocks => &["ss-redir", "ss-server"],
             Self::SocksChain => &["redsocks", "danted"],
-            Self::Gateway | Self::GatewayBigPipes => &["mptcp-user"],
+            Self::RelayChain => &["tcp-relay"],
+            Self::Gateway
+            | Self::GatewayNoLowat
+            | Self::GatewayBigSendBuffer
+            | Self::GatewayBigPipes => &["mptcp-user"],
         }
     }
 }
@@ -273,7 +296,16 @@ fn start(testbed: &mut Testbed, carrier: Carrier, dir: &Path) -> anyhow::Result<
             }
             carriers::start_socks_chain(testbed, dir)
         }
-        Carrier::Gateway | Carrier::GatewayBigPipes => {
+        Carrier::RelayChain => {
+            for netns in [&testbed.gateway, &testbed.converter] {
+                netns.sysctl("net.ipv4.tcp_congestion_control", CONGESTION)?;
+            }
+            carriers::start_tcp_relay_chain(testbed, dir)
+        }
+        Carrier::Gateway
+        | Carrier::GatewayNoLowat
+        | Carrier::GatewayBigSendBuffer
+        | Carrier::GatewayBigPipes => {
             let flags = carrier.gateway_flags().unwrap_or_default();
             let common = ["--congestion", CONGESTION];
             let gateway = [&common[..], &["--metrics", GATEWAY_METRICS], flags].concat();
@@ -289,7 +321,11 @@ fn stop(testbed: &mut Testbed, carrier: Carrier) -> anyhow::Result<()> {
         Carrier::Plain => {}
         Carrier::Shadowsocks => carriers::stop_shadowsocks(testbed)?,
         Carrier::SocksChain => carriers::stop_socks_chain(testbed)?,
-        Carrier::Gateway | Carrier::GatewayBigPipes => {
+        Carrier::RelayChain => carriers::stop_tcp_relay_chain(testbed)?,
+        Carrier::Gateway
+        | Carrier::GatewayNoLowat
+        | Carrier::GatewayBigSendBuffer
+        | Carrier::GatewayBigPipes => {
             testbed.forget("gateway");
             testbed.forget("converter");
         }
