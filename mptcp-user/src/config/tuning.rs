@@ -22,8 +22,10 @@ pub struct TuningOptions {
     pub congestion: Option<String>,
 
     /// Fixed send buffer of every MPTCP connection in MiB (the kernel doubles it for
-    /// bookkeeping). 0: the kernel's autotuning; at most 1024. Long round trips are
-    /// better served by --long-rtt-send-buffer, which leaves the others autotuned.
+    /// bookkeeping). 0: the kernel's autotuning; at most 1024. Lines faster than a
+    /// gigabit on kernels 6.15-6.18 want 64 (the kernel's data-ACK stall, README).
+    /// Long round trips are better served by --long-rtt-send-buffer, which leaves the
+    /// others autotuned.
     #[arg(long, value_name = "MIB")]
     pub send_buffer: Option<u32>,
 
@@ -53,11 +55,9 @@ pub struct TuningOptions {
     pub long_rtt_send_buffer: Option<u32>,
 
     /// Unsent bytes each MPTCP connection may queue in KiB (TCP_NOTSENT_LOWAT): the
-    /// relay writes more only once the queue drains below it. Kernels from 6.15 stall
-    /// an MPTCP sender whose whole send buffer waits for a data ACK for 200 ms at a
-    /// time, from 1 Gbit/s up; a short queue keeps it sending (docs/benchmarks.md).
-    /// It also keeps a connection's own later bytes from waiting behind megabytes.
-    /// 0: the kernel's default (no limit).
+    /// relay writes more only once the queue drains below it, so that a large
+    /// --send-buffer holds bytes in flight, not a queue. 0: the kernel's default (no
+    /// limit).
     #[arg(long, value_name = "KIB")]
     pub notsent_lowat: Option<u32>,
 
