@@ -272,6 +272,50 @@ pub fn time_to_first_byte(
     crate::median_by(times, Duration::as_secs_f64).context("no exchange was timed")
 }
 
+/// Times `exchanges` round trips of 64 bytes on one connection from `client` to an echo
+/// server in `server` listening on `address`, `gap` apart, as a terminal or a game
+/// does: from each write to the whole echo. Returns every round trip, in order.
+pub fn interactive(
+    client: &Netns,
+    server: &Netns,
+    address: SocketAddr,
+    exchanges: usize,
+    gap: Duration,
+) -> anyhow::Result<Vec<Duration>> {
+    const MESSAGE: usize = 64;
+    client_and_server(
+        (client, server),
+        address,
+        Transport::Tcp,
+        move |listener| {
+            let (stream, _) = listener.accept().context("no client connected")?;
+            stream.set_tcp_nodelay(true)?;
+            let mut stream = std::net::TcpStream::from(stream);
+            let mut message = [0u8; MESSAGE];
+            while stream.read_exact(&mut message).is_ok() {
+                stream.write_all(&message)?;
+            }
+            Ok(())
+        },
+        move || {
+            let mut stream =
+                std::net::TcpStream::connect_timeout(&address, Duration::from_secs(10))?;
+            stream.set_nodelay(true)?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut message = [7u8; MESSAGE];
+            let mut round_trips = Vec::with_capacity(exchanges);
+            for _ in 0..exchanges {
+                let start = Instant::now();
+                stream.write_all(&message)?;
+                stream.read_exact(&mut message)?;
+                round_trips.push(start.elapsed());
+                thread::sleep(gap);
+            }
+            Ok(round_trips)
+        },
+    )
+}
+
 /// Runs `serve` in a thread inside `server`'s namespace, with a listener on `address`'s
 /// port (every address of its family), and once it listens, `connect` in a thread
 /// inside `client`'s namespace. Returns what `connect` returned, after both ended.

@@ -9,8 +9,9 @@
 //! authenticated requests take one of the `--max-conns` relay permits.
 //!
 //! A source that proved it holds the key is no stranger: its share grows by the flows it
-//! relays now and those it authenticated in its current window of [`RECENT`] (a window
-//! that starts again once it is over), so that a gateway's
+//! relays now and by those it authenticated in its current window of [`RECENT`] or in
+//! the window before (whichever is more: a share must not collapse when a window starts
+//! again, with the warm connections made for it still waiting), so that a gateway's
 //! warm connections, opened ahead of a burst of flows, are not sent away as a scan's
 //! would be (the gateway would then take the converter for gone).
 
@@ -54,18 +55,39 @@ struct State {
     trusted: HashMap<IpAddr, Trust>,
 }
 
-/// A source's authenticated flows: those relayed now, and those authenticated since
-/// `since` (restarted every [`RECENT`]).
+/// A source's authenticated flows: those relayed now, those authenticated since
+/// `since` (restarted every [`RECENT`]), and those of the window before.
 struct Trust {
     live: usize,
     recent: usize,
+    previous: usize,
     since: Instant,
 }
 
 impl Trust {
+    fn new() -> Self {
+        Self {
+            live: 0,
+            recent: 0,
+            previous: 0,
+            since: Instant::now(),
+        }
+    }
+
+    /// Starts a new window if the current one is over.
+    fn roll(&mut self) {
+        let age = self.since.elapsed();
+        if age >= RECENT {
+            // The window before is the one that just ended, if it ended just now.
+            self.previous = if age < 2 * RECENT { self.recent } else { 0 };
+            self.recent = 0;
+            self.since = Instant::now();
+        }
+    }
+
     /// How many more connections than a stranger's share the source may hold.
     fn extra(&self) -> usize {
-        self.live + self.recent
+        self.live + self.recent.max(self.previous)
     }
 }
 
@@ -133,10 +155,7 @@ impl Pending {
         let mut state = lock(&self.state);
         let held = state.by_source.get(&source).copied().unwrap_or(0);
         let extra = state.trusted.get_mut(&source).map_or(0, |trust| {
-            if trust.since.elapsed() >= RECENT {
-                trust.recent = 0;
-                trust.since = Instant::now();
-            }
+            trust.roll();
             trust.extra()
         });
         if held >= (self.max_per_source + extra).min(self.max_total) {
@@ -173,16 +192,9 @@ impl Pending {
         // here, but their addresses change).
         state
             .trusted
-            .retain(|_, trust| trust.live > 0 || trust.since.elapsed() < RECENT);
-        let trust = state.trusted.entry(source).or_insert(Trust {
-            live: 0,
-            recent: 0,
-            since: Instant::now(),
-        });
-        if trust.since.elapsed() >= RECENT {
-            trust.recent = 0;
-            trust.since = Instant::now();
-        }
+            .retain(|_, trust| trust.live > 0 || trust.since.elapsed() < 2 * RECENT);
+        let trust = state.trusted.entry(source).or_insert_with(Trust::new);
+        trust.roll();
         trust.live += 1;
         trust.recent += 1;
         Relaying {
@@ -277,6 +289,20 @@ mod tests {
         let held: Vec<PendingSlot> = (0..4).map(|_| small.admit(gateway).unwrap()).collect();
         assert!(small.admit(gateway).is_none());
         drop((strangers, warm, held));
+    }
+
+    #[test]
+    fn a_share_outlives_the_window_it_was_earned_in_by_one_window() {
+        let mut trust = Trust::new();
+        trust.recent = 30;
+        let now = Instant::now();
+        trust.since = now.checked_sub(RECENT + Duration::from_secs(1)).unwrap();
+        trust.roll();
+        assert_eq!(trust.extra(), 30, "the window before still counts");
+        trust.recent = 3;
+        trust.since = now.checked_sub(RECENT * 3).unwrap();
+        trust.roll();
+        assert_eq!(trust.extra(), 0, "long over");
     }
 
     #[tokio::test]

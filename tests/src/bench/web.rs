@@ -14,18 +14,23 @@
 //! - Bursts: 8, then 32 requests for a 10 KB object at once, each on a connection of its
 //!   own (curl `--parallel-immediate`), as a browser opening a page of many hosts does:
 //!   the median and the 90th percentile of their first bytes.
+//! - Interactive, in rounds of their own after the others (a bulk download through the
+//!   gateway disturbed the next page's first byte): 100 exchanges of 64 bytes, 50 ms
+//!   apart, on one connection (a terminal, a game): the median and the 95th percentile
+//!   of their round trips, on idle lines and while a bulk download runs the same way
+//!   (directly over the best uplink, or through the gateway with warm connections).
 //! - Each directly over the best uplink (the server excluded from the selection, so
 //!   plain forwarding over DSL), through the gateway with its warm connections, and
 //!   through the gateway without them (`--pool-size 0`); direct and gateway rounds
 //!   alternate, and the figures are medians of the rounds. The gateway is kept busy
 //!   between its rounds, as on a household's evening: its pool follows demand.
 
-use std::path::Path;
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::{Context as _, bail};
 
 use crate::{
-    Xorshift,
+    Xorshift, measure,
     testbed::{Interception, SERVER, Testbed, Uplink},
 };
 
@@ -51,6 +56,13 @@ const OBJECTS: usize = 30;
 const PARALLEL: &str = "6";
 /// Requests of each burst.
 const BURSTS: [usize; 2] = [8, 32];
+/// Exchanges of the interactive flow, and the time between them.
+const EXCHANGES: usize = 100;
+const EXCHANGE_GAP: Duration = Duration::from_millis(50);
+/// Port of the interactive flow's echo server.
+const ECHO_PORT: u16 = 7300;
+/// The bulk download that runs beside the loaded interactive flow: longer than it.
+const BULK_BYTES: usize = 64 * 1024 * 1024;
 
 /// One measurement of every figure, in seconds.
 #[derive(Clone, Debug, Default)]
@@ -64,6 +76,10 @@ pub struct Sample {
     /// Each burst's first bytes, [`BURSTS`] in order: median and 90th percentile.
     pub bursts: Vec<(f64, f64)>,
 }
+
+/// The interactive flow's round trips, idle then beside a bulk download: median and
+/// 95th percentile, in seconds.
+pub type Interactive = [(f64, f64); 2];
 
 /// One way of reaching the server, over the rounds.
 #[derive(Clone, Debug, Default)]
@@ -106,6 +122,8 @@ pub struct RowResult {
     pub gateway: Series,
     /// Through the gateway without them.
     pub gateway_no_pool: Series,
+    /// The interactive rounds: directly, and through the gateway.
+    pub interactive: (Vec<Interactive>, Vec<Interactive>),
 }
 
 /// The names of the figures, in [`Series::medians`] order.
@@ -121,6 +139,27 @@ pub fn figure_names() -> Vec<String> {
         names.push(format!("burst {requests} p90"));
     }
     names
+}
+
+/// The names of the interactive figures, in [`interactive_medians`] order.
+const INTERACTIVE_NAMES: [&str; 4] = [
+    "interactive idle median",
+    "interactive idle p95",
+    "interactive loaded median",
+    "interactive loaded p95",
+];
+
+/// The medians over rounds of each interactive figure.
+fn interactive_medians(rounds: &[Interactive]) -> Vec<f64> {
+    let median = |figure: &dyn Fn(&Interactive) -> f64| {
+        crate::median_by(rounds.iter().map(figure).collect(), |&value| value).unwrap_or(f64::NAN)
+    };
+    vec![
+        median(&|round| round[0].0),
+        median(&|round| round[0].1),
+        median(&|round| round[1].0),
+        median(&|round| round[1].1),
+    ]
 }
 
 impl RowResult {
@@ -147,6 +186,19 @@ impl RowResult {
             "direct": series(&self.direct),
             "gateway": series(&self.gateway),
             "gateway_no_pool": series(&self.gateway_no_pool),
+            "interactive": INTERACTIVE_NAMES
+                .iter()
+                .zip(interactive_medians(&self.interactive.0))
+                .zip(interactive_medians(&self.interactive.1))
+                .map(|((name, direct), gateway)| {
+                    serde_json::json!({
+                        "figure": name,
+                        "direct_seconds": direct,
+                        "gateway_seconds": gateway,
+                        "over_direct": gateway / direct,
+                    })
+                })
+                .collect::<Vec<_>>(),
         })
     }
 }
@@ -173,6 +225,16 @@ pub fn print(result: &RowResult) {
             gateway[index] / direct[index],
             cold[index] * 1e3,
             cold[index] / direct[index],
+        );
+    }
+    let direct = interactive_medians(&result.interactive.0);
+    let gateway = interactive_medians(&result.interactive.1);
+    for (index, name) in INTERACTIVE_NAMES.iter().enumerate() {
+        println!(
+            "  {name:<26} {:>6.1}ms {:>6.1}ms {:>7.3}",
+            direct[index] * 1e3,
+            gateway[index] * 1e3,
+            gateway[index] / direct[index],
         );
     }
 }
@@ -210,6 +272,7 @@ fn write_site(dir: &Path) -> anyhow::Result<()> {
         std::fs::write(dir.join(format!("short{size}")), bytes(size))?;
     }
     std::fs::write(dir.join("small"), bytes(10 * 1024))?;
+    std::fs::write(dir.join("bulk"), bytes(BULK_BYTES))?;
     Ok(())
 }
 
@@ -226,6 +289,62 @@ fn curl(testbed: &Testbed, args: &[String]) -> anyhow::Result<String> {
         bail!("curl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The value at `share` (0 to 1) of sorted `values`.
+fn percentile(values: &[f64], share: f64) -> f64 {
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "a few hundred values"
+    )]
+    let index = ((values.len() - 1) as f64 * share).round() as usize;
+    values[index]
+}
+
+/// The interactive flow's round trips: median and 95th percentile.
+fn interactive_once(testbed: &Testbed) -> anyhow::Result<(f64, f64)> {
+    let echo = SocketAddr::new(SERVER.parse()?, ECHO_PORT);
+    let mut round_trips: Vec<f64> = measure::interactive(
+        &testbed.client,
+        &testbed.server,
+        echo,
+        EXCHANGES,
+        EXCHANGE_GAP,
+    )?
+    .iter()
+    .map(Duration::as_secs_f64)
+    .collect();
+    round_trips.sort_by(f64::total_cmp);
+    Ok((
+        percentile(&round_trips, 0.5),
+        percentile(&round_trips, 0.95),
+    ))
+}
+
+/// The interactive flow's round trips while a bulk download from the same server runs
+/// beside it (started 2 s before, so that it fills the lines, and stopped after).
+fn interactive_beside_a_download(testbed: &Testbed) -> anyhow::Result<(f64, f64)> {
+    let mut bulk = testbed
+        .client
+        .command("curl")
+        .args(["--silent", "--output", "/dev/null"])
+        .arg(format!("http://{SERVER}/bulk"))
+        .spawn()
+        .context("curl does not run")?;
+    std::thread::sleep(Duration::from_secs(2));
+    let measured = interactive_once(testbed);
+    let still_running = bulk.try_wait()?.is_none();
+    let _ = bulk.kill();
+    let _ = bulk.wait();
+    // The lines' queues (50 ms at most) drain before the next figure.
+    std::thread::sleep(Duration::from_secs(1));
+    anyhow::ensure!(
+        still_running,
+        "the bulk download ended before the interactive flow: make it longer"
+    );
+    measured
 }
 
 /// One sample of every figure.
@@ -290,17 +409,7 @@ fn sample(testbed: &Testbed) -> anyhow::Result<Sample> {
         }
         let mut first_bytes = timing(&curl(testbed, &batch)?)?;
         first_bytes.sort_by(f64::total_cmp);
-        let at = |share: f64| {
-            #[expect(
-                clippy::cast_possible_truncation,
-                clippy::cast_sign_loss,
-                clippy::cast_precision_loss,
-                reason = "a few dozen requests"
-            )]
-            let index = ((first_bytes.len() - 1) as f64 * share).round() as usize;
-            first_bytes[index]
-        };
-        bursts.push((at(0.5), at(0.9)));
+        bursts.push((percentile(&first_bytes, 0.5), percentile(&first_bytes, 0.9)));
     }
     Ok(Sample {
         first_byte: page[0],
@@ -359,6 +468,21 @@ pub fn run_row(
     sample(&testbed)?;
     progress("direct and through the gateway with warm connections");
     let (mut direct, gateway) = alternate(&testbed, rounds, progress)?;
+    progress("interactive, direct and through the gateway");
+    let mut interactive = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        progress(&format!("  round {round}/{rounds}"));
+        selection(&testbed, &["add", "exclude", SERVER])?;
+        interactive.0.push([
+            interactive_once(&testbed)?,
+            interactive_beside_a_download(&testbed)?,
+        ]);
+        selection(&testbed, &["del", SERVER])?;
+        interactive.1.push([
+            interactive_once(&testbed)?,
+            interactive_beside_a_download(&testbed)?,
+        ]);
+    }
     progress("direct and through the gateway without warm connections");
     testbed.forget("gateway");
     testbed.start_gateway_intercepting(dir, Interception::Ebpf, &["--pool-size", "0"])?;
@@ -372,5 +496,6 @@ pub fn run_row(
         gateway_no_pool: Series {
             samples: gateway_no_pool,
         },
+        interactive,
     })
 }
