@@ -125,12 +125,10 @@ pub struct ScaleResult {
     pub hard_limit: u64,
     /// The flows each daemon has room for under it.
     pub capacity: u64,
-    /// New connections per second through plain forwarding.
-    pub forwarded_per_s: f64,
-    /// New connections per second through the gateway.
-    pub gateway_per_s: f64,
-    /// Connections that failed while the rates were measured: (forwarded, gateway).
-    pub rate_failures: (u64, u64),
+    /// New connections through plain forwarding.
+    pub forwarded: Rate,
+    /// New connections through the gateway.
+    pub gateway: Rate,
     /// The held-flow rows.
     pub held: Vec<Held>,
 }
@@ -169,10 +167,12 @@ impl ScaleResult {
         serde_json::json!({
             "hard_limit": self.hard_limit,
             "capacity": self.capacity,
-            "connections_per_s_forwarded": self.forwarded_per_s,
-            "connections_per_s_gateway": self.gateway_per_s,
-            "gateway_over_forwarded": self.gateway_per_s / self.forwarded_per_s,
-            "rate_failures": [self.rate_failures.0, self.rate_failures.1],
+            "connections_per_s_forwarded": self.forwarded.per_s,
+            "connections_per_s_gateway": self.gateway.per_s,
+            "gateway_over_forwarded": self.gateway.per_s / self.forwarded.per_s,
+            "rate_failures": [self.forwarded.failed, self.gateway.failed],
+            "first_byte_ms_forwarded": [self.forwarded.median_ms, self.forwarded.p99_ms],
+            "first_byte_ms_gateway": [self.gateway.median_ms, self.gateway.p99_ms],
             "held": held,
         })
     }
@@ -209,12 +209,10 @@ pub fn run(options: &Options, dir: &Path, progress: &dyn Fn(&str)) -> anyhow::Re
     let rate_server = GreetingServer::start(&testbed.server, RATE_PORT)?;
 
     progress("new connections per second through plain forwarding");
-    let (forwarded_per_s, forwarded_failures) =
-        connection_rate(&testbed.client, options.rate_duration)?;
+    let forwarded = connection_rate(&testbed.client, options.rate_duration)?;
     testbed.start_gateway_and_converter(dir, &[], &[])?;
     progress("new connections per second through the gateway");
-    let (gateway_per_s, gateway_failures) =
-        connection_rate(&testbed.client, options.rate_duration)?;
+    let gateway = connection_rate(&testbed.client, options.rate_duration)?;
     drop(rate_server);
 
     let mut held = Vec::new();
@@ -225,9 +223,8 @@ pub fn run(options: &Options, dir: &Path, progress: &dyn Fn(&str)) -> anyhow::Re
     Ok(ScaleResult {
         hard_limit,
         capacity,
-        forwarded_per_s,
-        gateway_per_s,
-        rate_failures: (forwarded_failures, gateway_failures),
+        forwarded,
+        gateway,
         held,
     })
 }
@@ -241,12 +238,24 @@ pub fn print(result: &ScaleResult) {
     println!(
         "  new connections/s: plain forwarding {:.0}, through the gateway {:.0} \
          (ratio {:.2}; failed {} / {})",
-        result.forwarded_per_s,
-        result.gateway_per_s,
-        result.gateway_per_s / result.forwarded_per_s,
-        result.rate_failures.0,
-        result.rate_failures.1
+        result.forwarded.per_s,
+        result.gateway.per_s,
+        result.gateway.per_s / result.forwarded.per_s,
+        result.forwarded.failed,
+        result.gateway.failed
     );
+    for (name, rate) in [
+        ("plain forwarding", &result.forwarded),
+        ("gateway", &result.gateway),
+    ] {
+        println!(
+            "  connect to greeting, {THREADS} clients, {name}: median {:.2} ms, 99th \
+             percentile {:.2} ms ({:.1}x the median)",
+            rate.median_ms,
+            rate.p99_ms,
+            rate.p99_ms / rate.median_ms
+        );
+    }
     for held in &result.held {
         println!(
             "  {} flows held: {} converted, {} echoed, opened in {:.1} s; seen from {:?}",
@@ -259,12 +268,13 @@ pub fn print(result: &ScaleResult) {
         for (name, load) in [("gateway", &held.gateway), ("converter", &held.converter)] {
             println!(
                 "    {name:<9} {:5.1} KiB RSS/flow, {:.2} files/flow, pipe fds {} held ({} \
-                 before), {} files left after close (warm connections, up to 4)",
+                 before), {} files left after close (warm connections, up to {})",
                 load.rss_kib_per_flow(held.flows),
                 load.files_per_flow(held.flows),
                 load.held.pipes,
                 load.before.pipes,
-                load.leaked_files()
+                load.leaked_files(),
+                mptcp_user::config::defaults::POOL_SIZE
             );
         }
         println!(
@@ -300,19 +310,37 @@ fn in_netns<T: Send + 'static>(
         .collect()
 }
 
+/// New connections from [`THREADS`] clients at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    /// Connections a second.
+    pub per_s: f64,
+    /// Connections that failed.
+    pub failed: u64,
+    /// From connect() to the greeting's first byte: the median and the 99th
+    /// percentile, milliseconds.
+    pub median_ms: f64,
+    /// See `median_ms`.
+    pub p99_ms: f64,
+}
+
 /// Connections a second from `client` to the greeting server (each: connect, read the
-/// greeting, close) over `duration`, and how many failed.
+/// greeting, close) over `duration`, how many failed, and how long each took to its
+/// greeting.
 #[expect(clippy::cast_precision_loss, reason = "counts are small")]
-fn connection_rate(client: &Netns, duration: Duration) -> anyhow::Result<(f64, u64)> {
+fn connection_rate(client: &Netns, duration: Duration) -> anyhow::Result<Rate> {
     let server = SocketAddr::new(SERVER.parse()?, RATE_PORT);
     let start = Instant::now();
     let counts = in_netns(client, move |_| {
         let mut done = 0u64;
         let mut failed = 0u64;
+        let mut took = Vec::new();
         while start.elapsed() < duration {
+            let began = Instant::now();
             // The server closes first, as web servers do: waiting for its end keeps the
             // client free of TIME_WAIT sockets, whose port search would dominate.
             let exchange = greeting(server, PATIENCE).and_then(|(mut stream, _)| {
+                took.push(began.elapsed());
                 let end = stream.read(&mut [0u8; 1])?;
                 if end == 0 {
                     Ok(())
@@ -325,15 +353,31 @@ fn connection_rate(client: &Netns, duration: Duration) -> anyhow::Result<(f64, u
                 Err(_) => failed += 1,
             }
         }
-        Ok((done, failed))
+        Ok((done, failed, took))
     })?;
     let elapsed = start.elapsed().as_secs_f64();
-    let done: u64 = counts.iter().map(|(done, _)| done).sum();
-    let failed: u64 = counts.iter().map(|(_, failed)| failed).sum();
+    let done: u64 = counts.iter().map(|(done, _, _)| done).sum();
+    let failed: u64 = counts.iter().map(|(_, failed, _)| failed).sum();
     if done == 0 {
         bail!("no connection to {server} succeeded ({failed} failed)");
     }
-    Ok((done as f64 / elapsed, failed))
+    let mut took: Vec<f64> = counts
+        .iter()
+        .flat_map(|(_, _, took)| took.iter().map(|time| time.as_secs_f64() * 1e3))
+        .collect();
+    took.sort_by(f64::total_cmp);
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "an index into the samples"
+    )]
+    let at = |share: f64| took[((took.len() - 1) as f64 * share).round() as usize];
+    Ok(Rate {
+        per_s: done as f64 / elapsed,
+        failed,
+        median_ms: at(0.5),
+        p99_ms: at(0.99),
+    })
 }
 
 /// Opens `count` flows from the LAN host through the testbed's running gateway and
