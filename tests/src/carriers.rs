@@ -1,8 +1,9 @@
 //! The other carriers the benchmarks compare the gateway with, started on a testbed:
 //! shadowsocks (OpenMPTCProuter's default) and the smallest relay chain (`tcp-relay`)
 //! behind an nftables tproxy rule, and the SOCKS chain people used before (redsocks and
-//! dante). None is part of the product; the tproxy rule also lets a benchmark intercept the LAN for our gateway without its eBPF
-//! programs ([`crate::testbed::Interception::Nftables`]).
+//! dante). None is part of the product; the tproxy rule also lets a benchmark
+//! intercept the LAN for our gateway without its eBPF programs
+//! ([`crate::testbed::Interception::Nftables`]).
 
 use std::{path::Path, time::Duration};
 

@@ -7,12 +7,13 @@
 //! last five seconds, at least two while flows come, and at least as many as the
 //! largest burst of the last 30 s (flows starting within 250 ms of each other: a
 //! browser opening a page), so that the next burst of that size finds one each; at
-//! most `--pool-size`, and none once the LAN has been quiet for 30 s. A warm connection has sent nothing, so the
-//! converter holds it only for its request timeout (5 s by default) and counts it among
-//! the gateway's unauthenticated connections: each is retired after 3 s, and a new one
-//! takes its place while demand lasts. A flow gets a warm connection only if it goes to
-//! the active converter, starts from the uplink new flows start from, and is still open;
-//! one that fails anyway is replaced by a fresh connection ([`super::upstream`]).
+//! most `--pool-size`, and none once the LAN has been quiet for 30 s. A warm
+//! connection has sent nothing, so the converter holds it only for its request timeout
+//! (5 s by default) and counts it among the gateway's unauthenticated connections:
+//! each is retired after 3 s, and a new one takes its place while demand lasts. A flow
+//! gets a warm connection only if it goes to the active converter, starts from the
+//! uplink new flows start from, and is still open; one that fails anyway is replaced by
+//! a fresh connection ([`super::upstream`]).
 
 use std::{
     collections::VecDeque,
