@@ -137,6 +137,18 @@ impl Xorshift {
     }
 }
 
+/// The value at `share` (0 to 1) of `sorted` values, rounded to the nearest rank.
+pub fn percentile(sorted: &[f64], share: f64) -> f64 {
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "an index into at most millions of samples"
+    )]
+    let index = ((sorted.len() - 1) as f64 * share).round() as usize;
+    sorted[index]
+}
+
 /// The median of `values` by `key`: the middle value, the lower of the middle two for an
 /// even count; `None` when there are none.
 pub fn median_by<T>(mut values: Vec<T>, key: impl Fn(&T) -> f64) -> Option<T> {

@@ -49,6 +49,25 @@ fn protocol(mptcp: bool) -> Protocol {
     }
 }
 
+/// A listener in `netns` on `address` (TCP Fast Open on if `fast_open`).
+fn listener_in(
+    netns: &Netns,
+    address: SocketAddr,
+    protocol: Protocol,
+    fast_open: bool,
+) -> TcpListener {
+    run_in(netns, move || {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(protocol)).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket.bind(&address.into()).unwrap();
+        if fast_open {
+            mptcp_user::sys::set_fast_open(&socket, 16).unwrap();
+        }
+        socket.listen(16).unwrap();
+        socket.into()
+    })
+}
+
 /// When a test server answers.
 #[derive(Clone, Copy)]
 enum Answer {
@@ -63,14 +82,7 @@ enum Answer {
 fn tfo_server(netns: &Netns, mptcp: bool, when: Answer) -> SocketAddr {
     let port = TFO_PORT + u16::from(mptcp) + 2 * when as u16;
     let address: SocketAddr = format!("{CONVERTER}:{port}").parse().unwrap();
-    let listener: TcpListener = run_in(netns, move || {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(protocol(mptcp))).unwrap();
-        socket.set_reuse_address(true).unwrap();
-        socket.bind(&address.into()).unwrap();
-        mptcp_user::sys::set_fast_open(&socket, 16).unwrap();
-        socket.listen(16).unwrap();
-        socket.into()
-    });
+    let listener = listener_in(netns, address, protocol(mptcp), true);
     thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
@@ -181,13 +193,7 @@ const BULK_ATTEMPTS: usize = 8;
 /// 4 MiB as fast as the send buffer takes them, then closes.
 fn bulk_server(netns: &Netns) -> SocketAddr {
     let address: SocketAddr = format!("{CONVERTER}:{BULK_PORT}").parse().unwrap();
-    let listener: TcpListener = run_in(netns, move || {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::MPTCP)).unwrap();
-        socket.set_reuse_address(true).unwrap();
-        socket.bind(&address.into()).unwrap();
-        socket.listen(4).unwrap();
-        socket.into()
-    });
+    let listener = listener_in(netns, address, Protocol::MPTCP, false);
     thread::spawn(move || {
         let chunk = vec![7u8; 4 << 20];
         for stream in listener.incoming() {

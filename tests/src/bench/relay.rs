@@ -290,16 +290,11 @@ fn start(testbed: &mut Testbed, carrier: Carrier, dir: &Path) -> anyhow::Result<
         Carrier::Plain => testbed.route_lan_via(1),
         Carrier::Shadowsocks => carriers::start_shadowsocks(testbed, dir, CONGESTION),
         Carrier::SocksChain => {
-            // Their TCP takes the hosts' default congestion control, like shadowsocks'.
-            for netns in [&testbed.gateway, &testbed.converter] {
-                netns.sysctl("net.ipv4.tcp_congestion_control", CONGESTION)?;
-            }
+            hosts_default_congestion(testbed)?;
             carriers::start_socks_chain(testbed, dir)
         }
         Carrier::RelayChain => {
-            for netns in [&testbed.gateway, &testbed.converter] {
-                netns.sysctl("net.ipv4.tcp_congestion_control", CONGESTION)?;
-            }
+            hosts_default_congestion(testbed)?;
             carriers::start_tcp_relay_chain(testbed, dir)
         }
         Carrier::Gateway
@@ -313,6 +308,15 @@ fn start(testbed: &mut Testbed, carrier: Carrier, dir: &Path) -> anyhow::Result<
             testbed.start_gateway_and_converter(dir, &gateway, &converter)
         }
     }
+}
+
+/// Makes [`CONGESTION`] the default of both hosts, for carriers whose TCP takes the
+/// default (as shadowsocks' does, set by its own start).
+fn hosts_default_congestion(testbed: &Testbed) -> anyhow::Result<()> {
+    for netns in [&testbed.gateway, &testbed.converter] {
+        netns.sysctl("net.ipv4.tcp_congestion_control", CONGESTION)?;
+    }
+    Ok(())
 }
 
 /// Stops what [`start`] started, and lets the line go quiet.

@@ -34,6 +34,7 @@ use crate::{
     footprint::{Footprint, raise_own_file_limit},
     greeting::{GreetingServer, greeting, listen_in},
     netns::{Netns, enter},
+    percentile,
     testbed::{CONVERTER_TOWARD_SERVER, SERVER, Testbed, Uplink},
 };
 
@@ -366,17 +367,11 @@ fn connection_rate(client: &Netns, duration: Duration) -> anyhow::Result<Rate> {
         .flat_map(|(_, _, took)| took.iter().map(|time| time.as_secs_f64() * 1e3))
         .collect();
     took.sort_by(f64::total_cmp);
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        reason = "an index into the samples"
-    )]
-    let at = |share: f64| took[((took.len() - 1) as f64 * share).round() as usize];
     Ok(Rate {
         per_s: done as f64 / elapsed,
         failed,
-        median_ms: at(0.5),
-        p99_ms: at(0.99),
+        median_ms: percentile(&took, 0.5),
+        p99_ms: percentile(&took, 0.99),
     })
 }
 

@@ -30,7 +30,7 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use anyhow::{Context as _, bail};
 
 use crate::{
-    Xorshift, measure,
+    Xorshift, measure, percentile,
     testbed::{Interception, SERVER, Testbed, Uplink},
 };
 
@@ -291,18 +291,6 @@ fn curl(testbed: &Testbed, args: &[String]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// The value at `share` (0 to 1) of sorted `values`.
-fn percentile(values: &[f64], share: f64) -> f64 {
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "a few hundred values"
-    )]
-    let index = ((values.len() - 1) as f64 * share).round() as usize;
-    values[index]
-}
-
 /// The interactive flow's round trips: median and 95th percentile.
 fn interactive_once(testbed: &Testbed) -> anyhow::Result<(f64, f64)> {
     let echo = SocketAddr::new(SERVER.parse()?, ECHO_PORT);
@@ -433,22 +421,31 @@ fn selection(testbed: &Testbed, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `rounds` alternating rounds: direct (the server excluded), then through the gateway
-/// running now. Returns (direct, gateway).
-fn alternate(
+/// `rounds` alternating rounds of `measure`: direct (the server excluded), then through
+/// the gateway running now. Returns (direct, gateway).
+fn alternate<T>(
     testbed: &Testbed,
     rounds: usize,
     progress: &dyn Fn(&str),
-) -> anyhow::Result<(Vec<Sample>, Vec<Sample>)> {
+    measure: impl Fn(&Testbed) -> anyhow::Result<T>,
+) -> anyhow::Result<(Vec<T>, Vec<T>)> {
     let (mut direct, mut gateway) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         progress(&format!("  round {round}/{rounds}"));
         selection(testbed, &["add", "exclude", SERVER])?;
-        direct.push(sample(testbed)?);
+        direct.push(measure(testbed)?);
         selection(testbed, &["del", SERVER])?;
-        gateway.push(sample(testbed)?);
+        gateway.push(measure(testbed)?);
     }
     Ok((direct, gateway))
+}
+
+/// The interactive figures of one round: idle, then beside a bulk download.
+fn interactive_round(testbed: &Testbed) -> anyhow::Result<Interactive> {
+    Ok([
+        interactive_once(testbed)?,
+        interactive_beside_a_download(testbed)?,
+    ])
 }
 
 /// Measures one row; daemon logs and the site go to `dir`.
@@ -467,26 +464,13 @@ pub fn run_row(
     // One unmeasured load: the first flows of an idle gateway find no warm connection.
     sample(&testbed)?;
     progress("direct and through the gateway with warm connections");
-    let (mut direct, gateway) = alternate(&testbed, rounds, progress)?;
+    let (mut direct, gateway) = alternate(&testbed, rounds, progress, sample)?;
     progress("interactive, direct and through the gateway");
-    let mut interactive = (Vec::new(), Vec::new());
-    for round in 1..=rounds {
-        progress(&format!("  round {round}/{rounds}"));
-        selection(&testbed, &["add", "exclude", SERVER])?;
-        interactive.0.push([
-            interactive_once(&testbed)?,
-            interactive_beside_a_download(&testbed)?,
-        ]);
-        selection(&testbed, &["del", SERVER])?;
-        interactive.1.push([
-            interactive_once(&testbed)?,
-            interactive_beside_a_download(&testbed)?,
-        ]);
-    }
+    let interactive = alternate(&testbed, rounds, progress, interactive_round)?;
     progress("direct and through the gateway without warm connections");
     testbed.forget("gateway");
     testbed.start_gateway_intercepting(dir, Interception::Ebpf, &["--pool-size", "0"])?;
-    let (more_direct, gateway_no_pool) = alternate(&testbed, rounds, progress)?;
+    let (more_direct, gateway_no_pool) = alternate(&testbed, rounds, progress, sample)?;
     direct.extend(more_direct);
     testbed.check_running()?;
     Ok(RowResult {
