@@ -12,6 +12,7 @@
 
 pub mod cgroups;
 pub mod flows;
+pub mod lan;
 pub mod selection;
 pub mod uplinks;
 

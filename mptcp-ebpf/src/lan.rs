@@ -8,7 +8,9 @@
 //!
 //! Every later packet of an intercepted flow is found by its socket: if the exact
 //! 4-tuple names a socket of ours that is not a listener, the packet is marked (local
-//! delivery then finds that socket by itself). A flow that was not intercepted at its SYN
+//! delivery then finds that socket by itself). A selected SYN whose 4-tuple names a
+//! socket of ours in TIME_WAIT opens a new flow through the kernel's time-wait code
+//! (see [`crate::time_wait`]). A flow that was not intercepted at its SYN
 //! has no socket and keeps being forwarded, whatever the selection says later: a flow's
 //! decision is taken once.
 //!
@@ -39,7 +41,12 @@ use network_types::{
     tcp::TcpHdr,
 };
 
-use crate::{config, maps::QUIC_FALLBACK, selection};
+use crate::{
+    config,
+    maps::QUIC_FALLBACK,
+    selection,
+    time_wait::{self, FourTuple},
+};
 
 /// The EtherTypes as the header holds them (network order).
 const IPV4: u16 = EtherType::Ipv4 as u16;
@@ -49,7 +56,8 @@ const IPV6: u16 = EtherType::Ipv6 as u16;
 const TCP_FLAGS_OFFSET: usize = offset_of!(TcpHdr, _bitfield_1) + 1;
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_ACK: u8 = 0x10;
-/// `TCP_LISTEN` from include/net/tcp_states.h.
+/// `TCP_TIME_WAIT` and `TCP_LISTEN` from include/net/tcp_states.h.
+const TCP_TIME_WAIT: u32 = 6;
 const TCP_LISTEN: u32 = 10;
 
 /// The socket lookup key for IPv4 (`bpf_sock_tuple.ipv4`).
@@ -93,18 +101,29 @@ fn try_intercept_lan(ctx: &TcContext) -> Result<(), i64> {
         return Ok(());
     }
     let (mut tuple, destination, flags) = parse(ctx)?;
+    // Only a SYN without ACK opens a flow.
+    let opens = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
     if let Some(socket) = lookup(ctx, &mut tuple) {
         // SAFETY: `socket` is a valid socket reference from the lookup helper.
         let state = unsafe { read_volatile(&raw const (*socket).state) };
         release(socket);
+        if state == TCP_TIME_WAIT && opens {
+            // A new flow on the 4-tuple of one we closed: the kernel's time-wait code
+            // takes it, with the sk_lookup program's help; an unselected one is forwarded.
+            let tuple = four_tuple(&tuple);
+            if selection::selects(destination, u16::from_be(tuple.local_port)) {
+                time_wait::remember(&tuple);
+                ctx.set_mark(config::intercept_mark());
+            }
+            return Ok(());
+        }
         if state != TCP_LISTEN {
             // A packet of a flow we accepted (or are accepting): deliver it locally.
             ctx.set_mark(config::intercept_mark());
             return Ok(());
         }
     }
-    // Only a SYN without ACK opens a flow.
-    if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
+    if !opens {
         return Ok(());
     }
     let port = match &tuple {
@@ -115,6 +134,25 @@ fn try_intercept_lan(ctx: &TcContext) -> Result<(), i64> {
         return Ok(());
     }
     hand_to_listener(ctx, &mut tuple)
+}
+
+/// `tuple` in the form the sk_lookup program sees.
+#[inline(always)]
+fn four_tuple(tuple: &Tuple) -> FourTuple {
+    match tuple {
+        Tuple::V4(tuple) => FourTuple {
+            remote: mapped_v4(tuple.saddr),
+            local: mapped_v4(tuple.daddr),
+            remote_port: tuple.sport,
+            local_port: tuple.dport,
+        },
+        Tuple::V6(tuple) => FourTuple {
+            remote: tuple.saddr,
+            local: tuple.daddr,
+            remote_port: tuple.sport,
+            local_port: tuple.dport,
+        },
+    }
 }
 
 /// Gives QUIC to a selected destination the QUIC mark (its route is `prohibit`) while

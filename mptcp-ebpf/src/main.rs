@@ -26,6 +26,8 @@ mod maps;
 mod selection;
 #[cfg(target_arch = "bpf")]
 mod sock_ops;
+#[cfg(target_arch = "bpf")]
+mod time_wait;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -10,7 +10,7 @@ use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, SockMap},
 };
 use mptcp_ebpf_common::{
     Address, Endpoint,
@@ -19,6 +19,8 @@ use mptcp_ebpf_common::{
     selection,
     uplinks::{self, CongestionName},
 };
+
+use crate::time_wait::FourTuple;
 
 /// Destination prefix -> include/exclude. Written by the daemon and `mptcp-user
 /// selection`; read by the LAN ingress and connect programs at a flow's start.
@@ -40,6 +42,17 @@ pub static SHEDDING: Array<u32> = Array::with_max_entries(1, 0);
 /// Written by the daemon and `mptcp-user selection quic`; read by the LAN program.
 #[map]
 pub static QUIC_FALLBACK: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Four-tuple of a selected SYN that met a time-wait socket -> present. Written by the
+/// LAN program; read and deleted by the sk_lookup program, which hands the SYN to the
+/// listener. Entries live microseconds: a few hundred cover any burst.
+#[map]
+pub static TIME_WAIT_SYNS: LruHashMap<FourTuple, u32> = LruHashMap::with_max_entries(256, 0);
+
+/// The transparent listener, at `LISTENER_INDEX`. Written by the daemon; read by the
+/// sk_lookup program.
+#[map]
+pub static LISTENER: SockMap = SockMap::with_max_entries(1, 0);
 
 /// Opted-in cgroup v2 id -> present. Written by the daemon and `mptcp-user optin|optout`;
 /// read by the connect programs.

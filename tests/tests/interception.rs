@@ -314,6 +314,73 @@ fn lan_flows_to_the_listeners_port_elsewhere_are_relayed() {
     );
 }
 
+/// Connects `argv[3]` times from one source port, reading each answer to its end, and
+/// prints the answers: the gateway closes first, so each new connection reuses the
+/// four-tuple of one it holds in TIME_WAIT.
+const SAME_PORT_CLIENT: &str = r"
+import socket, sys
+for _ in range(int(sys.argv[3])):
+    connection = socket.socket()
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    connection.bind(('0.0.0.0', 40404))
+    connection.settimeout(5)
+    connection.connect((sys.argv[1], int(sys.argv[2])))
+    answer = b''
+    while chunk := connection.recv(4096):
+        answer += chunk
+    connection.close()
+    print(answer.decode().strip())
+";
+
+#[test]
+fn a_client_reusing_its_port_is_intercepted_without_a_retry() {
+    require_root();
+    let dir = TempDir::new("reuse").unwrap();
+    let testbed = deploy(dir.path(), "reuse", &[]);
+    let retries_before = testbed
+        .client
+        .netstat_counter("TcpExt", "TCPSynRetrans")
+        .unwrap();
+    let connections = 20;
+    let output = testbed
+        .client
+        .exec(
+            "python3",
+            &[
+                "-c",
+                SAME_PORT_CLIENT,
+                SERVER,
+                &WHOAMI_PORT.to_string(),
+                &connections.to_string(),
+            ],
+        )
+        .unwrap();
+    let answers: Vec<&str> = output.lines().collect();
+    assert_eq!(
+        answers,
+        vec![VIA_CONVERTER; connections],
+        "gateway log: {}",
+        daemon_log(dir.path(), "gateway")
+    );
+    // The connections did meet the gateway's TIME_WAIT sockets...
+    let time_wait = testbed
+        .gateway
+        .exec(
+            "ss",
+            &["-Htn", "state", "time-wait", "dst", "192.168.50.2:40404"],
+        )
+        .unwrap();
+    assert!(!time_wait.trim().is_empty(), "no TIME_WAIT socket left");
+    // ...and each SYN was answered at once: a SYN met with an ACK of the old
+    // connection is reset by the client and sent again 10 ms later.
+    let retries = testbed
+        .client
+        .netstat_counter("TcpExt", "TCPSynRetrans")
+        .unwrap()
+        - retries_before;
+    assert_eq!(retries, 0, "SYNs sent again");
+}
+
 #[test]
 fn recreated_lan_interface_is_intercepted_again() {
     require_root();

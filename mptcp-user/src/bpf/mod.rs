@@ -11,23 +11,24 @@
 use std::{
     fs::{self, File},
     io,
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{LpmTrie, Map, MapData, lpm_trie::Key},
+    maps::{LpmTrie, Map, MapData, SockMap, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, SockOps, TcAttachType,
-        tc::TcAttachOptions,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, SkLookup, SockOps,
+        TcAttachType, tc::TcAttachOptions,
     },
 };
 use aya_log::EbpfLogger;
 use ipnet::IpNet;
 use log::{debug, error, warn};
 use mptcp_ebpf_common::{
-    Address, cgroups, flows, selection,
+    Address, cgroups, flows, lan, selection,
     uplinks::{self, CongestionName},
 };
 
@@ -42,6 +43,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// The tc program of the LAN interfaces.
 const LAN_PROGRAM: &str = "intercept_lan";
+/// The sk_lookup program that hands the listener the SYNs reusing a time-wait four-tuple.
+const TIME_WAIT_PROGRAM: &str = "reopen_time_wait";
 /// The sock_ops program (hand-over of intercepted connects, subflow records, tuning).
 const SOCK_OPS_PROGRAM: &str = "track_sockets";
 /// The cgroup/sock_addr programs that intercept the connects of opted-in cgroups.
@@ -112,6 +115,10 @@ impl Programs {
         classifier
             .load()
             .with_context(|| format!("the kernel rejected {LAN_PROGRAM}"))?;
+        let time_wait: &mut SkLookup = program_mut(&mut ebpf, TIME_WAIT_PROGRAM)?.try_into()?;
+        time_wait
+            .load()
+            .with_context(|| format!("the kernel rejected {TIME_WAIT_PROGRAM}"))?;
         let sock_ops: &mut SockOps = program_mut(&mut ebpf, SOCK_OPS_PROGRAM)?.try_into()?;
         sock_ops
             .load()
@@ -155,6 +162,27 @@ impl Programs {
                 format!("failed to attach to {interface} ingress (tcx needs Linux 6.6 or later)")
             })?;
         debug!("{LAN_PROGRAM} attached to {interface} ingress");
+        Ok(())
+    }
+
+    /// Lets the LAN program's SYNs that reuse the four-tuple of a connection in TIME_WAIT
+    /// reach `listener` (see mptcp-ebpf's `time_wait`): puts it in the sockmap and
+    /// attaches the sk_lookup program to this network namespace.
+    pub fn attach_time_wait(&mut self, listener: &impl AsRawFd) -> anyhow::Result<()> {
+        let mut sockets: SockMap<&mut MapData> =
+            SockMap::try_from(self.ebpf.map_mut(lan::LISTENER_MAP_NAME).ok_or_else(|| {
+                anyhow!("the eBPF object has no map {}", lan::LISTENER_MAP_NAME)
+            })?)?;
+        sockets
+            .set(lan::LISTENER_INDEX, listener, 0)
+            .context("failed to put the listener into the sockmap")?;
+        let netns = File::open("/proc/self/ns/net")
+            .context("failed to open this process's network namespace")?;
+        let program: &mut SkLookup = program_mut(&mut self.ebpf, TIME_WAIT_PROGRAM)?.try_into()?;
+        program
+            .attach(&netns)
+            .context("failed to attach the sk_lookup program to the network namespace")?;
+        debug!("{TIME_WAIT_PROGRAM} attached to the network namespace");
         Ok(())
     }
 

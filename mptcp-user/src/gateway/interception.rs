@@ -3,7 +3,7 @@
 //! LAN interfaces that come back.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
 };
 
@@ -13,6 +13,7 @@ use aya_log::EbpfLogger;
 use ipnet::IpNet;
 use log::{info, warn};
 use mptcp_ebpf_common::cgroups::OPTED_IN_MAP_NAME;
+use tokio::net::TcpListener;
 
 use super::{
     cgroups,
@@ -79,18 +80,21 @@ pub struct Interception {
 }
 
 impl Interception {
-    /// Loads the programs and installs the interception, with `listen` the transparent
+    /// Loads the programs and installs the interception, with `listener` the transparent
     /// listener (which must already listen: the LAN program hands it flows from the
     /// moment it is attached) and `never` addresses that must never be intercepted (the
     /// converter), `capacity` the flows the open-file limit leaves room for. Returns the
     /// flow table the accepted connections use.
     pub fn install(
         config: &InterceptionConfig,
-        listen: SocketAddr,
+        listener: &TcpListener,
         tuning: &Tuning,
         never: &[IpAddr],
         capacity: u64,
     ) -> anyhow::Result<(Self, FlowTable)> {
+        let listen = listener
+            .local_addr()
+            .context("cannot read the listener's address")?;
         let (listener_v4, listener_v6) = connect_targets(listen.ip());
         let settings = Settings {
             listen_port: listen.port(),
@@ -164,6 +168,7 @@ impl Interception {
         let routes = if config.lan.is_empty() {
             None
         } else {
+            programs.attach_time_wait(listener)?;
             Some(LocalDelivery::install(config.mark, config.table)?)
         };
         let mut lan = Vec::new();

@@ -192,7 +192,7 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
         }
         let (mut interception, flows) = Interception::install(
             &config.interception,
-            config.listen,
+            &listener,
             &tuning,
             &upstream.never_intercepted(),
             capacity,

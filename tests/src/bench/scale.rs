@@ -5,9 +5,11 @@
 //! - Both daemons start as a service manager starts them (soft limit of 1024 open files
 //!   under the machine's hard limit, which they raise), on a testbed of two zero-delay
 //!   100 Mbit/s HTB uplinks, where processing rather than propagation sets the pace.
-//! - New connections per second: client threads on the LAN host connect, read the
-//!   server's one-line greeting and close, as fast as they can for a few seconds; through
-//!   plain forwarding (before the daemons start), then through the gateway.
+//! - New connections per second: client threads on the LAN host (4, then 16) connect,
+//!   read the server's one-line greeting and close, as fast as they can for a few
+//!   seconds; through plain forwarding (before the daemons start), then through the
+//!   gateway. Each connection's time from connect() to the greeting's first byte gives
+//!   the median and the 99th percentile.
 //! - Held flows, for each count N: N connections from the LAN host, opened and kept
 //!   open, each answered by the server with the address it saw (the converter's when the
 //!   flow was converted). Once all are open, each daemon's RSS and open files are read
@@ -42,8 +44,8 @@ use crate::{
 const RATE_PORT: u16 = 5101;
 /// Port of the server that greets and holds (held flows).
 const HOLD_PORT: u16 = 5102;
-/// Threads opening connections, on each side.
-const THREADS: usize = 4;
+/// Threads opening the held flows.
+const HOLD_THREADS: usize = 4;
 /// How long one step may wait on a socket.
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -54,6 +56,8 @@ pub struct Options {
     pub counts: Vec<usize>,
     /// How long each connection-rate measurement runs.
     pub rate_duration: Duration,
+    /// Numbers of parallel clients of the connection rate, one after the other.
+    pub clients: Vec<usize>,
 }
 
 /// One daemon while it held the flows: its footprint before and during.
@@ -126,10 +130,8 @@ pub struct ScaleResult {
     pub hard_limit: u64,
     /// The flows each daemon has room for under it.
     pub capacity: u64,
-    /// New connections through plain forwarding.
-    pub forwarded: Rate,
-    /// New connections through the gateway.
-    pub gateway: Rate,
+    /// New connections, one row per number of clients.
+    pub rates: Vec<RateRow>,
     /// The held-flow rows.
     pub held: Vec<Held>,
 }
@@ -165,15 +167,25 @@ impl ScaleResult {
                 })
             })
             .collect();
+        let rates: Vec<_> = self
+            .rates
+            .iter()
+            .map(|row| {
+                serde_json::json!({
+                    "clients": row.clients,
+                    "connections_per_s_forwarded": row.forwarded.per_s,
+                    "connections_per_s_gateway": row.gateway.per_s,
+                    "gateway_over_forwarded": row.ratio(),
+                    "rate_failures": [row.forwarded.failed, row.gateway.failed],
+                    "first_byte_ms_forwarded": [row.forwarded.median_ms, row.forwarded.p99_ms],
+                    "first_byte_ms_gateway": [row.gateway.median_ms, row.gateway.p99_ms],
+                })
+            })
+            .collect();
         serde_json::json!({
             "hard_limit": self.hard_limit,
             "capacity": self.capacity,
-            "connections_per_s_forwarded": self.forwarded.per_s,
-            "connections_per_s_gateway": self.gateway.per_s,
-            "gateway_over_forwarded": self.gateway.per_s / self.forwarded.per_s,
-            "rate_failures": [self.forwarded.failed, self.gateway.failed],
-            "first_byte_ms_forwarded": [self.forwarded.median_ms, self.forwarded.p99_ms],
-            "first_byte_ms_gateway": [self.gateway.median_ms, self.gateway.p99_ms],
+            "rates": rates,
             "held": held,
         })
     }
@@ -209,11 +221,30 @@ pub fn run(options: &Options, dir: &Path, progress: &dyn Fn(&str)) -> anyhow::Re
     let mut testbed = Testbed::new("scale", &[Uplink::htb(100), Uplink::htb(100)])?;
     let rate_server = GreetingServer::start(&testbed.server, RATE_PORT)?;
 
-    progress("new connections per second through plain forwarding");
-    let forwarded = connection_rate(&testbed.client, options.rate_duration)?;
+    let mut forwarded = Vec::new();
+    for &clients in &options.clients {
+        progress(&format!(
+            "new connections per second through plain forwarding, {clients} clients"
+        ));
+        forwarded.push(connection_rate(
+            &testbed.client,
+            clients,
+            options.rate_duration,
+        )?);
+    }
     testbed.start_gateway_and_converter(dir, &[], &[])?;
-    progress("new connections per second through the gateway");
-    let gateway = connection_rate(&testbed.client, options.rate_duration)?;
+    let mut rates = Vec::new();
+    for (&clients, forwarded) in options.clients.iter().zip(forwarded) {
+        progress(&format!(
+            "new connections per second through the gateway, {clients} clients"
+        ));
+        let gateway = connection_rate(&testbed.client, clients, options.rate_duration)?;
+        rates.push(RateRow {
+            clients,
+            forwarded,
+            gateway,
+        });
+    }
     drop(rate_server);
 
     let mut held = Vec::new();
@@ -224,8 +255,7 @@ pub fn run(options: &Options, dir: &Path, progress: &dyn Fn(&str)) -> anyhow::Re
     Ok(ScaleResult {
         hard_limit,
         capacity,
-        forwarded,
-        gateway,
+        rates,
         held,
     })
 }
@@ -236,26 +266,29 @@ pub fn print(result: &ScaleResult) {
         "scale: hard open-file limit {}, room for about {} flows a daemon",
         result.hard_limit, result.capacity
     );
-    println!(
-        "  new connections/s: plain forwarding {:.0}, through the gateway {:.0} \
-         (ratio {:.2}; failed {} / {})",
-        result.forwarded.per_s,
-        result.gateway.per_s,
-        result.gateway.per_s / result.forwarded.per_s,
-        result.forwarded.failed,
-        result.gateway.failed
-    );
-    for (name, rate) in [
-        ("plain forwarding", &result.forwarded),
-        ("gateway", &result.gateway),
-    ] {
+    for row in &result.rates {
         println!(
-            "  connect to greeting, {THREADS} clients, {name}: median {:.2} ms, 99th \
-             percentile {:.2} ms ({:.1}x the median)",
-            rate.median_ms,
-            rate.p99_ms,
-            rate.p99_ms / rate.median_ms
+            "  {} clients, new connections/s: plain forwarding {:.0}, through the gateway \
+             {:.0} (ratio {:.2}; failed {} / {})",
+            row.clients,
+            row.forwarded.per_s,
+            row.gateway.per_s,
+            row.ratio(),
+            row.forwarded.failed,
+            row.gateway.failed
         );
+        for (name, rate) in [
+            ("plain forwarding", &row.forwarded),
+            ("gateway", &row.gateway),
+        ] {
+            println!(
+                "    connect to greeting, {name}: median {:.2} ms, 99th percentile {:.2} ms \
+                 ({:.1}x the median)",
+                rate.median_ms,
+                rate.p99_ms,
+                rate.p99_ms / rate.median_ms
+            );
+        }
     }
     for held in &result.held {
         println!(
@@ -285,13 +318,14 @@ pub fn print(result: &ScaleResult) {
     }
 }
 
-/// Runs `work(thread index)` on [`THREADS`] threads inside `netns`; their results.
+/// Runs `work(thread index)` on `threads` threads inside `netns`; their results.
 fn in_netns<T: Send + 'static>(
     netns: &Netns,
+    threads: usize,
     work: impl Fn(usize) -> anyhow::Result<T> + Send + Sync + 'static,
 ) -> anyhow::Result<Vec<T>> {
     let work = Arc::new(work);
-    let threads: Vec<_> = (0..THREADS)
+    let threads: Vec<_> = (0..threads)
         .map(|index| {
             let name = netns.name().to_owned();
             let work = Arc::clone(&work);
@@ -311,7 +345,26 @@ fn in_netns<T: Send + 'static>(
         .collect()
 }
 
-/// New connections from [`THREADS`] clients at once.
+/// New connections from some clients at once, through plain forwarding and through
+/// the gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct RateRow {
+    /// Parallel clients.
+    pub clients: usize,
+    /// Through plain forwarding.
+    pub forwarded: Rate,
+    /// Through the gateway.
+    pub gateway: Rate,
+}
+
+impl RateRow {
+    /// The gateway's rate over plain forwarding's.
+    pub fn ratio(&self) -> f64 {
+        self.gateway.per_s / self.forwarded.per_s
+    }
+}
+
+/// New connections from parallel clients.
 #[derive(Debug, Clone, Copy)]
 pub struct Rate {
     /// Connections a second.
@@ -325,14 +378,14 @@ pub struct Rate {
     pub p99_ms: f64,
 }
 
-/// Connections a second from `client` to the greeting server (each: connect, read the
-/// greeting, close) over `duration`, how many failed, and how long each took to its
-/// greeting.
+/// Connections a second from `clients` threads in `client` to the greeting server
+/// (each: connect, read the greeting, close) over `duration`, how many failed, and how
+/// long each took to its greeting.
 #[expect(clippy::cast_precision_loss, reason = "counts are small")]
-fn connection_rate(client: &Netns, duration: Duration) -> anyhow::Result<Rate> {
+fn connection_rate(client: &Netns, clients: usize, duration: Duration) -> anyhow::Result<Rate> {
     let server = SocketAddr::new(SERVER.parse()?, RATE_PORT);
     let start = Instant::now();
-    let counts = in_netns(client, move |_| {
+    let counts = in_netns(client, clients, move |_| {
         let mut done = 0u64;
         let mut failed = 0u64;
         let mut took = Vec::new();
@@ -391,8 +444,8 @@ pub fn hold(testbed: &mut Testbed, count: usize) -> anyhow::Result<Held> {
 
     let started = Instant::now();
     let target = SocketAddr::new(SERVER.parse()?, HOLD_PORT);
-    let opened = in_netns(&testbed.client, move |index| {
-        let mine = count / THREADS + usize::from(index < count % THREADS);
+    let opened = in_netns(&testbed.client, HOLD_THREADS, move |index| {
+        let mine = count / HOLD_THREADS + usize::from(index < count % HOLD_THREADS);
         Ok((0..mine)
             .map(|_| greeting(target, PATIENCE))
             .collect::<Vec<_>>())

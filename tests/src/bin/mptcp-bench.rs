@@ -70,6 +70,10 @@ enum Bench {
         /// Seconds of each connection-rate measurement.
         #[arg(long, default_value_t = 5)]
         rate_seconds: u64,
+        /// Numbers of parallel clients of the connection-rate measurement, one after the
+        /// other.
+        #[arg(long, value_delimiter = ',', default_value = "4,16")]
+        clients: Vec<usize>,
         /// Directory for the JSON results.
         #[arg(long, env = "MPTCP_BENCH_DIR", default_value = "target/bench")]
         out: PathBuf,
@@ -149,12 +153,14 @@ fn main() -> anyhow::Result<()> {
         Bench::Scale {
             flows,
             rate_seconds,
+            clients,
             out,
         } => {
             let dir = TempDir::new("bench-scale")?;
             let options = scale::Options {
                 counts: flows,
                 rate_duration: Duration::from_secs(rate_seconds),
+                clients,
             };
             let result = scale::run(&options, dir.path(), &|step| println!("  {step}"))?;
             scale::print(&result);
