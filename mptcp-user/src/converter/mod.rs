@@ -114,11 +114,17 @@ pub struct Converter {
 }
 
 impl Converter {
-    /// A converter with `config`, checking cookies with `key` from now on; `own` are
-    /// this host's addresses.
-    pub fn new(config: &ConverterConfig, key: Key, own: Vec<IpAddr>, tuning: Tuning) -> Self {
+    /// A converter with `config`, checking cookies with `key` made after second
+    /// `started`; `own` are this host's addresses.
+    pub fn new(
+        config: &ConverterConfig,
+        key: Key,
+        started: u64,
+        own: Vec<IpAddr>,
+        tuning: Tuning,
+    ) -> Self {
         Self {
-            verifier: Mutex::new(Verifier::new(key, config.replay_window, cookie::unix_now())),
+            verifier: Mutex::new(Verifier::new(key, config.replay_window, started)),
             policy: DestinationPolicy::new(config.allow.clone(), own),
             allow_clients: config.allow_clients.clone(),
             request_timeout: config.request_timeout,
@@ -154,7 +160,15 @@ pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
         own.push(listen);
         Ok(own)
     };
-    let converter = Arc::new(Converter::new(config, key, own_addresses()?, tuning));
+    // Before listening: cookies of the start's second are refused, so none is honest.
+    let started = cookie::start_second();
+    let converter = Arc::new(Converter::new(
+        config,
+        key,
+        started,
+        own_addresses()?,
+        tuning,
+    ));
     let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
     runtime.block_on(async {
         let listener = socket::listen(config.listen, true, false)

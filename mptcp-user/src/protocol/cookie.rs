@@ -40,6 +40,20 @@ pub fn unix_now() -> u64 {
         .map_or(0, |since| since.as_secs())
 }
 
+/// Waits for the next whole second and returns the one that just ended: the start
+/// second of a converter, which refuses every cookie from it or before (see
+/// [`Verifier::new`]). Waiting before listening means no gateway's cookie from that
+/// second can be honest.
+pub fn start_second() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    std::thread::sleep(std::time::Duration::from_nanos(u64::from(
+        1_000_000_000 - now.subsec_nanos(),
+    )));
+    now.as_secs()
+}
+
 /// A pre-shared key, as read from a key file.
 #[derive(Clone)]
 pub struct Key([u8; KEY_LEN]);
@@ -156,14 +170,14 @@ pub enum AuthError {
     /// This nonce was seen within the window.
     #[error("replayed nonce")]
     Replayed,
-    /// The cookie was made before this converter started: the nonces it remembers do
-    /// not go back that far, so it could be a replay across a restart (or the gateway's
-    /// clock is behind).
-    #[error("cookie from {timestamp}, before this converter started ({started})")]
+    /// The cookie was made before this converter started, or in the second it started:
+    /// the nonces it remembers do not go back that far, so it could be a replay across
+    /// a restart (or the gateway's clock is behind).
+    #[error("cookie from {timestamp}, not after the second this converter started ({started})")]
     BeforeStart {
         /// The cookie's Unix time.
         timestamp: u64,
-        /// When the converter started.
+        /// The second the converter started.
         started: u64,
     },
 }
@@ -172,8 +186,9 @@ pub enum AuthError {
 pub struct Verifier {
     key: Key,
     window: Duration,
-    /// Unix time of the converter's start: older cookies are refused, since the nonces
-    /// seen before it are forgotten.
+    /// The second the converter started ([`start_second`]): cookies from it or before
+    /// are refused, since the nonces seen before the start are forgotten, and whole
+    /// seconds cannot tell a cookie made just before the start from one just after.
     started: u64,
     /// Nonce -> Unix time after which it may be forgotten. Only requests with a valid
     /// MAC get here, so its size is bounded by the honest request rate.
@@ -182,8 +197,8 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// A verifier accepting timestamps within `window` of its clock and not before
-    /// `started` (Unix seconds; the process's start).
+    /// A verifier accepting timestamps within `window` of its clock and after `started`
+    /// (Unix seconds; the second the process started, which [`start_second`] waits out).
     pub fn new(key: Key, window: Duration, started: u64) -> Self {
         Self {
             key,
@@ -223,7 +238,7 @@ impl Verifier {
                 window_secs: window,
             });
         }
-        if timestamp < self.started {
+        if timestamp <= self.started {
             return Err(AuthError::BeforeStart {
                 timestamp,
                 started: self.started,
@@ -329,11 +344,26 @@ mod tests {
                 started: NOW
             })
         );
-        let fresh = key.cookie(destination(), NOW).unwrap();
+        // Made in the start's second: before or after the restart, nobody can tell.
+        let same_second = key.cookie(destination(), NOW).unwrap();
+        assert_eq!(
+            restarted.verify(destination(), Some(&same_second), NOW + 1),
+            Err(AuthError::BeforeStart {
+                timestamp: NOW,
+                started: NOW
+            })
+        );
+        let fresh = key.cookie(destination(), NOW + 1).unwrap();
         assert_eq!(
             restarted.verify(destination(), Some(&fresh), NOW + 1),
             Ok(())
         );
+    }
+
+    #[test]
+    fn the_start_second_is_waited_out() {
+        let started = start_second();
+        assert_eq!(unix_now(), started + 1);
     }
 
     #[test]
