@@ -16,6 +16,7 @@
 //! - [`bpf`]: loading the eBPF object and attaching its programs, and the tuning of
 //!   MPTCP connections and subflows it carries out.
 //! - [`sys`]: the raw system calls (every `unsafe` of the crate).
+//! - [`log_limit`]: rate-limited log lines, for what strangers can cause.
 //! - [`cli`] and [`config`]: the command line and the TOML config file, turned into each
 //!   module's plain config; `main.rs` only parses the command line and calls
 //!   [`cli::run`].
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod converter;
 pub mod gateway;
+pub mod log_limit;
 pub mod metrics;
 pub mod net;
 pub mod protocol;

@@ -370,6 +370,44 @@ fn slow_strangers_cannot_crowd_out_a_gateway() {
 }
 
 #[test]
+fn refused_requests_count_against_their_source_and_log_little() {
+    require_root();
+    let dir = TempDir::new("hostile-refused").unwrap();
+    let (testbed, _server, _key) = converter(&dir, "hrefused", &[]);
+    let pid = testbed.pid("converter").unwrap();
+    let files = open_fds(pid);
+    // 100 well-formed requests without a cookie from one address, left open: each is
+    // answered Missing Cookie, and the converter then waits for the client to close.
+    let no_cookie = Request {
+        destination: greeting_server_address(),
+        cookie: None,
+    }
+    .to_message()
+    .encode()
+    .unwrap();
+    let refused: Vec<TcpStream> = run_in(&testbed.gateway, move || {
+        (0..100)
+            .map(|_| {
+                let mut stream = connect(None);
+                stream.write_all(&no_cookie).unwrap();
+                stream
+            })
+            .collect()
+    });
+    thread::sleep(Duration::from_millis(500));
+    let held = open_fds(pid).saturating_sub(files);
+    // One source's share of the pending budget is 16.
+    assert!(held <= 20, "the converter holds {held} refused connections");
+    let log = daemon_log(dir.path(), "converter");
+    let lines = log.lines().filter(|line| line.contains("refused")).count();
+    println!("100 refused requests left open: {held} held, {lines} log lines");
+    assert!(lines <= 12, "{lines} log lines for the refusals: {log}");
+    drop(refused);
+    let left = settle_fds(pid, files);
+    assert!(left <= files, "{left} open files, {files} before");
+}
+
+#[test]
 fn a_flood_of_connections_leaves_nothing_behind() {
     require_root();
     let dir = TempDir::new("hostile-flood").unwrap();

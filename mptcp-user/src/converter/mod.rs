@@ -30,7 +30,8 @@ use crate::{
         self, Programs, Settings,
         tuning::{Tuning, TuningConfig},
     },
-    lock,
+    limited, lock,
+    log_limit::LogLimit,
     metrics::{self, ConverterMetrics},
     net::{
         addr, netlink,
@@ -139,6 +140,9 @@ impl Converter {
         }
     }
 }
+
+/// The log lines of requests refused before they authenticated: what anyone can cause.
+static STRANGERS: LogLimit = LogLimit::new(10, Duration::from_secs(10));
 
 /// `mptcp-user converter`: runs until SIGINT or SIGTERM.
 pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
@@ -295,33 +299,25 @@ async fn handle(
             return;
         }
     };
-    drop(slot);
     let ReadRequest {
         request,
         early_data,
         asks_info,
     } = match read {
         Ok(found) => found,
-        Err(Rejection::Silent) => {
-            debug!("{peer}: closed before sending a byte (a gateway's uplink probe?)");
-            return;
-        }
-        Err(Rejection::Reset(reason)) => {
-            warn!("{peer}: reset: {reason}");
-            socket::reset_on_close(&client);
-            return;
-        }
-        Err(Rejection::Info) => {
-            debug!("{peer}: asked for the supported TCP extensions");
-            answer(&mut client, supported_extensions(true)).await;
-            return;
-        }
-        Err(Rejection::Refused(code, value, reason)) => {
-            warn!("{peer}: refused ({code}): {reason}");
-            refuse(&mut client, &converter, code, value).await;
+        Err(rejection) => {
+            // A refused connection keeps its place in the budget until it is gone: the
+            // answer may take seconds, and a stranger must not hold more than its share.
+            tokio::select! {
+                () = reject(&mut client, peer, &converter, rejection) => {}
+                () = slot.evicted() => {
+                    debug!("{peer}: evicted while refused, by newer connections");
+                }
+            }
             return;
         }
     };
+    drop(slot);
     if speedtest::asked(request.destination) {
         speed_test(client, peer, &converter, &early_data).await;
         return;
@@ -379,6 +375,28 @@ async fn handle(
             moved.backward
         ),
         Err(error) => info!("{peer} -> {destination}: {error}"),
+    }
+}
+
+/// Answers a connection whose request was not relayed (a stranger can cause every line
+/// here, so they are rate-limited).
+async fn reject(client: &mut TcpStream, peer: SocketAddr, converter: &Converter, why: Rejection) {
+    match why {
+        Rejection::Silent => {
+            debug!("{peer}: closed before sending a byte (a gateway's uplink probe?)");
+        }
+        Rejection::Reset(reason) => {
+            limited!(STRANGERS, warn, "{peer}: reset: {reason}");
+            socket::reset_on_close(client);
+        }
+        Rejection::Info => {
+            debug!("{peer}: asked for the supported TCP extensions");
+            answer(client, supported_extensions(true)).await;
+        }
+        Rejection::Refused(code, value, reason) => {
+            limited!(STRANGERS, warn, "{peer}: refused ({code}): {reason}");
+            refuse(client, converter, code, value).await;
+        }
     }
 }
 
