@@ -47,7 +47,7 @@ use crate::{
 };
 use admission::{Pending, PendingSlot};
 use destination_policy::DestinationPolicy;
-use speedtest::SpeedTests;
+use speedtest::{Busy, SpeedTests};
 
 /// Logged once the converter accepts connections; scripts wait for it.
 pub const READY: &str = "converter listening";
@@ -408,11 +408,22 @@ impl metrics::Render for Converter {
 
 /// Serves an authenticated gateway's speed test, unless one runs already.
 async fn speed_test(mut client: TcpStream, peer: SocketAddr, converter: &Converter, early: &[u8]) {
-    let Some(test) = converter.speed_tests.try_start() else {
-        info!("{peer}: speed test refused (Resource Exceeded): another one runs");
-        let code = ErrorCode::ResourceExceeded;
-        refuse(&mut client, converter, code, code.usual_value()).await;
-        return;
+    let test = match converter.speed_tests.try_start() {
+        Ok(test) => test,
+        Err(busy) => {
+            let why = match busy {
+                Busy::Running => "another one runs".to_owned(),
+                Busy::Spent => format!(
+                    "{} s of tests were served in the last {} min",
+                    speedtest::BUDGET.as_secs(),
+                    speedtest::BUDGET_WINDOW.as_secs() / 60
+                ),
+            };
+            info!("{peer}: speed test refused (Resource Exceeded): {why}");
+            let code = ErrorCode::ResourceExceeded;
+            refuse(&mut client, converter, code, code.usual_value()).await;
+            return;
+        }
     };
     converter.metrics.speed_tests.inc();
     let Ok(connected) = Response::Connected.to_message().encode() else {
@@ -425,7 +436,11 @@ async fn speed_test(mut client: TcpStream, peer: SocketAddr, converter: &Convert
     };
     match served.await {
         Ok(done) => info!("{peer}: {done}"),
-        Err(error) => info!("{peer}: speed test ended: {error:#}"),
+        Err(error) => {
+            // What is still queued for a gateway that is gone goes with a reset.
+            socket::reset_on_close(&client);
+            info!("{peer}: speed test ended: {error:#}");
+        }
     }
 }
 

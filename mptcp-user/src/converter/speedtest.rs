@@ -1,9 +1,14 @@
 //! The converter's side of `mptcp-user speedtest` (the exchange is in
 //! [`crate::protocol::speedtest`]): a source and a sink for authenticated gateways,
 //! one test at a time, each at most [`MAX_SECONDS`](crate::protocol::speedtest::MAX_SECONDS)
-//! and paced to a rate cap.
+//! and paced to a rate cap, ended at its deadline even when the gateway vanished, and
+//! all of them within a budget of test time ([`BUDGET`] per [`BUDGET_WINDOW`]), so
+//! that back-to-back tests cannot hold the converter's line.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use tokio::{
@@ -19,6 +24,15 @@ use crate::protocol::speedtest::{Command, MAX_COMMAND_LEN, Meter, Received};
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes moved per write or read.
 const CHUNK: usize = 64 * 1024;
+/// How long a test may run past its duration (queued bytes, the closing exchange)
+/// before it is ended: a gateway that vanished mid-test leaves an MPTCP connection
+/// the kernel may never end.
+const GRACE: Duration = Duration::from_secs(5);
+/// Seconds of tests served per [`BUDGET_WINDOW`]: `mptcp-user speedtest` on three
+/// uplinks takes 80.
+pub const BUDGET: Duration = Duration::from_mins(2);
+/// The window in which [`BUDGET`] refills.
+pub const BUDGET_WINDOW: Duration = Duration::from_mins(10);
 
 /// The speed tests this converter serves.
 pub struct SpeedTests {
@@ -26,12 +40,52 @@ pub struct SpeedTests {
     running: Arc<Semaphore>,
     /// The cap on a test's rate, in bytes per second; 0: tests are off.
     max_bytes_per_s: u64,
+    /// The test time left.
+    budget: Arc<Mutex<Budget>>,
 }
 
-/// A running test's right to the line.
+/// Test time left: a bucket of [`BUDGET`], refilled evenly over [`BUDGET_WINDOW`].
+struct Budget {
+    left: Duration,
+    at: Instant,
+}
+
+impl Budget {
+    /// The time left at `now`.
+    fn refill(&mut self, now: Instant) -> Duration {
+        let refilled = now
+            .duration_since(self.at)
+            .mul_f64(BUDGET.div_duration_f64(BUDGET_WINDOW));
+        self.left = (self.left + refilled).min(BUDGET);
+        self.at = now;
+        self.left
+    }
+}
+
+/// Why a test was not started.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Busy {
+    /// Another test runs.
+    Running,
+    /// The test time of the last [`BUDGET_WINDOW`] is spent.
+    Spent,
+}
+
+/// A running test's right to the line; its time is charged to the budget when it ends.
 pub struct SpeedTest {
     _running: OwnedSemaphorePermit,
     max_bytes_per_s: u64,
+    budget: Arc<Mutex<Budget>>,
+    started: Instant,
+}
+
+impl Drop for SpeedTest {
+    fn drop(&mut self) {
+        let mut budget = crate::lock(&self.budget);
+        let now = Instant::now();
+        budget.refill(now);
+        budget.left = budget.left.saturating_sub(now.duration_since(self.started));
+    }
 }
 
 impl SpeedTests {
@@ -40,6 +94,10 @@ impl SpeedTests {
         Self {
             running: Arc::new(Semaphore::new(1)),
             max_bytes_per_s: max_mbit * 1_000_000 / 8,
+            budget: Arc::new(Mutex::new(Budget {
+                left: BUDGET,
+                at: Instant::now(),
+            })),
         }
     }
 
@@ -48,12 +106,21 @@ impl SpeedTests {
         self.max_bytes_per_s > 0
     }
 
-    /// The right to run a test, unless one runs already.
-    pub fn try_start(&self) -> Option<SpeedTest> {
-        let permit = Arc::clone(&self.running).try_acquire_owned().ok()?;
-        Some(SpeedTest {
+    /// The right to run a test, unless one runs already or the budget is spent (less
+    /// than a second left).
+    pub fn try_start(&self) -> Result<SpeedTest, Busy> {
+        let permit = Arc::clone(&self.running)
+            .try_acquire_owned()
+            .map_err(|_| Busy::Running)?;
+        let now = Instant::now();
+        if crate::lock(&self.budget).refill(now) < Duration::from_secs(1) {
+            return Err(Busy::Spent);
+        }
+        Ok(SpeedTest {
             _running: permit,
             max_bytes_per_s: self.max_bytes_per_s,
+            budget: Arc::clone(&self.budget),
+            started: now,
         })
     }
 }
@@ -69,6 +136,23 @@ impl SpeedTest {
         let (command, after) = tokio::time::timeout(COMMAND_TIMEOUT, read_command(gateway, early))
             .await
             .context("no speed test command in time")??;
+        let duration = match command {
+            Command::Down(duration) | Command::Up(duration) => duration,
+        };
+        tokio::time::timeout(
+            duration + COMMAND_TIMEOUT + GRACE,
+            self.run(gateway, command, after),
+        )
+        .await
+        .context("the gateway stopped taking part: ended at the deadline")?
+    }
+
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        gateway: &mut S,
+        command: Command,
+        after: usize,
+    ) -> anyhow::Result<String> {
         match command {
             Command::Down(duration) => {
                 let sent = self.send(gateway, duration).await?;
@@ -179,7 +263,10 @@ mod tests {
         let tests = SpeedTests::new(8);
         let (mut converter, mut gateway) = tokio::io::duplex(1 << 20);
         let test = tests.try_start().unwrap();
-        assert!(tests.try_start().is_none(), "two tests at once");
+        assert!(
+            matches!(tests.try_start(), Err(Busy::Running)),
+            "two tests at once"
+        );
         let serving = tokio::spawn(async move { test.serve(&mut converter, b"down 1\n").await });
         let mut received = Vec::new();
         gateway.read_to_end(&mut received).await.unwrap();
@@ -189,7 +276,7 @@ mod tests {
             "{} bytes in a second at 1 MB/s",
             received.len()
         );
-        assert!(tests.try_start().is_some(), "the test's permit was kept");
+        assert!(tests.try_start().is_ok(), "the test's permit was kept");
 
         let test = tests.try_start().unwrap();
         let (mut converter, mut gateway) = tokio::io::duplex(1 << 20);
@@ -201,6 +288,58 @@ mod tests {
         serving.await.unwrap().unwrap();
         // All of it came at once: no warm-up to leave out.
         assert_eq!(answer.trim().parse::<Received>().unwrap().bytes, 5003);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gateway_that_stops_reading_is_ended_at_the_deadline() {
+        let tests = SpeedTests::new(8);
+        // Nobody reads the gateway's side: the second write blocks forever.
+        let (mut converter, _gateway) = tokio::io::duplex(CHUNK);
+        let started = Instant::now();
+        let result = tests
+            .try_start()
+            .unwrap()
+            .serve(&mut converter, b"down 2\n")
+            .await;
+        assert!(result.is_err(), "served to nobody");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(2)
+                && took <= Duration::from_secs(2) + COMMAND_TIMEOUT + GRACE,
+            "ended after {took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn back_to_back_tests_spend_the_budget_then_wait() {
+        let tests = SpeedTests::new(1000);
+        let mut served = Duration::ZERO;
+        // The budget, plus what refills while the tests run (a fifth of their time).
+        for _ in 0..20 {
+            let test = match tests.try_start() {
+                Ok(test) => test,
+                Err(busy) => {
+                    assert_eq!(busy, Busy::Spent);
+                    break;
+                }
+            };
+            let (mut converter, mut gateway) = tokio::io::duplex(1 << 20);
+            let serving =
+                tokio::spawn(async move { test.serve(&mut converter, b"down 20\n").await });
+            tokio::io::copy(&mut gateway, &mut tokio::io::sink())
+                .await
+                .unwrap();
+            serving.await.unwrap().unwrap();
+            served += Duration::from_secs(20);
+        }
+        assert!(
+            (BUDGET..=BUDGET * 3 / 2).contains(&served),
+            "{served:?} served back to back"
+        );
+        assert_eq!(tests.try_start().err(), Some(Busy::Spent));
+        // Half the window later, half the budget is back.
+        tokio::time::sleep(BUDGET_WINDOW / 2).await;
+        assert!(tests.try_start().is_ok());
     }
 
     #[tokio::test]
