@@ -10,6 +10,10 @@
 //! - `ORIGINAL_DST`: the client socket's local endpoint -> original destination. Written
 //!   by sock_ops when the intercepted connect sends its SYN (the local port is known by
 //!   then); the splicer looks up the accepted connection's peer endpoint, and deletes it.
+//!
+//! Both are LRU maps, which reuse an evicted entry's memory for another key at once,
+//! also while a reader holds a pointer to it. So each value carries its own key, and a
+//! reader copies the value and uses it only if that key is the one it looked up.
 
 use crate::Endpoint;
 
@@ -32,3 +36,85 @@ pub const OPTED_IN: u32 = 1;
 
 /// An `ORIGINAL_DST` key: the client's local endpoint, as the splicer sees its peer.
 pub type ClientKey = Endpoint;
+
+/// A `CONNECTS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Connect {
+    /// The key it was stored under (the socket cookie).
+    pub cookie: u64,
+    /// Where the connect was going.
+    pub destination: Endpoint,
+    /// Zero: makes the padding explicit.
+    pub reserved: u32,
+}
+
+impl Connect {
+    /// The destination, if this (copied) value is the one stored under `cookie`.
+    #[must_use]
+    pub fn destination_for(&self, cookie: u64) -> Option<Endpoint> {
+        (self.cookie == cookie).then_some(self.destination)
+    }
+}
+
+/// An `ORIGINAL_DST` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OriginalDst {
+    /// The key it was stored under.
+    pub client: ClientKey,
+    /// Where the client's connect was going.
+    pub destination: Endpoint,
+}
+
+impl OriginalDst {
+    /// The destination, if this (copied) value is the one stored under `client`.
+    #[must_use]
+    pub fn destination_for(&self, client: &ClientKey) -> Option<Endpoint> {
+        (self.client == *client).then_some(self.destination)
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: `repr(C)`, `Copy`, no padding (see the size test).
+unsafe impl aya::Pod for OriginalDst {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_have_no_hidden_padding() {
+        assert_eq!(size_of::<Connect>(), 8 + 20 + 4);
+        assert_eq!(size_of::<OriginalDst>(), 2 * 20);
+    }
+
+    #[test]
+    fn a_value_reused_for_another_key_is_not_taken() {
+        let destination = Endpoint {
+            address: [1, 2, 3, 4],
+            port: 443,
+        };
+        let connect = Connect {
+            cookie: 7,
+            destination,
+            reserved: 0,
+        };
+        assert_eq!(connect.destination_for(7), Some(destination));
+        assert_eq!(connect.destination_for(8), None);
+        let client = Endpoint {
+            address: [0, 0, 0, 9],
+            port: 40000,
+        };
+        let original = OriginalDst {
+            client,
+            destination,
+        };
+        assert_eq!(original.destination_for(&client), Some(destination));
+        let other = Endpoint {
+            port: 40001,
+            ..client
+        };
+        assert_eq!(original.destination_for(&other), None);
+    }
+}

@@ -13,6 +13,7 @@
 pub mod cgroups;
 pub mod flows;
 pub mod lan;
+pub mod packet;
 pub mod selection;
 pub mod uplinks;
 

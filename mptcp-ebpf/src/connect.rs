@@ -22,11 +22,15 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use core::ptr::{read_volatile, write_volatile};
-use mptcp_ebpf_common::{Address, Endpoint, cgroups::MAX_CGROUP_DEPTH, is_mapped_v4, mapped_v4};
+use mptcp_ebpf_common::{
+    Address, Endpoint,
+    cgroups::{Connect, MAX_CGROUP_DEPTH},
+    is_mapped_v4, mapped_v4,
+};
 
 use crate::{
     config,
-    maps::{CONNECTS, OPTED_IN},
+    maps::{CONNECTS, OPTED_IN, connect_destination},
     selection,
 };
 
@@ -156,7 +160,12 @@ fn intercept(ctx: &SockAddrContext, original: Endpoint, target: Address) -> Opti
     }
     // SAFETY: as above.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    CONNECTS.insert(cookie, original, 0).ok()?;
+    let entry = Connect {
+        cookie,
+        destination: original,
+        reserved: 0,
+    };
+    CONNECTS.insert(cookie, entry, 0).ok()?;
     Some(target)
 }
 
@@ -165,8 +174,7 @@ fn intercept(ctx: &SockAddrContext, original: Endpoint, target: Address) -> Opti
 fn original_destination(ctx: &SockAddrContext) -> Option<Endpoint> {
     // SAFETY: the helper takes the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: the lookup returns a copy.
-    unsafe { CONNECTS.get(cookie) }.copied()
+    connect_destination(cookie)
 }
 
 /// Whether the calling task's cgroup, or one of its ancestors, is opted in.

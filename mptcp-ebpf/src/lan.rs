@@ -20,9 +20,10 @@
 //! fall back to TCP at once, which the gateway aggregates. Once the program is gone (the
 //! daemon died), QUIC flows as before.
 //!
-//! Anything unexpected (other protocols, truncated headers, IPv6 extension headers, no
-//! listener) is passed on untouched: the packet is forwarded as if the gateway were not
-//! there.
+//! Anything unexpected (other protocols, truncated or malformed headers, IPv4 fragments
+//! after the first, IPv6 extension headers, no listener) is passed on untouched: the
+//! packet is forwarded as if the gateway were not there. The headers are read by
+//! [`mptcp_ebpf_common::packet`], which the tests and the fuzzer run in userspace.
 
 use aya_ebpf::{
     bindings::{BPF_F_CURRENT_NETNS, TC_ACT_OK, bpf_sock, bpf_sock_tuple},
@@ -30,15 +31,11 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use core::{mem::offset_of, ptr::read_volatile};
+use core::ptr::read_volatile;
 use mptcp_ebpf_common::{
-    Address, mapped_v4,
+    Address,
+    packet::{self, Bytes, TcpSegment},
     selection::{QUIC_FALLBACK_ON, QUIC_PORT, quic_mark},
-};
-use network_types::{
-    eth::{EthHdr, EtherType},
-    ip::{IpProto, Ipv4Hdr, Ipv6Hdr},
-    tcp::TcpHdr,
 };
 
 use crate::{
@@ -48,19 +45,11 @@ use crate::{
     time_wait::{self, FourTuple},
 };
 
-/// The EtherTypes as the header holds them (network order).
-const IPV4: u16 = EtherType::Ipv4 as u16;
-const IPV6: u16 = EtherType::Ipv6 as u16;
-/// The flags byte: the second of the 16 bits that follow the acknowledgment number
-/// (data offset and reserved bits come first).
-const TCP_FLAGS_OFFSET: usize = offset_of!(TcpHdr, _bitfield_1) + 1;
-const TCP_FLAG_SYN: u8 = 0x02;
-const TCP_FLAG_ACK: u8 = 0x10;
 /// `TCP_TIME_WAIT` and `TCP_LISTEN` from include/net/tcp_states.h.
 const TCP_TIME_WAIT: u32 = 6;
 const TCP_LISTEN: u32 = 10;
 
-/// The socket lookup key for IPv4 (`bpf_sock_tuple.ipv4`).
+/// The socket lookup key for IPv4 (`bpf_sock_tuple.ipv4`), network order.
 #[repr(C)]
 struct Tuple4 {
     saddr: u32,
@@ -69,7 +58,7 @@ struct Tuple4 {
     dport: u16,
 }
 
-/// The socket lookup key for IPv6 (`bpf_sock_tuple.ipv6`).
+/// The socket lookup key for IPv6 (`bpf_sock_tuple.ipv6`), network order.
 #[repr(C)]
 struct Tuple6 {
     saddr: [u32; 4],
@@ -78,10 +67,14 @@ struct Tuple6 {
     dport: u16,
 }
 
-/// The socket lookup key of either family.
-enum Tuple {
-    V4(Tuple4),
-    V6(Tuple6),
+/// The socket buffer as [`packet`] reads it.
+struct Skb<'a>(&'a TcContext);
+
+impl Bytes for Skb<'_> {
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: usize) -> Result<T, i64> {
+        self.0.load(offset)
+    }
 }
 
 #[classifier]
@@ -96,23 +89,27 @@ pub fn intercept_lan(ctx: TcContext) -> i32 {
 }
 
 fn try_intercept_lan(ctx: &TcContext) -> Result<(), i64> {
-    if let Some(destination) = quic_destination(ctx)? {
+    if let Some(destination) = packet::udp_destination(&Skb(ctx), QUIC_PORT)? {
         turn_quic_away(ctx, destination);
         return Ok(());
     }
-    let (mut tuple, destination, flags) = parse(ctx)?;
-    // Only a SYN without ACK opens a flow.
-    let opens = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-    if let Some(socket) = lookup(ctx, &mut tuple) {
+    let segment = packet::tcp_segment(&Skb(ctx))?;
+    let opens = segment.opens();
+    let port = u16::from_be(segment.destination_port);
+    if let Some(socket) = lookup(ctx, &segment, segment.destination_port) {
         // SAFETY: `socket` is a valid socket reference from the lookup helper.
         let state = unsafe { read_volatile(&raw const (*socket).state) };
         release(socket);
         if state == TCP_TIME_WAIT && opens {
             // A new flow on the 4-tuple of one we closed: the kernel's time-wait code
             // takes it, with the sk_lookup program's help; an unselected one is forwarded.
-            let tuple = four_tuple(&tuple);
-            if selection::selects(destination, u16::from_be(tuple.local_port)) {
-                time_wait::remember(&tuple);
+            if selection::selects(segment.destination, port) {
+                time_wait::remember(&FourTuple {
+                    remote: segment.source,
+                    local: segment.destination,
+                    remote_port: segment.source_port,
+                    local_port: segment.destination_port,
+                });
                 ctx.set_mark(config::intercept_mark());
             }
             return Ok(());
@@ -123,36 +120,10 @@ fn try_intercept_lan(ctx: &TcContext) -> Result<(), i64> {
             return Ok(());
         }
     }
-    if !opens {
+    if !opens || !selection::selects(segment.destination, port) {
         return Ok(());
     }
-    let port = match &tuple {
-        Tuple::V4(tuple) => tuple.dport,
-        Tuple::V6(tuple) => tuple.dport,
-    };
-    if !selection::selects(destination, u16::from_be(port)) {
-        return Ok(());
-    }
-    hand_to_listener(ctx, &mut tuple)
-}
-
-/// `tuple` in the form the sk_lookup program sees.
-#[inline(always)]
-fn four_tuple(tuple: &Tuple) -> FourTuple {
-    match tuple {
-        Tuple::V4(tuple) => FourTuple {
-            remote: mapped_v4(tuple.saddr),
-            local: mapped_v4(tuple.daddr),
-            remote_port: tuple.sport,
-            local_port: tuple.dport,
-        },
-        Tuple::V6(tuple) => FourTuple {
-            remote: tuple.saddr,
-            local: tuple.daddr,
-            remote_port: tuple.sport,
-            local_port: tuple.dport,
-        },
-    }
+    hand_to_listener(ctx, &segment)
 }
 
 /// Gives QUIC to a selected destination the QUIC mark (its route is `prohibit`) while
@@ -166,45 +137,11 @@ fn turn_quic_away(ctx: &TcContext, destination: Address) {
     }
 }
 
-/// The destination of a UDP packet to port 443 (QUIC), `None` for any other packet.
-/// Read apart from [`parse`]: one parser returning both kinds of tuple made code the
-/// verifier rejected (copies of the enum's unused bytes).
-fn quic_destination(ctx: &TcContext) -> Result<Option<Address>, i64> {
-    let ether_type: u16 = ctx.load(offset_of!(EthHdr, ether_type))?;
-    let ip = EthHdr::LEN;
-    let (destination, udp) = match ether_type {
-        IPV4 => {
-            if ctx.load::<u8>(ip + offset_of!(Ipv4Hdr, proto))? != IpProto::Udp as u8 {
-                return Ok(None);
-            }
-            let version_ihl: u8 = ctx.load(ip + offset_of!(Ipv4Hdr, vihl))?;
-            let daddr: u32 = ctx.load(ip + offset_of!(Ipv4Hdr, dst_addr))?;
-            (mapped_v4(daddr), ip + usize::from(version_ihl & 0x0f) * 4)
-        }
-        IPV6 => {
-            if ctx.load::<u8>(ip + offset_of!(Ipv6Hdr, next_hdr))? != IpProto::Udp as u8 {
-                return Ok(None);
-            }
-            let daddr: Address = ctx.load(ip + offset_of!(Ipv6Hdr, dst_addr))?;
-            (daddr, ip + Ipv6Hdr::LEN)
-        }
-        _ => return Ok(None),
-    };
-    // The destination port is the UDP header's second field.
-    let port: u16 = ctx.load(udp + 2)?;
-    Ok((u16::from_be(port) == QUIC_PORT).then_some(destination))
-}
-
 /// Assigns the SYN to the transparent listener and marks it for local delivery.
-fn hand_to_listener(ctx: &TcContext, tuple: &mut Tuple) -> Result<(), i64> {
+fn hand_to_listener(ctx: &TcContext, segment: &TcpSegment) -> Result<(), i64> {
     // The listener is bound to a wildcard address: the same tuple with the listener's
     // port finds it.
-    let listen_port = config::listen_port().to_be();
-    match tuple {
-        Tuple::V4(tuple) => tuple.dport = listen_port,
-        Tuple::V6(tuple) => tuple.dport = listen_port,
-    }
-    let listener = lookup(ctx, tuple).ok_or(-2i64)?;
+    let listener = lookup(ctx, segment, config::listen_port().to_be()).ok_or(-2i64)?;
     // SAFETY: `listener` is a valid socket reference; the helper takes its own reference.
     let assigned = unsafe { bpf_sk_assign(ctx.skb.skb.cast(), listener.cast(), 0) };
     release(listener);
@@ -215,75 +152,48 @@ fn hand_to_listener(ctx: &TcContext, tuple: &mut Tuple) -> Result<(), i64> {
     Ok(())
 }
 
-/// Looks up the socket for `tuple` in this namespace: established (or request, or
+/// Looks up the socket for `segment`'s addresses and source port with destination
+/// port `port` (network order) in this namespace: established (or request, or
 /// time-wait) sockets first, then listeners. The caller must [`release`] it.
-fn lookup(ctx: &TcContext, tuple: &mut Tuple) -> Option<*mut bpf_sock> {
-    // The sizes are those of the small structs above.
-    #[expect(clippy::cast_possible_truncation, reason = "12 or 36 bytes")]
-    let (pointer, size): (*mut bpf_sock_tuple, u32) = match tuple {
-        Tuple::V4(tuple) => ((&raw mut *tuple).cast(), size_of::<Tuple4>() as u32),
-        Tuple::V6(tuple) => ((&raw mut *tuple).cast(), size_of::<Tuple6>() as u32),
+fn lookup(ctx: &TcContext, segment: &TcpSegment, port: u16) -> Option<*mut bpf_sock> {
+    let socket = if segment.ipv6 {
+        let mut tuple = Tuple6 {
+            saddr: segment.source,
+            daddr: segment.destination,
+            sport: segment.source_port,
+            dport: port,
+        };
+        lookup_tuple(ctx, (&raw mut tuple).cast(), size_of::<Tuple6>())
+    } else {
+        // The IPv4 address is the last word of its mapped form.
+        let mut tuple = Tuple4 {
+            saddr: segment.source[3],
+            daddr: segment.destination[3],
+            sport: segment.source_port,
+            dport: port,
+        };
+        lookup_tuple(ctx, (&raw mut tuple).cast(), size_of::<Tuple4>())
     };
-    // SAFETY: `pointer` and `size` describe an initialised tuple on our stack.
-    let socket = unsafe {
+    (!socket.is_null()).then_some(socket)
+}
+
+#[inline(always)]
+fn lookup_tuple(ctx: &TcContext, tuple: *mut bpf_sock_tuple, size: usize) -> *mut bpf_sock {
+    #[expect(clippy::cast_possible_truncation, reason = "12 or 36 bytes")]
+    // SAFETY: `tuple` and `size` describe an initialised tuple on our stack.
+    unsafe {
         bpf_skc_lookup_tcp(
             ctx.skb.skb.cast(),
-            pointer,
-            size,
+            tuple,
+            size as u32,
             // -1, sign-extended: the helper's "this namespace".
             i64::from(BPF_F_CURRENT_NETNS).cast_unsigned(),
             0,
         )
-    };
-    (!socket.is_null()).then_some(socket)
+    }
 }
 
 fn release(socket: *mut bpf_sock) {
     // SAFETY: `socket` came from a lookup helper and is released exactly once.
     unsafe { bpf_sk_release(socket.cast()) };
-}
-
-/// Reads the headers, field by field (whole-header copies made code the verifier
-/// rejected): the lookup tuple, the destination in our address form, and the TCP flags.
-fn parse(ctx: &TcContext) -> Result<(Tuple, Address, u8), i64> {
-    let ether_type: u16 = ctx.load(offset_of!(EthHdr, ether_type))?;
-    let ip = EthHdr::LEN;
-    let (tuple, destination, tcp) = match ether_type {
-        IPV4 => {
-            if ctx.load::<u8>(ip + offset_of!(Ipv4Hdr, proto))? != IpProto::Tcp as u8 {
-                return Err(0);
-            }
-            let version_ihl: u8 = ctx.load(ip + offset_of!(Ipv4Hdr, vihl))?;
-            // Network-order words, as the lookup helper takes them.
-            let saddr: u32 = ctx.load(ip + offset_of!(Ipv4Hdr, src_addr))?;
-            let daddr: u32 = ctx.load(ip + offset_of!(Ipv4Hdr, dst_addr))?;
-            // The header length is counted in 32-bit words.
-            let tcp = ip + usize::from(version_ihl & 0x0f) * 4;
-            let tuple = Tuple4 {
-                saddr,
-                daddr,
-                sport: ctx.load(tcp + offset_of!(TcpHdr, source))?,
-                dport: ctx.load(tcp + offset_of!(TcpHdr, dest))?,
-            };
-            (Tuple::V4(tuple), mapped_v4(daddr), tcp)
-        }
-        IPV6 => {
-            // Flows with extension headers are left alone (rare for TCP).
-            if ctx.load::<u8>(ip + offset_of!(Ipv6Hdr, next_hdr))? != IpProto::Tcp as u8 {
-                return Err(0);
-            }
-            let daddr: Address = ctx.load(ip + offset_of!(Ipv6Hdr, dst_addr))?;
-            let tcp = ip + Ipv6Hdr::LEN;
-            let tuple = Tuple6 {
-                saddr: ctx.load(ip + offset_of!(Ipv6Hdr, src_addr))?,
-                daddr,
-                sport: ctx.load(tcp + offset_of!(TcpHdr, source))?,
-                dport: ctx.load(tcp + offset_of!(TcpHdr, dest))?,
-            };
-            (Tuple::V6(tuple), daddr, tcp)
-        }
-        _ => return Err(0),
-    };
-    let flags: u8 = ctx.load(tcp + TCP_FLAGS_OFFSET)?;
-    Ok((tuple, destination, flags))
 }

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use mptcp_ebpf_common::{
     Address, Endpoint,
-    cgroups::{self, ClientKey},
+    cgroups::{self, ClientKey, Connect, OriginalDst},
     flows::{self, Flow, Subflow},
     selection,
     uplinks::{self, CongestionName},
@@ -63,13 +63,24 @@ pub static OPTED_IN: HashMap<u64, u32> =
 /// Socket cookie of an intercepted connect -> original destination. Written by connect4/6;
 /// read by getpeername4/6 and sock_ops; deleted by sock_ops at close.
 #[map]
-pub static CONNECTS: LruHashMap<u64, Endpoint> =
+pub static CONNECTS: LruHashMap<u64, Connect> =
     LruHashMap::with_max_entries(cgroups::MAX_CONNECTS, 0);
+
+/// The original destination of the intercepted connect whose socket has `cookie`: its
+/// `CONNECTS` entry, copied at once and used only if it still belongs to `cookie` (an
+/// LRU map reuses an evicted entry's memory at once, also under a reader).
+#[inline(always)]
+pub fn connect_destination(cookie: u64) -> Option<Endpoint> {
+    let entry = CONNECTS.get_ptr(cookie)?;
+    // SAFETY: a pointer to a map value, read once into a copy.
+    let entry = unsafe { core::ptr::read_volatile(entry) };
+    entry.destination_for(cookie)
+}
 
 /// Client endpoint of an intercepted connect -> original destination. Written by sock_ops
 /// when the SYN leaves; read and deleted by the splicer when it accepts.
 #[map]
-pub static ORIGINAL_DST: LruHashMap<ClientKey, Endpoint> =
+pub static ORIGINAL_DST: LruHashMap<ClientKey, OriginalDst> =
     LruHashMap::with_max_entries(cgroups::MAX_CONNECTS, 0);
 
 /// Uplink address prefix -> congestion control of the subflows over it. Written by the

@@ -36,13 +36,14 @@ use aya_ebpf::maps::lpm_trie::Key;
 use aya_log_ebpf::warn;
 use mptcp_ebpf_common::{
     Address, Endpoint,
+    cgroups::OriginalDst,
     flows::{Subflow, WARM_FLOW},
     mapped_v4,
 };
 
 use crate::{
     config,
-    maps::{CONNECTS, FLOW_LABELS, ORIGINAL_DST, SUBFLOWS, UPLINK_CONGESTION},
+    maps::{CONNECTS, FLOW_LABELS, ORIGINAL_DST, SUBFLOWS, UPLINK_CONGESTION, connect_destination},
 };
 
 const AF_INET: u32 = 2;
@@ -110,12 +111,15 @@ fn try_track_sockets(ctx: &SockOpsContext) -> Result<(), i64> {
 /// under its local endpoint.
 fn on_connect(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
     let cookie = socket_cookie(ctx);
-    // SAFETY: the lookup returns a copy.
-    let Some(original) = (unsafe { CONNECTS.get(cookie) }).copied() else {
+    let Some(destination) = connect_destination(cookie) else {
         return Ok(());
     };
     let (local, _) = endpoints(ctx, family);
-    ORIGINAL_DST.insert(local, original, 0).map_err(i64::from)?;
+    let entry = OriginalDst {
+        client: local,
+        destination,
+    };
+    ORIGINAL_DST.insert(local, entry, 0).map_err(i64::from)?;
     // The state callback removes the CONNECTS entry when the socket closes.
     ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG.cast_signed())
         .map_err(i64::from)

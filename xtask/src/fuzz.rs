@@ -1,6 +1,6 @@
 //! `cargo xtask fuzz`: the libFuzzer targets in fuzz/ (cargo-fuzz), each for a bounded
 //! time, from the seed corpus in fuzz/corpus/TARGET (Convert messages laid out as in
-//! RFC 8803). A crash fails the command; libFuzzer saves the input under
+//! RFC 8803; Ethernet frames for `lan_packet`). A crash fails the command; libFuzzer saves the input under
 //! fuzz/artifacts/TARGET/.
 //!
 //! cargo-fuzz passes nightly-only flags (-Z sanitizer); rustup cannot download a
@@ -14,13 +14,14 @@ use clap::Args;
 use crate::cmd;
 
 /// The fuzz targets, in fuzz/fuzz_targets/.
-pub const TARGETS: &[&str] = &["codec", "request"];
+pub const TARGETS: &[&str] = &["codec", "request", "lan_packet"];
 
 /// Options of `cargo xtask fuzz`.
 #[derive(Debug, Args)]
 pub struct Options {
-    /// One target: `codec` (the message codec) or `request` (the converter's whole
-    /// request handler); all of them by default.
+    /// One target: `codec` (the message codec), `request` (the converter's whole
+    /// request handler) or `lan_packet` (the LAN program's packet reader); all of them
+    /// by default.
     pub target: Option<String>,
 
     /// Seconds each target runs.

@@ -14,7 +14,8 @@ use std::{
 use aya::maps::{Array, HashMap, MapData, SkStorage};
 use log::{info, warn};
 use mptcp_ebpf_common::{
-    Endpoint, cgroups,
+    Endpoint,
+    cgroups::{self, OriginalDst},
     flows::{self, FLOW_DIRECT, Flow, INTERCEPTED_CGROUP, INTERCEPTED_LAN},
     selection::{SHEDDING, SHEDDING_MAP_NAME},
 };
@@ -46,7 +47,7 @@ pub struct FlowTable {
     /// Flow keys of upstream MPTCP sockets, by socket.
     labels: Mutex<SkStorage<MapData, u64>>,
     /// Original destinations of intercepted local connects, by client endpoint.
-    original_destinations: Mutex<HashMap<MapData, Endpoint, Endpoint>>,
+    original_destinations: Mutex<HashMap<MapData, Endpoint, OriginalDst>>,
     /// Live flows against what the open-file limit allows.
     load: Load,
 }
@@ -124,7 +125,8 @@ impl FlowTable {
         let mut map = lock(&self.original_destinations);
         let original = map.get(&client, 0).ok()?;
         let _ = map.remove(&client);
-        addr::from_endpoint(original)
+        // An entry the LRU map reused for another client while it was read.
+        addr::from_endpoint(original.destination_for(&client)?)
     }
 
     /// Lists the flow under `key` (the LAN-side socket cookie) for `mptcp-user flows`,
