@@ -7,6 +7,11 @@
 //! headers, IPv4 fragments after the first, an IPv4 header length below 5 words, IPv6
 //! extension headers) is `Err`: the program then lets the packet through untouched.
 
+#![expect(
+    clippy::inline_always,
+    reason = "folded into the LAN program: one function for the verifier"
+)]
+
 use core::mem::offset_of;
 
 use network_types::{

@@ -19,7 +19,7 @@ pub const WHOAMI_PORT: u16 = 8080;
 /// What the server sees when the converter carried the connection.
 pub const VIA_CONVERTER: &str = "203.0.113.1";
 /// The same over IPv6.
-pub const VIA_CONVERTER_V6: &str = "2001:db8:113::1";
+pub const VIA_CONVERTER_V6: &str = "3fff:113::1";
 /// What the server sees for a LAN client forwarded directly.
 pub const LAN_CLIENT_DIRECT: &str = "192.168.50.2";
 /// What the server sees for a gateway-host process connecting directly (uplink 1), or

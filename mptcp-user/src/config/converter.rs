@@ -1,6 +1,9 @@
 //! The converter's options (`mptcp-user converter`, the `[converter]` table).
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use anyhow::Context as _;
 use clap::Args;
@@ -8,11 +11,12 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{
-    defaults, over_file, prefixes,
+    CONNECT_SECONDS, defaults, over_file, parsed_strings, prefixes, seconds,
     tuning::{self, TuningOptions},
+    within,
 };
 use crate::{
-    converter::ConverterConfig,
+    converter::{ConverterConfig, DenyRule, PolicyConfig},
     net::addr::{self, parse_prefix},
 };
 
@@ -40,6 +44,25 @@ pub struct ConverterOptions {
     #[arg(long = "allow", value_name = "CIDR", value_parser = parse_prefix)]
     #[serde(default, deserialize_with = "prefixes")]
     pub allow: Vec<IpNet>,
+
+    /// Refuse destinations in this prefix, or only one port of them (`CIDR[:PORT]`, e.g.
+    /// `0.0.0.0/0:22`), whatever else allows them; repeatable.
+    #[arg(long = "deny", value_name = "CIDR[:PORT]")]
+    #[serde(default, deserialize_with = "parsed_strings")]
+    pub deny: Vec<DenyRule>,
+
+    /// An address of this host its interfaces do not show, refused as a destination
+    /// like its own: a cloud host's public address behind 1:1 NAT, a provider's host
+    /// services (e.g. 168.63.129.16); repeatable.
+    #[arg(long = "own-address", value_name = "IP")]
+    #[serde(default, rename = "own-address", deserialize_with = "parsed_strings")]
+    pub own_addresses: Vec<IpAddr>,
+
+    /// Allow destination port 25 (mail from server to server, what open relays are
+    /// abused for: refused by default; mail clients use 587 and 465).
+    #[arg(long)]
+    #[serde(default)]
+    pub allow_smtp: bool,
 
     /// Let clients from this network convert without the HMAC cookie (Convert clients
     /// that have none; the destination policy still applies); repeatable. Anyone there
@@ -118,10 +141,27 @@ impl ConverterOptions {
         let key_file = self
             .key_file
             .context("the converter needs a key file (key-file = PATH, see `mptcp-user keygen`)")?;
+        let max_pending = count("max-pending", self.max_pending, defaults::MAX_PENDING, 1)?;
+        let max_pending_per_source = count(
+            "max-pending-per-source",
+            self.max_pending_per_source,
+            defaults::MAX_PENDING_PER_SOURCE,
+            1,
+        )?
+        .min(max_pending);
         Ok(ConverterConfig {
             listen: self.listen.unwrap_or(defaults::CONVERTER_LISTEN),
             key_file,
-            allow: self.allow,
+            policy: PolicyConfig {
+                allow: self.allow,
+                deny: self.deny,
+                own_addresses: self
+                    .own_addresses
+                    .into_iter()
+                    .map(addr::canonical)
+                    .collect(),
+                allow_smtp: self.allow_smtp,
+            },
             allow_clients: self
                 .allow_clients
                 .iter()
@@ -129,25 +169,41 @@ impl ConverterOptions {
                 .map(addr::canonical_prefix)
                 .collect(),
             fast_open: self.fast_open.unwrap_or(defaults::FAST_OPEN),
-            speedtest_mbit: self.speedtest_rate.unwrap_or(defaults::SPEEDTEST_RATE_MBIT),
+            speedtest_mbit: within(
+                "speedtest-rate",
+                self.speedtest_rate,
+                defaults::SPEEDTEST_RATE_MBIT,
+                0..=100_000,
+            )?,
             metrics: self.metrics,
-            max_conns: self.max_conns.unwrap_or(defaults::MAX_CONNS),
-            max_pending: (
-                self.max_pending.unwrap_or(defaults::MAX_PENDING),
-                self.max_pending_per_source
-                    .unwrap_or(defaults::MAX_PENDING_PER_SOURCE),
-            ),
-            request_timeout: Duration::from_secs(
-                self.request_timeout.unwrap_or(defaults::REQUEST_TIMEOUT_S),
-            ),
-            connect_timeout: Duration::from_secs(
-                self.connect_timeout.unwrap_or(defaults::CONNECT_TIMEOUT_S),
-            ),
-            timeouts: tuning::timeouts(self.idle_timeout, self.dead_path_timeout),
-            replay_window: Duration::from_secs(
-                self.replay_window.unwrap_or(defaults::REPLAY_WINDOW_S),
-            ),
+            max_conns: count("max-conns", self.max_conns, defaults::MAX_CONNS, 1)?,
+            max_pending: (max_pending, max_pending_per_source),
+            request_timeout: seconds(
+                "request-timeout",
+                self.request_timeout,
+                defaults::REQUEST_TIMEOUT_S,
+                CONNECT_SECONDS,
+            )?,
+            connect_timeout: seconds(
+                "connect-timeout",
+                self.connect_timeout,
+                defaults::CONNECT_TIMEOUT_S,
+                CONNECT_SECONDS,
+            )?,
+            timeouts: tuning::timeouts(self.idle_timeout, self.dead_path_timeout)?,
+            replay_window: seconds(
+                "replay-window",
+                self.replay_window,
+                defaults::REPLAY_WINDOW_S,
+                1..=3600,
+            )?,
             tuning: self.tuning.into_config(),
         })
     }
+}
+
+/// A count option (connections): from `least` to a million, which keeps the semaphore
+/// and the budget far from their limits.
+fn count(name: &str, value: Option<usize>, default: usize, least: usize) -> anyhow::Result<usize> {
+    within(name, value, default, least..=1_000_000)
 }

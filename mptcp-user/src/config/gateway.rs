@@ -1,6 +1,6 @@
 //! The gateway's options (`mptcp-user gateway`, the `[gateway]` table).
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::bail;
 use clap::Args;
@@ -196,10 +196,13 @@ impl GatewayOptions {
         Ok(GatewayConfig {
             listen: self.listen.unwrap_or(defaults::GATEWAY_LISTEN),
             upstream,
-            connect_timeout: Duration::from_secs(
-                self.connect_timeout.unwrap_or(defaults::CONNECT_TIMEOUT_S),
-            ),
-            timeouts: tuning::timeouts(self.idle_timeout, self.dead_path_timeout),
+            connect_timeout: super::seconds(
+                "connect-timeout",
+                self.connect_timeout,
+                defaults::CONNECT_TIMEOUT_S,
+                super::CONNECT_SECONDS,
+            )?,
+            timeouts: tuning::timeouts(self.idle_timeout, self.dead_path_timeout)?,
             interception: InterceptionConfig {
                 lan: self.lan,
                 cgroups: self.cgroups,

@@ -51,8 +51,10 @@ pub mod tuning;
 use std::{
     fmt::Display,
     fs,
+    ops::RangeInclusive,
     path::{Path, PathBuf},
     str::FromStr,
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -181,6 +183,40 @@ fn prefixes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D:
         .collect()
 }
 
+/// Option `name`'s `value` (`default` when not given), if it lies within `range`: a
+/// value out of range is an error that says the range, never a wrapped sum, a panic or
+/// a timer that fires at once.
+fn within<T: PartialOrd + Display + Copy>(
+    name: &str,
+    value: Option<T>,
+    default: T,
+    range: RangeInclusive<T>,
+) -> anyhow::Result<T> {
+    let value = value.unwrap_or(default);
+    if !range.contains(&value) {
+        bail!(
+            "{name} = {value} is out of range: from {} to {}",
+            range.start(),
+            range.end()
+        );
+    }
+    Ok(value)
+}
+
+/// [`within`] for an option in seconds.
+fn seconds(
+    name: &str,
+    value: Option<u64>,
+    default: u64,
+    range: RangeInclusive<u64>,
+) -> anyhow::Result<Duration> {
+    within(name, value, default, range).map(Duration::from_secs)
+}
+
+/// Seconds to connect (`connect-timeout`, `request-timeout`): at least one, at most
+/// five minutes.
+const CONNECT_SECONDS: RangeInclusive<u64> = 1..=300;
+
 /// A list of values parsed from strings, as on the command line.
 fn parsed_strings<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
 where
@@ -241,6 +277,45 @@ mod tests {
                 .unwrap()
                 .into_config();
             assert!(config.is_ok(), "{table}: {:?}", config.err());
+        }
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused_not_wrapped() {
+        let converter_error = |text: &str| {
+            let error = ConfigFile::parse(&format!("[converter]\nkey-file = \"/k\"\n{text}\n"))
+                .and_then(|file| file.converter.context("no converter")?.into_config())
+                .expect_err("must be refused");
+            format!("{error:#}")
+        };
+        for (text, name) in [
+            // timestamp + window wrapped: nonces were forgotten at once.
+            ("replay-window = 18446744073709551615", "replay-window"),
+            ("replay-window = 0", "replay-window"),
+            // The rate in bytes per second overflowed.
+            ("speedtest-rate = 18446744073709551615", "speedtest-rate"),
+            // Beyond the semaphore's permits: a panic at start.
+            ("max-conns = 4611686018427387904", "max-conns"),
+            ("max-conns = 0", "max-conns"),
+            ("max-pending = 0", "max-pending"),
+            ("request-timeout = 0", "request-timeout"),
+            ("connect-timeout = 0", "connect-timeout"),
+            ("idle-timeout = 0", "idle-timeout"),
+            ("dead-path-timeout = 0", "dead-path-timeout"),
+        ] {
+            let error = converter_error(text);
+            assert!(
+                error.contains(name) && error.contains("out of range"),
+                "{text}: {error}"
+            );
+        }
+        for (text, name) in [
+            ("connect-timeout = 0", "connect-timeout"),
+            ("idle-timeout = 0", "idle-timeout"),
+            ("idle-timeout = 18446744073709551615", "idle-timeout"),
+        ] {
+            let error = error_of(&format!("[gateway]\ndirect = true\n{text}\n"));
+            assert!(error.contains(name), "{text}: {error}");
         }
     }
 

@@ -1,8 +1,6 @@
 //! Tuning options both daemons share (the role's `tuning` table), and the relays'
 //! timeouts.
 
-use std::time::Duration;
-
 use clap::Args;
 use serde::Deserialize;
 
@@ -91,10 +89,21 @@ impl TuningOptions {
     }
 }
 
-/// The relay's timeouts, defaults filled in.
-pub(super) fn timeouts(idle_s: Option<u64>, dead_path_s: Option<u64>) -> Timeouts {
-    Timeouts {
-        idle: Duration::from_secs(idle_s.unwrap_or(defaults::IDLE_TIMEOUT_S)),
-        dead_path: Duration::from_secs(dead_path_s.unwrap_or(defaults::DEAD_PATH_TIMEOUT_S).max(1)),
-    }
+/// The relay's timeouts, defaults filled in and checked: from a second to a week idle,
+/// to a day without a path.
+pub(super) fn timeouts(idle_s: Option<u64>, dead_path_s: Option<u64>) -> anyhow::Result<Timeouts> {
+    Ok(Timeouts {
+        idle: super::seconds(
+            "idle-timeout",
+            idle_s,
+            defaults::IDLE_TIMEOUT_S,
+            1..=604_800,
+        )?,
+        dead_path: super::seconds(
+            "dead-path-timeout",
+            dead_path_s,
+            defaults::DEAD_PATH_TIMEOUT_S,
+            1..=86_400,
+        )?,
+    })
 }

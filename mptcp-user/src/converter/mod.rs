@@ -47,6 +47,7 @@ use crate::{
 };
 use admission::{Pending, PendingSlot};
 use destination_policy::DestinationPolicy;
+pub use destination_policy::{DenyRule, PolicyConfig};
 use speedtest::{Busy, SpeedTests};
 
 /// Logged once the converter accepts connections; scripts wait for it.
@@ -59,8 +60,8 @@ pub struct ConverterConfig {
     pub listen: SocketAddr,
     /// The pre-shared key's file.
     pub key_file: PathBuf,
-    /// Destinations allowed although the default policy refuses them.
-    pub allow: Vec<IpNet>,
+    /// What the destination policy allows and refuses beyond its defaults.
+    pub policy: PolicyConfig,
     /// Client networks that may convert without a cookie.
     pub allow_clients: Vec<IpNet>,
     /// Whether requests in the SYN (TCP Fast Open) are accepted.
@@ -126,7 +127,7 @@ impl Converter {
     ) -> Self {
         Self {
             verifier: Mutex::new(Verifier::new(key, config.replay_window, started)),
-            policy: DestinationPolicy::new(config.allow.clone(), own),
+            policy: DestinationPolicy::new(config.policy.clone(), own),
             allow_clients: config.allow_clients.clone(),
             request_timeout: config.request_timeout,
             connect_timeout: config.connect_timeout,
@@ -573,7 +574,7 @@ pub async fn read_request<R: AsyncRead + Unpin>(
     }
     converter
         .policy
-        .check(request.destination.ip())
+        .check(request.destination)
         .map_err(|refusal| {
             (
                 ErrorCode::NotAuthorized,

@@ -93,7 +93,7 @@ impl SpeedTests {
     pub fn new(max_mbit: u64) -> Self {
         Self {
             running: Arc::new(Semaphore::new(1)),
-            max_bytes_per_s: max_mbit * 1_000_000 / 8,
+            max_bytes_per_s: max_mbit.saturating_mul(1_000_000) / 8,
             budget: Arc::new(Mutex::new(Budget {
                 left: BUDGET,
                 at: Instant::now(),

@@ -109,12 +109,16 @@ const NON_PUBLIC: &[&str] = &[
     "127.0.0.0/8",    // loopback
     "169.254.0.0/16", // link-local
     "172.16.0.0/12",  // private
+    "192.0.0.0/24",   // IETF protocol assignments (RFC 6890)
     "192.168.0.0/16", // private
+    "198.18.0.0/15",  // benchmarking (RFC 2544)
     "224.0.0.0/4",    // multicast
     "240.0.0.0/4",    // reserved, broadcast
     "::/128",         // unspecified
     "::1/128",        // loopback
     "64:ff9b:1::/48", // local-use NAT64 (RFC 8215): a network's own translator
+    "100::/64",       // discard-only (RFC 6666)
+    "2001:db8::/32",  // documentation (RFC 3849), found inside networks that copied it
     "fc00::/7",       // unique local (private)
     "fe80::/10",      // link-local
     "fec0::/10",      // site-local (deprecated, private)
@@ -122,7 +126,7 @@ const NON_PUBLIC: &[&str] = &[
 ];
 
 /// The ranges that are not the public internet: loopback, private, link-local, CGNAT,
-/// multicast, unspecified and broadcast. The converter refuses them as destinations; the
+/// multicast, unspecified, broadcast, benchmarking, discard-only and IPv6 documentation. The converter refuses them as destinations; the
 /// gateway does not intercept flows to them.
 #[must_use]
 pub fn non_public_ranges() -> Vec<IpNet> {

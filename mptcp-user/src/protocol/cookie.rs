@@ -246,7 +246,11 @@ impl Verifier {
         }
         self.prune(now);
         // A nonce must be remembered until its timestamp leaves the window.
-        if self.seen.insert(nonce, timestamp + window).is_some() {
+        if self
+            .seen
+            .insert(nonce, timestamp.saturating_add(window))
+            .is_some()
+        {
             return Err(AuthError::Replayed);
         }
         Ok(())

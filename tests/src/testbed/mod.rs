@@ -4,13 +4,14 @@
 //! ```text
 //! client --lan0-- gateway --up1..upN-- converter --srv0-- server
 //! 192.168.50.2   .50.1 | 10.0.I.1    10.0.I.2 | 203.0.113.1   203.0.113.10
-//! fd00:50::2  fd00:50::1                       | 2001:db8:113::1  2001:db8:113::10
+//! fd00:50::2  fd00:50::1                       | 3fff:113::1  3fff:113::10
 //!                                              |  10.9.0.1     10.9.0.10 (private)
 //! ```
 //!
 //! The uplinks carry IPv4 only (the MPTCP connections to the converter); IPv6 exists on
 //! the LAN and between converter and server, so LAN flows to an IPv6 server can be
-//! converted.
+//! converted. The server's IPv6 prefix is from 3fff::/20 (documentation, RFC 9637):
+//! 2001:db8::/32 is among the ranges the converter refuses.
 //!
 //! An uplink is either a veth pair shaped by HTB (zero delay, fast to set up) or a line
 //! of the wire emulator (rate, delay, loss: like DSL, LTE or satellite). The gateway's
@@ -48,7 +49,7 @@ use crate::{
 /// The server's public address.
 pub const SERVER: &str = "203.0.113.10";
 /// The server's public IPv6 address.
-pub const SERVER_V6: &str = "2001:db8:113::10";
+pub const SERVER_V6: &str = "3fff:113::10";
 /// A second server address, in a private range the converter refuses by default.
 pub const SERVER_PRIVATE: &str = "10.9.0.10";
 /// The converter's address (on uplink 1) and port.
@@ -162,7 +163,7 @@ impl Testbed {
         converter.ip(&["addr", "add", "10.9.0.1/24", "dev", "srv0"])?;
         server.ip(&["addr", "add", "203.0.113.10/24", "dev", "srv0"])?;
         server.ip(&["addr", "add", "10.9.0.10/24", "dev", "srv0"])?;
-        converter.ip(&["addr", "add", "2001:db8:113::1/64", "dev", "srv0", "nodad"])?;
+        converter.ip(&["addr", "add", "3fff:113::1/64", "dev", "srv0", "nodad"])?;
         server.ip(&[
             "addr",
             "add",
@@ -171,7 +172,7 @@ impl Testbed {
             "srv0",
             "nodad",
         ])?;
-        server.ip(&["-6", "route", "add", "default", "via", "2001:db8:113::1"])?;
+        server.ip(&["-6", "route", "add", "default", "via", "3fff:113::1"])?;
         server.ip(&["route", "add", "default", "via", "203.0.113.1"])?;
 
         // Measured flows follow each other between the same hosts; the kernel's cache of
