@@ -28,7 +28,11 @@ fuzz_target!(|frame: &[u8]| {
         assert_eq!(header[0] >> 4, 4);
         let words = usize::from(header[0] & 0x0f);
         assert!(words >= 5, "header of {words} words");
-        assert_eq!(u16::from_be_bytes([header[6], header[7]]) & 0x1fff, 0, "a later fragment");
+        assert_eq!(
+            u16::from_be_bytes([header[6], header[7]]) & 0x1fff,
+            0,
+            "a later fragment"
+        );
         assert_eq!(header[9], 6, "not TCP");
         let destination = u32::from_ne_bytes(header[16..20].try_into().unwrap());
         assert_eq!(segment.destination, mapped_v4(destination));
@@ -36,7 +40,13 @@ fuzz_target!(|frame: &[u8]| {
     };
     // Ports and flags come from a TCP header that is there.
     assert!(frame.len() >= transport + 14, "read past the end");
-    assert_eq!(segment.source_port.to_ne_bytes(), frame[transport..transport + 2]);
-    assert_eq!(segment.destination_port.to_ne_bytes(), frame[transport + 2..transport + 4]);
+    assert_eq!(
+        segment.source_port.to_ne_bytes(),
+        frame[transport..transport + 2]
+    );
+    assert_eq!(
+        segment.destination_port.to_ne_bytes(),
+        frame[transport + 2..transport + 4]
+    );
     assert_eq!(segment.flags, frame[transport + 13]);
 });

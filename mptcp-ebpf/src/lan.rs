@@ -1,8 +1,8 @@
 //! tc ingress on the LAN interfaces (attached through tcx links): intercepts the TCP flows
 //! the selection takes, handing them to the splicer's transparent listener.
 //!
-//! For a SYN the selection takes, the program looks up the listener and assigns the packet
-//! to it (`bpf_sk_assign`), and marks it so that the policy route (`ip rule fwmark ...
+//! For a SYN the selection takes, the program takes the listener from its sockmap and
+//! assigns the packet to it (`bpf_sk_assign`), and marks it so that the policy route (`ip rule fwmark ...
 //! lookup T`, `local default dev lo table T`) delivers it locally instead of forwarding
 //! it. The accepted socket's local address is then the original destination.
 //!
@@ -10,7 +10,7 @@
 //! 4-tuple names a socket of ours that is not a listener, the packet is marked (local
 //! delivery then finds that socket by itself). A selected SYN whose 4-tuple names a
 //! socket of ours in TIME_WAIT opens a new flow through the kernel's time-wait code
-//! (see [`crate::time_wait`]). A flow that was not intercepted at its SYN
+//! (see [`crate::listener`]). A flow that was not intercepted at its SYN
 //! has no socket and keeps being forwarded, whatever the selection says later: a flow's
 //! decision is taken once.
 //!
@@ -27,22 +27,23 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_CURRENT_NETNS, TC_ACT_OK, bpf_sock, bpf_sock_tuple},
-    helpers::{bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp},
+    helpers::{bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp},
     macros::classifier,
     programs::TcContext,
 };
 use core::ptr::read_volatile;
 use mptcp_ebpf_common::{
     Address,
+    lan::LISTENER_INDEX,
     packet::{self, Bytes, TcpSegment},
     selection::{QUIC_FALLBACK_ON, QUIC_PORT, quic_mark},
 };
 
 use crate::{
     config,
-    maps::QUIC_FALLBACK,
+    listener::{self, FourTuple},
+    maps::{LISTENER, QUIC_FALLBACK},
     selection,
-    time_wait::{self, FourTuple},
 };
 
 /// `TCP_TIME_WAIT` and `TCP_LISTEN` from include/net/tcp_states.h.
@@ -96,7 +97,7 @@ fn try_intercept_lan(ctx: &TcContext) -> Result<(), i64> {
     let segment = packet::tcp_segment(&Skb(ctx))?;
     let opens = segment.opens();
     let port = u16::from_be(segment.destination_port);
-    if let Some(socket) = lookup(ctx, &segment, segment.destination_port) {
+    if let Some(socket) = lookup(ctx, &segment) {
         // SAFETY: `socket` is a valid socket reference from the lookup helper.
         let state = unsafe { read_volatile(&raw const (*socket).state) };
         release(socket);
@@ -104,7 +105,7 @@ fn try_intercept_lan(ctx: &TcContext) -> Result<(), i64> {
             // A new flow on the 4-tuple of one we closed: the kernel's time-wait code
             // takes it, with the sk_lookup program's help; an unselected one is forwarded.
             if selection::selects(segment.destination, port) {
-                time_wait::remember(&FourTuple {
+                listener::remember(&FourTuple {
                     remote: segment.source,
                     local: segment.destination,
                     remote_port: segment.source_port,
@@ -123,7 +124,7 @@ fn try_intercept_lan(ctx: &TcContext) -> Result<(), i64> {
     if !opens || !selection::selects(segment.destination, port) {
         return Ok(());
     }
-    hand_to_listener(ctx, &segment)
+    hand_to_listener(ctx)
 }
 
 /// Gives QUIC to a selected destination the QUIC mark (its route is `prohibit`) while
@@ -138,10 +139,21 @@ fn turn_quic_away(ctx: &TcContext, destination: Address) {
 }
 
 /// Assigns the SYN to the transparent listener and marks it for local delivery.
-fn hand_to_listener(ctx: &TcContext, segment: &TcpSegment) -> Result<(), i64> {
-    // The listener is bound to a wildcard address: the same tuple with the listener's
-    // port finds it.
-    let listener = lookup(ctx, segment, config::listen_port().to_be()).ok_or(-2i64)?;
+fn hand_to_listener(ctx: &TcContext) -> Result<(), i64> {
+    // From the sockmap, not by a listener lookup: that would meet the sk_lookup program,
+    // which keeps connections from outside off the listener's port.
+    let key = LISTENER_INDEX;
+    // SAFETY: a lookup in a sockmap, which returns a socket reference to release.
+    let listener: *mut bpf_sock = unsafe {
+        bpf_map_lookup_elem(
+            (&raw const LISTENER).cast_mut().cast(),
+            (&raw const key).cast(),
+        )
+    }
+    .cast();
+    if listener.is_null() {
+        return Err(-2);
+    }
     // SAFETY: `listener` is a valid socket reference; the helper takes its own reference.
     let assigned = unsafe { bpf_sk_assign(ctx.skb.skb.cast(), listener.cast(), 0) };
     release(listener);
@@ -152,16 +164,15 @@ fn hand_to_listener(ctx: &TcContext, segment: &TcpSegment) -> Result<(), i64> {
     Ok(())
 }
 
-/// Looks up the socket for `segment`'s addresses and source port with destination
-/// port `port` (network order) in this namespace: established (or request, or
-/// time-wait) sockets first, then listeners. The caller must [`release`] it.
-fn lookup(ctx: &TcContext, segment: &TcpSegment, port: u16) -> Option<*mut bpf_sock> {
+/// Looks up the socket for `segment`'s four-tuple in this namespace: established (or
+/// request, or time-wait) sockets first, then listeners. The caller must [`release`] it.
+fn lookup(ctx: &TcContext, segment: &TcpSegment) -> Option<*mut bpf_sock> {
     let socket = if segment.ipv6 {
         let mut tuple = Tuple6 {
             saddr: segment.source,
             daddr: segment.destination,
             sport: segment.source_port,
-            dport: port,
+            dport: segment.destination_port,
         };
         lookup_tuple(ctx, (&raw mut tuple).cast(), size_of::<Tuple6>())
     } else {
@@ -170,7 +181,7 @@ fn lookup(ctx: &TcContext, segment: &TcpSegment, port: u16) -> Option<*mut bpf_s
             saddr: segment.source[3],
             daddr: segment.destination[3],
             sport: segment.source_port,
-            dport: port,
+            dport: segment.destination_port,
         };
         lookup_tuple(ctx, (&raw mut tuple).cast(), size_of::<Tuple4>())
     };

@@ -21,13 +21,13 @@ mod connect;
 #[cfg(target_arch = "bpf")]
 mod lan;
 #[cfg(target_arch = "bpf")]
+mod listener;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod selection;
 #[cfg(target_arch = "bpf")]
 mod sock_ops;
-#[cfg(target_arch = "bpf")]
-mod time_wait;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

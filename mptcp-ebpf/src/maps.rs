@@ -20,7 +20,7 @@ use mptcp_ebpf_common::{
     uplinks::{self, CongestionName},
 };
 
-use crate::time_wait::FourTuple;
+use crate::listener::FourTuple;
 
 /// Destination prefix -> include/exclude. Written by the daemon and `mptcp-user
 /// selection`; read by the LAN ingress and connect programs at a flow's start.

@@ -15,6 +15,7 @@ use prometheus_client::{
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
+    sync::Semaphore,
 };
 
 use crate::{
@@ -22,6 +23,8 @@ use crate::{
         flows::{Carried, Intercepted},
         uplinks::{Health, Traffic},
     },
+    limited,
+    log_limit::LogLimit,
     net::relay::{DirectionCounters, RelayCounters},
     protocol::codec::ErrorCode,
 };
@@ -30,6 +33,12 @@ use crate::{
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest request read; a scrape's is a few hundred bytes.
 const MAX_REQUEST: usize = 8192;
+/// Connections served at once; beyond them new ones are closed at once, so that
+/// whoever reaches the endpoint cannot take the daemon's open files (a scraper makes
+/// one at a time).
+pub const MAX_SCRAPES: usize = 16;
+/// Accept failures (out of files, say) are logged at most this often.
+static ACCEPT_FAILURES: LogLimit = LogLimit::new(1, Duration::from_secs(10));
 
 /// Labels of a flow count: how the flow was taken and how it is carried.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -444,20 +453,26 @@ pub fn listen(address: SocketAddr) -> anyhow::Result<TcpListener> {
 /// Answers scrapes on `listener` with what `render` gives, each in a task of its own,
 /// forever.
 pub async fn serve<R: Render + 'static>(listener: TcpListener, render: Arc<R>) {
+    let scrapes = Arc::new(Semaphore::new(MAX_SCRAPES));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
-                warn!("metrics: accept failed: {error}");
+                limited!(ACCEPT_FAILURES, warn, "metrics: accept failed: {error}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        let Ok(permit) = Arc::clone(&scrapes).try_acquire_owned() else {
+            debug!("metrics: {peer}: {MAX_SCRAPES} connections served already; closed");
+            continue;
         };
         let render = Arc::clone(&render);
         tokio::spawn(async move {
             if let Err(error) = answer(stream, render.as_ref()).await {
                 debug!("metrics: {peer}: {error:#}");
             }
+            drop(permit);
         });
     }
 }
@@ -601,5 +616,29 @@ mod tests {
         assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
         assert!(metrics.ends_with("\r\n\r\nanswer 42\n"), "{metrics}");
         assert!(get("/").await.starts_with("HTTP/1.1 404"));
+    }
+
+    #[tokio::test]
+    async fn idle_connections_beyond_the_cap_are_closed_at_once() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, Arc::new(Fixed)));
+        // Connections that send nothing: the first ones wait for their request.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_SCRAPES + 24 {
+            idle.push(TcpStream::connect(address).await.unwrap());
+        }
+        // All at once, well within the request timeout of those served.
+        let reads = idle.iter_mut().map(|stream| async move {
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut byte));
+            matches!(read.await, Ok(Ok(0) | Err(_)))
+        });
+        let closed = futures::future::join_all(reads)
+            .await
+            .into_iter()
+            .filter(|&closed| closed)
+            .count();
+        assert_eq!(closed, 24, "connections closed at once");
     }
 }

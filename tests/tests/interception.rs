@@ -16,7 +16,9 @@ use mptcp_ebpf_common::flows::FLOWS_MAP_NAME;
 use mptcp_tests::{
     TempDir,
     cgroup::Cgroup,
-    mptcp_user_bin, require_root,
+    mptcp_user_bin,
+    netns::run_in,
+    require_root,
     testbed::{GATEWAY_PORT, SERVER, SERVER_V6, Testbed, daemon_log},
     wait_until,
     whoami::{
@@ -379,6 +381,33 @@ fn a_client_reusing_its_port_is_intercepted_without_a_retry() {
         .unwrap()
         - retries_before;
     assert_eq!(retries, 0, "SYNs sent again");
+}
+
+#[test]
+fn the_listener_takes_no_connection_from_outside() {
+    require_root();
+    let dir = TempDir::new("outside").unwrap();
+    let testbed = deploy(dir.path(), "outside", &[]);
+    // From the internet side of uplink 1, and from a LAN host, to the gateway's own
+    // addresses on the listener's port: dropped, not accepted and logged.
+    for (netns, address) in [
+        (&testbed.converter, "10.0.1.1"),
+        (&testbed.client, "192.168.50.1"),
+    ] {
+        let target: std::net::SocketAddr = format!("{address}:{GATEWAY_PORT}").parse().unwrap();
+        let connected = run_in(netns, move || {
+            std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)).is_ok()
+        });
+        assert!(
+            !connected,
+            "{target} accepted a connection from {}",
+            netns.name()
+        );
+    }
+    let log = daemon_log(dir.path(), "gateway");
+    assert!(!log.contains("not intercepted"), "{log}");
+    // Intercepted flows still reach it.
+    assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
 }
 
 #[test]

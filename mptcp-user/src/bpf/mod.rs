@@ -43,8 +43,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// The tc program of the LAN interfaces.
 const LAN_PROGRAM: &str = "intercept_lan";
-/// The sk_lookup program that hands the listener the SYNs reusing a time-wait four-tuple.
-const TIME_WAIT_PROGRAM: &str = "reopen_time_wait";
+/// The sk_lookup program: who reaches the transparent listener by the kernel's lookup.
+const LISTENER_PROGRAM: &str = "lookup_listener";
 /// The sock_ops program (hand-over of intercepted connects, subflow records, tuning).
 const SOCK_OPS_PROGRAM: &str = "track_sockets";
 /// The cgroup/sock_addr programs that intercept the connects of opted-in cgroups.
@@ -115,10 +115,10 @@ impl Programs {
         classifier
             .load()
             .with_context(|| format!("the kernel rejected {LAN_PROGRAM}"))?;
-        let time_wait: &mut SkLookup = program_mut(&mut ebpf, TIME_WAIT_PROGRAM)?.try_into()?;
-        time_wait
+        let lookup: &mut SkLookup = program_mut(&mut ebpf, LISTENER_PROGRAM)?.try_into()?;
+        lookup
             .load()
-            .with_context(|| format!("the kernel rejected {TIME_WAIT_PROGRAM}"))?;
+            .with_context(|| format!("the kernel rejected {LISTENER_PROGRAM}"))?;
         let sock_ops: &mut SockOps = program_mut(&mut ebpf, SOCK_OPS_PROGRAM)?.try_into()?;
         sock_ops
             .load()
@@ -165,10 +165,11 @@ impl Programs {
         Ok(())
     }
 
-    /// Lets the LAN program's SYNs that reuse the four-tuple of a connection in TIME_WAIT
-    /// reach `listener` (see mptcp-ebpf's `time_wait`): puts it in the sockmap and
-    /// attaches the sk_lookup program to this network namespace.
-    pub fn attach_time_wait(&mut self, listener: &impl AsRawFd) -> anyhow::Result<()> {
+    /// Guards the transparent listener `listener` (see mptcp-ebpf's `listener`): puts it
+    /// in the sockmap and attaches the sk_lookup program to this network namespace, which
+    /// hands it the SYNs reusing a time-wait four-tuple and keeps all but local
+    /// processes from connecting to its port directly.
+    pub fn attach_listener_lookup(&mut self, listener: &impl AsRawFd) -> anyhow::Result<()> {
         let mut sockets: SockMap<&mut MapData> =
             SockMap::try_from(self.ebpf.map_mut(lan::LISTENER_MAP_NAME).ok_or_else(|| {
                 anyhow!("the eBPF object has no map {}", lan::LISTENER_MAP_NAME)
@@ -178,11 +179,11 @@ impl Programs {
             .context("failed to put the listener into the sockmap")?;
         let netns = File::open("/proc/self/ns/net")
             .context("failed to open this process's network namespace")?;
-        let program: &mut SkLookup = program_mut(&mut self.ebpf, TIME_WAIT_PROGRAM)?.try_into()?;
+        let program: &mut SkLookup = program_mut(&mut self.ebpf, LISTENER_PROGRAM)?.try_into()?;
         program
             .attach(&netns)
             .context("failed to attach the sk_lookup program to the network namespace")?;
-        debug!("{TIME_WAIT_PROGRAM} attached to the network namespace");
+        debug!("{LISTENER_PROGRAM} attached to the network namespace");
         Ok(())
     }
 

@@ -165,10 +165,10 @@ impl Interception {
             }
         }
 
+        programs.attach_listener_lookup(listener)?;
         let routes = if config.lan.is_empty() {
             None
         } else {
-            programs.attach_time_wait(listener)?;
             Some(LocalDelivery::install(config.mark, config.table)?)
         };
         let mut lan = Vec::new();

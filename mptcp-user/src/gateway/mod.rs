@@ -42,6 +42,8 @@ use crate::{
         self,
         tuning::{Tuning, TuningConfig},
     },
+    limited,
+    log_limit::LogLimit,
     metrics::{self, GatewayMetrics, UplinkSample},
     net::{
         netlink::Netlink,
@@ -310,6 +312,10 @@ impl metrics::Render for Scrape {
     }
 }
 
+/// Log lines of connections made to the listener itself (only local processes can: the
+/// sk_lookup program drops the others).
+static NOT_INTERCEPTED: LogLimit = LogLimit::new(10, Duration::from_secs(10));
+
 /// Accepts intercepted connections until `shutdown` resolves, then gives live relays a
 /// grace period.
 pub async fn serve(
@@ -333,7 +339,11 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
     };
     let _admitted = gateway.flows.admit();
     let Some((destination, intercepted)) = gateway.flows.original_destination(local, peer) else {
-        warn!("{peer} -> {local}: connection to the listener itself, not intercepted; closing");
+        limited!(
+            NOT_INTERCEPTED,
+            warn,
+            "{peer} -> {local}: connection to the listener itself, not intercepted; closing"
+        );
         return;
     };
     let flow_key = match socket::cookie(&lan) {

@@ -5,6 +5,8 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use log::{info, warn};
+
+use crate::{limited, log_limit::LogLimit};
 use tokio::{
     net::{TcpListener, TcpStream},
     signal::unix::SignalKind,
@@ -13,6 +15,8 @@ use tokio::{
 
 /// How long live relays may finish after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Accept failures (out of open files under a flood) are logged at most this often.
+static ACCEPT_FAILURES: LogLimit = LogLimit::new(1, Duration::from_secs(10));
 
 /// The accept loop: hands each connection to `on_accept` (which
 /// spawns its task into the set, or refuses it) until `shutdown` resolves, then drains
@@ -31,7 +35,7 @@ pub async fn accept_until(
                 Ok(accepted) => accepted,
                 Err(error) => {
                     // EMFILE and friends: wait instead of spinning.
-                    warn!("accept failed: {error}");
+                    limited!(ACCEPT_FAILURES, warn, "accept failed: {error}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
