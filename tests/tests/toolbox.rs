@@ -43,7 +43,7 @@ fn speedtest_measures_each_uplink_and_their_sum() {
             "--key-file",
             &key.to_string_lossy(),
             "--seconds",
-            "6",
+            "8",
             "--json",
         ])
         .unwrap();
@@ -68,18 +68,20 @@ fn speedtest_measures_each_uplink_and_their_sum() {
         }
     }
     // All together: the sum of the lines, less what MPTCP leaves of it over a few
-    // seconds. Measured here: 0.95 of the sum up, mostly 0.94 to 0.97 down, but 0.83
-    // and once (in CI) 0.74: short downloads vary (the aggregate bench's long ones get
-    // 0.97). Whatever the line does, more than the best line alone means the test used
-    // them all; a single path could not give that.
+    // seconds. Measured here with 6 s tests: 0.95 of the sum up, mostly 0.94 to 0.97
+    // down, but 0.83 and once (in CI) 0.74: short downloads vary (the aggregate bench's
+    // long ones get 0.97). So 8 s, and the best line plus a third of the other at
+    // least (0.78 of the sum): a single path could not give that, and a second one
+    // barely used would not either.
     let sum: f64 = lines.iter().map(|line| f64::from(line.rate_mbit)).sum();
     let best = f64::from(lines[0].rate_mbit);
+    let other = f64::from(lines[1].rate_mbit);
     let all = &rows[2];
     assert_eq!(all["path"], "all");
     for direction in ["down_mbit", "up_mbit"] {
         let measured = all[direction].as_f64().unwrap();
         assert!(
-            measured >= 0.7 * sum && measured > 1.05 * best,
+            measured >= best + other / 3.0,
             "all {direction}: {measured:.1} Mbit/s over lines summing to {sum} Mbit/s"
         );
     }
@@ -139,12 +141,26 @@ fn metrics_count_flows_bytes_and_uplinks_during_a_download() {
     );
     let download = std::thread::scope(|scope| {
         let running = scope.spawn(|| download(&testbed, Duration::from_secs(4)));
-        std::thread::sleep(Duration::from_secs(2));
-        let during = (
-            scrape(&testbed.gateway, GATEWAY_METRICS),
-            scrape(&testbed.converter, CONVERTER_METRICS),
+        // Scraped once the flow is live and has moved a few megabytes, not after a
+        // fixed time the machine may not keep.
+        let splice_down = r#"mptcp_gateway_relayed_bytes_total{path="splice",direction="down"}"#;
+        let mut during = None;
+        wait_until(
+            Duration::from_secs(4),
+            || {
+                let now = (
+                    scrape(&testbed.gateway, GATEWAY_METRICS),
+                    scrape(&testbed.converter, CONVERTER_METRICS),
+                );
+                let moved =
+                    sample(&now.0, splice_down).saturating_sub(sample(&before.0, splice_down));
+                let ready = moved > 2_000_000;
+                during = Some(now);
+                ready
+            },
+            || "the download never moved 2 MB".to_owned(),
         );
-        (running.join().unwrap().unwrap(), during)
+        (running.join().unwrap().unwrap(), during.unwrap())
     });
     let (received, during) = download;
     println!("gateway during the download:\n{}", during.0);
