@@ -76,16 +76,73 @@ pub struct InstanceLock {
     _lock: Flock<File>,
 }
 
-/// Makes directory `dir` of ours root-only (mode 0700): the maps pinned there steer the
-/// household's traffic, and only root may read or change them. The bpffs root itself
-/// is left alone.
-pub fn make_private(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    if dir == Path::new(BPFFS) {
-        return Ok(());
+/// Creates directory `dir` root-only (mode 0700) if it does not exist: the maps pinned
+/// there steer the household's traffic, and only root may read or change them. A
+/// directory that exists is never changed (`--pin-path /tmp` must not close /tmp), but
+/// refused when others may write to it: they could put their own maps in our pins'
+/// places.
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {
+            // The mode was cut by the umask at most; say it whole.
+            return fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("failed to make {} root-only", dir.display()));
+        }
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+            bail!(
+                "cannot create {}: permission denied ({})",
+                dir.display(),
+                NEEDS_PRIVILEGES
+            )
+        }
+        Err(error) => {
+            return Err(error).with_context(|| format!("failed to create {}", dir.display()));
+        }
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("failed to make {} root-only", dir.display()))
+    let mode = fs::metadata(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o022 != 0 {
+        bail!(
+            "{} is writable by group or others (mode {:o}); choose a directory only root \
+             can write",
+            dir.display(),
+            mode & 0o777
+        );
+    }
+    Ok(())
+}
+
+/// What the gateway needs to run, for the errors that say it is missing.
+pub const NEEDS_PRIVILEGES: &str = "the gateway needs root, or CAP_NET_ADMIN, CAP_BPF and \
+                                    CAP_PERFMON as its systemd unit gives it";
+
+/// Linux capability numbers (include/uapi/linux/capability.h) the gateway needs.
+pub const GATEWAY_CAPABILITIES: [(&str, u32); 3] =
+    [("CAP_NET_ADMIN", 12), ("CAP_PERFMON", 38), ("CAP_BPF", 39)];
+
+/// The capabilities of `wanted` this process lacks (its effective set, from
+/// /proc/self/status).
+pub fn missing_capabilities(wanted: &[(&'static str, u32)]) -> anyhow::Result<Vec<&'static str>> {
+    let status =
+        fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
+    let effective = effective_capabilities(&status).context("no CapEff in /proc/self/status")?;
+    Ok(wanted
+        .iter()
+        .filter(|(_, bit)| effective & (1 << bit) == 0)
+        .map(|(name, _)| *name)
+        .collect())
+}
+
+/// The `CapEff` mask of a /proc/PID/status text.
+fn effective_capabilities(status: &str) -> Option<u64> {
+    let hex = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
 }
 
 /// `value` as JSON in `path`, replaced whole (written beside it, then renamed), so that
@@ -107,8 +164,7 @@ impl InstanceLock {
     /// Takes the lock for the daemon that pins its maps in `pin_dir`, or fails with a
     /// message saying that another one runs.
     pub fn acquire(pin_dir: &Path) -> anyhow::Result<Self> {
-        fs::create_dir_all(LOCK_DIR).with_context(|| format!("failed to create {LOCK_DIR}"))?;
-        make_private(Path::new(LOCK_DIR))?;
+        private_dir(Path::new(LOCK_DIR))?;
         let path = run_file(pin_dir, "lock");
         let file = OpenOptions::new()
             .create(true)
@@ -312,4 +368,45 @@ pub fn monotonic_ns() -> u64 {
         u64::try_from(now.tv_sec()).unwrap_or(0) * 1_000_000_000
             + u64::try_from(now.tv_nsec()).unwrap_or(0)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_dirs_are_made_private_and_existing_ones_left_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let base = std::env::temp_dir().join(format!("mptcp-private-{}", std::process::id()));
+        fs::create_dir(&base).unwrap();
+        let mode = |dir: &Path| fs::metadata(dir).unwrap().permissions().mode() & 0o7777;
+        let fresh = base.join("pins");
+        private_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        // An existing directory (`--pin-path /tmp`) keeps its mode...
+        let shared = base.join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&shared).unwrap();
+        assert_eq!(mode(&shared), 0o755);
+        // ...and is refused when others may write to it.
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        let error = private_dir(&shared).unwrap_err();
+        assert!(
+            error.to_string().contains("writable by group or others"),
+            "{error}"
+        );
+        assert_eq!(mode(&shared), 0o1777);
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn effective_capabilities_are_read_from_the_status() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000000c000001000\n";
+        let effective = effective_capabilities(status).unwrap();
+        for (_, bit) in GATEWAY_CAPABILITIES {
+            assert_ne!(effective & (1 << bit), 0, "bit {bit}");
+        }
+        assert_eq!(effective_capabilities("Name:\tx\n"), None);
+    }
 }

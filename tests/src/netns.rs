@@ -48,10 +48,13 @@ impl Netns {
 
     /// A command that starts the daemon `program` the way a service manager does:
     /// [`Self::host_mounts_command`], with a soft limit of 1024 open files (systemd's
-    /// default) under the machine's hard one.
-    pub fn daemon_command(&self, program: &std::path::Path) -> Command {
-        let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-            .map_or(1024, |(_, hard)| hard);
+    /// default) under the hard one `hard_files` (a unit's LimitNOFILE=), the machine's
+    /// when `None`.
+    pub fn daemon_command(&self, program: &std::path::Path, hard_files: Option<u64>) -> Command {
+        let hard = hard_files.unwrap_or_else(|| {
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_or(1024, |(_, hard)| hard)
+        });
         let mut command = self.host_mounts_command("prlimit");
         command
             .arg(format!("--nofile={}:{hard}", hard.min(1024)))

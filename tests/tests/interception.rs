@@ -436,15 +436,23 @@ fn recreated_lan_interface_is_intercepted_again() {
 }
 
 #[test]
-fn inspection_needs_root() {
+fn inspection_and_the_gateway_need_root() {
     require_root();
-    let output = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(mptcp_user_bin())
-        .arg("flows")
-        .output()
-        .unwrap();
-    assert_fails_with(&output, "needs root");
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(mptcp_user_bin())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert_fails_with(&as_nobody(&["flows"]), "needs root");
+    // Said before anything is tried, with what a service needs instead of root.
+    let gateway = as_nobody(&["gateway", "--direct", "--lan", "lo"]);
+    assert_fails_with(
+        &gateway,
+        "the gateway needs root, or CAP_NET_ADMIN, CAP_BPF",
+    );
 }
 
 #[test]

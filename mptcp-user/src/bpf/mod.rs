@@ -240,8 +240,9 @@ impl Programs {
     /// The pins are removed when `self` is dropped.
     pub fn pin_maps(&mut self, dir: &Path) -> anyhow::Result<()> {
         sys::mount_bpffs_if_missing()?;
-        fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
-        sys::make_private(dir)?;
+        if dir != Path::new(sys::BPFFS) {
+            sys::private_dir(dir)?;
+        }
         self.pin_dir = Some(dir.to_path_buf());
         for name in PINNED_MAPS {
             let pin = dir.join(name);

@@ -150,13 +150,23 @@ pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
     let key = Key::load(&config.key_file)?;
     let tuning = Tuning::new(&config.tuning)?;
     let capacity = server::raise_file_limit();
-    if u64::try_from(config.max_conns).unwrap_or(u64::MAX) > capacity {
+    let backlog = server::listen_backlog(capacity);
+    // Beyond what the files allow, flows get Resource Exceeded (the gateway then goes
+    // direct) instead of failing for want of a file; the listen queue's worth is kept.
+    let room = usize::try_from(capacity.saturating_sub(u64::from(backlog))).unwrap_or(usize::MAX);
+    let config = &if config.max_conns > room {
         warn!(
-            "--max-conns {} is more than the open-file limit leaves room for (about \
-             {capacity}): raise the hard limit (LimitNOFILE= in a systemd unit)",
+            "--max-conns {} is more than the open-file limit leaves room for: relaying \
+             {room} at most (raise the hard limit, LimitNOFILE= in a systemd unit)",
             config.max_conns
         );
-    }
+        ConverterConfig {
+            max_conns: room.max(1),
+            ..config.clone()
+        }
+    } else {
+        config.clone()
+    };
     // Held for the daemon's life.
     let _subflow_programs = load_subflow_tuning(&tuning)?;
     let listen = config.listen.ip();
@@ -176,7 +186,7 @@ pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
     ));
     let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
     runtime.block_on(async {
-        let listener = socket::listen(config.listen, true, false)
+        let listener = socket::listen(config.listen, true, false, backlog)
             .with_context(|| format!("failed to listen on {}", config.listen))?;
         // On the listener, not on each accepted connection: there it would also reach
         // the subflows sock_ops already gave their uplink's algorithm.

@@ -50,7 +50,7 @@ use crate::{
         relay::{self, PipePool, Timeouts},
         server, socket,
     },
-    sys::InstanceLock,
+    sys::{self, InstanceLock},
 };
 use converters::Converters;
 use flows::{Carried, FlowTable};
@@ -160,6 +160,14 @@ impl Gateway {
 
 /// `mptcp-user gateway`: runs until SIGINT or SIGTERM.
 pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
+    let missing = sys::missing_capabilities(&sys::GATEWAY_CAPABILITIES)?;
+    if !missing.is_empty() {
+        bail!(
+            "{} (missing: {})",
+            sys::NEEDS_PRIVILEGES,
+            missing.join(", ")
+        );
+    }
     let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
     runtime.block_on(async {
         let _lock = InstanceLock::acquire(&config.interception.pin_path)?;
@@ -176,7 +184,9 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
             steer: config.steer_unconverted,
             state_dir: config.state_dir.clone(),
         })?;
-        let listener = socket::listen(config.listen, false, true)
+        // Shedding starts while the listen queue's worth of flows still has its files.
+        let backlog = server::listen_backlog(capacity);
+        let listener = socket::listen(config.listen, false, true, backlog)
             .with_context(|| format!("failed to listen on {} (transparent)", config.listen))?;
         match &upstream {
             Upstream::Converter { addresses, .. } => {
@@ -197,7 +207,7 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
             &listener,
             &tuning,
             &upstream.never_intercepted(),
-            capacity,
+            capacity.saturating_sub(u64::from(backlog)),
         )?;
         if let Some(logger) = interception.take_logger() {
             tokio::spawn(bpf::forward_log(logger));

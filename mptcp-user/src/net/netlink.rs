@@ -429,21 +429,28 @@ impl Netlink {
 }
 
 /// Runs `work` to completion on a runtime of its own, on a thread of its own: for
-/// netlink work where there is no runtime to await on, such as a `Drop`.
-pub fn blocking<F>(work: F) -> F::Output
+/// netlink work where there is no runtime to await on, such as a `Drop`. A thread or a
+/// runtime it cannot start (out of open files, at the end of a flood) is an error, not
+/// a panic in the middle of a cleanup.
+pub fn blocking<T, F>(work: F) -> anyhow::Result<T>
 where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: Future<Output = anyhow::Result<T>> + Send + 'static,
+    T: Send + 'static,
 {
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a current-thread runtime needs no resources we could lack")
-            .block_on(work)
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    std::thread::Builder::new()
+        .name("netlink".to_owned())
+        .spawn(move || {
+            // No signal driver: its global pipe's creation panics without a file left.
+            tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+                .context("cannot start a runtime for netlink")?
+                .block_on(work)
+        })
+        .context("cannot start a thread for netlink")?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the netlink work panicked"))?
 }
 
 /// The errno of an rtnetlink error, if the kernel sent one.
@@ -494,4 +501,34 @@ fn rule_protocol(rule: &RuleMessage) -> u8 {
             _ => None,
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run in a child process of its own (the open-file limit is the process's).
+    const CHILD: &str = "MPTCP_NETLINK_TEST_CHILD";
+
+    #[test]
+    fn cleanup_without_a_file_left_is_an_error_not_a_panic() {
+        if std::env::var_os(CHILD).is_some() {
+            // Every descriptor taken: no eventfd or epoll for the runtime.
+            let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, open, open)
+                .unwrap();
+            let result = blocking(async { anyhow::Ok(()) });
+            assert!(result.is_err(), "a runtime without files");
+            return;
+        }
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "net::netlink::tests::cleanup_without_a_file_left_is_an_error_not_a_panic",
+            ])
+            .env(CHILD, "1")
+            .status()
+            .unwrap();
+        assert!(status.success(), "the child failed: {status}");
+    }
 }

@@ -88,6 +88,13 @@ pub fn raise_file_limit() -> u64 {
     }
 }
 
+/// The listen queue for a daemon with room for `flows`: a quarter of them, 16 to 1024.
+/// The connections waiting there are accepted later and need their files then, so the
+/// daemon stops taking new flows (it sheds) while the queue's worth is still free.
+pub fn listen_backlog(flows: u64) -> u32 {
+    u32::try_from((flows / 4).clamp(16, 1024)).unwrap_or(1024)
+}
+
 /// Resolves at the first SIGINT or SIGTERM.
 pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())

@@ -125,11 +125,16 @@ fn connecting(
     ))
 }
 
-/// A listening socket for `addr`: MPTCP when `mptcp`; `[::]` serves IPv4 too.
-/// `transparent` sets IP_TRANSPARENT, so that it accepts connections addressed to any
-/// destination the gateway's LAN program hands it; an accepted socket's local address is
-/// then the client's original destination.
-pub fn listen(addr: SocketAddr, mptcp: bool, transparent: bool) -> io::Result<TcpListener> {
+/// A listening socket for `addr` with a queue of `backlog` connections: MPTCP when
+/// `mptcp`; `[::]` serves IPv4 too. `transparent` sets IP_TRANSPARENT, so that it
+/// accepts connections addressed to any destination the gateway's LAN program hands it;
+/// an accepted socket's local address is then the client's original destination.
+pub fn listen(
+    addr: SocketAddr,
+    mptcp: bool,
+    transparent: bool,
+    backlog: u32,
+) -> io::Result<TcpListener> {
     let socket = stream_socket(addr, mptcp)?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -143,7 +148,7 @@ pub fn listen(addr: SocketAddr, mptcp: bool, transparent: bool) -> io::Result<Tc
         socket.set_ip_transparent_v4(true)?;
     }
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     TcpListener::from_std(std::net::TcpListener::from(OwnedFd::from(socket)))
 }
 
@@ -225,7 +230,8 @@ mod tests {
     #[tokio::test]
     async fn a_peer_without_mptcp_is_told_from_one_with_it() {
         for (listener_mptcp, expected) in [(true, true), (false, false)] {
-            let listener = listen("127.0.0.1:0".parse().unwrap(), listener_mptcp, false).unwrap();
+            let listener =
+                listen("127.0.0.1:0".parse().unwrap(), listener_mptcp, false, 16).unwrap();
             let target = listener.local_addr().unwrap();
             let stream = connect(target, true, |_| Ok(())).await.unwrap();
             assert_eq!(

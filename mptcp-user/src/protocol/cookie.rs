@@ -7,13 +7,8 @@
 //! (port, IPv6 or IPv4-mapped address), the timestamp and the nonce.
 
 use std::{
-    collections::HashMap,
-    fs,
-    io::Write as _,
-    net::SocketAddr,
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
-    path::Path,
-    time::Duration,
+    collections::HashMap, fs, io::Write as _, net::SocketAddr, os::unix::fs::OpenOptionsExt as _,
+    path::Path, time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -70,20 +65,25 @@ impl Key {
         Self(bytes)
     }
 
-    /// Reads a key file: one line of 64 hexadecimal characters.
+    /// Reads a key file: one line of 64 hexadecimal characters, in a file only its
+    /// owner may read, owned by root or by this process's user. Mode and owner are those
+    /// of the file opened (not of whatever the path names a moment later).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = fs::read_to_string(path)
+        use std::{io::Read as _, os::unix::fs::MetadataExt as _};
+        let mut file = fs::File::open(path)
             .with_context(|| format!("failed to read key file {}", path.display()))?;
-        let mode = fs::metadata(path)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            bail!(
-                "key file {} is open to group or others (mode {:o}): anyone who reads it \
-                 can use the converter; run `chmod 600 {}`",
-                path.display(),
-                mode & 0o777,
-                path.display()
-            );
-        }
+        let metadata = file
+            .metadata()
+            .with_context(|| format!("failed to read key file {}", path.display()))?;
+        check_key_file(
+            path,
+            metadata.mode(),
+            metadata.uid(),
+            nix::unistd::geteuid().as_raw(),
+        )?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .with_context(|| format!("failed to read key file {}", path.display()))?;
         Self::parse(text.trim()).with_context(|| format!("bad key file {}", path.display()))
     }
 
@@ -144,6 +144,29 @@ impl Key {
         cookie.extend_from_slice(&tag);
         Ok(cookie)
     }
+}
+
+/// Refuses a key file others may read or write (`mode`), or that someone other than root
+/// or us (`owner`, `us`) owns: they could read it, or swap in a key of their own.
+fn check_key_file(path: &Path, mode: u32, owner: u32, us: u32) -> anyhow::Result<()> {
+    if mode & 0o077 != 0 {
+        bail!(
+            "key file {} is open to group or others (mode {:o}): anyone who reads it \
+             can use the converter; run `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        );
+    }
+    if owner != 0 && owner != us {
+        bail!(
+            "key file {} belongs to user {owner}, neither root nor this process's user \
+             ({us}): its owner could change the key; run `chown root {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Why a cookie was refused. All map to the Error TLV "Not Authorized" (or "Missing
@@ -266,7 +289,10 @@ impl Verifier {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, SocketAddr};
+    use std::{
+        net::{Ipv4Addr, SocketAddr},
+        os::unix::fs::PermissionsExt as _,
+    };
 
     use super::*;
 
@@ -384,6 +410,19 @@ mod tests {
             verifier.seen.len() <= 62,
             "{} nonces kept",
             verifier.seen.len()
+        );
+    }
+
+    #[test]
+    fn key_files_of_others_are_refused() {
+        let path = Path::new("/etc/key");
+        assert!(check_key_file(path, 0o100_600, 0, 0).is_ok());
+        assert!(check_key_file(path, 0o100_600, 1000, 1000).is_ok());
+        assert!(check_key_file(path, 0o100_640, 0, 0).is_err());
+        let error = check_key_file(path, 0o100_600, 1000, 0).unwrap_err();
+        assert!(
+            error.to_string().contains("belongs to user 1000"),
+            "{error}"
         );
     }
 

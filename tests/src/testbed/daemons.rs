@@ -22,19 +22,26 @@ impl Testbed {
         self.daemon_capabilities = Some(capabilities.iter().map(|&name| name.to_owned()).collect());
     }
 
+    /// Starts the daemons from now on under a hard limit of `files` open files, as a
+    /// unit's LimitNOFILE= does (a small router's may set 1024).
+    pub fn limit_daemon_files(&mut self, files: u64) {
+        self.daemon_files = Some(files);
+    }
+
     /// The command that starts a daemon in `netns`: as a service manager would, with
-    /// the capabilities [`Self::limit_daemon_capabilities`] left, if it was called.
+    /// the capabilities [`Self::limit_daemon_capabilities`] and the open files
+    /// [`Self::limit_daemon_files`] left, if they were called.
     fn daemon_command(&self, netns: &Netns) -> Command {
         let binary = crate::mptcp_user_bin();
         let Some(capabilities) = &self.daemon_capabilities else {
-            return netns.daemon_command(&binary);
+            return netns.daemon_command(&binary, self.daemon_files);
         };
         let kept: Vec<String> = capabilities
             .iter()
             .map(|name| format!("+{}", name.trim_start_matches("CAP_").to_lowercase()))
             .collect();
         let bounding = format!("-all,{}", kept.join(","));
-        let mut command = netns.daemon_command(Path::new("setpriv"));
+        let mut command = netns.daemon_command(Path::new("setpriv"), self.daemon_files);
         command
             .arg(format!("--bounding-set={bounding}"))
             .arg("--inh-caps=-all")

@@ -91,6 +91,8 @@ pub struct Testbed {
     /// The only capabilities daemons start with (a systemd unit's
     /// CapabilityBoundingSet), or all of root's.
     daemon_capabilities: Option<Vec<String>>,
+    /// The hard open-file limit daemons start with, or the machine's.
+    daemon_files: Option<u64>,
 }
 
 impl Testbed {
@@ -120,6 +122,7 @@ impl Testbed {
             uplinks: uplinks.to_vec(),
             name,
             daemon_capabilities: None,
+            daemon_files: None,
         };
         testbed
             .wire(set_up_uplinks)
