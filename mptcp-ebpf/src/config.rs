@@ -41,6 +41,11 @@ static LONG_RTT_CONGESTION: CongestionName = CongestionName {
 #[unsafe(no_mangle)]
 static LONG_RTT_SEND_BUFFER: u32 = 0;
 
+/// Each subflow's packets in flight are capped at this percentage of its measured
+/// bandwidth-delay product; 0: no cap.
+#[unsafe(no_mangle)]
+static INFLIGHT_CAP_PERCENT: u32 = 0;
+
 /// Where intercepted IPv4 connects go (the listener's IPv4 address, mapped); all zeros
 /// when the listener takes no IPv4.
 #[unsafe(no_mangle)]
@@ -102,4 +107,10 @@ pub fn long_rtt_congestion() -> CongestionName {
 pub fn long_rtt_send_buffer() -> u32 {
     // SAFETY: as above.
     unsafe { read_volatile(&raw const LONG_RTT_SEND_BUFFER) }
+}
+
+#[inline(always)]
+pub fn inflight_cap_percent() -> u32 {
+    // SAFETY: as above.
+    unsafe { read_volatile(&raw const INFLIGHT_CAP_PERCENT) }
 }

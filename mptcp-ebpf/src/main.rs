@@ -19,6 +19,8 @@ mod config;
 #[cfg(target_arch = "bpf")]
 mod connect;
 #[cfg(target_arch = "bpf")]
+mod inflight;
+#[cfg(target_arch = "bpf")]
 mod lan;
 #[cfg(target_arch = "bpf")]
 mod listener;

@@ -20,7 +20,7 @@ use mptcp_ebpf_common::{
     uplinks::{self, CongestionName},
 };
 
-use crate::listener::FourTuple;
+use crate::{inflight::RateWindow, listener::FourTuple};
 
 /// Destination prefix -> include/exclude. Written by the daemon and `mptcp-user
 /// selection`; read by the LAN ingress and connect programs at a flow's start.
@@ -99,6 +99,11 @@ pub static FLOWS: HashMap<u64, Flow> =
 #[map]
 pub static SUBFLOWS: HashMap<u64, Subflow> =
     HashMap::with_max_entries(flows::MAX_SUBFLOWS, BPF_F_NO_PREALLOC);
+
+/// Per MPTCP subflow: its highest delivery rate of late, for its in-flight cap. Written
+/// and read by sock_ops.
+#[btf_map]
+pub static DELIVERY_RATES: SkStorage<RateWindow> = SkStorage::new();
 
 /// Per upstream MPTCP socket: the key of its flow in `FLOWS`. Written by the daemon (by
 /// socket fd) before it connects; read by sock_ops through each subflow's MPTCP socket.

@@ -42,7 +42,7 @@ use mptcp_ebpf_common::{
 };
 
 use crate::{
-    config,
+    config, inflight,
     maps::{CONNECTS, FLOW_LABELS, ORIGINAL_DST, SUBFLOWS, UPLINK_CONGESTION, connect_destination},
 };
 
@@ -52,7 +52,7 @@ const AF_INET6: u32 = 10;
 const TCP_CLOSE: u32 = 7;
 const SOL_SOCKET: i32 = 1;
 const SO_SNDBUF: i32 = 7;
-const SOL_TCP: i32 = 6;
+pub const SOL_TCP: i32 = 6;
 const TCP_CONGESTION: i32 = 13;
 
 // Named `track_sockets`, not `sockops`: a function named like its section clashes in
@@ -82,6 +82,9 @@ fn try_track_sockets(ctx: &SockOpsContext) -> Result<(), i64> {
         // RTT samples come with ACKs of data we sent, the header callback with every
         // segment we receive: between them, uploads and downloads both stay current.
         BPF_SOCK_OPS_RTT_CB | BPF_SOCK_OPS_PARSE_HDR_OPT_CB => {
+            if ctx.op() == BPF_SOCK_OPS_RTT_CB {
+                inflight::cap(ctx);
+            }
             if let Some(subflow) = SUBFLOWS.get_ptr_mut(socket_cookie(ctx)) {
                 // SAFETY: the pointer is to a live map value.
                 let subflow = unsafe { &mut *subflow };
@@ -139,6 +142,8 @@ fn on_established(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
         return Ok(());
     }
     let (local, remote) = endpoints(ctx, family);
+    // The in-flight cap is taken on each RTT sample.
+    let mut flags = 0;
     // SAFETY: the helper takes the context.
     if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == config::netns_cookie() {
         let uplink = if config::uplink_is_local() {
@@ -147,9 +152,16 @@ fn on_established(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
             remote.address
         };
         tune_subflow(ctx, uplink);
+        if config::inflight_cap_percent() != 0 {
+            flags |= BPF_SOCK_OPS_RTT_CB_FLAG;
+        }
     }
     let Some(flow) = flow_label(ctx) else {
-        return Ok(());
+        return if flags == 0 {
+            Ok(())
+        } else {
+            ctx.set_cb_flags(flags.cast_signed()).map_err(i64::from)
+        };
     };
     let mut subflow = Subflow {
         flow,
@@ -161,7 +173,7 @@ fn on_established(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
     SUBFLOWS
         .insert(socket_cookie(ctx), subflow, 0)
         .map_err(i64::from)?;
-    let flags = BPF_SOCK_OPS_STATE_CB_FLAG
+    flags |= BPF_SOCK_OPS_STATE_CB_FLAG
         | BPF_SOCK_OPS_RTT_CB_FLAG
         | BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG;
     ctx.set_cb_flags(flags.cast_signed()).map_err(i64::from)
@@ -204,7 +216,7 @@ fn tune_subflow(ctx: &SockOpsContext, uplink: Address) {
 /// # Safety
 /// `T` must be what the kernel takes for option `name` at `level` (an int, a name).
 #[inline(always)]
-unsafe fn set_option<T>(ctx: &SockOpsContext, level: i32, name: i32, value: &mut T) -> i64 {
+pub unsafe fn set_option<T>(ctx: &SockOpsContext, level: i32, name: i32, value: &mut T) -> i64 {
     #[expect(
         clippy::cast_possible_truncation,
         clippy::cast_possible_wrap,

@@ -411,6 +411,17 @@ fn the_listener_takes_no_connection_from_outside() {
 }
 
 #[test]
+fn the_inflight_cap_loads_and_flows_still_convert() {
+    require_root();
+    let dir = TempDir::new("cap").unwrap();
+    // The cap's code is verified only when it is on (off, the verifier drops it).
+    let testbed = deploy(dir.path(), "cap", &["--inflight-cap", "110"]);
+    assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
+    let log = daemon_log(dir.path(), "gateway");
+    assert!(log.contains("in flight at most 110 %"), "{log}");
+}
+
+#[test]
 fn recreated_lan_interface_is_intercepted_again() {
     require_root();
     let dir = TempDir::new("relan").unwrap();

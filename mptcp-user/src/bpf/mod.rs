@@ -83,6 +83,8 @@ pub struct Settings {
     pub uplink_is_local: bool,
     /// What long-RTT subflows get.
     pub long_rtt: LongRtt,
+    /// Subflows' packets in flight, percent of their bandwidth-delay product; 0: none.
+    pub inflight_cap_percent: u32,
 }
 
 /// The loaded programs and maps. Dropping it detaches every program and removes the pins.
@@ -109,6 +111,7 @@ impl Programs {
             .override_global("LONG_RTT_US", &settings.long_rtt.threshold_us, true)
             .override_global("LONG_RTT_CONGESTION", &settings.long_rtt.congestion, true)
             .override_global("LONG_RTT_SEND_BUFFER", &settings.long_rtt.send_buffer, true)
+            .override_global("INFLIGHT_CAP_PERCENT", &settings.inflight_cap_percent, true)
             .load(EBPF_OBJECT)
             .context("failed to load the eBPF object")?;
         let classifier: &mut SchedClassifier = program_mut(&mut ebpf, LAN_PROGRAM)?.try_into()?;

@@ -52,6 +52,9 @@ pub struct TuningConfig {
     pub notsent_lowat_kib: u32,
     /// Capacity of the relays' pipes in KiB.
     pub relay_pipe_kib: u32,
+    /// Subflows' packets in flight, in percent of their bandwidth-delay product; 0: no
+    /// cap.
+    pub inflight_cap_percent: u32,
 }
 
 impl Default for TuningConfig {
@@ -63,6 +66,7 @@ impl Default for TuningConfig {
             long_rtt_ms: defaults::LONG_RTT_MS,
             long_rtt_congestion: defaults::LONG_RTT_CONGESTION.to_owned(),
             long_rtt_send_buffer_mib: defaults::LONG_RTT_SEND_BUFFER_MIB,
+            inflight_cap_percent: defaults::INFLIGHT_CAP_PERCENT,
             notsent_lowat_kib: defaults::NOTSENT_LOWAT_KIB,
             relay_pipe_kib: defaults::RELAY_PIPE_KIB,
         }
@@ -120,6 +124,7 @@ pub struct Tuning {
     notsent_lowat_bytes: u32,
     uplink_congestion: Vec<UplinkCongestion>,
     long_rtt: LongRtt,
+    inflight_cap_percent: u32,
 }
 
 impl Tuning {
@@ -130,6 +135,10 @@ impl Tuning {
             || config.long_rtt_send_buffer_mib > MAX_SEND_BUFFER_MIB
         {
             bail!("a send buffer is at most {MAX_SEND_BUFFER_MIB} MiB");
+        }
+        let cap = config.inflight_cap_percent;
+        if cap != 0 && !(110..=400).contains(&cap) {
+            bail!("inflight-cap = {cap} is out of range: 0 (no cap), or from 110 to 400");
         }
         let long_rtt = if config.long_rtt_ms == 0 {
             LongRtt::default()
@@ -149,6 +158,7 @@ impl Tuning {
                 .context("notsent-lowat is at most 4194303 KiB")?,
             uplink_congestion: config.uplink_congestion.clone(),
             long_rtt,
+            inflight_cap_percent: cap,
         };
         let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
         let long_rtt_congestion = (config.long_rtt_ms != 0).then_some(&config.long_rtt_congestion);
@@ -185,6 +195,12 @@ impl Tuning {
             .iter()
             .map(|rule| format!("{}={}", rule.uplinks, rule.name))
             .collect();
+        if self.inflight_cap_percent != 0 {
+            rules.push(format!(
+                "in flight at most {} % of the bandwidth-delay product",
+                self.inflight_cap_percent
+            ));
+        }
         if self.long_rtt.threshold_us != 0 {
             let buffer = match self.long_rtt.send_buffer {
                 0 => "autotuned buffer".to_owned(),
@@ -201,7 +217,14 @@ impl Tuning {
 
     /// Whether sock_ops has anything to set on subflows.
     pub fn tunes_subflows(&self) -> bool {
-        !self.uplink_congestion.is_empty() || self.long_rtt.threshold_us != 0
+        !self.uplink_congestion.is_empty()
+            || self.long_rtt.threshold_us != 0
+            || self.inflight_cap_percent != 0
+    }
+
+    /// The in-flight cap, for the sock_ops program (percent; 0: none).
+    pub fn inflight_cap_percent(&self) -> u32 {
+        self.inflight_cap_percent
     }
 
     /// Applies the settings to `socket` before it connects (on MPTCP, they reach every
@@ -286,6 +309,29 @@ fn set_send_buffer(socket: &Socket, bytes: usize) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_inflight_cap_is_off_or_above_the_product() {
+        for (percent, accepted) in [
+            (0, true),
+            (50, false),
+            (109, false),
+            (110, true),
+            (401, false),
+        ] {
+            let config = TuningConfig {
+                inflight_cap_percent: percent,
+                ..TuningConfig::default()
+            };
+            assert_eq!(Tuning::new(&config).is_ok(), accepted, "{percent}");
+        }
+        let config = TuningConfig {
+            inflight_cap_percent: 110,
+            long_rtt_ms: 0,
+            ..TuningConfig::default()
+        };
+        assert!(Tuning::new(&config).unwrap().tunes_subflows());
+    }
 
     #[test]
     fn uplink_rules_parse_into_zero_padded_names() {

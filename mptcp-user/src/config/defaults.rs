@@ -62,6 +62,8 @@ pub const LONG_RTT_SEND_BUFFER_MIB: u32 = 4;
 pub const NOTSENT_LOWAT_KIB: u32 = 256;
 /// `relay-pipe`, KiB: the capacity of the relays' pipes.
 pub const RELAY_PIPE_KIB: u32 = 64;
+/// `inflight-cap`, percent of a subflow's bandwidth-delay product; 0: no cap.
+pub const INFLIGHT_CAP_PERCENT: u32 = 0;
 
 /// Which table of a config file an option belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,6 +188,11 @@ pub fn shown() -> Vec<Shown> {
             NOTSENT_LOWAT_KIB.to_string(),
         ),
         (Table::Tuning, "relay-pipe", RELAY_PIPE_KIB.to_string()),
+        (
+            Table::Tuning,
+            "inflight-cap",
+            INFLIGHT_CAP_PERCENT.to_string(),
+        ),
     ];
     entries
         .into_iter()

@@ -64,6 +64,13 @@ pub struct TuningOptions {
     /// CAP_SYS_RESOURCE).
     #[arg(long, value_name = "KIB")]
     pub relay_pipe: Option<u32>,
+
+    /// Cap each MPTCP subflow's packets in flight at this percentage of its measured
+    /// bandwidth-delay product (its highest delivery rate of late times its lowest round
+    /// trip), so that a bulk download leaves no standing queue on its line for the other
+    /// flows to wait behind; 110 to 400, 0: no cap.
+    #[arg(long, value_name = "PERCENT")]
+    pub inflight_cap: Option<u32>,
 }
 }
 
@@ -85,6 +92,7 @@ impl TuningOptions {
                 .unwrap_or(defaults::LONG_RTT_SEND_BUFFER_MIB),
             notsent_lowat_kib: self.notsent_lowat.unwrap_or(defaults::NOTSENT_LOWAT_KIB),
             relay_pipe_kib: self.relay_pipe.unwrap_or(defaults::RELAY_PIPE_KIB),
+            inflight_cap_percent: self.inflight_cap.unwrap_or(defaults::INFLIGHT_CAP_PERCENT),
         }
     }
 }

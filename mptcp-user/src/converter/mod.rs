@@ -269,6 +269,7 @@ fn attach_subflow_tuning(tuning: &Tuning) -> anyhow::Result<Programs> {
         netns_cookie: sys::netns_cookie().context("cannot read the network namespace cookie")?,
         uplink_is_local: false,
         long_rtt: tuning.long_rtt(),
+        inflight_cap_percent: tuning.inflight_cap_percent(),
         ..Settings::default()
     })?;
     programs.set_uplink_congestion(tuning.uplink_congestion())?;

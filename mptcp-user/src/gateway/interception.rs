@@ -105,6 +105,7 @@ impl Interception {
             listener_v6: listener_v6.map_or([0; 4], addr::to_map_address),
             uplink_is_local: true,
             long_rtt: tuning.long_rtt(),
+            inflight_cap_percent: tuning.inflight_cap_percent(),
         };
         let mut programs = Programs::load(&settings)?;
         programs.pin_maps(&config.pin_path)?;

@@ -70,11 +70,13 @@ pub enum Carrier {
     GatewayBigSendBuffer,
     /// The gateway and the converter with pipes of 1 MiB (`--relay-pipe 1024`).
     GatewayBigPipes,
+    /// The gateway and the converter with the in-flight cap (`--inflight-cap 110`).
+    GatewayInflightCap,
 }
 
 impl Carrier {
     /// Every carrier, in the order of each round.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Plain,
         Self::RelayChain,
         Self::SocksChain,
@@ -83,6 +85,7 @@ impl Carrier {
         Self::GatewayNoLowat,
         Self::GatewayBigSendBuffer,
         Self::GatewayBigPipes,
+        Self::GatewayInflightCap,
     ];
 
     /// Its name in tables and JSON.
@@ -96,6 +99,7 @@ impl Carrier {
             Self::GatewayNoLowat => "gateway, unlimited unsent bytes",
             Self::GatewayBigSendBuffer => "gateway, 64 MiB send buffer",
             Self::GatewayBigPipes => "gateway, 1 MiB pipes",
+            Self::GatewayInflightCap => "gateway, in-flight cap 110",
         }
     }
 
@@ -107,6 +111,7 @@ impl Carrier {
             Self::GatewayNoLowat => Some(&["--notsent-lowat", "0"]),
             Self::GatewayBigSendBuffer => Some(&["--send-buffer", "64"]),
             Self::GatewayBigPipes => Some(&["--relay-pipe", "1024"]),
+            Self::GatewayInflightCap => Some(&["--inflight-cap", "110"]),
         }
     }
 
@@ -121,7 +126,8 @@ impl Carrier {
             Self::Gateway
             | Self::GatewayNoLowat
             | Self::GatewayBigSendBuffer
-            | Self::GatewayBigPipes => &["mptcp-user"],
+            | Self::GatewayBigPipes
+            | Self::GatewayInflightCap => &["mptcp-user"],
         }
     }
 }
@@ -300,7 +306,8 @@ fn start(testbed: &mut Testbed, carrier: Carrier, dir: &Path) -> anyhow::Result<
         Carrier::Gateway
         | Carrier::GatewayNoLowat
         | Carrier::GatewayBigSendBuffer
-        | Carrier::GatewayBigPipes => {
+        | Carrier::GatewayBigPipes
+        | Carrier::GatewayInflightCap => {
             let flags = carrier.gateway_flags().unwrap_or_default();
             let common = ["--congestion", CONGESTION];
             let gateway = [&common[..], &["--metrics", GATEWAY_METRICS], flags].concat();
@@ -329,7 +336,8 @@ fn stop(testbed: &mut Testbed, carrier: Carrier) -> anyhow::Result<()> {
         Carrier::Gateway
         | Carrier::GatewayNoLowat
         | Carrier::GatewayBigSendBuffer
-        | Carrier::GatewayBigPipes => {
+        | Carrier::GatewayBigPipes
+        | Carrier::GatewayInflightCap => {
             testbed.forget("gateway");
             testbed.forget("converter");
         }

@@ -31,7 +31,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     Xorshift, measure, percentile,
-    testbed::{Interception, SERVER, Testbed, Uplink},
+    testbed::{SERVER, Testbed, Uplink},
 };
 
 /// The benchmark's rows: name and uplinks.
@@ -124,7 +124,13 @@ pub struct RowResult {
     pub gateway_no_pool: Series,
     /// The interactive rounds: directly, and through the gateway.
     pub interactive: (Vec<Interactive>, Vec<Interactive>),
+    /// The interactive rounds through the gateway with [`INFLIGHT_CAP`] (the direct
+    /// ones alternate with them again; they are left out).
+    pub interactive_capped: Vec<Interactive>,
 }
+
+/// The daemons' flags of the capped interactive rounds.
+const INFLIGHT_CAP: [&str; 2] = ["--inflight-cap", "110"];
 
 /// The names of the figures, in [`Series::medians`] order.
 pub fn figure_names() -> Vec<String> {
@@ -190,12 +196,15 @@ impl RowResult {
                 .iter()
                 .zip(interactive_medians(&self.interactive.0))
                 .zip(interactive_medians(&self.interactive.1))
-                .map(|((name, direct), gateway)| {
+                .zip(interactive_medians(&self.interactive_capped))
+                .map(|(((name, direct), gateway), capped)| {
                     serde_json::json!({
                         "figure": name,
                         "direct_seconds": direct,
                         "gateway_seconds": gateway,
                         "over_direct": gateway / direct,
+                        "gateway_inflight_cap_seconds": capped,
+                        "inflight_cap_over_direct": capped / direct,
                     })
                 })
                 .collect::<Vec<_>>(),
@@ -229,12 +238,19 @@ pub fn print(result: &RowResult) {
     }
     let direct = interactive_medians(&result.interactive.0);
     let gateway = interactive_medians(&result.interactive.1);
+    let capped = interactive_medians(&result.interactive_capped);
+    println!(
+        "  {:<26} {:>8} {:>8} {:>7} {:>8} {:>7}",
+        "", "direct", "gateway", "ratio", "cap 110", "ratio"
+    );
     for (index, name) in INTERACTIVE_NAMES.iter().enumerate() {
         println!(
-            "  {name:<26} {:>6.1}ms {:>6.1}ms {:>7.3}",
+            "  {name:<26} {:>6.1}ms {:>6.1}ms {:>7.3} {:>6.1}ms {:>7.3}",
             direct[index] * 1e3,
             gateway[index] * 1e3,
             gateway[index] / direct[index],
+            capped[index] * 1e3,
+            capped[index] / direct[index],
         );
     }
 }
@@ -467,9 +483,15 @@ pub fn run_row(
     let (mut direct, gateway) = alternate(&testbed, rounds, progress, sample)?;
     progress("interactive, direct and through the gateway");
     let interactive = alternate(&testbed, rounds, progress, interactive_round)?;
+    progress("interactive, direct and through the gateway with --inflight-cap 110");
+    testbed.forget("gateway");
+    testbed.forget("converter");
+    testbed.start_gateway_and_converter(dir, &INFLIGHT_CAP, &INFLIGHT_CAP)?;
+    let (_, interactive_capped) = alternate(&testbed, rounds, progress, interactive_round)?;
     progress("direct and through the gateway without warm connections");
     testbed.forget("gateway");
-    testbed.start_gateway_intercepting(dir, Interception::Ebpf, &["--pool-size", "0"])?;
+    testbed.forget("converter");
+    testbed.start_gateway_and_converter(dir, &["--pool-size", "0"], &[])?;
     let (more_direct, gateway_no_pool) = alternate(&testbed, rounds, progress, sample)?;
     direct.extend(more_direct);
     testbed.check_running()?;
@@ -481,5 +503,6 @@ pub fn run_row(
             samples: gateway_no_pool,
         },
         interactive,
+        interactive_capped,
     })
 }
