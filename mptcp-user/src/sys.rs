@@ -28,6 +28,14 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 /// Where instance locks are kept; /run is a tmpfs, so a reboot clears them.
 const LOCK_DIR: &str = "/run/mptcp-user";
 
+/// Now, in seconds since the Unix epoch (0 if the clock is before 1970, which a
+/// stale-timestamp check then refuses).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK, whose default (64 KiB or
 /// 8 MiB) is too small for our maps. Newer kernels use memory cgroups and ignore it.
 pub fn raise_memlock_rlimit() {

@@ -27,13 +27,8 @@ pub const COOKIE_LEN: usize = 8 + NONCE_LEN + MAC_LEN;
 /// Separates our MACs from any other use of the same key.
 const DOMAIN: &[u8] = b"mptcp-gateway convert v1\0";
 
-/// Now, in seconds since the Unix epoch: the cookie's clock (0 if the clock is before
-/// 1970, which a stale-timestamp check then refuses).
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
-}
+/// The cookie's clock: seconds since the Unix epoch.
+pub use crate::sys::unix_now;
 
 /// Waits for the next whole second and returns the one that just ended: the start
 /// second of a converter, which refuses every cookie from it or before (see

@@ -5,7 +5,6 @@ use std::{
     fmt,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    time::SystemTime,
 };
 
 use anyhow::Context as _;
@@ -124,7 +123,7 @@ impl UplinkStatus {
             role,
             endpoint,
             health: Health::Unknown,
-            since_unix_s: unix_now(),
+            since_unix_s: sys::unix_now(),
             rtt_ms: None,
             reason: None,
             carries: Vec::new(),
@@ -158,17 +157,10 @@ impl UplinkStatus {
                 _ => {}
             }
             self.health = health;
-            self.since_unix_s = unix_now();
+            self.since_unix_s = sys::unix_now();
         }
         self.reason = reason;
     }
-}
-
-/// Seconds since the Unix epoch.
-pub(super) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
 }
 
 /// Writes the uplinks' status where `mptcp-user uplinks` reads it (replaced whole, so

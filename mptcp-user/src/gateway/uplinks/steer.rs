@@ -35,7 +35,6 @@ use super::{
     Health, UplinkConfig, UplinkStatus,
     choice::{Choice, Line, Reason, Switch, Traffic},
     config::Role,
-    status::unix_now,
     usage::Usage,
 };
 use crate::net::{
@@ -293,7 +292,7 @@ impl Steering {
         }
         for switch in self.choice.update(&lines, Instant::now()) {
             self.log(switch, &lines);
-            self.since[switch.traffic as usize] = Some(unix_now());
+            self.since[switch.traffic as usize] = Some(crate::sys::unix_now());
         }
         forget.dedup_by_key(|(position, _)| *position);
         self.route_choices(netlink, routes).await;
