@@ -2,9 +2,10 @@
 //! the selection takes, handing them to the splicer's transparent listener.
 //!
 //! For a SYN the selection takes, the program takes the listener from its sockmap and
-//! assigns the packet to it (`bpf_sk_assign`), and marks it so that the policy route (`ip rule fwmark ...
-//! lookup T`, `local default dev lo table T`) delivers it locally instead of forwarding
-//! it. The accepted socket's local address is then the original destination.
+//! assigns the packet to it (`bpf_sk_assign`), and marks it so that the policy route
+//! (`ip rule fwmark ... lookup T`, `local default dev lo table T`) delivers it locally
+//! instead of forwarding it. The accepted socket's local address is then the original
+//! destination.
 //!
 //! Every later packet of an intercepted flow is found by its socket: if the exact
 //! 4-tuple names a socket of ours that is not a listener, the packet is marked (local

@@ -1,7 +1,7 @@
 //! `cargo xtask fuzz`: the libFuzzer targets in fuzz/ (cargo-fuzz), each for a bounded
 //! time, from the seed corpus in fuzz/corpus/TARGET (Convert messages laid out as in
-//! RFC 8803; Ethernet frames for `lan_packet`). A crash fails the command; libFuzzer saves the input under
-//! fuzz/artifacts/TARGET/.
+//! RFC 8803; Ethernet frames for `lan_packet`). A crash fails the command; libFuzzer
+//! saves the input under fuzz/artifacts/TARGET/.
 //!
 //! cargo-fuzz passes nightly-only flags (-Z sanitizer); rustup cannot download a
 //! nightly here, so the machine's toolchain runs with RUSTC_BOOTSTRAP=1.

@@ -126,8 +126,9 @@ const NON_PUBLIC: &[&str] = &[
 ];
 
 /// The ranges that are not the public internet: loopback, private, link-local, CGNAT,
-/// multicast, unspecified, broadcast, benchmarking, discard-only and IPv6 documentation. The converter refuses them as destinations; the
-/// gateway does not intercept flows to them.
+/// multicast, unspecified, broadcast, benchmarking, discard-only and IPv6
+/// documentation. The converter refuses them as destinations; the gateway does not
+/// intercept flows to them.
 #[must_use]
 pub fn non_public_ranges() -> Vec<IpNet> {
     NON_PUBLIC
