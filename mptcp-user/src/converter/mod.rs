@@ -149,23 +149,24 @@ static STRANGERS: LogLimit = LogLimit::new(10, Duration::from_secs(10));
 pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
     let key = Key::load(&config.key_file)?;
     let tuning = Tuning::new(&config.tuning)?;
-    let capacity = server::raise_file_limit();
-    let backlog = server::listen_backlog(capacity);
+    let room = server::raise_file_limit();
     // Beyond what the files allow, flows get Resource Exceeded (the gateway then goes
-    // direct) instead of failing for want of a file; the listen queue's worth is kept.
-    let room = usize::try_from(capacity.saturating_sub(u64::from(backlog))).unwrap_or(usize::MAX);
-    let config = &if config.max_conns > room {
+    // direct) instead of failing for want of a file.
+    let flows = usize::try_from(room.flows).unwrap_or(usize::MAX);
+    let capped;
+    let config = if config.max_conns > flows {
         warn!(
             "--max-conns {} is more than the open-file limit leaves room for: relaying \
-             {room} at most (raise the hard limit, LimitNOFILE= in a systemd unit)",
+             {flows} at most (raise the hard limit, LimitNOFILE= in a systemd unit)",
             config.max_conns
         );
-        ConverterConfig {
-            max_conns: room.max(1),
+        capped = ConverterConfig {
+            max_conns: flows.max(1),
             ..config.clone()
-        }
+        };
+        &capped
     } else {
-        config.clone()
+        config
     };
     // Held for the daemon's life.
     let _subflow_programs = load_subflow_tuning(&tuning)?;
@@ -186,7 +187,7 @@ pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
     ));
     let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
     runtime.block_on(async {
-        let listener = socket::listen(config.listen, true, false, backlog)
+        let listener = socket::listen(config.listen, true, false, room.backlog)
             .with_context(|| format!("failed to listen on {}", config.listen))?;
         // On the listener, not on each accepted connection: there it would also reach
         // the subflows sock_ops already gave their uplink's algorithm.

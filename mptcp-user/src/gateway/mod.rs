@@ -172,7 +172,7 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
     runtime.block_on(async {
         let _lock = InstanceLock::acquire(&config.interception.pin_path)?;
         config.check_interfaces()?;
-        let capacity = server::raise_file_limit();
+        let room = server::raise_file_limit();
         let tuning = Tuning::new(&config.tuning)?;
         let upstream = Upstream::resolve(&config.upstream).await?;
         let converters = Arc::new(Converters::new(upstream.converters().to_vec()));
@@ -184,9 +184,7 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
             steer: config.steer_unconverted,
             state_dir: config.state_dir.clone(),
         })?;
-        // Shedding starts while the listen queue's worth of flows still has its files.
-        let backlog = server::listen_backlog(capacity);
-        let listener = socket::listen(config.listen, false, true, backlog)
+        let listener = socket::listen(config.listen, false, true, room.backlog)
             .with_context(|| format!("failed to listen on {} (transparent)", config.listen))?;
         match &upstream {
             Upstream::Converter { addresses, .. } => {
@@ -207,7 +205,7 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
             &listener,
             &tuning,
             &upstream.never_intercepted(),
-            capacity.saturating_sub(u64::from(backlog)),
+            room.flows,
         )?;
         if let Some(logger) = interception.take_logger() {
             tokio::spawn(bpf::forward_log(logger));

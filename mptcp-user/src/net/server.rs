@@ -72,10 +72,36 @@ async fn drain(mut tasks: JoinSet<()>) {
     }
 }
 
-/// Raises the open-file limit to the hard one and logs how many flows it leaves room
-/// for; returns that number.
-pub fn raise_file_limit() -> u64 {
-    match crate::sys::raise_file_limit() {
+/// What the open-file limit leaves room for: a listen queue, and the flows a daemon
+/// takes beside it.
+///
+/// The queue is a quarter of the flows the files allow, 16 to 1024. The connections
+/// waiting there are accepted later and need their files then, so a daemon takes no
+/// more than `flows` while the queue's worth is still free (the gateway sheds beyond
+/// it, the converter answers Resource Exceeded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Room {
+    /// The listen queue.
+    pub backlog: u32,
+    /// Flows taken at once.
+    pub flows: u64,
+}
+
+impl Room {
+    /// The room `capacity` flows leave.
+    pub fn beside_backlog(capacity: u64) -> Self {
+        let backlog = u32::try_from((capacity / 4).clamp(16, 1024)).unwrap_or(1024);
+        Self {
+            backlog,
+            flows: capacity.saturating_sub(u64::from(backlog)),
+        }
+    }
+}
+
+/// Raises the open-file limit to the hard one, logs how many flows it leaves room
+/// for, and returns that room.
+pub fn raise_file_limit() -> Room {
+    let capacity = match crate::sys::raise_file_limit() {
         Ok(files) => {
             let flows = super::relay::flow_capacity(files);
             info!("open-file limit {files}: room for about {flows} flows");
@@ -85,14 +111,8 @@ pub fn raise_file_limit() -> u64 {
             warn!("cannot raise the open-file limit: {error}");
             u64::MAX
         }
-    }
-}
-
-/// The listen queue for a daemon with room for `flows`: a quarter of them, 16 to 1024.
-/// The connections waiting there are accepted later and need their files then, so the
-/// daemon stops taking new flows (it sheds) while the queue's worth is still free.
-pub fn listen_backlog(flows: u64) -> u32 {
-    u32::try_from((flows / 4).clamp(16, 1024)).unwrap_or(1024)
+    };
+    Room::beside_backlog(capacity)
 }
 
 /// Resolves at the first SIGINT or SIGTERM.
