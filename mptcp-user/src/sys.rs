@@ -91,7 +91,9 @@ pub struct InstanceLock {
 /// places.
 pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
+    // Missing parents are made as `create_dir_all` makes them; only `dir` is ours.
+    let parents = dir.parent().map_or(Ok(()), fs::create_dir_all);
+    match parents.and_then(|()| fs::DirBuilder::new().mode(0o700).create(dir)) {
         Ok(()) => {
             // The mode was cut by the umask at most; say it whole.
             return fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
@@ -388,7 +390,7 @@ mod tests {
         let base = std::env::temp_dir().join(format!("mptcp-private-{}", std::process::id()));
         fs::create_dir(&base).unwrap();
         let mode = |dir: &Path| fs::metadata(dir).unwrap().permissions().mode() & 0o7777;
-        let fresh = base.join("pins");
+        let fresh = base.join("run").join("pins");
         private_dir(&fresh).unwrap();
         assert_eq!(mode(&fresh), 0o700);
         // An existing directory (`--pin-path /tmp`) keeps its mode...
