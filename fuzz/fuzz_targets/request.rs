@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 use mptcp_user::{
     bpf::tuning::Tuning,
     config::ConverterOptions,
-    converter::{Converter, ReadRequest, read_request},
+    converter::{Asked, Converter, ReadRequest, read_request},
     protocol::{
         codec::{Message, Request},
         cookie::{KEY_LEN, Key, unix_now},
@@ -55,11 +55,13 @@ fuzz_target!(|data: &[u8]| {
     let mut reader: &[u8] = &input;
     let stranger = std::net::IpAddr::from([192, 0, 2, 1]);
     let read = RUNTIME.block_on(read_request(&mut reader, stranger, &CONVERTER));
-    if let Ok(ReadRequest {
+    // A claim of public ports is never accepted: only requests are signed here.
+    assert!(!matches!(read, Ok(Asked::Forward(_))));
+    if let Ok(Asked::Convert(ReadRequest {
         request,
         early_data,
         ..
-    }) = read
+    })) = read
     {
         // Accepted: a destination the policy allows, or a gateway's speed test, which
         // only a request with a valid cookie gets (only signed inputs have one). And

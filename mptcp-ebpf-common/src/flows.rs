@@ -27,6 +27,8 @@ pub const MAX_SUBFLOWS: u32 = 32_768;
 pub const INTERCEPTED_LAN: u32 = 1;
 /// The flow came from an opted-in local cgroup (connect programs).
 pub const INTERCEPTED_CGROUP: u32 = 2;
+/// The flow came in from outside, through a port forward of the converter.
+pub const INTERCEPTED_INBOUND: u32 = 3;
 
 /// The label of a warm connection no flow has taken yet (socket cookies, the flows'
 /// keys, are never 0); sock_ops picks up the flow's key once it is relabelled.
@@ -45,7 +47,7 @@ pub struct Flow {
     pub client: Endpoint,
     /// Where the client wanted to go.
     pub destination: Endpoint,
-    /// [`INTERCEPTED_LAN`] or [`INTERCEPTED_CGROUP`].
+    /// [`INTERCEPTED_LAN`], [`INTERCEPTED_CGROUP`] or [`INTERCEPTED_INBOUND`].
     pub intercepted: u32,
     /// `FLOW_*` bits (it also keeps the size a multiple of 8 with no implicit padding).
     pub flags: u32,

@@ -232,7 +232,7 @@ impl GatewayMetrics {
         let flows_total = registered(
             &mut registry,
             "flows",
-            "Flows relayed, by how they were taken (lan, cgroup) and carried (converter, direct, fallback)",
+            "Flows relayed, by how they were taken (lan, cgroup, in: a port forward) and carried (converter, direct, fallback)",
         );
         let flows_live = registered(
             &mut registry,
@@ -304,10 +304,7 @@ impl GatewayMetrics {
     /// is dropped.
     pub fn flow_started(&self, intercepted: Intercepted, carried: Carried) -> Live {
         let labels = FlowLabels {
-            taken: match intercepted {
-                Intercepted::Lan => "lan",
-                Intercepted::Cgroup => "cgroup",
-            },
+            taken: intercepted.name(),
             carried: carried.name(),
         };
         self.flows_total.get_or_create(&labels).inc();
@@ -385,6 +382,8 @@ pub struct ConverterMetrics {
     pub errors: ErrorCounts,
     /// Speed tests served.
     pub speed_tests: Counter,
+    /// Inbound connections on public ports handed to a gateway.
+    pub inbound: Counter,
 }
 
 impl Default for ConverterMetrics {
@@ -407,6 +406,11 @@ impl Default for ConverterMetrics {
                 &mut registry,
                 "speed_tests",
                 "Speed tests served to gateways",
+            ),
+            inbound: registered(
+                &mut registry,
+                "inbound_flows",
+                "Inbound connections on forwarded public ports handed to a gateway",
             ),
             registry,
         }

@@ -63,9 +63,22 @@ impl Household {
     /// # Panics
     /// When any of it fails.
     pub fn build(label: &str, uplinks: &[Uplink], uplink_keys: &[&str]) -> Self {
+        Self::build_with_converter(label, uplinks, uplink_keys, &[])
+    }
+
+    /// [`Self::build`] with these flags on the converter's command line.
+    ///
+    /// # Panics
+    /// When any of it fails.
+    pub fn build_with_converter(
+        label: &str,
+        uplinks: &[Uplink],
+        uplink_keys: &[&str],
+        converter_args: &[&str],
+    ) -> Self {
         let dir = TempDir::new(label).unwrap();
         let mut testbed = Testbed::router(label, uplinks).unwrap();
-        testbed.start_converter(dir.path(), &[]).unwrap();
+        testbed.start_converter(dir.path(), converter_args).unwrap();
         dns::start(&mut testbed, dir.path()).unwrap();
         let echo = EchoServer::start(&testbed.server, echo_server()).unwrap();
         let greeting = GreetingServer::start(&testbed.server, TCP_PORT).unwrap();

@@ -15,6 +15,7 @@ pub mod emulator;
 pub mod footprint;
 pub mod greeting;
 pub mod household;
+pub mod inbound;
 pub mod measure;
 pub mod metrics;
 pub mod netns;

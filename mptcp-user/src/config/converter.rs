@@ -123,6 +123,12 @@ pub struct ConverterOptions {
     #[arg(long, value_name = "SECS")]
     pub replay_window: Option<u64>,
 
+    /// Public ports gateways may claim for port forwards (inbound connections to their
+    /// LAN), e.g. `8000-9000,25565`; none by default. A port is opened only while a
+    /// gateway with a valid key serves it.
+    #[arg(long, value_name = "PORTS")]
+    pub forward_ports: Option<String>,
+
     #[command(flatten)]
     #[serde(default)]
     pub tuning: TuningOptions,
@@ -198,6 +204,12 @@ impl ConverterOptions {
                 1..=3600,
             )?,
             tuning: self.tuning.into_config(),
+            forward_ports: self
+                .forward_ports
+                .as_deref()
+                .unwrap_or_default()
+                .parse()
+                .context("bad forward-ports")?,
         })
     }
 }

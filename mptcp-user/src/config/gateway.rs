@@ -15,6 +15,7 @@ use super::{
 use crate::{
     gateway::{
         GatewayConfig,
+        forwards::{self, ForwardConfig, Source},
         interception::InterceptionConfig,
         uplinks::{self, UplinkConfig},
         upstream::UpstreamConfig,
@@ -78,6 +79,16 @@ pub struct GatewayOptions {
     /// 127.0.0.1:9124; none by default.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
+
+    /// A port forward (repeatable): connections to the converter's public port PUBLIC
+    /// reach the LAN host ADDR:PORT, over every uplink:
+    /// PUBLIC=ADDR:PORT[,allow=CIDR]...[,source=client|gateway]. In a file:
+    /// [[gateway.forward]] with public, to, allow (a list of who may connect; everyone
+    /// by default) and source (the LAN host sees the client's address, `client`, or the
+    /// gateway's). The converter must allow the port (its forward-ports).
+    #[arg(long = "forward", value_name = "FORWARD")]
+    #[serde(default, rename = "forward")]
+    pub forwards: Vec<ForwardConfig>,
 
     /// An uplink (repeatable):
     /// IFACE[,next-hop=ADDR][,backup|,metered][,allowance=SIZE][,allowance-period=month|day].
@@ -177,6 +188,22 @@ impl GatewayOptions {
             }
         };
         uplinks::check_unique(&self.uplinks)?;
+        forwards::config::check_unique(&self.forwards)?;
+        if !self.forwards.is_empty() && matches!(upstream, UpstreamConfig::Direct) {
+            bail!("port forwards come through a converter: direct mode has none");
+        }
+        if self.lan.is_empty()
+            && let Some(forward) = self
+                .forwards
+                .iter()
+                .find(|forward| forward.source == Source::Client)
+        {
+            bail!(
+                "forward {}: the LAN host sees the client's address only through a LAN \
+                 interface of the gateway's (lan = ...); or say source = \"gateway\"",
+                forward.public
+            );
+        }
         let steer_unconverted = self
             .steer_unconverted
             .unwrap_or(defaults::STEER_UNCONVERTED);
@@ -224,6 +251,7 @@ impl GatewayOptions {
             tuning: self.tuning.into_config(),
             pool_size: self.pool_size.unwrap_or(defaults::POOL_SIZE),
             metrics: self.metrics,
+            forwards: self.forwards,
         })
     }
 }

@@ -160,7 +160,7 @@ fn row(out: &mut String, arg: &clap::Arg, role: Option<Table>, tuning: &[String]
             };
             let key = match long {
                 "config" => String::new(),
-                "uplink" => format!("`[[{table}.uplink]]`"),
+                key @ ("uplink" | "forward") => format!("`[[{table}.{key}]]`"),
                 key if tuning.iter().any(|tuned| tuned == key) => {
                     format!("`{key}` in `[{table}.tuning]`")
                 }

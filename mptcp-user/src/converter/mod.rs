@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod destination_policy;
+pub mod forward;
 pub mod speedtest;
 
 use std::{
@@ -40,7 +41,8 @@ use crate::{
     },
     protocol::{
         codec::{self, DecodeError, ErrorCode, Message, Request, RequestError, Response, Tlv},
-        cookie::{self, AuthError, Key, Verifier},
+        cookie::{self, AuthError, Key, Subject, Verifier},
+        forward::Claim,
         wire,
     },
     sys,
@@ -48,6 +50,7 @@ use crate::{
 use admission::{Pending, PendingSlot};
 use destination_policy::DestinationPolicy;
 pub use destination_policy::{DenyRule, PolicyConfig};
+use forward::{Forwards, PortRanges};
 use speedtest::{Busy, SpeedTests};
 
 /// Logged once the converter accepts connections; scripts wait for it.
@@ -84,6 +87,8 @@ pub struct ConverterConfig {
     pub replay_window: Duration,
     /// Congestion control and buffers of the MPTCP connections and subflows.
     pub tuning: TuningConfig,
+    /// The public ports gateways may have inbound connections forwarded from.
+    pub forward_ports: PortRanges,
 }
 
 /// What each connection's task needs.
@@ -113,6 +118,8 @@ pub struct Converter {
     pub speed_tests: SpeedTests,
     /// What the metrics count.
     pub metrics: ConverterMetrics,
+    /// The public ports gateways serve.
+    pub forwards: Forwards,
 }
 
 impl Converter {
@@ -138,6 +145,7 @@ impl Converter {
             pipes: PipePool::for_tuning(&config.tuning),
             speed_tests: SpeedTests::new(config.speedtest_mbit),
             metrics: ConverterMetrics::default(),
+            forwards: Forwards::new(config.forward_ports.clone(), config.listen.ip()),
         }
     }
 }
@@ -214,6 +222,13 @@ pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
         if let Some(address) = config.metrics {
             let scraped = Arc::clone(&converter);
             tokio::spawn(metrics::serve(metrics::listen(address)?, scraped));
+        }
+        if converter.forwards.enabled() {
+            info!(
+                "gateways may claim the public ports {}",
+                config.forward_ports
+            );
+            tokio::spawn(forward::release_absent_gateways(Arc::clone(&converter)));
         }
         info!("{READY} on {} (MPTCP)", config.listen);
         serve(listener, converter, server::shutdown_signal()?).await;
@@ -317,7 +332,12 @@ async fn handle(
         early_data,
         asks_info,
     } = match read {
-        Ok(found) => found,
+        Ok(Asked::Convert(found)) => found,
+        Ok(Asked::Forward(claim)) => {
+            drop(slot);
+            forward::serve_claim(client, peer, claim, converter).await;
+            return;
+        }
         Err(rejection) => {
             // A refused connection keeps its place in the budget until it is gone: the
             // answer may take seconds, and a stranger must not hold more than its share.
@@ -504,6 +524,15 @@ fn echo(received: &[u8]) -> Vec<u8> {
     value
 }
 
+/// What an authenticated client asked, as [`read_request`] read it.
+#[derive(Debug)]
+pub enum Asked {
+    /// A Convert request.
+    Convert(ReadRequest),
+    /// A gateway's claim of public ports (our extension, [`forward`]).
+    Forward(Claim),
+}
+
 /// A request that passed [`read_request`].
 #[derive(Debug)]
 pub struct ReadRequest {
@@ -522,7 +551,7 @@ pub async fn read_request<R: AsyncRead + Unpin>(
     client: &mut R,
     peer: IpAddr,
     converter: &Converter,
-) -> Result<ReadRequest, Rejection> {
+) -> Result<Asked, Rejection> {
     let read = tokio::time::timeout(converter.request_timeout, wire::read_message(client)).await;
     let (message, early_data) = match read {
         Err(_) => {
@@ -548,6 +577,9 @@ pub async fn read_request<R: AsyncRead + Unpin>(
         Ok(Err(error)) => return Err((ErrorCode::MalformedMessage, error.to_string()).into()),
         Ok(Ok(read)) => read,
     };
+    if let Some(claim) = Claim::from_message(&message) {
+        return read_claim(claim, &message, converter).map(Asked::Forward);
+    }
     let request = Request::from_message(&message).map_err(|error| {
         let code = error.error_code();
         match error {
@@ -578,11 +610,11 @@ pub async fn read_request<R: AsyncRead + Unpin>(
             )
                 .into());
         }
-        return Ok(ReadRequest {
+        return Ok(Asked::Convert(ReadRequest {
             request,
             early_data,
             asks_info: false,
-        });
+        }));
     }
     converter
         .policy
@@ -593,21 +625,50 @@ pub async fn read_request<R: AsyncRead + Unpin>(
                 format!("destination refused: {refusal}"),
             )
         })?;
-    Ok(ReadRequest {
+    Ok(Asked::Convert(ReadRequest {
         asks_info: Request::asks_info(&message),
         request,
         early_data,
-    })
+    }))
+}
+
+/// Checks a gateway's claim of public ports: well formed, with a valid cookie (always:
+/// `--allow-client` networks convert without one, but never claim a port).
+fn read_claim(
+    claim: Result<Claim, RequestError>,
+    message: &Message,
+    converter: &Converter,
+) -> Result<Claim, Rejection> {
+    let claim = claim.map_err(|error| {
+        let received = message.encode().unwrap_or_default();
+        Rejection::Refused(error.error_code(), echo(&received), error.to_string())
+    })?;
+    verify_cookie(
+        Subject::Forward(claim.subject()),
+        claim.cookie.as_deref(),
+        converter,
+    )?;
+    Ok(claim)
 }
 
 /// Checks the request's cookie.
 fn authenticate(request: &Request, converter: &Converter) -> Result<(), Rejection> {
+    verify_cookie(
+        Subject::Connect(request.destination),
+        request.cookie.as_deref(),
+        converter,
+    )
+}
+
+/// Checks a cookie for `subject`: Missing Cookie without one, else Not Authorized
+/// unless it is valid.
+fn verify_cookie(
+    subject: Subject,
+    cookie: Option<&[u8]>,
+    converter: &Converter,
+) -> Result<(), Rejection> {
     lock(&converter.verifier)
-        .verify(
-            request.destination,
-            request.cookie.as_deref(),
-            cookie::unix_now(),
-        )
+        .verify(subject, cookie, cookie::unix_now())
         .map_err(|error| {
             let code = if error == AuthError::Missing {
                 ErrorCode::MissingCookie

@@ -14,12 +14,12 @@ use aya::maps::{HashMap, MapData};
 use ipnet::IpNet;
 use mptcp_ebpf_common::{
     Endpoint, cgroups as cgroup_maps,
-    flows::{self, FLOW_DIRECT, Flow, INTERCEPTED_CGROUP, Subflow, WARM_FLOW},
+    flows::{self, FLOW_DIRECT, Flow, INTERCEPTED_CGROUP, INTERCEPTED_INBOUND, Subflow, WARM_FLOW},
 };
 use serde::Serialize;
 
 use super::{
-    cgroups,
+    cgroups, forwards,
     selection::{Action, QuicFallback, Selection},
     uplinks::{self, Traffic, UplinkStatus},
 };
@@ -47,8 +47,10 @@ pub struct FlowRow {
     pub client: String,
     /// Where it wanted to go.
     pub destination: String,
-    /// `lan` or `cgroup`.
+    /// `lan` or `cgroup` (outbound flows), or `in` (a port forward's).
     pub intercepted: &'static str,
+    /// `out`, from the LAN, or `in`, through a port forward.
+    pub direction: &'static str,
     /// Carried straight to the destination (the converter being unavailable).
     pub direct: bool,
     /// Seconds since the gateway accepted it.
@@ -108,6 +110,21 @@ pub fn print_flows(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
             .collect();
         writeln!(out, "uplinks: {}", states.join(", "))?;
     }
+    let forwards: Vec<String> = forwards::read_status(pin_dir)
+        .iter()
+        .map(|forward| {
+            let at = forward
+                .converter
+                .map_or_else(String::new, |converter| format!(" at {converter}"));
+            format!(
+                "{} -> {}: {}{at}",
+                forward.public, forward.to, forward.state
+            )
+        })
+        .collect();
+    if !forwards.is_empty() {
+        writeln!(out, "forwards: {}", forwards.join("; "))?;
+    }
     let [client, destination, via, age, up, down] = FLOWS_HEADER;
     writeln!(
         out,
@@ -163,10 +180,15 @@ pub fn read_flows(pin_dir: &Path) -> anyhow::Result<Vec<FlowRow>> {
         rows.push(FlowRow {
             client: endpoint_text(flow.client),
             destination: endpoint_text(flow.destination),
-            intercepted: if flow.intercepted == INTERCEPTED_CGROUP {
-                "cgroup"
+            intercepted: match flow.intercepted {
+                INTERCEPTED_CGROUP => "cgroup",
+                INTERCEPTED_INBOUND => "in",
+                _ => "lan",
+            },
+            direction: if flow.intercepted == INTERCEPTED_INBOUND {
+                "in"
             } else {
-                "lan"
+                "out"
             },
             direct: flow.flags & FLOW_DIRECT != 0,
             age_s: now.saturating_sub(flow.started_ns) as f64 / 1e9,

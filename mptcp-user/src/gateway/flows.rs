@@ -16,7 +16,7 @@ use log::{info, warn};
 use mptcp_ebpf_common::{
     Endpoint,
     cgroups::{self, OriginalDst},
-    flows::{self, FLOW_DIRECT, Flow, INTERCEPTED_CGROUP, INTERCEPTED_LAN},
+    flows::{self, FLOW_DIRECT, Flow, INTERCEPTED_CGROUP, INTERCEPTED_INBOUND, INTERCEPTED_LAN},
     selection::{SHEDDING, SHEDDING_MAP_NAME},
 };
 
@@ -36,6 +36,19 @@ pub enum Intercepted {
     /// From an opted-in local cgroup (connect programs); the original destination is in
     /// `ORIGINAL_DST`.
     Cgroup,
+    /// Inbound, from the converter, through a port forward.
+    Inbound,
+}
+
+impl Intercepted {
+    /// The name the metrics and `mptcp-user flows` give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lan => "lan",
+            Self::Cgroup => "cgroup",
+            Self::Inbound => "in",
+        }
+    }
 }
 
 /// The maps the gateway updates as flows come and go.
@@ -146,6 +159,7 @@ impl FlowTable {
             intercepted: match intercepted {
                 Intercepted::Lan => INTERCEPTED_LAN,
                 Intercepted::Cgroup => INTERCEPTED_CGROUP,
+                Intercepted::Inbound => INTERCEPTED_INBOUND,
             },
             flags: if carried == Carried::Fallback {
                 FLOW_DIRECT

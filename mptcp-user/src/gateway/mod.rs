@@ -12,6 +12,7 @@
 //! - [`upstream`]: the connection each flow is carried on.
 //! - [`converters`]: which converter new flows go through, and whether any is reachable.
 //! - [`pool`]: warm connections to the converter, opened before flows need them.
+//! - [`forwards`]: port forwards, inbound connections from the converter to LAN hosts.
 //! - [`uplinks`]: the internet links the MPTCP subflows use.
 //! - [`control`]: the commands that read and edit a running gateway.
 //! - [`speedtest`]: `mptcp-user speedtest`, each uplink and all of them measured.
@@ -20,6 +21,7 @@ pub mod cgroups;
 pub mod control;
 pub mod converters;
 pub mod flows;
+pub mod forwards;
 pub mod interception;
 pub mod pool;
 pub mod routes;
@@ -54,6 +56,7 @@ use crate::{
 };
 use converters::Converters;
 use flows::{Carried, FlowTable};
+use forwards::{ForwardConfig, Forwarding};
 use interception::{Interception, InterceptionConfig};
 use mptcp_ebpf_common::flows::WARM_FLOW;
 use pool::{Pool, Target};
@@ -89,6 +92,8 @@ pub struct GatewayConfig {
     pub pool_size: usize,
     /// Where Prometheus metrics are served, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Public ports of the converter whose connections reach LAN hosts.
+    pub forwards: Vec<ForwardConfig>,
 }
 
 impl GatewayConfig {
@@ -130,6 +135,8 @@ pub struct Gateway {
     pub pool: Arc<Pool>,
     /// What the metrics count.
     pub metrics: GatewayMetrics,
+    /// The port forwards and what the converter said of them.
+    pub forwarding: Forwarding,
 }
 
 impl Gateway {
@@ -143,6 +150,24 @@ impl Gateway {
                 .first()
                 .map(|attempt| attempt.source),
         }
+    }
+
+    /// Starts the tasks that open connections to the converter before flows need them:
+    /// the pool's warm ones, and the ones on offer for the port forwards, if any.
+    fn open_connections_ahead(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        let target = Arc::clone(self);
+        let connect = Arc::clone(self);
+        let mut tasks = vec![tokio::spawn(Arc::clone(&self.pool).fill(
+            move || target.pool_target(),
+            move |converter| {
+                let gateway = Arc::clone(&connect);
+                async move { gateway.connect_warm(converter).await }
+            },
+        ))];
+        if self.forwarding.any() {
+            tasks.push(tokio::spawn(forwards::serve(Arc::clone(self))));
+        }
+        tasks
     }
 
     /// Opens a warm connection to `converter` as a flow's would be opened, for the pool.
@@ -210,6 +235,7 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
         if let Some(logger) = interception.take_logger() {
             tokio::spawn(bpf::forward_log(logger));
         }
+        let forwarding = forwards::configured(config)?;
         info!("{READY}");
         let upstream_errors = upstream.errors();
         let gateway = Arc::new(Gateway {
@@ -223,6 +249,7 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
             converters,
             pool: Pool::new(config.pool_size),
             metrics: GatewayMetrics::new(upstream_errors),
+            forwarding,
         });
         if let Some(address) = config.metrics {
             let scrape = Scrape {
@@ -232,19 +259,7 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
             };
             tokio::spawn(metrics::serve(metrics::listen(address)?, Arc::new(scrape)));
         }
-        let filler = tokio::spawn(Arc::clone(&gateway.pool).fill(
-            {
-                let gateway = Arc::clone(&gateway);
-                move || gateway.pool_target()
-            },
-            {
-                let gateway = Arc::clone(&gateway);
-                move |converter| {
-                    let gateway = Arc::clone(&gateway);
-                    async move { gateway.connect_warm(converter).await }
-                }
-            },
-        ));
+        let connections_ahead = gateway.open_connections_ahead();
         let signal = server::shutdown_signal()?;
         let shutdown = async {
             follow_lan_interfaces_until(&mut interception, signal).await;
@@ -252,7 +267,10 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
             interception.stop_new_flows();
         };
         serve(listener, Arc::clone(&gateway), shutdown).await;
-        filler.abort();
+        for task in connections_ahead {
+            task.abort();
+        }
+        gateway.forwarding.remove_status();
         info!("detaching programs, removing routes and pins");
         drop(interception);
         drop(uplink_manager);
@@ -400,6 +418,29 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
         .down
         .copied
         .inc_by(server_early.len() as u64);
+    relay_flow(
+        &mut lan,
+        &mut upstream,
+        carried,
+        &gateway,
+        (peer, destination),
+        server_early.len(),
+    )
+    .await;
+}
+
+/// Relays a flow between its LAN connection and its MPTCP connection until both
+/// sides are done, or until no uplink has reached the converter that carries it for
+/// the dead-path timeout (then both are reset). `ends` name the flow in the log;
+/// `early_down` bytes reached the LAN before.
+async fn relay_flow(
+    lan: &mut TcpStream,
+    upstream: &mut TcpStream,
+    carried: Carried,
+    gateway: &Gateway,
+    (peer, destination): (SocketAddr, SocketAddr),
+    early_down: usize,
+) {
     // Only a flow carried through a converter depends on the uplinks reaching it.
     let converter_lost = async {
         match carried {
@@ -409,7 +450,7 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
     };
     let relayed = tokio::select! {
         relayed = relay::relay(
-            &mut lan, &mut upstream, &gateway.pipes, gateway.timeouts, &gateway.metrics.relayed,
+            lan, upstream, &gateway.pipes, gateway.timeouts, &gateway.metrics.relayed,
         ) => {
             Some(relayed)
         }
@@ -419,7 +460,7 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
         Some(Ok(moved)) => debug!(
             "{peer} -> {destination}: done, {} bytes up, {} down",
             moved.forward,
-            moved.backward + server_early.len() as u64
+            moved.backward + early_down as u64
         ),
         Some(Err(error)) => info!("{peer} -> {destination}: {error}"),
         None => {
@@ -428,8 +469,8 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
                  resetting the flow",
                 gateway.timeouts.dead_path
             );
-            socket::reset_on_close(&lan);
-            socket::reset_on_close(&upstream);
+            socket::reset_on_close(lan);
+            socket::reset_on_close(upstream);
         }
     }
 }

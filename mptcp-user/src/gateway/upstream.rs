@@ -141,6 +141,14 @@ impl Upstream {
         }
     }
 
+    /// The key that signs requests and claims; none with `--direct`.
+    pub fn key(&self) -> Option<&Key> {
+        match self {
+            Self::Converter { key, .. } => Some(key),
+            Self::Direct => None,
+        }
+    }
+
     /// The converters, preferred first; none with `--direct`.
     pub fn converters(&self) -> &[SocketAddr] {
         match self {

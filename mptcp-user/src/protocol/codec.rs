@@ -33,6 +33,16 @@ const TLV_EXTENDED_TCP_HEADER: u8 = 0x14;
 const TLV_SUPPORTED_TCP_EXTENSIONS: u8 = 0x15;
 const TLV_COOKIE: u8 = 0x16;
 const TLV_ERROR: u8 = 0x1e;
+// Our extension for inbound connections (docs/protocol.md, "Port forwards"), from the
+// registry's Private Use range (192-255, RFC 8803 section 8.2): no other client or
+// converter gives them a meaning, so none can mistake them for its own.
+const TLV_FORWARD_CLAIM: u8 = 0xc0;
+const TLV_FORWARD_STATUS: u8 = 0xc1;
+const TLV_INBOUND: u8 = 0xc2;
+/// Forward Claim TLV without ports: type, length, reserved (2), gateway identifier (16).
+const FORWARD_CLAIM_MIN_LEN: usize = 20;
+/// Inbound TLV: type, length, public port, client port, reserved (2), client address.
+const INBOUND_LEN: usize = 24;
 
 /// Connect TLV without TCP options: type, length, port (2), address (16).
 const CONNECT_MIN_LEN: usize = 20;
@@ -178,6 +188,42 @@ pub enum Tlv {
         /// Code-specific value (e.g. the supported version), padded on the wire.
         value: Vec<u8>,
     },
+    /// A gateway offers this connection for inbound flows to its public ports (our
+    /// extension, [`super::forward`]).
+    ForwardClaim {
+        /// Which gateway: the first to claim a port keeps it.
+        gateway: [u8; 16],
+        /// The converter ports it asks for (never 0: a zero is padding).
+        ports: Vec<u16>,
+    },
+    /// The converter's answer to a claim: each port and its [`super::forward::PortStatus`]
+    /// number.
+    ForwardStatus(Vec<(u16, u8)>),
+    /// The converter hands the connection an inbound flow: from `client` to its public
+    /// `port`.
+    Inbound {
+        /// The public port the client connected to.
+        port: u16,
+        /// The client's address and port; IPv4 travels IPv4-mapped.
+        client: SocketAddr,
+    },
+}
+
+impl Tlv {
+    /// The TLV's name, as errors say it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Info => "Info",
+            Self::Connect { .. } => "Connect",
+            Self::ExtendedTcpHeader(_) => "Extended TCP Header",
+            Self::SupportedTcpExtensions(_) => "Supported TCP Extensions",
+            Self::Cookie(_) => "Cookie",
+            Self::Error { .. } => "Error",
+            Self::ForwardClaim { .. } => "Forward Claim",
+            Self::ForwardStatus(_) => "Forward Status",
+            Self::Inbound { .. } => "Inbound",
+        }
+    }
 }
 
 /// A Convert message: the TLVs after the header, in order.
@@ -342,6 +388,27 @@ fn encode_tlv(tlv: &Tlv, out: &mut Vec<u8>) -> Result<(), EncodeError> {
             out.extend_from_slice(&[TLV_ERROR, 0, code.to_u8()]);
             out.extend_from_slice(value);
         }
+        Tlv::ForwardClaim { gateway, ports } => {
+            out.extend_from_slice(&[TLV_FORWARD_CLAIM, 0, 0, 0]);
+            out.extend_from_slice(gateway);
+            for port in ports {
+                out.extend_from_slice(&port.to_be_bytes());
+            }
+        }
+        Tlv::ForwardStatus(statuses) => {
+            out.extend_from_slice(&[TLV_FORWARD_STATUS, 0, 0, 0]);
+            for (port, status) in statuses {
+                out.extend_from_slice(&port.to_be_bytes());
+                out.extend_from_slice(&[*status, 0]);
+            }
+        }
+        Tlv::Inbound { port, client } => {
+            out.extend_from_slice(&[TLV_INBOUND, 0]);
+            out.extend_from_slice(&port.to_be_bytes());
+            out.extend_from_slice(&client.port().to_be_bytes());
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(&mapped(client.ip()).octets());
+        }
     }
     while !(out.len() - start).is_multiple_of(4) {
         out.push(0);
@@ -397,6 +464,47 @@ fn decode_tlv(message: &[u8], offset: usize) -> Result<(Tlv, usize), DecodeError
             code: ErrorCode::from_u8(tlv[2]),
             value: tlv[3..].to_vec(),
         },
+        TLV_FORWARD_CLAIM => {
+            let bad = DecodeError::BadTlvValue {
+                kind: "Forward Claim",
+                offset,
+            };
+            let gateway = tlv
+                .get(4..FORWARD_CLAIM_MIN_LEN)
+                .and_then(|id| id.try_into().ok())
+                .ok_or(bad)?;
+            Tlv::ForwardClaim {
+                gateway,
+                ports: tlv[FORWARD_CLAIM_MIN_LEN.min(tlv.len())..]
+                    .chunks_exact(2)
+                    .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
+                    .filter(|&port| port != 0)
+                    .collect(),
+            }
+        }
+        TLV_FORWARD_STATUS => Tlv::ForwardStatus(
+            after_reserved
+                .chunks_exact(4)
+                .map(|entry| (u16::from_be_bytes([entry[0], entry[1]]), entry[2]))
+                .collect(),
+        ),
+        TLV_INBOUND => {
+            if tlv.len() != INBOUND_LEN {
+                return Err(DecodeError::BadTlvValue {
+                    kind: "Inbound",
+                    offset,
+                });
+            }
+            let mut address = [0u8; 16];
+            address.copy_from_slice(&tlv[8..INBOUND_LEN]);
+            Tlv::Inbound {
+                port: u16::from_be_bytes([tlv[2], tlv[3]]),
+                client: SocketAddr::new(
+                    canonical(Ipv6Addr::from(address).into()),
+                    u16::from_be_bytes([tlv[4], tlv[5]]),
+                ),
+            }
+        }
         tlv_type => return Err(DecodeError::UnknownTlv { tlv_type, offset }),
     };
     Ok((decoded, tlv_len))
@@ -521,13 +629,7 @@ impl Request {
                 Tlv::Cookie(opaque) => cookie = Some(opaque.clone()),
                 Tlv::Info if info => return Err(RequestError::Repeated("Info")),
                 Tlv::Info => info = true,
-                Tlv::ExtendedTcpHeader(_) => {
-                    return Err(RequestError::NotARequestTlv("Extended TCP Header"));
-                }
-                Tlv::SupportedTcpExtensions(_) => {
-                    return Err(RequestError::NotARequestTlv("Supported TCP Extensions"));
-                }
-                Tlv::Error { .. } => return Err(RequestError::NotARequestTlv("Error")),
+                other => return Err(RequestError::NotARequestTlv(other.name())),
             }
         }
         match destination {

@@ -3,8 +3,9 @@
 //! captured request cannot be replayed.
 //!
 //! Cookie layout (56 bytes, 14 words): timestamp (u64, Unix seconds, big-endian),
-//! nonce (16 bytes), MAC (32 bytes). The MAC covers a domain label, the destination
-//! (port, IPv6 or IPv4-mapped address), the timestamp and the nonce.
+//! nonce (16 bytes), MAC (32 bytes). The MAC covers a domain label, what the request asks
+//! ([`Subject`]: the destination, or the ports a gateway claims), the timestamp and the
+//! nonce.
 
 use std::{
     collections::HashMap, fs, io::Write as _, net::SocketAddr, os::unix::fs::OpenOptionsExt as _,
@@ -26,6 +27,23 @@ const MAC_LEN: usize = 32;
 pub const COOKIE_LEN: usize = 8 + NONCE_LEN + MAC_LEN;
 /// Separates our MACs from any other use of the same key.
 const DOMAIN: &[u8] = b"mptcp-gateway convert v1\0";
+/// Separates a claim's MAC from a Convert request's: neither can stand for the other.
+const FORWARD_DOMAIN: &[u8] = b"mptcp-gateway forward v1\0";
+
+/// What a cookie vouches for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subject {
+    /// A Convert request to this destination.
+    Connect(SocketAddr),
+    /// A claim of public ports ([`crate::protocol::forward::Claim::subject`]).
+    Forward(Vec<u8>),
+}
+
+impl From<SocketAddr> for Subject {
+    fn from(destination: SocketAddr) -> Self {
+        Self::Connect(destination)
+    }
+}
 
 /// The cookie's clock: seconds since the Unix epoch.
 pub use crate::sys::unix_now;
@@ -84,61 +102,84 @@ impl Key {
 
     /// Parses 64 hexadecimal characters.
     pub fn parse(hex: &str) -> anyhow::Result<Self> {
-        if hex.len() != KEY_LEN * 2 {
-            bail!(
-                "a key is {} hexadecimal characters, found {}",
-                KEY_LEN * 2,
-                hex.len()
-            );
-        }
-        let mut key = [0u8; KEY_LEN];
-        for (byte, pair) in key.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
-            let pair = std::str::from_utf8(pair).context("a key is hexadecimal")?;
-            *byte = u8::from_str_radix(pair, 16).context("a key is hexadecimal")?;
-        }
-        Ok(Self(key))
+        from_hex(hex, "a key").map(Self)
     }
 
     /// Writes a fresh random key to `path` with mode 0600; refuses to overwrite a file.
     pub fn generate(path: &Path) -> anyhow::Result<()> {
-        let mut bytes = [0u8; KEY_LEN];
-        getrandom::fill(&mut bytes).context("the kernel gave no random bytes")?;
-        let hex = bytes.iter().fold(String::new(), |mut hex, byte| {
-            use std::fmt::Write as _;
-            let _ = write!(hex, "{byte:02x}");
-            hex
-        });
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("failed to create key file {}", path.display()))?;
-        writeln!(file, "{hex}")?;
-        Ok(())
+        create_random_file::<KEY_LEN>(path).map(drop)
     }
 
-    fn mac(&self, destination: SocketAddr, timestamp: u64, nonce: &[u8]) -> Hmac<Sha256> {
+    fn mac(&self, subject: &Subject, timestamp: u64, nonce: &[u8]) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(DOMAIN);
-        mac.update(&destination.port().to_be_bytes());
-        mac.update(&mapped(destination.ip()).octets());
+        match subject {
+            Subject::Connect(destination) => {
+                mac.update(DOMAIN);
+                mac.update(&destination.port().to_be_bytes());
+                mac.update(&mapped(destination.ip()).octets());
+            }
+            Subject::Forward(claimed) => {
+                mac.update(FORWARD_DOMAIN);
+                mac.update(claimed);
+            }
+        }
         mac.update(&timestamp.to_be_bytes());
         mac.update(nonce);
         mac
     }
 
-    /// The Cookie TLV value for a request to `destination`, at Unix time `now`.
-    pub fn cookie(&self, destination: SocketAddr, now: u64) -> anyhow::Result<Vec<u8>> {
+    /// The Cookie TLV value for a request for `subject` (a destination), at Unix time
+    /// `now`.
+    pub fn cookie(&self, subject: impl Into<Subject>, now: u64) -> anyhow::Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).context("the kernel gave no random bytes")?;
-        let tag = self.mac(destination, now, &nonce).finalize().into_bytes();
+        let tag = self
+            .mac(&subject.into(), now, &nonce)
+            .finalize()
+            .into_bytes();
         let mut cookie = Vec::with_capacity(COOKIE_LEN);
         cookie.extend_from_slice(&now.to_be_bytes());
         cookie.extend_from_slice(&nonce);
         cookie.extend_from_slice(&tag);
         Ok(cookie)
     }
+}
+
+/// `N` random bytes, written to a new file at `path` (mode 0600) as one line of
+/// hexadecimal; fails if the file exists (`AlreadyExists` in the error's chain).
+pub fn create_random_file<const N: usize>(path: &Path) -> anyhow::Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).context("the kernel gave no random bytes")?;
+    let hex = bytes.iter().fold(String::new(), |mut hex, byte| {
+        use std::fmt::Write as _;
+        let _ = write!(hex, "{byte:02x}");
+        hex
+    });
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("failed to create {}", path.display()))?;
+    writeln!(file, "{hex}").with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(bytes)
+}
+
+/// Exactly `N` bytes from `2 * N` hexadecimal characters; errors name `what`.
+pub fn from_hex<const N: usize>(hex: &str, what: &str) -> anyhow::Result<[u8; N]> {
+    if hex.len() != N * 2 {
+        bail!(
+            "{what} is {} hexadecimal characters, found {}",
+            N * 2,
+            hex.len()
+        );
+    }
+    let mut bytes = [0u8; N];
+    for (byte, pair) in bytes.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+        let pair = std::str::from_utf8(pair).with_context(|| format!("{what} is hexadecimal"))?;
+        *byte = u8::from_str_radix(pair, 16).with_context(|| format!("{what} is hexadecimal"))?;
+    }
+    Ok(bytes)
 }
 
 /// Refuses a key file others may read or write (`mode`), or that someone other than root
@@ -227,10 +268,11 @@ impl Verifier {
         }
     }
 
-    /// Accepts a cookie once: a valid MAC, a fresh timestamp, an unseen nonce.
+    /// Accepts a cookie for `subject` (a destination) once: a valid MAC, a fresh
+    /// timestamp, an unseen nonce.
     pub fn verify(
         &mut self,
-        destination: SocketAddr,
+        subject: impl Into<Subject>,
         cookie: Option<&[u8]>,
         now: u64,
     ) -> Result<(), AuthError> {
@@ -245,7 +287,7 @@ impl Verifier {
         nonce.copy_from_slice(&cookie[8..8 + NONCE_LEN]);
         let tag = &cookie[8 + NONCE_LEN..];
         self.key
-            .mac(destination, timestamp, &nonce)
+            .mac(&subject.into(), timestamp, &nonce)
             .verify_slice(tag)
             .map_err(|_| AuthError::BadMac)?;
         let window = self.window.as_secs();
@@ -334,6 +376,23 @@ mod tests {
         assert_eq!(
             same.verify(elsewhere, Some(&cookie), NOW),
             Err(AuthError::BadMac)
+        );
+        // A claim's cookie is no request's, nor a claim's for other ports, and back.
+        let claim = |ports: &[u8]| Subject::Forward(ports.to_vec());
+        let claimed = Key::from_bytes([7; KEY_LEN])
+            .cookie(claim(&[0x20, 0xfb]), NOW)
+            .unwrap();
+        assert_eq!(
+            same.verify(claim(&[0x20, 0xfc]), Some(&claimed), NOW),
+            Err(AuthError::BadMac)
+        );
+        assert_eq!(
+            same.verify(claim(&[]), Some(&cookie), NOW),
+            Err(AuthError::BadMac)
+        );
+        assert_eq!(
+            same.verify(claim(&[0x20, 0xfb]), Some(&claimed), NOW),
+            Ok(())
         );
     }
 

@@ -5,8 +5,10 @@
 //! - [`wire`]: reading one whole message off a socket.
 //! - [`cookie`]: the Cookie TLV that authenticates a request (HMAC-SHA256, replay window).
 //! - [`speedtest`]: what a gateway and its converter say in a speed test.
+//! - [`forward`]: our extension for inbound connections (port forwards).
 
 pub mod codec;
 pub mod cookie;
+pub mod forward;
 pub mod speedtest;
 pub mod wire;

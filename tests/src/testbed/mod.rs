@@ -332,6 +332,7 @@ impl Drop for Testbed {
         let pins = std::path::Path::new(&self.pin_path()).to_path_buf();
         let _ = std::fs::remove_file(mptcp_user::sys::run_file(&pins, "lock"));
         let _ = std::fs::remove_file(mptcp_user::gateway::uplinks::status_path(&pins));
+        let _ = std::fs::remove_file(mptcp_user::gateway::forwards::status_path(&pins));
     }
 }
 

@@ -1,0 +1,536 @@
+//! Port forwards: public ports of the converter whose inbound connections go to a
+//! household behind any NAT, over MPTCP connections its gateway opened beforehand.
+//!
+//! A gateway claims ports on connections it offers ([`serve_claim`]); the converter
+//! listens on a port only while a gateway with a valid cookie serves it, and only if
+//! its `forward-ports` include it. The first gateway to claim a port keeps it while it
+//! has a connection on offer, and for [`GRACE`] after its last one went (a reconnect);
+//! then the port closes, and a stranger's connection to it is refused by the kernel. An
+//! inbound connection takes the oldest offered connection of the port's gateway (the
+//! one most likely to have its subflows up), waiting [`HANDOFF_PATIENCE`] at most while
+//! the gateway replaces the ones taken.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, SocketAddr},
+    ops::RangeInclusive,
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::bail;
+use log::{debug, info, warn};
+use tokio::{
+    io::AsyncWriteExt as _,
+    net::{TcpListener, TcpStream},
+    sync::{Notify, oneshot},
+    task::AbortHandle,
+    time::Instant,
+};
+
+use super::{Converter, admission::PendingSlot};
+use crate::{
+    limited, lock,
+    log_limit::LogLimit,
+    net::{relay, socket},
+    protocol::{
+        codec::ErrorCode,
+        forward::{self, Claim, GatewayId, Inbound, PortStatus},
+    },
+};
+
+/// How long a gateway keeps its ports once it has no connection on offer: a gateway
+/// that reconnects (a converter restart, an uplink change) finds them still its own.
+pub const GRACE: Duration = Duration::from_secs(5);
+/// How long an inbound connection waits for a connection of its gateway when every
+/// offered one is taken; then it is reset.
+pub const HANDOFF_PATIENCE: Duration = Duration::from_secs(3);
+/// Most connections one gateway may keep on offer (each holds a relay permit).
+pub const MAX_OFFERS: usize = 32;
+/// The listen queue of a public port.
+const BACKLOG: u32 = 128;
+
+/// Inbound connections refused for want of a gateway connection: what strangers cause.
+static NO_GATEWAY: LogLimit = LogLimit::new(10, Duration::from_secs(10));
+
+/// The public ports a converter may forward (`forward-ports`, e.g. `8000-9000,25565`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortRanges(Vec<RangeInclusive<u16>>);
+
+impl PortRanges {
+    /// Whether `port` is among them.
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|range| range.contains(&port))
+    }
+
+    /// Whether no port is.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromStr for PortRanges {
+    type Err = anyhow::Error;
+
+    /// Ports and ranges separated by commas: `8000-9000,25565`; empty: none.
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        let mut ranges = Vec::new();
+        for part in text
+            .split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+        {
+            let port = |text: &str| -> anyhow::Result<u16> {
+                match text.trim().parse::<u16>() {
+                    Ok(0) | Err(_) => bail!("{part:?}: ports are 1 to 65535"),
+                    Ok(port) => Ok(port),
+                }
+            };
+            let range = match part.split_once('-') {
+                Some((first, last)) => port(first)?..=port(last)?,
+                None => port(part)?..=port(part)?,
+            };
+            if range.is_empty() {
+                bail!("{part:?}: the first port is after the last");
+            }
+            ranges.push(range);
+        }
+        Ok(Self(ranges))
+    }
+}
+
+impl std::fmt::Display for PortRanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|range| {
+                if range.start() == range.end() {
+                    range.start().to_string()
+                } else {
+                    format!("{}-{}", range.start(), range.end())
+                }
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// An inbound connection, handed to one of its gateway's offered connections.
+pub struct Handoff {
+    client: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    /// Its share of the budget of unauthenticated connections, until handed over.
+    _slot: PendingSlot,
+}
+
+/// What became of an inbound connection [`Forwards::hand`] was given.
+enum Handed {
+    /// A gateway's connection carries it.
+    Done,
+    /// Every connection of its gateway is taken: given back.
+    NoneFree(Handoff),
+    /// Its port is no longer served: given back.
+    PortClosed(Handoff),
+}
+
+/// The forwards of a converter: which gateway serves which public port, and the
+/// connections each gateway has on offer.
+pub struct Forwards {
+    allowed: PortRanges,
+    /// The address public ports listen on: the converter's own listening address.
+    listen_ip: IpAddr,
+    state: Mutex<State>,
+    /// Wakes inbound connections waiting for an offered connection.
+    offered: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    ports: HashMap<u16, PublicPort>,
+    gateways: HashMap<GatewayId, Offers>,
+}
+
+/// A public port being served.
+struct PublicPort {
+    owner: GatewayId,
+    /// The task accepting on it; aborting it closes the port.
+    accepting: AbortHandle,
+}
+
+/// A gateway's connections on offer.
+#[derive(Default)]
+struct Offers {
+    idle: VecDeque<oneshot::Sender<Handoff>>,
+    /// Since when it has had none.
+    empty_since: Option<Instant>,
+}
+
+impl Offers {
+    /// Forgets the connections that ended; says whether the gateway still has one, or
+    /// lost its last less than [`GRACE`] ago.
+    fn present(&mut self, now: Instant) -> bool {
+        self.idle.retain(|offer| !offer.is_closed());
+        if !self.idle.is_empty() {
+            self.empty_since = None;
+            return true;
+        }
+        now.duration_since(*self.empty_since.get_or_insert(now)) < GRACE
+    }
+}
+
+impl Forwards {
+    /// The forwards of a converter listening on `listen_ip` that allows `allowed`.
+    pub fn new(allowed: PortRanges, listen_ip: IpAddr) -> Self {
+        Self {
+            allowed,
+            listen_ip,
+            state: Mutex::new(State::default()),
+            offered: Notify::new(),
+        }
+    }
+
+    /// Whether the operator allows any port forward.
+    pub fn enabled(&self) -> bool {
+        !self.allowed.is_empty()
+    }
+
+    /// Gives `gateway` each of `ports` it may have: allowed, not another present
+    /// gateway's, and one the converter can listen on. Returns each port's status.
+    fn claim(
+        &self,
+        converter: &Arc<Converter>,
+        gateway: GatewayId,
+        ports: &[u16],
+    ) -> Vec<(u16, PortStatus)> {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        state.gateways.entry(gateway).or_default().present(now);
+        let mut statuses = Vec::new();
+        for &port in ports {
+            let status = if self.allowed.contains(port) {
+                self.claim_port(&mut state, converter, gateway, port, now)
+            } else {
+                PortStatus::NotAllowed
+            };
+            statuses.push((port, status));
+        }
+        statuses
+    }
+
+    fn claim_port(
+        &self,
+        state: &mut State,
+        converter: &Arc<Converter>,
+        gateway: GatewayId,
+        port: u16,
+        now: Instant,
+    ) -> PortStatus {
+        if let Some(served) = state.ports.get(&port) {
+            if served.owner == gateway {
+                return PortStatus::Served;
+            }
+            let owner = served.owner;
+            if state
+                .gateways
+                .get_mut(&owner)
+                .is_some_and(|offers| offers.present(now))
+            {
+                return PortStatus::Taken;
+            }
+            release(state, port);
+        }
+        let address = SocketAddr::new(self.listen_ip, port);
+        match socket::listen(address, false, false, BACKLOG) {
+            Ok(listener) => {
+                let accepting = tokio::spawn(accept_inbound(listener, port, Arc::clone(converter)));
+                state.ports.insert(
+                    port,
+                    PublicPort {
+                        owner: gateway,
+                        accepting: accepting.abort_handle(),
+                    },
+                );
+                info!("public port {port} forwarded to gateway {gateway}");
+                PortStatus::Served
+            }
+            Err(error) => {
+                warn!(
+                    "gateway {gateway} claims port {port}, but it cannot be listened on: {error}"
+                );
+                PortStatus::Unavailable
+            }
+        }
+    }
+
+    /// Puts a connection of `gateway` on offer; `false` when it has [`MAX_OFFERS`].
+    fn offer(&self, gateway: GatewayId, offer: oneshot::Sender<Handoff>) -> bool {
+        let mut state = lock(&self.state);
+        let offers = state.gateways.entry(gateway).or_default();
+        offers.present(Instant::now());
+        if offers.idle.len() >= MAX_OFFERS {
+            return false;
+        }
+        offers.idle.push_back(offer);
+        offers.empty_since = None;
+        drop(state);
+        self.offered.notify_waiters();
+        true
+    }
+
+    /// Hands `handoff` to an offered connection of the gateway serving its port.
+    fn hand(&self, mut handoff: Handoff) -> Handed {
+        let mut state = lock(&self.state);
+        let Some(owner) = state.ports.get(&handoff.port).map(|served| served.owner) else {
+            return Handed::PortClosed(handoff);
+        };
+        let offers = state.gateways.entry(owner).or_default();
+        while let Some(offer) = offers.idle.pop_front() {
+            match offer.send(handoff) {
+                Ok(()) => return Handed::Done,
+                // That connection ended meanwhile: the next one.
+                Err(back) => handoff = back,
+            }
+        }
+        Handed::NoneFree(handoff)
+    }
+
+    /// Closes the ports of gateways that have had no connection on offer for [`GRACE`]
+    /// (gone, or dead: their connections' keepalive ended them).
+    fn release_absent(&self) {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        let State { ports, gateways } = &mut *state;
+        gateways.retain(|_, offers| offers.present(now));
+        let orphaned: Vec<u16> = ports
+            .iter()
+            .filter(|(_, served)| !gateways.contains_key(&served.owner))
+            .map(|(&port, _)| port)
+            .collect();
+        for port in orphaned {
+            release(&mut state, port);
+        }
+    }
+
+    /// The public ports served now, and by whom (for the log at shutdown, and tests).
+    pub fn served(&self) -> Vec<(u16, GatewayId)> {
+        let state = lock(&self.state);
+        let mut served: Vec<(u16, GatewayId)> = state
+            .ports
+            .iter()
+            .map(|(&port, served)| (port, served.owner))
+            .collect();
+        served.sort_by_key(|&(port, _)| port);
+        served
+    }
+}
+
+/// Stops serving `port`: its listener closes.
+fn release(state: &mut State, port: u16) {
+    if let Some(served) = state.ports.remove(&port) {
+        served.accepting.abort();
+        info!(
+            "public port {port} closed: gateway {} is gone",
+            served.owner
+        );
+    }
+}
+
+/// Every second, closes the ports of gateways that are gone. Runs for the converter's
+/// life.
+pub async fn release_absent_gateways(converter: Arc<Converter>) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        ticks.tick().await;
+        converter.forwards.release_absent();
+    }
+}
+
+/// Serves an authenticated gateway's `claim` on `gateway` (its connection): answers
+/// each port's status and, if it got any, keeps the connection on offer until an
+/// inbound connection comes for it (then relays it) or the gateway closes it.
+pub async fn serve_claim(
+    mut gateway: TcpStream,
+    peer: SocketAddr,
+    claim: Claim,
+    converter: Arc<Converter>,
+) {
+    // A connection on offer holds a relay permit, as the flow it will carry does.
+    let Ok(_permit) = converter.connections.clone().try_acquire_owned() else {
+        warn!("{peer}: claim refused (Resource Exceeded): already relaying --max-conns flows");
+        let code = ErrorCode::ResourceExceeded;
+        super::refuse(&mut gateway, &converter, code, code.usual_value()).await;
+        return;
+    };
+    let statuses = converter
+        .forwards
+        .claim(&converter, claim.gateway, &claim.ports);
+    let Ok(answer) = forward::status_message(&statuses).encode() else {
+        return;
+    };
+    if let Err(error) = gateway.write_all(&answer).await {
+        debug!("{peer}: {error}");
+        return;
+    }
+    if !statuses
+        .iter()
+        .any(|&(_, status)| status == PortStatus::Served)
+    {
+        info!(
+            "{peer}: gateway {} got none of the ports it claims ({})",
+            claim.gateway,
+            describe(&statuses)
+        );
+        let _ = gateway.shutdown().await;
+        return;
+    }
+    let (offer, handed) = oneshot::channel();
+    if !converter.forwards.offer(claim.gateway, offer) {
+        warn!(
+            "{peer}: gateway {} already offers {MAX_OFFERS} connections; closing this one",
+            claim.gateway
+        );
+        return;
+    }
+    // A gateway that died while its connection waited is noticed by the keepalive.
+    let _ = socket::detect_dead_peer(&gateway, converter.timeouts.dead_path);
+    tokio::select! {
+        handed = handed => {
+            if let Ok(handoff) = handed {
+                relay_inbound(gateway, peer, handoff, &converter).await;
+            }
+        }
+        // It sends nothing before an inbound connection: this is its close or reset.
+        _ = gateway.readable() => debug!("{peer}: the gateway closed a connection on offer"),
+    }
+}
+
+/// `port status, ...` for a log line.
+fn describe(statuses: &[(u16, PortStatus)]) -> String {
+    statuses
+        .iter()
+        .map(|(port, status)| format!("{port} {}", status.describe()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Accepts inbound connections on a public port, for as long as it is served.
+async fn accept_inbound(listener: TcpListener, port: u16, converter: Arc<Converter>) {
+    loop {
+        let (client, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                warn!("public port {port}: accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // The budget of connections not yet relayed applies to strangers here too.
+        let Some(slot) = converter.pending.admit(peer.ip()) else {
+            continue;
+        };
+        let handoff = Handoff {
+            client,
+            peer,
+            port,
+            _slot: slot,
+        };
+        tokio::spawn(hand_over(handoff, Arc::clone(&converter)));
+    }
+}
+
+/// Hands an inbound connection to its gateway, waiting a little for a free
+/// connection; resets it when none comes.
+async fn hand_over(mut handoff: Handoff, converter: Arc<Converter>) {
+    let deadline = Instant::now() + HANDOFF_PATIENCE;
+    loop {
+        // Created before looking, so that an offer made meanwhile still wakes it.
+        let offered = converter.forwards.offered.notified();
+        handoff = match converter.forwards.hand(handoff) {
+            Handed::Done => return,
+            Handed::NoneFree(back) => back,
+            Handed::PortClosed(back) => {
+                debug!("{}: public port {} closed meanwhile", back.peer, back.port);
+                socket::reset_on_close(&back.client);
+                return;
+            }
+        };
+        if tokio::time::timeout_at(deadline, offered).await.is_err() {
+            limited!(
+                NO_GATEWAY,
+                warn,
+                "{} -> public port {}: reset, its gateway had no free connection for {:?}",
+                handoff.peer,
+                handoff.port,
+                HANDOFF_PATIENCE
+            );
+            socket::reset_on_close(&handoff.client);
+            return;
+        }
+    }
+}
+
+/// Relays an inbound connection on its gateway's connection: the Inbound TLV first,
+/// so that the gateway knows the port and the client, then both ways.
+async fn relay_inbound(
+    mut gateway: TcpStream,
+    gateway_peer: SocketAddr,
+    handoff: Handoff,
+    converter: &Converter,
+) {
+    let Handoff {
+        mut client,
+        peer,
+        port,
+        ..
+    } = handoff;
+    converter.metrics.inbound.inc();
+    let announced = async {
+        let bytes = Inbound { port, client: peer }
+            .to_message()
+            .encode()
+            .map_err(std::io::Error::other)?;
+        gateway.write_all(&bytes).await
+    };
+    if let Err(error) = announced.await {
+        info!("{peer} -> public port {port}: the gateway {gateway_peer} is gone: {error}");
+        socket::reset_on_close(&client);
+        return;
+    }
+    debug!("{peer} -> public port {port}: handed to the gateway at {gateway_peer}");
+    let _counted = converter.metrics.relay_started();
+    match relay::relay(
+        &mut gateway,
+        &mut client,
+        &converter.pipes,
+        converter.timeouts,
+        &converter.metrics.relayed,
+    )
+    .await
+    {
+        Ok(moved) => debug!(
+            "{peer} -> public port {port}: done, {} bytes in, {} out",
+            moved.backward, moved.forward
+        ),
+        Err(error) => info!("{peer} -> public port {port}: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_parse_check_and_print() {
+        let ranges: PortRanges = "8000-9000, 25565".parse().unwrap();
+        assert!(ranges.contains(8000) && ranges.contains(9000) && ranges.contains(25565));
+        assert!(!ranges.contains(7999) && !ranges.contains(9001) && !ranges.contains(22));
+        assert_eq!(ranges.to_string(), "8000-9000,25565");
+        assert!("".parse::<PortRanges>().unwrap().is_empty());
+        for bad in ["0", "9000-8000", "80-", "http", "70000"] {
+            assert!(bad.parse::<PortRanges>().is_err(), "{bad:?} parsed");
+        }
+    }
+}
