@@ -534,6 +534,7 @@ mod tests {
         let flow = metrics.flow_started(Intercepted::Lan, Carried::Converter);
         metrics.flow_started(Intercepted::Cgroup, Carried::Fallback);
         metrics.flow_started(Intercepted::Lan, Carried::Direct);
+        let _inbound = metrics.flow_started(Intercepted::Inbound, Carried::Converter);
         metrics.converter_errors.count(ErrorCode::NotAuthorized);
         metrics.relayed.up.spliced.inc_by(1234);
         metrics.sample(
@@ -555,6 +556,8 @@ mod tests {
             r#"mptcp_gateway_live_flows{taken="cgroup",carried="fallback"} 0"#,
             // Direct mode's flows are not counted as the converter's.
             r#"mptcp_gateway_flows_total{taken="lan",carried="direct"} 1"#,
+            // A port forward's.
+            r#"mptcp_gateway_live_flows{taken="in",carried="converter"} 1"#,
             r#"mptcp_gateway_converter_errors_total{code="32",error="Not Authorized"} 1"#,
             r#"mptcp_gateway_relayed_bytes_total{path="splice",direction="up"} 1234"#,
             "mptcp_gateway_warm_connections 3",

@@ -49,6 +49,31 @@ pub fn start_lan_web_server(
     Ok(log)
 }
 
+/// Waits (at most `timeout`) until the gateway of `testbed` says the forward of `port`
+/// is in a state that starts with `state` (`served`, `refused: ...`).
+pub fn wait_forward(
+    testbed: &Testbed,
+    port: u16,
+    state: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let pins = PathBuf::from(testbed.pin_path());
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let statuses = mptcp_user::gateway::forwards::read_status(&pins);
+        if statuses
+            .iter()
+            .any(|status| status.public == port && status.state.starts_with(state))
+        {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("forward {port} not {state} after {timeout:?}: {statuses:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// What a fetch took.
 #[derive(Clone, Copy, Debug)]
 pub struct Fetched {

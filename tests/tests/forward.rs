@@ -21,15 +21,11 @@ use mptcp_tests::{
     netns::run_in,
     random_bytes, require_root,
     testbed::{CONVERTER_PORT, CONVERTER_TOWARD_SERVER, SERVER, Uplink},
-    wait_until,
 };
-use mptcp_user::{
-    gateway::forwards::{self, ForwardStatus},
-    protocol::{
-        codec::{self, ErrorCode, Message, Tlv},
-        cookie::{KEY_LEN, Key, Subject, unix_now},
-        forward::{Claim, GatewayId, PortStatus, statuses},
-    },
+use mptcp_user::protocol::{
+    codec::{self, ErrorCode, Message, Tlv},
+    cookie::{KEY_LEN, Key, Subject, unix_now},
+    forward::{Claim, GatewayId, PortStatus, statuses},
 };
 
 /// DSL and LTE: the best line alone is the first.
@@ -81,23 +77,16 @@ impl Forwarding {
         self.wait_forward(PUBLIC_PORT, "served");
     }
 
-    /// The forwards' status as the gateway wrote it.
-    fn statuses(&self) -> Vec<ForwardStatus> {
-        forwards::read_status(std::path::Path::new(&self.household.testbed.pin_path()))
-    }
-
     /// Waits (30 s at most: a port another gateway held is claimed again every 10 s)
     /// until the forward of `port` is in a state that starts with `state`.
     fn wait_forward(&self, port: u16, state: &str) {
-        wait_until(
+        inbound::wait_forward(
+            &self.household.testbed,
+            port,
+            state,
             Duration::from_secs(30),
-            || {
-                self.statuses()
-                    .iter()
-                    .any(|status| status.public == port && status.state.starts_with(state))
-            },
-            || format!("forward {port} never {state}: {:?}", self.statuses()),
-        );
+        )
+        .unwrap();
     }
 
     /// [`Self::build`], then the gateway started with the forward alone.
@@ -299,9 +288,10 @@ fn forged_claims_ports_not_allowed_and_a_second_gateway_are_refused() {
     let (held, answer) = claim_from_outside(&forwarding, &signed_claim(&key, 0xee, vec![taken]));
     assert_eq!(statuses(&answer), Some(vec![(taken, PortStatus::Served)]));
 
-    // Ours comes second: it gets its other port, and says why not this one.
+    // Ours comes second: it gets its other port, and says why not this one. (That
+    // forward connects from the gateway's own address.)
     forwarding.start_gateway(&format!(
-        "\n[[gateway.forward]]\npublic = {taken}\nto = \"{LAN_WEB}\"\n"
+        "\n[[gateway.forward]]\npublic = {taken}\nto = \"{LAN_WEB}\"\nsource = \"gateway\"\n"
     ));
     forwarding.wait_forward(taken, "refused: another gateway");
     let table = forwarding.household.testbed.gateway_cli_ok(&["flows"]);
@@ -355,7 +345,7 @@ fn forged_claims_ports_not_allowed_and_a_second_gateway_are_refused() {
     drop(held);
     forwarding.wait_forward(taken, "served");
     let output = forwarding.household.dir.path().join("fetched-taken");
-    let url = format!("http://{CONVERTER_TOWARD_SERVER}:{taken}/small");
+    let url = format!("http://{CONVERTER_TOWARD_SERVER}:{taken}/small?from-the-gateway");
     inbound::fetch(
         &forwarding.household.testbed.server,
         &url,
@@ -364,4 +354,11 @@ fn forged_claims_ports_not_allowed_and_a_second_gateway_are_refused() {
     )
     .unwrap();
     forwarding.assert_whole("small", &output);
+    let lan_log = std::fs::read_to_string(&forwarding.lan_log).unwrap();
+    assert!(
+        lan_log
+            .lines()
+            .any(|line| line.starts_with("192.168.50.1 - - ") && line.contains("from-the-gateway")),
+        "the LAN server logged:\n{lan_log}"
+    );
 }

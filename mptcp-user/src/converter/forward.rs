@@ -314,16 +314,15 @@ impl Forwards {
         }
     }
 
-    /// The public ports served now, and by whom (for the log at shutdown, and tests).
-    pub fn served(&self) -> Vec<(u16, GatewayId)> {
-        let state = lock(&self.state);
-        let mut served: Vec<(u16, GatewayId)> = state
-            .ports
-            .iter()
-            .map(|(&port, served)| (port, served.owner))
-            .collect();
-        served.sort_by_key(|&(port, _)| port);
-        served
+    /// Closes every public port and withdraws every offer (at shutdown): the offered
+    /// connections end at once instead of waiting out the grace period of live relays.
+    pub fn close_all(&self) {
+        let mut state = lock(&self.state);
+        for served in state.ports.values() {
+            served.accepting.abort();
+        }
+        state.ports.clear();
+        state.gateways.clear();
     }
 }
 
@@ -402,8 +401,25 @@ pub async fn serve_claim(
                 relay_inbound(gateway, peer, handoff, &converter).await;
             }
         }
-        // It sends nothing before an inbound connection: this is its close or reset.
-        _ = gateway.readable() => debug!("{peer}: the gateway closed a connection on offer"),
+        () = until_closed(&gateway) => {
+            debug!("{peer}: the gateway closed a connection on offer");
+        }
+    }
+}
+
+/// Resolves once the gateway closes (or resets, or writes on) a connection on offer:
+/// it sends nothing before an inbound connection. An MPTCP socket also reports itself
+/// readable with nothing to read (seen during a download on other connections): that
+/// wake-up is not a close.
+async fn until_closed(gateway: &TcpStream) {
+    loop {
+        if gateway.readable().await.is_err() {
+            return;
+        }
+        match gateway.try_read(&mut [0u8; 1]) {
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => return,
+        }
     }
 }
 
@@ -484,8 +500,10 @@ async fn relay_inbound(
         mut client,
         peer,
         port,
-        ..
+        _slot: slot,
     } = handoff;
+    // Handed over: no longer among the connections waiting to be served.
+    drop(slot);
     converter.metrics.inbound.inc();
     let announced = async {
         let bytes = Inbound { port, client: peer }

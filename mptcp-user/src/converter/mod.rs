@@ -231,7 +231,13 @@ pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
             tokio::spawn(forward::release_absent_gateways(Arc::clone(&converter)));
         }
         info!("{READY} on {} (MPTCP)", config.listen);
-        serve(listener, converter, server::shutdown_signal()?).await;
+        let signal = server::shutdown_signal()?;
+        let closing = Arc::clone(&converter);
+        let shutdown = async move {
+            signal.await;
+            closing.forwards.close_all();
+        };
+        serve(listener, converter, shutdown).await;
         Ok(())
     })
 }

@@ -265,11 +265,12 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
             follow_lan_interfaces_until(&mut interception, signal).await;
             info!("shutting down: no new flows; live ones get a grace period");
             interception.stop_new_flows();
+            // No more warm connections, nor offers of inbound ones.
+            for task in &connections_ahead {
+                task.abort();
+            }
         };
         serve(listener, Arc::clone(&gateway), shutdown).await;
-        for task in connections_ahead {
-            task.abort();
-        }
         gateway.forwarding.remove_status();
         info!("detaching programs, removing routes and pins");
         drop(interception);

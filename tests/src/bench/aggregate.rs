@@ -20,6 +20,11 @@
 //! for the answer, over uplink 1 without the gateway, and through the gateway (whose
 //! first subflow also takes uplink 1).
 //!
+//! Inbound, the other way: the server host downloads from the LAN host, over each uplink
+//! alone (plain routing: a router's own port forward on that line) and through a port
+//! forward of the converter ([`crate::inbound`]); and the first byte of a fresh
+//! connection each way.
+//!
 //! Each is one flow for the same duration, one after the other on the same testbed;
 //! goodput is payload bytes over the whole flow, slow start included.
 
@@ -28,10 +33,10 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use anyhow::Context as _;
 
 use crate::{
-    carriers,
+    carriers, inbound,
     measure::{self, Download, Transport},
     median_by,
-    testbed::{CONVERTER, SERVER, Testbed, Uplink},
+    testbed::{CONVERTER, CONVERTER_TOWARD_SERVER, SERVER, Testbed, Uplink},
 };
 
 /// Port of the benchmark's sender on the server (through the gateway) and on the converter
@@ -41,6 +46,13 @@ const PORT: u16 = 5001;
 const FIRST_BYTE_PORT: u16 = 5002;
 /// Exchanges timed each way; the median is reported.
 const FIRST_BYTE_EXCHANGES: usize = 9;
+/// Port of the LAN host's sender for the inbound download, and the converter's public
+/// port forwarded to it.
+const INBOUND_PORT: u16 = 5003;
+/// The same for the inbound first-byte responder.
+const INBOUND_FIRST_BYTE_PORT: u16 = 5004;
+/// The LAN host's address.
+const LAN_HOST: &str = "192.168.50.2";
 
 /// The uplink sets the benchmark runs: clean delayed lines, a lossy LTE line, a
 /// satellite line, and zero-delay HTB veths.
@@ -85,6 +97,38 @@ pub struct RowResult {
     pub first_byte_direct: Duration,
     /// The same through gateway and converter (whose first subflow uses uplink 1).
     pub first_byte_gateway: Duration,
+    /// The other way: the server host downloading from the LAN host.
+    pub inbound: InboundResult,
+}
+
+/// What a row measured inbound (the server host downloads from the LAN host).
+#[derive(Clone, Debug)]
+pub struct InboundResult {
+    /// Goodput over each uplink alone, Mbit/s.
+    pub singles: Vec<f64>,
+    /// Through the converter's port forward.
+    pub gateway: Download,
+    /// Median connect-to-first-byte over uplink 1 without the gateway.
+    pub first_byte_direct: Duration,
+    /// The same through the port forward.
+    pub first_byte_gateway: Duration,
+}
+
+impl InboundResult {
+    /// Sum of the single-uplink goodputs.
+    pub fn sum_of_singles(&self) -> f64 {
+        self.singles.iter().sum()
+    }
+
+    /// The forward's goodput over the sum of the single uplinks.
+    pub fn share_of_sum(&self) -> f64 {
+        self.gateway.mbit_per_s() / self.sum_of_singles()
+    }
+
+    /// Whether the forward got at least the best single uplink's goodput.
+    pub fn at_least_best_single(&self) -> bool {
+        self.gateway.mbit_per_s() >= self.singles.iter().copied().fold(0.0, f64::max)
+    }
 }
 
 impl RowResult {
@@ -157,6 +201,14 @@ impl RowResult {
             "at_least_best_single": self.gateway.mbit_per_s() >= self.best_single(),
             "first_byte_direct_ms": self.first_byte_direct.as_secs_f64() * 1e3,
             "first_byte_gateway_ms": self.first_byte_gateway.as_secs_f64() * 1e3,
+            "inbound_single_mbit": self.inbound.singles,
+            "inbound_sum_of_singles_mbit": self.inbound.sum_of_singles(),
+            "inbound_gateway_mbit": self.inbound.gateway.mbit_per_s(),
+            "inbound_gateway_per_second_mbit": self.inbound.gateway.per_second_mbit(),
+            "inbound_share_of_sum": self.inbound.share_of_sum(),
+            "inbound_at_least_best_single": self.inbound.at_least_best_single(),
+            "first_byte_inbound_direct_ms": self.inbound.first_byte_direct.as_secs_f64() * 1e3,
+            "first_byte_inbound_gateway_ms": self.inbound.first_byte_gateway.as_secs_f64() * 1e3,
         })
     }
 }
@@ -183,10 +235,10 @@ pub struct Options {
     pub rounds: Option<usize>,
 }
 
-/// Runs one row: builds its testbed, measures each uplink alone, raw MPTCP,
+/// Runs one row: builds its testbed, measures each uplink alone (each way), raw MPTCP,
 /// shadowsocks, then the gateway (daemons started with `--congestion` and the extra
 /// arguments of `options`, logs in `dir`) and raw MPTCP tuned alike, in alternating
-/// rounds.
+/// rounds, and last the inbound flow through the converter's port forward.
 pub fn run_row(
     label: &str,
     uplinks: &[Uplink],
@@ -196,13 +248,7 @@ pub fn run_row(
 ) -> anyhow::Result<RowResult> {
     let (congestion, duration) = (options.congestion.as_str(), options.duration);
     let mut testbed = Testbed::new(label, uplinks)?;
-    for setting in &options.host_sysctls {
-        let (key, value) = setting
-            .split_once('=')
-            .with_context(|| format!("{setting:?} is not KEY=VALUE"))?;
-        testbed.gateway.sysctl(key, value)?;
-        testbed.converter.sysctl(key, value)?;
-    }
+    set_host_sysctls(&testbed, &options.host_sysctls)?;
     let server = SocketAddr::new(SERVER.parse()?, PORT);
     // The LAN host's download from the server, by whatever path the testbed gives it.
     let lan_download = |testbed: &Testbed| {
@@ -215,18 +261,31 @@ pub fn run_row(
             duration,
         )
     };
-    let mut singles = Vec::new();
-    for (index, uplink) in uplinks.iter().enumerate() {
-        progress(&format!("uplink {} alone ({uplink})", index + 1));
-        testbed.route_lan_via(index + 1)?;
-        singles.push(lan_download(&testbed)?.mbit_per_s());
-    }
-    testbed.route_lan_via(1)?;
+    // The server host's download from the LAN host at `address` (the LAN host's own,
+    // or the converter's public port forwarded to it).
+    let inbound_download = |testbed: &Testbed, address: SocketAddr| {
+        measure::download(
+            &testbed.server,
+            &testbed.client,
+            address,
+            Transport::Tcp,
+            Some(congestion),
+            duration,
+        )
+    };
+    let (singles, inbound_singles) =
+        measure_singles(&testbed, &lan_download, &inbound_download, progress)?;
     let first_byte_address = SocketAddr::new(server.ip(), FIRST_BYTE_PORT);
     let first_byte_direct = measure::time_to_first_byte(
         &testbed.client,
         &testbed.server,
         first_byte_address,
+        FIRST_BYTE_EXCHANGES,
+    )?;
+    let inbound_first_byte_direct = measure::time_to_first_byte(
+        &testbed.server,
+        &testbed.client,
+        lan_host(INBOUND_FIRST_BYTE_PORT),
         FIRST_BYTE_EXCHANGES,
     )?;
 
@@ -243,30 +302,9 @@ pub fn run_row(
     testbed.wait_uplinks_quiet()?;
     progress("raw MPTCP, gateway host <- converter host");
     let raw_mptcp = raw_download(&testbed)?;
+    let shadowsocks = measure_shadowsocks(&mut testbed, dir, congestion, &lan_download, progress)?;
 
-    testbed.wait_uplinks_quiet()?;
-    progress("shadowsocks over MPTCP: ss-redir + ss-server under mptcpize");
-    let shadowsocks = match carriers::start_shadowsocks(&mut testbed, dir, congestion) {
-        Ok(()) => {
-            let measured = with_cpu_time(&testbed, &["ss-redir", "ss-server"], lan_download)?;
-            testbed.check_running()?;
-            carriers::stop_shadowsocks(&mut testbed)?;
-            // Killed, they leave orphaned MPTCP connections retransmitting for a second
-            // or two: measured, they cost the next flow half its first second.
-            testbed.wait_uplinks_quiet()?;
-            Some(measured)
-        }
-        // shadowsocks takes the namespace's default algorithm, and a namespace may only
-        // default to one of net.ipv4.tcp_allowed_congestion_control.
-        Err(error) => {
-            progress(&format!("shadowsocks skipped: {error:#}"));
-            None
-        }
-    };
-
-    let mut args = vec!["--congestion", congestion];
-    args.extend(options.daemon_args.iter().map(String::as_str));
-    testbed.start_gateway_and_converter(dir, &args, &args)?;
+    start_daemons(&mut testbed, options, dir)?;
     let first_byte_gateway = measure::time_to_first_byte(
         &testbed.client,
         &testbed.server,
@@ -289,6 +327,10 @@ pub fn run_row(
         .context("no gateway round")?;
     let raw_mptcp_tuned =
         median_by(raw_tuned_rounds, Download::mbit_per_s).context("no raw MPTCP round")?;
+
+    let (inbound_first_byte_gateway, inbound_gateway) =
+        measure_forward(&testbed, &inbound_download, progress)?;
+    testbed.check_running()?;
     Ok(RowResult {
         uplinks: uplinks.iter().map(ToString::to_string).collect(),
         singles,
@@ -301,7 +343,118 @@ pub fn run_row(
         gateway_rounds_mbit,
         first_byte_direct,
         first_byte_gateway,
+        inbound: InboundResult {
+            singles: inbound_singles,
+            gateway: inbound_gateway,
+            first_byte_direct: inbound_first_byte_direct,
+            first_byte_gateway: inbound_first_byte_gateway,
+        },
     })
+}
+
+/// Each uplink alone, each way: the LAN host's download and the server host's download
+/// from the LAN host (plain routing over that uplink), Mbit/s.
+fn measure_singles(
+    testbed: &Testbed,
+    lan_download: &dyn Fn(&Testbed) -> anyhow::Result<Download>,
+    inbound_download: &dyn Fn(&Testbed, SocketAddr) -> anyhow::Result<Download>,
+    progress: &dyn Fn(&str),
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let (mut singles, mut inbound_singles) = (Vec::new(), Vec::new());
+    for (index, uplink) in testbed.uplinks.iter().enumerate() {
+        progress(&format!("uplink {} alone ({uplink}), each way", index + 1));
+        testbed.route_lan_via(index + 1)?;
+        singles.push(lan_download(testbed)?.mbit_per_s());
+        inbound_singles.push(inbound_download(testbed, lan_host(INBOUND_PORT))?.mbit_per_s());
+    }
+    testbed.route_lan_via(1)?;
+    Ok((singles, inbound_singles))
+}
+
+/// Through the converter's port forwards, once the gateway has them: the first byte of
+/// a fresh connection (the median) and the server host's download from the LAN host.
+fn measure_forward(
+    testbed: &Testbed,
+    inbound_download: &dyn Fn(&Testbed, SocketAddr) -> anyhow::Result<Download>,
+    progress: &dyn Fn(&str),
+) -> anyhow::Result<(Duration, Download)> {
+    let public =
+        |port: u16| SocketAddr::new(CONVERTER_TOWARD_SERVER.parse().expect("an address"), port);
+    for port in [INBOUND_PORT, INBOUND_FIRST_BYTE_PORT] {
+        inbound::wait_forward(testbed, port, "served", Duration::from_secs(15))?;
+    }
+    let first_byte = measure::time_to_first_byte(
+        &testbed.server,
+        &testbed.client,
+        public(INBOUND_FIRST_BYTE_PORT),
+        FIRST_BYTE_EXCHANGES,
+    )?;
+    testbed.wait_uplinks_quiet()?;
+    progress("inbound, through the converter's port forward");
+    let download = inbound_download(testbed, public(INBOUND_PORT))?;
+    Ok((first_byte, download))
+}
+
+/// Sets each `KEY=VALUE` of `settings` on the gateway and converter hosts.
+fn set_host_sysctls(testbed: &Testbed, settings: &[String]) -> anyhow::Result<()> {
+    for setting in settings {
+        let (key, value) = setting
+            .split_once('=')
+            .with_context(|| format!("{setting:?} is not KEY=VALUE"))?;
+        testbed.gateway.sysctl(key, value)?;
+        testbed.converter.sysctl(key, value)?;
+    }
+    Ok(())
+}
+
+/// The LAN host's `port`.
+fn lan_host(port: u16) -> SocketAddr {
+    SocketAddr::new(LAN_HOST.parse().expect("an address"), port)
+}
+
+/// The LAN host's download through shadowsocks over MPTCP, with the CPU seconds
+/// ss-redir and ss-server used; `None` when it cannot run with `congestion`.
+fn measure_shadowsocks(
+    testbed: &mut Testbed,
+    dir: &Path,
+    congestion: &str,
+    lan_download: &dyn Fn(&Testbed) -> anyhow::Result<Download>,
+    progress: &dyn Fn(&str),
+) -> anyhow::Result<Option<WithCpu>> {
+    testbed.wait_uplinks_quiet()?;
+    progress("shadowsocks over MPTCP: ss-redir + ss-server under mptcpize");
+    match carriers::start_shadowsocks(testbed, dir, congestion) {
+        Ok(()) => {
+            let measured = with_cpu_time(testbed, &["ss-redir", "ss-server"], lan_download)?;
+            testbed.check_running()?;
+            carriers::stop_shadowsocks(testbed)?;
+            // Killed, they leave orphaned MPTCP connections retransmitting for a second
+            // or two: measured, they cost the next flow half its first second.
+            testbed.wait_uplinks_quiet()?;
+            Ok(Some(measured))
+        }
+        // shadowsocks takes the namespace's default algorithm, and a namespace may only
+        // default to one of net.ipv4.tcp_allowed_congestion_control.
+        Err(error) => {
+            progress(&format!("shadowsocks skipped: {error:#}"));
+            Ok(None)
+        }
+    }
+}
+
+/// Starts the converter and the gateway with `--congestion` and the extra arguments of
+/// `options`, and the port forwards of the inbound measurements.
+fn start_daemons(testbed: &mut Testbed, options: &Options, dir: &Path) -> anyhow::Result<()> {
+    let mut args = vec!["--congestion", options.congestion.as_str()];
+    args.extend(options.daemon_args.iter().map(String::as_str));
+    let forwards =
+        [INBOUND_PORT, INBOUND_FIRST_BYTE_PORT].map(|port| format!("{port}={LAN_HOST}:{port}"));
+    let mut gateway_args = args.clone();
+    gateway_args.extend(forwards.iter().flat_map(|forward| ["--forward", forward]));
+    let forward_ports = format!("{INBOUND_PORT}-{INBOUND_FIRST_BYTE_PORT}");
+    let mut converter_args = args;
+    converter_args.extend(["--forward-ports", &forward_ports]);
+    testbed.start_gateway_and_converter(dir, &gateway_args, &converter_args)
 }
 
 /// A flow and the CPU seconds its daemons used.

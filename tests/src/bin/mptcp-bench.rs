@@ -239,7 +239,8 @@ fn run_aggregate(
             options,
             dir.path(),
             &|step| println!("  row {number}: {step}"),
-        )?;
+        )
+        .inspect_err(|_| print_daemon_logs(dir.path()))?;
         print_row(number, &result);
         results.push(result.to_json());
     }
@@ -252,6 +253,18 @@ fn run_aggregate(
         "rows": results,
     });
     write_json(out, &format!("aggregate-{congestion}"), &json)
+}
+
+/// The last lines of the daemons' logs in `dir`, for a row that failed.
+fn print_daemon_logs(dir: &std::path::Path) {
+    for daemon in ["gateway", "converter"] {
+        let log = mptcp_tests::testbed::daemon_log(dir, daemon);
+        let lines: Vec<&str> = log.lines().collect();
+        println!("--- the {daemon}'s last log lines:");
+        for line in &lines[lines.len().saturating_sub(40)..] {
+            println!("{line}");
+        }
+    }
 }
 
 fn print_row(number: usize, result: &aggregate::RowResult) {
@@ -325,6 +338,7 @@ fn print_row(number: usize, result: &aggregate::RowResult) {
         result.first_byte_direct.as_secs_f64() * 1e3,
         result.first_byte_gateway.as_secs_f64() * 1e3
     );
+    print_inbound(&result.inbound);
     let ratio = |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
     println!(
         "  CPU: daemons {:.2} s, shadowsocks {}; per byte, gateway / shadowsocks {}",
@@ -347,6 +361,33 @@ fn print_row(number: usize, result: &aggregate::RowResult) {
         } else {
             "NO"
         }
+    );
+}
+
+/// The inbound lines of a row: the server host downloading from the LAN host.
+fn print_inbound(inbound: &aggregate::InboundResult) {
+    let singles: Vec<String> = inbound
+        .singles
+        .iter()
+        .map(|single| format!("{single:.2}"))
+        .collect();
+    println!(
+        "  inbound: uplinks alone {} (sum {:.2}), through the port forward {:.2} Mbit/s: \
+         forward / sum {:.3}, >= best single: {}",
+        singles.join(" + "),
+        inbound.sum_of_singles(),
+        inbound.gateway.mbit_per_s(),
+        inbound.share_of_sum(),
+        if inbound.at_least_best_single() {
+            "yes"
+        } else {
+            "NO"
+        }
+    );
+    println!(
+        "  inbound first byte: direct over uplink 1 {:.1} ms, through the port forward {:.1} ms",
+        inbound.first_byte_direct.as_secs_f64() * 1e3,
+        inbound.first_byte_gateway.as_secs_f64() * 1e3
     );
 }
 

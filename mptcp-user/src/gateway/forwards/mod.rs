@@ -26,7 +26,11 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
-use tokio::{io::AsyncWriteExt as _, task::JoinSet, time::Instant};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    task::JoinSet,
+    time::Instant,
+};
 
 use super::{Gateway, upstream};
 use crate::{
@@ -295,9 +299,12 @@ async fn try_offer(gateway: &Arc<Gateway>, converter: SocketAddr) -> anyhow::Res
     };
     let mut stream = upstream::connect_converter(converter, true, &attempts, configure).await?;
     let claim = forwarding.claim(key)?.to_message().encode()?;
-    let answer = tokio::time::timeout(upstream::CONVERTER_TIMEOUT, async {
+    // What came after the answer is kept: the converter may hand this connection an
+    // inbound flow the moment it has answered, and its Inbound TLV then arrives with
+    // the answer.
+    let (answer, after_answer) = tokio::time::timeout(upstream::CONVERTER_TIMEOUT, async {
         stream.write_all(&claim).await?;
-        anyhow::Ok(wire::read_message(&mut stream).await?.0)
+        anyhow::Ok(wire::read_message(&mut stream).await?)
     })
     .await
     .map_err(|_| anyhow!("no answer within {:?}", upstream::CONVERTER_TIMEOUT))??;
@@ -333,10 +340,13 @@ async fn try_offer(gateway: &Arc<Gateway>, converter: SocketAddr) -> anyhow::Res
     } else {
         Duration::MAX
     };
-    let Ok(read) = tokio::time::timeout(patience, wire::read_message(&mut stream)).await else {
+    let mut reader = after_answer.as_slice().chain(&mut stream);
+    let Ok(read) = tokio::time::timeout(patience, wire::read_message(&mut reader)).await else {
         return Ok(Offered::Handed);
     };
-    let (message, early) = read?;
+    let (message, mut early) = read?;
+    let (unread, _) = reader.into_inner();
+    early.extend_from_slice(unread);
     let inbound = Inbound::from_message(&message)
         .ok_or_else(|| anyhow!("the converter sent no Inbound TLV on a connection on offer"))?;
     tokio::spawn(inbound::serve(Arc::clone(gateway), stream, inbound, early));
