@@ -3,7 +3,8 @@
 //! household router: the far side has no route to the LAN), over DSL- and LTE-like
 //! lines. The download must be whole, faster than the best line alone, survive a line
 //! going silent, and the LAN server must see the outside client's address; ports not
-//! forwarded, forged claims and a second gateway's claim are refused.
+//! forwarded, forged claims and a second gateway's claim are refused, and a gateway's
+//! older connections on offer are retired by the converter.
 
 use std::{
     io::{ErrorKind, Read as _, Write as _},
@@ -25,7 +26,7 @@ use mptcp_tests::{
 use mptcp_user::protocol::{
     codec::{self, ErrorCode, Message, Tlv},
     cookie::{KEY_LEN, Key, Subject, unix_now},
-    forward::{Claim, GatewayId, PortStatus, statuses},
+    forward::{Claim, GatewayId, OFFERS_KEPT, PortStatus, statuses},
 };
 
 /// DSL and LTE: the best line alone is the first.
@@ -262,6 +263,17 @@ fn claim_from_outside(forwarding: &Forwarding, claim: &Claim) -> (TcpStream, Mes
     })
 }
 
+/// What a read on `stream` returns within `timeout` (`Some(0)`: closed); `None` if it
+/// is still open and silent.
+fn read_within(mut stream: &TcpStream, timeout: Duration) -> Option<usize> {
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    match stream.read(&mut [0u8; 64]) {
+        Ok(read) => Some(read),
+        Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+        Err(error) => panic!("{error}"),
+    }
+}
+
 /// A claim of `ports` by gateway `id`, signed with `key`.
 fn signed_claim(key: &Key, id: u8, ports: Vec<u16>) -> Claim {
     let mut claim = Claim {
@@ -341,8 +353,28 @@ fn forged_claims_ports_not_allowed_and_a_second_gateway_are_refused() {
     // Ours still serves its port.
     forwarding.fetch("small", Duration::from_secs(10));
 
+    // The other gateway replaces its connection by offering new ones: beyond what a
+    // converter keeps, it closes the oldest idle one, which no inbound connection can be
+    // taking then; the newer ones stay open.
+    let newer: Vec<TcpStream> = (0..OFFERS_KEPT)
+        .map(|_| {
+            let (stream, answer) =
+                claim_from_outside(&forwarding, &signed_claim(&key, 0xee, vec![taken]));
+            assert_eq!(statuses(&answer), Some(vec![(taken, PortStatus::Served)]));
+            stream
+        })
+        .collect();
+    assert_eq!(
+        read_within(&held, Duration::from_secs(5)),
+        Some(0),
+        "not closed"
+    );
+    for stream in &newer {
+        assert_eq!(read_within(stream, Duration::from_millis(200)), None);
+    }
+
     // Once the other gateway is gone (and its grace is over), ours gets the port.
-    drop(held);
+    drop((held, newer));
     forwarding.wait_forward(taken, "served");
     let output = forwarding.household.dir.path().join("fetched-taken");
     let url = format!("http://{CONVERTER_TOWARD_SERVER}:{taken}/small?from-the-gateway");

@@ -13,6 +13,12 @@ use std::net::SocketAddr;
 
 use super::codec::{Message, RequestError, Tlv};
 
+/// Connections on offer a converter keeps per gateway: a newer one retires the oldest
+/// idle one, which the converter closes. A gateway replaces its connections by offering
+/// new ones and never closes an idle one itself: the converter may be handing it an
+/// inbound connection that very moment, whose client would then get nothing.
+pub const OFFERS_KEPT: usize = 4;
+
 /// A gateway's identifier: random, kept in its state directory, so that the converter
 /// tells two gateways that share a key apart and gives a port to the first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -2,10 +2,10 @@
 //! over MPTCP connections the gateway dialed out (so carrier-grade NAT on every uplink
 //! does not matter), with subflows on every uplink like any flow's.
 //!
-//! The gateway keeps [`OFFERED`] connections on offer at the active converter, each
-//! claiming every forwarded port ([`crate::protocol::forward`]). When the converter
-//! hands one an inbound connection, a new one takes its place at once, and the handed
-//! one carries the flow to the LAN host ([`inbound`]). The converter's answers (served,
+//! The gateway keeps [`forward::OFFERS_KEPT`] connections on offer at the active
+//! converter, each claiming every forwarded port ([`crate::protocol::forward`]). When
+//! the converter hands one an inbound connection, a new one takes its place at once,
+//! and the handed one carries the flow to the LAN host ([`inbound`]). The converter's answers (served,
 //! or why not) go to the log when they change and to a status file that
 //! `mptcp-user flows` shows.
 //!
@@ -16,7 +16,7 @@ pub mod config;
 pub mod inbound;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -47,17 +47,13 @@ use crate::{
 pub use config::{ForwardConfig, Source};
 use mptcp_ebpf_common::flows::WARM_FLOW;
 
-/// Connections kept on offer at the converter: as many inbound connections as this can
-/// start within one round trip; the converter holds more a moment while they are
-/// replaced.
-pub const OFFERED: usize = 4;
 /// How long to wait before offering again after the converter refused every port (a
 /// port another gateway holds may come free).
 const REFUSED_BACKOFF: Duration = Duration::from_secs(5);
 /// How long to wait after a connection failed.
 const FAILED_BACKOFF: Duration = Duration::from_secs(1);
-/// While the converter refuses some port (another gateway holds it), each connection
-/// on offer is replaced after this long, so that the claim is made again and the port
+/// While the converter refuses some port (another gateway holds it), the connections
+/// on offer are replaced after this long, so that the claim is made again and the port
 /// is won once the other gateway is gone.
 const RECLAIM_AFTER: Duration = Duration::from_secs(10);
 
@@ -173,6 +169,13 @@ impl Forwarding {
         }
     }
 
+    /// Whether the converter serves every forwarded port.
+    fn all_served(&self) -> bool {
+        lock(&self.statuses)
+            .values()
+            .all(|status| status.state == "served")
+    }
+
     fn write_status(&self) {
         let statuses: Vec<ForwardStatus> = lock(&self.statuses).values().cloned().collect();
         if let Err(error) = sys::write_json_replacing(&self.status_file, &statuses) {
@@ -219,47 +222,115 @@ pub fn configured(config: &super::GatewayConfig) -> anyhow::Result<Forwarding> {
 
 /// What became of a connection offered to the converter.
 enum Offered {
-    /// It carries an inbound flow now, or it was retired to claim again: another takes
-    /// its place at once.
+    /// It carries an inbound flow now: another takes its place at once.
     Handed,
     /// The converter refused every port.
     Refused,
-    /// It failed (no answer, closed, reset).
+    /// It failed (no answer, closed, reset), or the converter retired it.
     Failed,
 }
 
-/// Keeps [`OFFERED`] connections on offer at the active converter, for the daemon's
-/// life; follows a change of converter, and waits while none is reachable.
+/// The connections on offer: those of the current generation (made since the last
+/// replacement) and older ones the converter has not retired yet.
+struct Offers {
+    tasks: JoinSet<Offered>,
+    /// The generation of each task, by its id.
+    generations: HashMap<tokio::task::Id, u64>,
+    generation: u64,
+    since: Instant,
+}
+
+impl Offers {
+    fn new() -> Self {
+        Self {
+            tasks: JoinSet::new(),
+            generations: HashMap::new(),
+            generation: 0,
+            since: Instant::now(),
+        }
+    }
+
+    /// Connections of the current generation still open.
+    fn fresh(&self) -> usize {
+        self.generations
+            .values()
+            .filter(|&&generation| generation == self.generation)
+            .count()
+    }
+
+    fn spawn(&mut self, offering: impl Future<Output = Offered> + Send + 'static) {
+        let id = self.tasks.spawn(offering).id();
+        self.generations.insert(id, self.generation);
+    }
+
+    /// Starts a new generation: the older connections stay open until the converter
+    /// retires them, as the new ones arrive ([`forward::OFFERS_KEPT`]).
+    fn replace(&mut self) {
+        self.generation += 1;
+        self.since = Instant::now();
+    }
+
+    /// Closes every connection (they were offered to another converter).
+    fn abort_all(&mut self) {
+        self.tasks.abort_all();
+        self.replace();
+    }
+
+    /// What became of the next connection of the current generation to end; `None`
+    /// once there is no connection at all. Cancel-safe.
+    async fn next_fresh(&mut self) -> Option<Offered> {
+        loop {
+            let (id, finished) = match self.tasks.join_next_with_id().await? {
+                Ok((id, offered)) => (id, Some(offered)),
+                Err(error) => (error.id(), None),
+            };
+            if self.generations.remove(&id) == Some(self.generation)
+                && let Some(offered) = finished
+            {
+                return Some(offered);
+            }
+        }
+    }
+}
+
+/// Keeps [`forward::OFFERS_KEPT`] connections on offer at the active converter, for
+/// the daemon's life; follows a change of converter, and waits while none is reachable.
 ///
 /// When an uplink stops or starts reaching the converter, the connections on offer are
 /// replaced: an old one keeps a subflow on a line that died silently, which the
 /// converter may send an inbound flow's first bytes on and wait a retransmission
 /// timeout (0.7 s measured), and one made while a line was down has no subflow on it.
+/// They are replaced too every [`RECLAIM_AFTER`] while the converter refuses a port, so
+/// that the claim is made again.
 pub async fn serve(gateway: Arc<Gateway>) {
-    let mut offers = JoinSet::new();
+    let mut offers = Offers::new();
     let mut current = (None, BTreeSet::new());
     let mut retry_at = Instant::now();
     loop {
         let now = (gateway.converters.active(), working_uplinks(&gateway));
-        if now != current {
+        if now.0 != current.0 {
             offers.abort_all();
-            current = now;
+        } else if now != current
+            || (!gateway.forwarding.all_served() && offers.since.elapsed() >= RECLAIM_AFTER)
+        {
+            offers.replace();
         }
+        current = now;
         if let Some(converter) = current.0
             && Instant::now() >= retry_at
         {
-            while offers.len() < OFFERED {
+            for _ in offers.fresh()..forward::OFFERS_KEPT {
                 offers.spawn(offer(Arc::clone(&gateway), converter));
             }
         }
         let finished = tokio::select! {
-            Some(finished) = offers.join_next() => finished,
+            Some(finished) = offers.next_fresh() => finished,
             () = tokio::time::sleep(Duration::from_millis(250)) => continue,
         };
         match finished {
-            Ok(Offered::Handed) | Err(_) => {}
-            Ok(Offered::Refused) => retry_at = Instant::now() + REFUSED_BACKOFF,
-            Ok(Offered::Failed) => retry_at = retry_at.max(Instant::now() + FAILED_BACKOFF),
+            Offered::Handed => {}
+            Offered::Refused => retry_at = Instant::now() + REFUSED_BACKOFF,
+            Offered::Failed => retry_at = retry_at.max(Instant::now() + FAILED_BACKOFF),
         }
     }
 }
@@ -326,25 +397,16 @@ async fn try_offer(gateway: &Arc<Gateway>, converter: SocketAddr) -> anyhow::Res
                 |(_, status)| status.describe(),
             )
     });
-    let served = statuses
+    if !statuses
         .iter()
-        .filter(|&&(_, status)| status == PortStatus::Served)
-        .count();
-    if served == 0 {
+        .any(|&(_, status)| status == PortStatus::Served)
+    {
         return Ok(Offered::Refused);
     }
     // A converter that died while this waited is noticed by the keepalive.
     socket::detect_dead_peer(&stream, gateway.timeouts.dead_path)?;
-    let patience = if served < statuses.len() {
-        RECLAIM_AFTER
-    } else {
-        Duration::MAX
-    };
     let mut reader = after_answer.as_slice().chain(&mut stream);
-    let Ok(read) = tokio::time::timeout(patience, wire::read_message(&mut reader)).await else {
-        return Ok(Offered::Handed);
-    };
-    let (message, mut early) = read?;
+    let (message, mut early) = wire::read_message(&mut reader).await?;
     let (unread, _) = reader.into_inner();
     early.extend_from_slice(unread);
     let inbound = Inbound::from_message(&message)
