@@ -192,31 +192,14 @@ fn a_lan_server_is_reached_from_outside_with_the_sum_of_the_lines_and_the_client
     assert!(started.elapsed() < Duration::from_secs(1));
 }
 
-/// Waits (20 s at most) for an inbound flow listed with a subflow on every line, each
-/// having sent bytes.
+/// Waits (20 s at most) for the inbound flow to the LAN web server, listed with a
+/// subflow on every line, each having sent bytes.
 fn wait_for_inbound_flow_on_every_line(forwarding: &Forwarding) -> serde_json::Value {
-    let testbed = &forwarding.household.testbed;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let flows = testbed.flows();
-        let busy = flows.iter().find(|flow| {
-            flow["direction"] == "in"
-                && flow["subflows"].as_array().is_some_and(|subflows| {
-                    subflows.len() >= LINES.len()
-                        && subflows
-                            .iter()
-                            .all(|subflow| subflow["bytes_up"].as_u64() > Some(0))
-                })
-        });
-        if let Some(flow) = busy {
-            return flow.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no inbound flow sending on every line: {flows:#?}"
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+    forwarding
+        .household
+        .testbed
+        .wait_for_flow_on_every_uplink(LAN_WEB, Duration::from_secs(20))
+        .unwrap()
 }
 
 #[test]

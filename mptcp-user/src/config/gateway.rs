@@ -188,7 +188,7 @@ impl GatewayOptions {
             }
         };
         uplinks::check_unique(&self.uplinks)?;
-        forwards::config::check_unique(&self.forwards)?;
+        forwards::config::check_all(&self.forwards)?;
         if !self.forwards.is_empty() && matches!(upstream, UpstreamConfig::Direct) {
             bail!("port forwards come through a converter: direct mode has none");
         }

@@ -35,7 +35,7 @@ use super::{Converter, admission::PendingSlot};
 use crate::{
     limited, lock,
     log_limit::LogLimit,
-    net::{relay, socket},
+    net::{relay, server, socket},
     protocol::{
         codec::ErrorCode,
         forward::{self, Claim, GatewayId, Inbound, OFFERS_KEPT, PortStatus},
@@ -122,6 +122,8 @@ pub struct Handoff {
     client: TcpStream,
     peer: SocketAddr,
     port: u16,
+    /// The client's first bytes, to go with the Inbound TLV.
+    early: Vec<u8>,
     /// Its share of the budget of unauthenticated connections, until handed over.
     _slot: PendingSlot,
 }
@@ -207,6 +209,8 @@ impl Forwards {
     ) -> Vec<(u16, PortStatus)> {
         let now = Instant::now();
         let mut state = lock(&self.state);
+        // Known from now on: the ports it gets stay its own for the grace period even
+        // if its connection on offer never comes.
         state.gateways.entry(gateway).or_default().present(now);
         let mut statuses = Vec::new();
         for &port in ports {
@@ -286,7 +290,9 @@ impl Forwards {
         let Some(owner) = state.ports.get(&handoff.port).map(|served| served.owner) else {
             return Handed::PortClosed(handoff);
         };
-        let offers = state.gateways.entry(owner).or_default();
+        let Some(offers) = state.gateways.get_mut(&owner) else {
+            return Handed::NoneFree(handoff);
+        };
         while let Some(offer) = offers.idle.pop_front() {
             match offer.send(handoff) {
                 Ok(()) => return Handed::Done,
@@ -349,7 +355,8 @@ pub async fn release_absent_gateways(converter: Arc<Converter>) {
 
 /// Serves an authenticated gateway's `claim` on `gateway` (its connection): answers
 /// each port's status and, if it got any, keeps the connection on offer until an
-/// inbound connection comes for it (then relays it) or the gateway closes it.
+/// inbound connection comes for it (then relays it), the gateway closes it, or a newer
+/// one of the gateway's retires it.
 pub async fn serve_claim(
     mut gateway: TcpStream,
     peer: SocketAddr,
@@ -385,17 +392,22 @@ pub async fn serve_claim(
         let _ = gateway.shutdown().await;
         return;
     }
-    let (offer, handed) = oneshot::channel();
+    let (offer, mut handed) = oneshot::channel();
     converter.forwards.offer(claim.gateway, offer);
     // A gateway that died while its connection waited is noticed by the keepalive.
     let _ = socket::detect_dead_peer(&gateway, converter.timeouts.dead_path);
     tokio::select! {
-        handed = handed => match handed {
+        handed = &mut handed => match handed {
             Ok(handoff) => relay_inbound(gateway, peer, handoff, &converter).await,
             Err(_) => debug!("{peer}: retired, the gateway offers newer connections"),
         },
         () = until_closed(&gateway) => {
             debug!("{peer}: the gateway closed a connection on offer");
+            // An inbound connection handed to it meanwhile goes to another one.
+            handed.close();
+            if let Ok(handoff) = handed.try_recv() {
+                tokio::spawn(hand_over(handoff, converter));
+            }
         }
     }
 }
@@ -425,29 +437,48 @@ fn describe(statuses: &[(u16, PortStatus)]) -> String {
         .join(", ")
 }
 
-/// Accepts inbound connections on a public port, for as long as it is served.
+/// Accepts inbound connections on a public port, for as long as it is served (the
+/// task is aborted when it no longer is).
 async fn accept_inbound(listener: TcpListener, port: u16, converter: Arc<Converter>) {
-    loop {
-        let (client, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                warn!("public port {port}: accept failed: {error}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    server::accept_until(listener, std::future::pending(), |client, peer, tasks| {
         // The budget of connections not yet relayed applies to strangers here too.
-        let Some(slot) = converter.pending.admit(peer.ip()) else {
-            continue;
-        };
-        let handoff = Handoff {
-            client,
-            peer,
-            port,
-            _slot: slot,
-        };
-        tokio::spawn(hand_over(handoff, Arc::clone(&converter)));
-    }
+        if let Some(slot) = converter.pending.admit(peer.ip()) {
+            tasks.spawn(admit_inbound(
+                client,
+                peer,
+                port,
+                slot,
+                Arc::clone(&converter),
+            ));
+        }
+    })
+    .await;
+}
+
+/// Reads an inbound connection's first bytes, then hands it to its gateway. A client
+/// that resets meanwhile takes none of the gateway's connections.
+async fn admit_inbound(
+    client: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    slot: PendingSlot,
+    converter: Arc<Converter>,
+) {
+    let early = match client_first_bytes(&client).await {
+        Ok(early) => early,
+        Err(error) => {
+            debug!("{peer} -> public port {port}: {error}");
+            return;
+        }
+    };
+    let handoff = Handoff {
+        client,
+        peer,
+        port,
+        early,
+        _slot: slot,
+    };
+    hand_over(handoff, converter).await;
 }
 
 /// Hands an inbound connection to its gateway, waiting a little for a free
@@ -516,32 +547,31 @@ async fn relay_inbound(
         mut client,
         peer,
         port,
+        early,
         _slot: slot,
     } = handoff;
     // Handed over: no longer among the connections waiting to be served.
     drop(slot);
-    converter.metrics.inbound.inc();
     let announced = async {
         let mut first_segment = Inbound { port, client: peer }
             .to_message()
             .encode()
             .map_err(std::io::Error::other)?;
-        let early = client_first_bytes(&client).await?;
         first_segment.extend_from_slice(&early);
-        gateway.write_all(&first_segment).await?;
-        converter
-            .metrics
-            .relayed
-            .down
-            .copied
-            .inc_by(early.len() as u64);
-        std::io::Result::Ok(())
+        gateway.write_all(&first_segment).await
     };
     if let Err(error) = announced.await {
         info!("{peer} -> public port {port}: the gateway {gateway_peer} is gone: {error}");
         socket::reset_on_close(&client);
         return;
     }
+    converter.metrics.inbound.inc();
+    converter
+        .metrics
+        .relayed
+        .down
+        .copied
+        .inc_by(early.len() as u64);
     debug!("{peer} -> public port {port}: handed to the gateway at {gateway_peer}");
     let _counted = converter.metrics.relay_started();
     match relay::relay(

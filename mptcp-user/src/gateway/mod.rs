@@ -170,8 +170,9 @@ impl Gateway {
         tasks
     }
 
-    /// Opens a warm connection to `converter` as a flow's would be opened, for the pool.
-    async fn connect_warm(&self, converter: SocketAddr) -> std::io::Result<TcpStream> {
+    /// Opens a warm connection to `converter` as a flow's would be opened, for the pool
+    /// and the port forwards' connections on offer.
+    pub(crate) async fn connect_warm(&self, converter: SocketAddr) -> std::io::Result<TcpStream> {
         let attempts = self.uplinks.attempts();
         // Labelled "warm" now, so that sock_ops records its subflows as they come up,
         // and the flow that takes it later shows them.
@@ -413,12 +414,6 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
         debug!("{peer} -> {destination}: {error}");
         return;
     }
-    gateway
-        .metrics
-        .relayed
-        .down
-        .copied
-        .inc_by(server_early.len() as u64);
     relay_flow(
         &mut lan,
         &mut upstream,
@@ -433,7 +428,7 @@ async fn handle(mut lan: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
 /// Relays a flow between its LAN connection and its MPTCP connection until both
 /// sides are done, or until no uplink has reached the converter that carries it for
 /// the dead-path timeout (then both are reset). `ends` name the flow in the log;
-/// `early_down` bytes reached the LAN before.
+/// `early_down` bytes reached the LAN before (counted here).
 async fn relay_flow(
     lan: &mut TcpStream,
     upstream: &mut TcpStream,
@@ -442,6 +437,12 @@ async fn relay_flow(
     (peer, destination): (SocketAddr, SocketAddr),
     early_down: usize,
 ) {
+    gateway
+        .metrics
+        .relayed
+        .down
+        .copied
+        .inc_by(early_down as u64);
     // Only a flow carried through a converter depends on the uplinks reaching it.
     let converter_lost = async {
         match carried {

@@ -475,7 +475,7 @@ fn decode_tlv(message: &[u8], offset: usize) -> Result<(Tlv, usize), DecodeError
                 .ok_or(bad)?;
             Tlv::ForwardClaim {
                 gateway,
-                ports: tlv[FORWARD_CLAIM_MIN_LEN.min(tlv.len())..]
+                ports: tlv[FORWARD_CLAIM_MIN_LEN..]
                     .chunks_exact(2)
                     .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
                     .filter(|&port| port != 0)
@@ -575,6 +575,9 @@ pub enum RequestError {
     /// Error).
     #[error("a {0} TLV in a request")]
     NotARequestTlv(&'static str),
+    /// A Forward Claim of more ports than the answer has room for.
+    #[error("a claim of {0} ports, more than {max}", max = super::forward::MAX_PORTS)]
+    TooManyPorts(usize),
 }
 
 impl RequestError {
@@ -583,9 +586,11 @@ impl RequestError {
         match self {
             Self::UnsupportedTcpOptions(_) => ErrorCode::UnsupportedTcpOption,
             Self::NotARequestTlv(_) => ErrorCode::UnsupportedMessage,
-            Self::NoConnect | Self::InfoOnly | Self::Repeated(_) | Self::BadTcpOptions => {
-                ErrorCode::MalformedMessage
-            }
+            Self::NoConnect
+            | Self::InfoOnly
+            | Self::Repeated(_)
+            | Self::BadTcpOptions
+            | Self::TooManyPorts(_) => ErrorCode::MalformedMessage,
         }
     }
 }

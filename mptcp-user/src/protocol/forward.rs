@@ -15,9 +15,13 @@ use super::codec::{Message, RequestError, Tlv};
 
 /// Connections on offer a converter keeps per gateway: a newer one retires the oldest
 /// idle one, which the converter closes. A gateway replaces its connections by offering
-/// new ones and never closes an idle one itself: the converter may be handing it an
-/// inbound connection that very moment, whose client would then get nothing.
+/// new ones, not by closing idle ones itself (only when it moves to another converter,
+/// or stops): the converter may be handing it an inbound connection that very moment,
+/// whose client would then get nothing.
 pub const OFFERS_KEPT: usize = 4;
+/// Most ports one gateway may claim: the converter's answer, 4 bytes a port, fits in
+/// one message with room to spare.
+pub const MAX_PORTS: usize = 64;
 
 /// A gateway's identifier: random, kept in its state directory, so that the converter
 /// tells two gateways that share a key apart and gives a port to the first.
@@ -86,6 +90,9 @@ impl Claim {
             }
         }
         let (gateway, ports) = claim?;
+        if ports.len() > MAX_PORTS {
+            return Some(Err(RequestError::TooManyPorts(ports.len())));
+        }
         if let Some(other) = message
             .tlvs
             .iter()
@@ -148,6 +155,12 @@ impl PortStatus {
             Self::Unavailable => "refused: the converter cannot listen on this port".to_owned(),
             Self::Other(number) => format!("refused (status {number})"),
         }
+    }
+
+    /// Whether claiming the port again may get it: another gateway or program may let
+    /// it go. The converter's `forward-ports` change only with its restart.
+    pub fn may_change(self) -> bool {
+        matches!(self, Self::Taken | Self::Unavailable)
     }
 }
 
@@ -243,6 +256,30 @@ mod tests {
             cookie: None,
         };
         assert_eq!(Claim::from_message(&request.to_message()), None);
+    }
+
+    #[test]
+    fn a_claim_of_more_ports_than_an_answer_holds_is_refused() {
+        let claim = |count: u16| Claim {
+            gateway: GatewayId([1; 16]),
+            ports: (1..=count).collect(),
+            cookie: None,
+        };
+        let most = u16::try_from(MAX_PORTS).unwrap();
+        let (message, _) = Message::decode(&claim(most).to_message().encode().unwrap()).unwrap();
+        let accepted = Claim::from_message(&message).unwrap().unwrap();
+        let answer: Vec<_> = accepted
+            .ports
+            .iter()
+            .map(|&port| (port, PortStatus::Unavailable))
+            .collect();
+        assert!(status_message(&answer).encode().is_ok());
+        let (message, _) =
+            Message::decode(&claim(most + 1).to_message().encode().unwrap()).unwrap();
+        assert_eq!(
+            Claim::from_message(&message),
+            Some(Err(RequestError::TooManyPorts(MAX_PORTS + 1)))
+        );
     }
 
     #[test]

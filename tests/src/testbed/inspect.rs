@@ -60,8 +60,9 @@ impl Testbed {
     }
 
     /// Waits (at most `timeout`) until the gateway lists a live flow to `destination`
-    /// (`address:port`) with a subflow over every uplink, each having carried bytes
-    /// down: the flow is under way on all of them. Returns that flow's listing.
+    /// (`address:port`) with a subflow over every uplink, each having carried bytes from
+    /// the flow's server (down for a LAN host's flow, up for an inbound one to a LAN
+    /// server): the flow is under way on all of them. Returns that flow's listing.
     pub fn wait_for_flow_on_every_uplink(
         &self,
         destination: &str,
@@ -71,12 +72,17 @@ impl Testbed {
         loop {
             let flows = self.flows();
             let busy = flows.iter().find(|flow| {
+                let from_server = if flow["direction"] == "in" {
+                    "bytes_up"
+                } else {
+                    "bytes_down"
+                };
                 flow["destination"] == destination
                     && flow["subflows"].as_array().is_some_and(|subflows| {
                         subflows.len() >= self.uplinks.len()
                             && subflows
                                 .iter()
-                                .all(|subflow| subflow["bytes_down"].as_u64() > Some(0))
+                                .all(|subflow| subflow[from_server].as_u64() > Some(0))
                     })
             });
             if let Some(flow) = busy {

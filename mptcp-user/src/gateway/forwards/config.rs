@@ -6,7 +6,10 @@ use anyhow::{Context as _, bail};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::net::addr::{self, parse_prefix};
+use crate::{
+    net::addr::{self, parse_prefix},
+    protocol::forward::MAX_PORTS,
+};
 
 /// One port forward: connections to `public` on the converter reach `to` in the LAN.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -125,8 +128,14 @@ impl FromStr for ForwardConfig {
     }
 }
 
-/// Refuses two forwards of one public port.
-pub fn check_unique(forwards: &[ForwardConfig]) -> anyhow::Result<()> {
+/// Refuses two forwards of one public port, and more than a claim may carry.
+pub fn check_all(forwards: &[ForwardConfig]) -> anyhow::Result<()> {
+    if forwards.len() > MAX_PORTS {
+        bail!(
+            "{} port forwards: a gateway may have {MAX_PORTS} at most",
+            forwards.len()
+        );
+    }
     let mut seen = std::collections::HashSet::new();
     for forward in forwards {
         if !seen.insert(forward.public) {
@@ -172,6 +181,11 @@ mod tests {
             assert!(error.contains(why), "{text}: {error}");
         }
         let twice = ["80=192.168.1.2:80", "80=192.168.1.3:80"].map(|t| t.parse().unwrap());
-        assert!(check_unique(&twice).is_err());
+        assert!(check_all(&twice).is_err());
+        let many: Vec<ForwardConfig> = (1..=65)
+            .map(|port| format!("{port}=192.168.1.2:80").parse().unwrap())
+            .collect();
+        assert!(check_all(&many[..64]).is_ok());
+        assert!(check_all(&many).is_err());
     }
 }

@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use log::{debug, info};
+use log::{debug, info, warn};
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
 use super::{ForwardConfig, Source};
@@ -73,8 +73,13 @@ pub async fn serve(
             return;
         }
     };
-    let Ok(flow_key) = socket::cookie(&lan) else {
-        return;
+    let flow_key = match socket::cookie(&lan) {
+        Ok(flow_key) => flow_key,
+        Err(error) => {
+            warn!("{client} -> {to}: cannot identify the LAN connection: {error}");
+            socket::reset_on_close(&reverse);
+            return;
+        }
     };
     // Its subflows are filed under the flow from now on, as a warm connection's are.
     if let Err(error) = gateway.flows.label(&reverse, flow_key) {

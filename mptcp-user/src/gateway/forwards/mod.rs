@@ -5,9 +5,9 @@
 //! The gateway keeps [`forward::OFFERS_KEPT`] connections on offer at the active
 //! converter, each claiming every forwarded port ([`crate::protocol::forward`]). When
 //! the converter hands one an inbound connection, a new one takes its place at once,
-//! and the handed one carries the flow to the LAN host ([`inbound`]). The converter's answers (served,
-//! or why not) go to the log when they change and to a status file that
-//! `mptcp-user flows` shows.
+//! and the handed one carries the flow to the LAN host ([`inbound`]). The converter's
+//! answers (served, or why not) go to the log when they change and to a status file
+//! that `mptcp-user flows` shows.
 //!
 //! - [`config`]: a forward as configured.
 //! - [`inbound`]: one inbound flow, from the converter's connection to the LAN host.
@@ -19,7 +19,10 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -45,7 +48,6 @@ use crate::{
     sys,
 };
 pub use config::{ForwardConfig, Source};
-use mptcp_ebpf_common::flows::WARM_FLOW;
 
 /// How long to wait before offering again after the converter refused every port (a
 /// port another gateway holds may come free).
@@ -90,6 +92,8 @@ pub struct Forwarding {
     forwards: Vec<ForwardConfig>,
     gateway: GatewayId,
     statuses: Mutex<BTreeMap<u16, ForwardStatus>>,
+    /// Whether the converter's last answer refused a port that claiming again may get.
+    contested: AtomicBool,
     status_file: PathBuf,
 }
 
@@ -112,6 +116,7 @@ impl Forwarding {
             forwards,
             gateway,
             statuses: Mutex::new(statuses),
+            contested: AtomicBool::new(false),
             status_file,
         };
         if forwarding.any() {
@@ -169,13 +174,6 @@ impl Forwarding {
         }
     }
 
-    /// Whether the converter serves every forwarded port.
-    fn all_served(&self) -> bool {
-        lock(&self.statuses)
-            .values()
-            .all(|status| status.state == "served")
-    }
-
     fn write_status(&self) {
         let statuses: Vec<ForwardStatus> = lock(&self.statuses).values().cloned().collect();
         if let Err(error) = sys::write_json_replacing(&self.status_file, &statuses) {
@@ -224,7 +222,7 @@ pub fn configured(config: &super::GatewayConfig) -> anyhow::Result<Forwarding> {
 enum Offered {
     /// It carries an inbound flow now: another takes its place at once.
     Handed,
-    /// The converter refused every port.
+    /// The converter refused every port, or the claim (or there is no key to make one).
     Refused,
     /// It failed (no answer, closed, reset), or the converter retired it.
     Failed,
@@ -300,8 +298,8 @@ impl Offers {
 /// replaced: an old one keeps a subflow on a line that died silently, which the
 /// converter may send an inbound flow's first bytes on and wait a retransmission
 /// timeout (0.7 s measured), and one made while a line was down has no subflow on it.
-/// They are replaced too every [`RECLAIM_AFTER`] while the converter refuses a port, so
-/// that the claim is made again.
+/// They are replaced too every [`RECLAIM_AFTER`] while the converter refuses a port that
+/// may come free, so that the claim is made again.
 pub async fn serve(gateway: Arc<Gateway>) {
     let mut offers = Offers::new();
     let mut current = (None, BTreeSet::new());
@@ -311,7 +309,8 @@ pub async fn serve(gateway: Arc<Gateway>) {
         if now.0 != current.0 {
             offers.abort_all();
         } else if now != current
-            || (!gateway.forwarding.all_served() && offers.since.elapsed() >= RECLAIM_AFTER)
+            || (gateway.forwarding.contested.load(Ordering::Relaxed)
+                && offers.since.elapsed() >= RECLAIM_AFTER)
         {
             offers.replace();
         }
@@ -363,12 +362,7 @@ async fn try_offer(gateway: &Arc<Gateway>, converter: SocketAddr) -> anyhow::Res
         return Ok(Offered::Refused);
     };
     let forwarding = &gateway.forwarding;
-    let attempts = gateway.uplinks.attempts();
-    let configure = |socket: &socket2::Socket| {
-        gateway.tuning.apply(socket)?;
-        gateway.flows.label(socket, WARM_FLOW)
-    };
-    let mut stream = upstream::connect_converter(converter, true, &attempts, configure).await?;
+    let mut stream = gateway.connect_warm(converter).await?;
     let claim = forwarding.claim(key)?.to_message().encode()?;
     // What came after the answer is kept: the converter may hand this connection an
     // inbound flow the moment it has answered, and its Inbound TLV then arrives with
@@ -397,6 +391,10 @@ async fn try_offer(gateway: &Arc<Gateway>, converter: SocketAddr) -> anyhow::Res
                 |(_, status)| status.describe(),
             )
     });
+    forwarding.contested.store(
+        statuses.iter().any(|&(_, status)| status.may_change()),
+        Ordering::Relaxed,
+    );
     if !statuses
         .iter()
         .any(|&(_, status)| status == PortStatus::Served)
