@@ -11,7 +11,6 @@ use std::{
     net::{SocketAddr, TcpStream},
     path::PathBuf,
     process::Child,
-    thread,
     time::{Duration, Instant},
 };
 

@@ -80,8 +80,8 @@ pub struct GatewayOptions {
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
 
-    /// A port forward (repeatable): connections to the converter's public port PUBLIC
-    /// reach the LAN host ADDR:PORT, over every uplink:
+    /// A port forward (repeatable, 64 at most): connections to the converter's public
+    /// port PUBLIC reach the LAN host ADDR:PORT, over every uplink:
     /// PUBLIC=ADDR:PORT[,allow=CIDR]...[,source=client|gateway]. In a file:
     /// [[gateway.forward]] with public, to, allow (a list of who may connect; everyone
     /// by default) and source (the LAN host sees the client's address, `client`, or the
