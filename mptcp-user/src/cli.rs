@@ -279,7 +279,10 @@ pub struct CgroupArgs {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Gateway(options) => gateway::run(&options.with_file()?.into_config()?),
-        Command::Converter(options) => converter::run(&options.with_file()?.into_config()?),
+        Command::Converter(options) => {
+            let read = move || options.clone().with_file()?.into_config();
+            converter::run(&read()?, read)
+        }
         Command::Config {
             command: ConfigCommand::Check { path },
         } => {

@@ -70,6 +70,19 @@ struct DirectionLabels {
     direction: &'static str,
 }
 
+/// Labels of a converter's per-gateway values: the gateway's name in its config.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GatewayLabels {
+    gateway: String,
+}
+
+/// Labels of a converter's per-gateway, per-direction values.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GatewayDirectionLabels {
+    gateway: String,
+    direction: &'static str,
+}
+
 /// Labels of per-uplink values.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UplinkLabels {
@@ -162,6 +175,7 @@ fn relay_counters(registry: &mut Registry) -> RelayCounters {
         copied: bytes("copy", direction),
         reads: per_direction(&reads, direction),
         waits: per_direction(&waits, direction),
+        owner: None,
     };
     RelayCounters {
         up: direction("up"),
@@ -384,6 +398,10 @@ pub struct ConverterMetrics {
     pub speed_tests: Counter,
     /// Inbound connections on public ports handed to a gateway.
     pub inbound: Counter,
+    gateway_relays: Family<GatewayLabels, Counter>,
+    gateway_live_relays: Family<GatewayLabels, Gauge>,
+    gateway_bytes: Family<GatewayDirectionLabels, Counter>,
+    gateway_refusals: Family<GatewayLabels, Counter>,
 }
 
 impl Default for ConverterMetrics {
@@ -412,16 +430,68 @@ impl Default for ConverterMetrics {
                 "inbound_flows",
                 "Inbound connections on forwarded public ports handed to a gateway",
             ),
+            gateway_relays: registered(
+                &mut registry,
+                "gateway_relays",
+                "Connections relayed, by gateway (its name in the config; allow-client: \
+                 networks that convert without a cookie)",
+            ),
+            gateway_live_relays: registered(
+                &mut registry,
+                "gateway_live_relays",
+                "Connections relayed now, by gateway",
+            ),
+            gateway_bytes: registered(
+                &mut registry,
+                "gateway_relayed_bytes",
+                "Bytes relayed, by gateway and direction (up: towards the destination)",
+            ),
+            gateway_refusals: registered(
+                &mut registry,
+                "gateway_max_conns_refusals",
+                "Connections refused (Resource Exceeded) because their gateway relayed its \
+                 own max-conns already",
+            ),
             registry,
         }
     }
 }
 
 impl ConverterMetrics {
-    /// Counts a relay, live until the returned value is dropped.
-    pub fn relay_started(&self) -> Live {
+    /// Counts a relay of `gateway`'s, live until the returned values are dropped.
+    pub fn relay_started(&self, gateway: &str) -> [Live; 2] {
         self.relays_total.inc();
-        Live::on(self.relays_live.clone())
+        let labels = GatewayLabels {
+            gateway: gateway.to_owned(),
+        };
+        self.gateway_relays.get_or_create(&labels).inc();
+        let live = self.gateway_live_relays.get_or_create(&labels).clone();
+        [Live::on(self.relays_live.clone()), Live::on(live)]
+    }
+
+    /// The counters of a relay of `gateway`'s: the converter's, which count its bytes
+    /// for the gateway too.
+    pub fn relayed_for(&self, gateway: &str) -> RelayCounters {
+        let owner = |direction| {
+            let labels = GatewayDirectionLabels {
+                gateway: gateway.to_owned(),
+                direction,
+            };
+            Some(self.gateway_bytes.get_or_create(&labels).clone())
+        };
+        let mut counters = self.relayed.clone();
+        counters.up.owner = owner("up");
+        counters.down.owner = owner("down");
+        counters
+    }
+
+    /// Counts a connection of `gateway`'s refused at its own max-conns.
+    pub fn refused_over_limit(&self, gateway: &str) {
+        self.gateway_refusals
+            .get_or_create(&GatewayLabels {
+                gateway: gateway.to_owned(),
+            })
+            .inc();
     }
 
     /// The metrics as text.

@@ -5,7 +5,7 @@ use std::{
     path::PathBuf,
 };
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::Args;
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -16,13 +16,16 @@ use super::{
     within,
 };
 use crate::{
-    converter::{ConverterConfig, DenyRule, PolicyConfig},
+    converter::{
+        ConverterConfig, DenyRule, PolicyConfig,
+        accounts::{self, AccountConfig},
+    },
     net::addr::{self, parse_prefix},
 };
 
 options! {
 /// Options of `mptcp-user converter` (flags, or keys of `[converter]`).
-#[derive(Debug, Default, Args, Deserialize)]
+#[derive(Clone, Debug, Default, Args, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ConverterOptions {
     /// Read options from this TOML file's [converter] table; flags given here win.
@@ -35,9 +38,19 @@ pub struct ConverterOptions {
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
 
-    /// Pre-shared key; requests without a valid cookie get "Not Authorized".
+    /// Pre-shared key of the converter's gateway (named `default`); requests without a
+    /// valid cookie get "Not Authorized". Optional beside `gateway` entries.
     #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
+
+    /// A gateway this converter serves, with keys and limits of its own (repeatable):
+    /// NAME=KEY_FILE[,key=KEY_FILE]...[,max-conns=N][,forward-ports=PORTS]... In a file:
+    /// [[converter.gateway]] with name, key-files (a second one during a key rotation),
+    /// max-conns (its share of the converter's) and forward-ports (instead of the
+    /// converter's). SIGHUP reloads the gateways and their keys; live flows go on.
+    #[arg(long = "gateway", value_name = "GATEWAY")]
+    #[serde(default, rename = "gateway")]
+    pub gateways: Vec<AccountConfig>,
 
     /// Allow destinations in this prefix although the default policy refuses them
     /// (loopback, private, link-local, CGNAT, multicast, this host); repeatable.
@@ -144,9 +157,19 @@ impl ConverterOptions {
 
     /// The converter's config, defaults filled in and checked.
     pub fn into_config(self) -> anyhow::Result<ConverterConfig> {
-        let key_file = self
+        let mut accounts: Vec<AccountConfig> = self
             .key_file
-            .context("the converter needs a key file (key-file = PATH, see `mptcp-user keygen`)")?;
+            .map(AccountConfig::default_for)
+            .into_iter()
+            .collect();
+        accounts.extend(self.gateways);
+        if accounts.is_empty() {
+            bail!(
+                "the converter needs a key file (key-file = PATH, see `mptcp-user keygen`) \
+                 or [[converter.gateway]] entries"
+            );
+        }
+        accounts::check_all(&accounts)?;
         let max_pending = count("max-pending", self.max_pending, defaults::MAX_PENDING, 1)?;
         let max_pending_per_source = count(
             "max-pending-per-source",
@@ -157,7 +180,7 @@ impl ConverterOptions {
         .min(max_pending);
         Ok(ConverterConfig {
             listen: self.listen.unwrap_or(defaults::CONVERTER_LISTEN),
-            key_file,
+            accounts,
             policy: PolicyConfig {
                 allow: self.allow,
                 deny: self.deny,

@@ -70,6 +70,9 @@ fn gateway_metrics() -> String {
 fn converter_metrics() -> String {
     let metrics = ConverterMetrics::default();
     metrics.errors.count(ErrorCode::NotAuthorized);
+    drop(metrics.relay_started("smith"));
+    metrics.relayed_for("smith");
+    metrics.refused_over_limit("smith");
     metrics.text()
 }
 

@@ -31,7 +31,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::{Converter, admission::PendingSlot};
+use super::{Converter, accounts::Account, admission::PendingSlot};
 use crate::{
     limited, lock,
     log_limit::LogLimit,
@@ -199,14 +199,17 @@ impl Forwards {
         !self.allowed.is_empty()
     }
 
-    /// Gives `gateway` each of `ports` it may have: allowed, not another present
-    /// gateway's, and one the converter can listen on. Returns each port's status.
+    /// Gives `gateway` each of `ports` it may have: allowed (by `allowed`, its
+    /// account's own ports, or else the converter's), not another present gateway's,
+    /// and one the converter can listen on. Returns each port's status.
     fn claim(
         &self,
         converter: &Arc<Converter>,
         gateway: GatewayId,
         ports: &[u16],
+        allowed: Option<&PortRanges>,
     ) -> Vec<(u16, PortStatus)> {
+        let allowed = allowed.unwrap_or(&self.allowed);
         let now = Instant::now();
         let mut state = lock(&self.state);
         // Known from now on: the ports it gets stay its own for the grace period even
@@ -214,7 +217,7 @@ impl Forwards {
         state.gateways.entry(gateway).or_default().present(now);
         let mut statuses = Vec::new();
         for &port in ports {
-            let status = if self.allowed.contains(port) {
+            let status = if allowed.contains(port) {
                 self.claim_port(&mut state, converter, gateway, port, now)
             } else {
                 PortStatus::NotAllowed
@@ -361,18 +364,28 @@ pub async fn serve_claim(
     mut gateway: TcpStream,
     peer: SocketAddr,
     claim: Claim,
+    account: Arc<Account>,
     converter: Arc<Converter>,
 ) {
-    // A connection on offer holds a relay permit, as the flow it will carry does.
-    let Ok(_permit) = converter.connections.clone().try_acquire_owned() else {
-        warn!("{peer}: claim refused (Resource Exceeded): already relaying --max-conns flows");
-        let code = ErrorCode::ResourceExceeded;
-        super::refuse(&mut gateway, &converter, code, code.usual_value()).await;
-        return;
+    // A connection on offer holds relay permits, as the flow it will carry does.
+    let _permits = match converter.permits(Some(&account)) {
+        Ok(permits) => permits,
+        Err(why) => {
+            warn!(
+                "{peer} ({}): claim refused (Resource Exceeded): {why}",
+                account.name
+            );
+            let code = ErrorCode::ResourceExceeded;
+            super::refuse(&mut gateway, &converter, code, code.usual_value()).await;
+            return;
+        }
     };
-    let statuses = converter
-        .forwards
-        .claim(&converter, claim.gateway, &claim.ports);
+    let statuses = converter.forwards.claim(
+        &converter,
+        claim.gateway,
+        &claim.ports,
+        account.forward_ports().as_ref(),
+    );
     let Ok(answer) = forward::status_message(&statuses).encode() else {
         return;
     };
@@ -385,7 +398,8 @@ pub async fn serve_claim(
         .any(|&(_, status)| status == PortStatus::Served)
     {
         info!(
-            "{peer}: gateway {} got none of the ports it claims ({})",
+            "{peer} ({}): gateway {} got none of the ports it claims ({})",
+            account.name,
             claim.gateway,
             describe(&statuses)
         );
@@ -398,7 +412,7 @@ pub async fn serve_claim(
     let _ = socket::detect_dead_peer(&gateway, converter.timeouts.dead_path);
     tokio::select! {
         handed = &mut handed => match handed {
-            Ok(handoff) => relay_inbound(gateway, peer, handoff, &converter).await,
+            Ok(handoff) => relay_inbound(gateway, peer, handoff, &account.name, &converter).await,
             Err(_) => debug!("{peer}: retired, the gateway offers newer connections"),
         },
         () = until_closed(&gateway) => {
@@ -541,6 +555,7 @@ async fn relay_inbound(
     mut gateway: TcpStream,
     gateway_peer: SocketAddr,
     handoff: Handoff,
+    account: &str,
     converter: &Converter,
 ) {
     let Handoff {
@@ -566,20 +581,17 @@ async fn relay_inbound(
         return;
     }
     converter.metrics.inbound.inc();
-    converter
-        .metrics
-        .relayed
-        .down
-        .copied
-        .inc_by(early.len() as u64);
-    debug!("{peer} -> public port {port}: handed to the gateway at {gateway_peer}");
-    let _counted = converter.metrics.relay_started();
+    // Down: towards the gateway, as a Convert flow's destination's bytes go.
+    let counters = converter.metrics.relayed_for(account);
+    counters.down.moved(early.len(), false);
+    debug!("{peer} -> public port {port}: handed to gateway {account} at {gateway_peer}");
+    let _counted = converter.metrics.relay_started(account);
     match relay::relay(
         &mut gateway,
         &mut client,
         &converter.pipes,
         converter.timeouts,
-        &converter.metrics.relayed,
+        &counters,
     )
     .await
     {

@@ -3,6 +3,7 @@
 //! checks its destination against the [`destination_policy`], connects by TCP, answers,
 //! and relays.
 
+pub mod accounts;
 pub mod admission;
 pub mod destination_policy;
 pub mod forward;
@@ -11,7 +12,6 @@ pub mod speedtest;
 use std::{
     future::Future,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -23,7 +23,7 @@ use log::{debug, info, warn};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
+    sync::{OwnedSemaphorePermit, Semaphore},
 };
 
 use crate::{
@@ -47,6 +47,7 @@ use crate::{
     },
     sys,
 };
+use accounts::{Account, AccountConfig, Accounts, OverLimit};
 use admission::{Pending, PendingSlot};
 use destination_policy::DestinationPolicy;
 pub use destination_policy::{DenyRule, PolicyConfig};
@@ -61,8 +62,8 @@ pub const READY: &str = "converter listening";
 pub struct ConverterConfig {
     /// Where gateways connect (MPTCP).
     pub listen: SocketAddr,
-    /// The pre-shared key's file.
-    pub key_file: PathBuf,
+    /// The gateways it serves: `key-file`'s, and `[[converter.gateway]]`.
+    pub accounts: Vec<AccountConfig>,
     /// What the destination policy allows and refuses beyond its defaults.
     pub policy: PolicyConfig,
     /// Client networks that may convert without a cookie.
@@ -93,8 +94,10 @@ pub struct ConverterConfig {
 
 /// What each connection's task needs.
 pub struct Converter {
-    /// Checks cookies; a mutex because it remembers nonces.
-    pub verifier: Mutex<Verifier>,
+    /// Checks cookies, and tells whose they are; a mutex because it remembers nonces.
+    pub verifier: Mutex<Verifier<Arc<Account>>>,
+    /// The gateways it serves, with their limits.
+    pub accounts: Accounts,
     /// Which destinations are allowed.
     pub policy: DestinationPolicy,
     /// Client networks that may convert without a cookie (RFC 8803 clients that have
@@ -123,17 +126,19 @@ pub struct Converter {
 }
 
 impl Converter {
-    /// A converter with `config`, checking cookies with `key` made after second
-    /// `started`; `own` are this host's addresses.
+    /// A converter with `config`, serving `accounts`, checking cookies with `keys`
+    /// (each with its gateway's account, as [`Accounts::load`] gives them) made after
+    /// second `started`; `own` are this host's addresses.
     pub fn new(
         config: &ConverterConfig,
-        key: Key,
+        (accounts, keys): (Accounts, Vec<(Key, Arc<Account>)>),
         started: u64,
         own: Vec<IpAddr>,
         tuning: Tuning,
-    ) -> Self {
-        Self {
-            verifier: Mutex::new(Verifier::new(key, config.replay_window, started)),
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            verifier: Mutex::new(Verifier::new(keys, config.replay_window, started)?),
+            accounts,
             policy: DestinationPolicy::new(config.policy.clone(), own),
             allow_clients: config.allow_clients.clone(),
             request_timeout: config.request_timeout,
@@ -146,16 +151,43 @@ impl Converter {
             speed_tests: SpeedTests::new(config.speedtest_mbit),
             metrics: ConverterMetrics::default(),
             forwards: Forwards::new(config.forward_ports.clone(), config.listen.ip()),
-        }
+        })
+    }
+
+    /// A converter serving one gateway, `default`, whose key is `key` (unit tests, the
+    /// fuzz target: no key file).
+    pub fn with_key(
+        config: &ConverterConfig,
+        key: Key,
+        started: u64,
+        own: Vec<IpAddr>,
+        tuning: Tuning,
+    ) -> anyhow::Result<Self> {
+        let keys = vec![(key, Account::new(accounts::DEFAULT))];
+        Self::new(config, (Accounts::default(), keys), started, own, tuning)
+    }
+
+    /// Serves the gateways of `configs` from now on (SIGHUP): their keys and limits
+    /// apply to new flows and claims. On error (a key file that cannot be read), keeps
+    /// those in use. Returns how many gateways it serves.
+    pub fn reload_accounts(&self, configs: &[AccountConfig]) -> anyhow::Result<usize> {
+        let keys = self.accounts.load(configs)?;
+        lock(&self.verifier).set_keys(keys);
+        Ok(self.accounts.len())
     }
 }
 
 /// The log lines of requests refused before they authenticated: what anyone can cause.
 static STRANGERS: LogLimit = LogLimit::new(10, Duration::from_secs(10));
 
-/// `mptcp-user converter`: runs until SIGINT or SIGTERM.
-pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
-    let key = Key::load(&config.key_file)?;
+/// `mptcp-user converter`: runs until SIGINT or SIGTERM; on SIGHUP, takes the gateways
+/// `reread` gives (the config read again) for new flows.
+pub fn run(
+    config: &ConverterConfig,
+    reread: impl Fn() -> anyhow::Result<ConverterConfig> + Send + 'static,
+) -> anyhow::Result<()> {
+    let accounts = Accounts::default();
+    let keys = accounts.load(&config.accounts)?;
     let tuning = Tuning::new(&config.tuning)?;
     let room = server::raise_file_limit();
     // Beyond what the files allow, flows get Resource Exceeded (the gateway then goes
@@ -188,11 +220,11 @@ pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
     let started = cookie::start_second();
     let converter = Arc::new(Converter::new(
         config,
-        key,
+        (accounts, keys),
         started,
         own_addresses()?,
         tuning,
-    ));
+    )?);
     let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
     runtime.block_on(async {
         let listener = socket::listen(config.listen, true, false, room.backlog)
@@ -228,8 +260,18 @@ pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
                 "gateways may claim the public ports {}",
                 config.forward_ports
             );
-            tokio::spawn(forward::release_absent_gateways(Arc::clone(&converter)));
         }
+        tokio::spawn(forward::release_absent_gateways(Arc::clone(&converter)));
+        tokio::spawn(reload_on_hangup(Arc::clone(&converter), reread));
+        info!(
+            "serving {} gateway{}",
+            converter.accounts.len(),
+            if converter.accounts.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        );
         info!("{READY} on {} (MPTCP)", config.listen);
         let signal = server::shutdown_signal()?;
         let closing = Arc::clone(&converter);
@@ -240,6 +282,27 @@ pub fn run(config: &ConverterConfig) -> anyhow::Result<()> {
         serve(listener, converter, shutdown).await;
         Ok(())
     })
+}
+
+/// On each SIGHUP, serves the gateways `reread` gives (the config read again): keys
+/// and limits; other options need a restart.
+async fn reload_on_hangup(
+    converter: Arc<Converter>,
+    reread: impl Fn() -> anyhow::Result<ConverterConfig>,
+) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            warn!("SIGHUP will not reload the gateways' keys: {error}");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match reread().and_then(|config| converter.reload_accounts(&config.accounts)) {
+            Ok(count) => info!("SIGHUP: the keys and limits of {count} gateways reloaded"),
+            Err(error) => warn!("SIGHUP: keeping the keys and limits in use: {error:#}"),
+        }
+    }
 }
 
 /// Lets the listener take Convert requests in SYNs, and says when the kernel will not.
@@ -337,11 +400,12 @@ async fn handle(
         request,
         early_data,
         asks_info,
+        account,
     } = match read {
         Ok(Asked::Convert(found)) => found,
-        Ok(Asked::Forward(claim)) => {
+        Ok(Asked::Forward(claim, account)) => {
             drop(slot);
-            forward::serve_claim(client, peer, claim, converter).await;
+            forward::serve_claim(client, peer, claim, account, converter).await;
             return;
         }
         Err(rejection) => {
@@ -361,12 +425,16 @@ async fn handle(
         speed_test(client, peer, &converter, &early_data).await;
         return;
     }
-    // Only an authenticated request takes one of the relay permits.
-    let Ok(_permit) = converter.connections.clone().try_acquire_owned() else {
-        warn!("{peer}: refused (Resource Exceeded): already relaying --max-conns flows");
-        let code = ErrorCode::ResourceExceeded;
-        refuse(&mut client, &converter, code, code.usual_value()).await;
-        return;
+    let gateway = account_name(account.as_deref());
+    // Only an authenticated request takes relay permits.
+    let _permits = match converter.permits(account.as_deref()) {
+        Ok(permits) => permits,
+        Err(why) => {
+            warn!("{peer} ({gateway}): refused (Resource Exceeded): {why}");
+            let code = ErrorCode::ResourceExceeded;
+            refuse(&mut client, &converter, code, code.usual_value()).await;
+            return;
+        }
     };
     // Its gateway's warm connections count on this flow's share of the budget.
     let _relaying = converter.pending.relaying(peer.ip());
@@ -374,12 +442,12 @@ async fn handle(
     let mut server = match connect(destination, converter.connect_timeout).await {
         Ok(server) => server,
         Err((code, value, reason)) => {
-            info!("{peer} -> {destination}: {code}: {reason}");
+            info!("{peer} ({gateway}) -> {destination}: {code}: {reason}");
             refuse(&mut client, &converter, code, value).await;
             return;
         }
     };
-    debug!("{peer} -> {destination}: connected");
+    debug!("{peer} ({gateway}) -> {destination}: connected");
     let connected = async {
         let mut tlvs = supported_extensions(asks_info).tlvs;
         tlvs.push(Tlv::ExtendedTcpHeader(syn_ack_options(&server)));
@@ -389,31 +457,65 @@ async fn handle(
         server.write_all(&early_data).await
     };
     if let Err(error) = connected.await {
-        warn!("{peer} -> {destination}: {error}");
+        warn!("{peer} ({gateway}) -> {destination}: {error}");
         return;
     }
-    converter
-        .metrics
-        .relayed
-        .up
-        .copied
-        .inc_by(early_data.len() as u64);
-    let _counted = converter.metrics.relay_started();
+    let counters = converter.metrics.relayed_for(gateway);
+    counters.up.moved(early_data.len(), false);
+    let _counted = converter.metrics.relay_started(gateway);
     match relay::relay(
         &mut client,
         &mut server,
         &converter.pipes,
         converter.timeouts,
-        &converter.metrics.relayed,
+        &counters,
     )
     .await
     {
         Ok(moved) => debug!(
-            "{peer} -> {destination}: done, {} bytes up, {} down",
+            "{peer} ({gateway}) -> {destination}: done, {} bytes up, {} down",
             moved.forward + early_data.len() as u64,
             moved.backward
         ),
-        Err(error) => info!("{peer} -> {destination}: {error}"),
+        Err(error) => info!("{peer} ({gateway}) -> {destination}: {error}"),
+    }
+}
+
+/// A gateway's name in logs and metrics; `allow-client` for flows of `--allow-client`
+/// networks, which have none.
+pub fn account_name(account: Option<&Account>) -> &str {
+    account.map_or("allow-client", |account| account.name.as_str())
+}
+
+/// The relay permits a flow or a connection on offer holds: one of the converter's
+/// `max-conns`, and one of its gateway's own if it has a limit.
+pub struct Permits {
+    _converter: OwnedSemaphorePermit,
+    _gateway: Option<OwnedSemaphorePermit>,
+}
+
+impl Converter {
+    /// Relay permits for a connection of `account`'s, or why there is none (for the
+    /// log; the client gets Resource Exceeded).
+    pub fn permits(&self, account: Option<&Account>) -> Result<Permits, String> {
+        let converter = Arc::clone(&self.connections)
+            .try_acquire_owned()
+            .map_err(|_| "already relaying --max-conns flows".to_owned())?;
+        let gateway = match account.map(|account| (account, account.admit())) {
+            None => None,
+            Some((_, Ok(permit))) => permit,
+            Some((account, Err(OverLimit(limit)))) => {
+                self.metrics.refused_over_limit(&account.name);
+                return Err(format!(
+                    "gateway {} already relays its max-conns ({limit})",
+                    account.name
+                ));
+            }
+        };
+        Ok(Permits {
+            _converter: converter,
+            _gateway: gateway,
+        })
     }
 }
 
@@ -535,8 +637,8 @@ fn echo(received: &[u8]) -> Vec<u8> {
 pub enum Asked {
     /// A Convert request.
     Convert(ReadRequest),
-    /// A gateway's claim of public ports (our extension, [`forward`]).
-    Forward(Claim),
+    /// A gateway's claim of public ports (our extension, [`forward`]), and whose it is.
+    Forward(Claim, Arc<Account>),
 }
 
 /// A request that passed [`read_request`].
@@ -549,6 +651,8 @@ pub struct ReadRequest {
     /// Whether it also asked which TCP extensions the converter supports (an Info TLV
     /// beside the Connect TLV).
     pub asks_info: bool,
+    /// The gateway whose key signed it; none for an `--allow-client` network's.
+    pub account: Option<Arc<Account>>,
 }
 
 /// Reads, decodes, authenticates and checks the request on `client` (a connection, or
@@ -584,7 +688,8 @@ pub async fn read_request<R: AsyncRead + Unpin>(
         Ok(Ok(read)) => read,
     };
     if let Some(claim) = Claim::from_message(&message) {
-        return read_claim(claim, &message, converter).map(Asked::Forward);
+        return read_claim(claim, &message, converter)
+            .map(|(claim, account)| Asked::Forward(claim, account));
     }
     let request = Request::from_message(&message).map_err(|error| {
         let code = error.error_code();
@@ -604,9 +709,11 @@ pub async fn read_request<R: AsyncRead + Unpin>(
             .allow_clients
             .iter()
             .any(|network| network.contains(&addr::canonical(peer)));
-    if !trusted {
-        authenticate(&request, converter)?;
-    }
+    let account = if trusted {
+        None
+    } else {
+        Some(authenticate(&request, converter)?)
+    };
     if speedtest::asked(request.destination) {
         // The converter's own line, for its gateways only, when the operator allows.
         if trusted || !converter.speed_tests.enabled() {
@@ -620,6 +727,7 @@ pub async fn read_request<R: AsyncRead + Unpin>(
             request,
             early_data,
             asks_info: false,
+            account,
         }));
     }
     converter
@@ -635,30 +743,32 @@ pub async fn read_request<R: AsyncRead + Unpin>(
         asks_info: Request::asks_info(&message),
         request,
         early_data,
+        account,
     }))
 }
 
 /// Checks a gateway's claim of public ports: well formed, with a valid cookie (always:
-/// `--allow-client` networks convert without one, but never claim a port).
+/// `--allow-client` networks convert without one, but never claim a port). Returns it
+/// with the gateway whose key signed it.
 fn read_claim(
     claim: Result<Claim, RequestError>,
     message: &Message,
     converter: &Converter,
-) -> Result<Claim, Rejection> {
+) -> Result<(Claim, Arc<Account>), Rejection> {
     let claim = claim.map_err(|error| {
         let received = message.encode().unwrap_or_default();
         Rejection::Refused(error.error_code(), echo(&received), error.to_string())
     })?;
-    verify_cookie(
+    let account = verify_cookie(
         Subject::Forward(claim.subject()),
         claim.cookie.as_deref(),
         converter,
     )?;
-    Ok(claim)
+    Ok((claim, account))
 }
 
-/// Checks the request's cookie.
-fn authenticate(request: &Request, converter: &Converter) -> Result<(), Rejection> {
+/// Checks the request's cookie; returns the gateway whose key signed it.
+fn authenticate(request: &Request, converter: &Converter) -> Result<Arc<Account>, Rejection> {
     verify_cookie(
         Subject::Connect(request.destination),
         request.cookie.as_deref(),
@@ -667,12 +777,12 @@ fn authenticate(request: &Request, converter: &Converter) -> Result<(), Rejectio
 }
 
 /// Checks a cookie for `subject`: Missing Cookie without one, else Not Authorized
-/// unless it is valid.
+/// unless it is valid. Returns the gateway whose key signed it.
 fn verify_cookie(
     subject: Subject,
     cookie: Option<&[u8]>,
     converter: &Converter,
-) -> Result<(), Rejection> {
+) -> Result<Arc<Account>, Rejection> {
     lock(&converter.verifier)
         .verify(subject, cookie, cookie::unix_now())
         .map_err(|error| {

@@ -36,13 +36,9 @@ async fn converter() -> (SocketAddr, Arc<Converter>, JoinHandle<()>) {
     let tuning = Tuning::new(&config.tuning).unwrap();
     // Not loopback: the converter refuses its own addresses even where allowed.
     let own = vec!["198.51.100.7".parse().unwrap()];
-    let converter = Arc::new(Converter::new(
-        &config,
-        Key::from_bytes(KEY),
-        unix_now() - 1,
-        own,
-        tuning,
-    ));
+    let converter = Arc::new(
+        Converter::with_key(&config, Key::from_bytes(KEY), unix_now() - 1, own, tuning).unwrap(),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let served = tokio::spawn(serve(

@@ -166,6 +166,24 @@ pub struct DirectionCounters {
     /// Calls that found their socket not ready (EAGAIN) and so waited for it: about one
     /// wake-up each.
     pub waits: Counter,
+    /// The bytes again, however moved, for whom the relay works (a converter's
+    /// gateway), if anyone counts them.
+    pub owner: Option<Counter>,
+}
+
+impl DirectionCounters {
+    /// Counts `bytes` moved, by splice or by copy.
+    pub fn moved(&self, bytes: usize, spliced: bool) {
+        let bytes = bytes as u64;
+        if spliced {
+            self.spliced.inc_by(bytes);
+        } else {
+            self.copied.inc_by(bytes);
+        }
+        if let Some(owner) = &self.owner {
+            owner.inc_by(bytes);
+        }
+    }
 }
 
 /// Counters of the relays: `up` is a→b (towards the destination).
@@ -310,7 +328,7 @@ async fn pump(
                     // Counted as they leave: a peer that goes away mid-pipe has still
                     // received these.
                     moved += n as u64;
-                    counted.spliced.inc_by(n as u64);
+                    counted.moved(n, true);
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     counted.waits.inc();
@@ -359,7 +377,7 @@ async fn copy(
                 Ok(w) => {
                     written += w;
                     moved += w as u64;
-                    counted.copied.inc_by(w as u64);
+                    counted.moved(w, false);
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     counted.waits.inc();

@@ -2,10 +2,11 @@
 //! request, keyed by a pre-shared key, with a timestamp and a random nonce so that a
 //! captured request cannot be replayed.
 //!
-//! Cookie layout (56 bytes, 14 words): timestamp (u64, Unix seconds, big-endian),
-//! nonce (16 bytes), MAC (32 bytes). The MAC covers a domain label, what the request asks
-//! ([`Subject`]: the destination, or the ports a gateway claims), the timestamp and the
-//! nonce.
+//! Cookie layout (64 bytes, 16 words): key id (8 bytes, [`Key::id`]), timestamp (u64,
+//! Unix seconds, big-endian), nonce (16 bytes), MAC (32 bytes). The MAC covers a domain
+//! label, what the request asks ([`Subject`]: the destination, or the ports a gateway
+//! claims), the timestamp and the nonce. The key id tells a converter that serves many
+//! gateways which key to check, without trying them all.
 
 use std::{
     collections::HashMap, fs, io::Write as _, net::SocketAddr, os::unix::fs::OpenOptionsExt as _,
@@ -21,10 +22,14 @@ use crate::net::addr::mapped;
 
 /// Bytes of a pre-shared key.
 pub const KEY_LEN: usize = 32;
+/// Bytes of a key's id.
+pub const KEY_ID_LEN: usize = 8;
 const NONCE_LEN: usize = 16;
 const MAC_LEN: usize = 32;
 /// Bytes of the Cookie TLV's opaque value.
-pub const COOKIE_LEN: usize = 8 + NONCE_LEN + MAC_LEN;
+pub const COOKIE_LEN: usize = KEY_ID_LEN + 8 + NONCE_LEN + MAC_LEN;
+/// What a key's id is the MAC of: the id says which key, and nothing of it.
+const KEY_ID_DOMAIN: &[u8] = b"mptcp-gateway key id v1\0";
 /// Separates our MACs from any other use of the same key.
 const DOMAIN: &[u8] = b"mptcp-gateway convert v1\0";
 /// Separates a claim's MAC from a Convert request's: neither can stand for the other.
@@ -65,6 +70,17 @@ pub fn start_second() -> u64 {
 /// A pre-shared key, as read from a key file.
 #[derive(Clone)]
 pub struct Key([u8; KEY_LEN]);
+
+/// Which key made a cookie: a MAC of a fixed label under the key, so it reveals nothing
+/// of the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeyId(pub [u8; KEY_ID_LEN]);
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+    }
+}
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -110,8 +126,31 @@ impl Key {
         create_random_file::<KEY_LEN>(path).map(drop)
     }
 
+    /// A random key in memory, for checks that must cost what a real one costs.
+    fn random() -> anyhow::Result<Self> {
+        let mut bytes = [0u8; KEY_LEN];
+        getrandom::fill(&mut bytes).context("the kernel gave no random bytes")?;
+        Ok(Self(bytes))
+    }
+
+    /// The key's id, which its cookies carry.
+    pub fn id(&self) -> KeyId {
+        let tag = self
+            .hmac()
+            .chain_update(KEY_ID_DOMAIN)
+            .finalize()
+            .into_bytes();
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&tag[..KEY_ID_LEN]);
+        KeyId(id)
+    }
+
+    fn hmac(&self) -> Hmac<Sha256> {
+        Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length")
+    }
+
     fn mac(&self, subject: &Subject, timestamp: u64, nonce: &[u8]) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        let mut mac = self.hmac();
         match subject {
             Subject::Connect(destination) => {
                 mac.update(DOMAIN);
@@ -138,6 +177,7 @@ impl Key {
             .finalize()
             .into_bytes();
         let mut cookie = Vec::with_capacity(COOKIE_LEN);
+        cookie.extend_from_slice(&self.id().0);
         cookie.extend_from_slice(&now.to_be_bytes());
         cookie.extend_from_slice(&nonce);
         cookie.extend_from_slice(&tag);
@@ -212,10 +252,12 @@ pub enum AuthError {
     /// The request carried no Cookie TLV.
     #[error("no cookie")]
     Missing,
-    /// The cookie is not 56 bytes.
+    /// The cookie is not [`COOKIE_LEN`] bytes (56: an older gateway's, without a key
+    /// id).
     #[error("cookie of {0} bytes, expected {COOKIE_LEN}")]
     BadLength(usize),
-    /// The MAC does not match: wrong key, or a tampered request.
+    /// The MAC does not match, or no key has the cookie's id: wrong key, or a tampered
+    /// request. One error for both, checked at the same cost.
     #[error("bad MAC (wrong key?)")]
     BadMac,
     /// The timestamp is outside the window around the converter's clock.
@@ -241,9 +283,13 @@ pub enum AuthError {
     },
 }
 
-/// Checks cookies and remembers recent nonces to refuse replays.
-pub struct Verifier {
-    key: Key,
+/// Checks cookies against a set of keys, each standing for `T` (who holds it), and
+/// remembers recent nonces to refuse replays.
+pub struct Verifier<T> {
+    keys: HashMap<KeyId, (Key, T)>,
+    /// Checked against when no key has a cookie's id, so that an unknown id costs what
+    /// a wrong MAC costs.
+    decoy: Key,
     window: Duration,
     /// The second the converter started ([`start_second`]): cookies from it or before
     /// are refused, since the nonces seen before the start are forgotten, and whole
@@ -255,41 +301,64 @@ pub struct Verifier {
     last_prune: u64,
 }
 
-impl Verifier {
-    /// A verifier accepting timestamps within `window` of its clock and after `started`
-    /// (Unix seconds; the second the process started, which [`start_second`] waits out).
-    pub fn new(key: Key, window: Duration, started: u64) -> Self {
-        Self {
-            key,
+impl<T: Clone> Verifier<T> {
+    /// A verifier of cookies made with `keys`, accepting timestamps within `window` of
+    /// its clock and after `started` (Unix seconds; the second the process started,
+    /// which [`start_second`] waits out).
+    pub fn new(
+        keys: impl IntoIterator<Item = (Key, T)>,
+        window: Duration,
+        started: u64,
+    ) -> anyhow::Result<Self> {
+        let mut verifier = Self {
+            keys: HashMap::new(),
+            decoy: Key::random()?,
             window,
             started,
             seen: HashMap::new(),
             last_prune: 0,
-        }
+        };
+        verifier.set_keys(keys);
+        Ok(verifier)
     }
 
-    /// Accepts a cookie for `subject` (a destination) once: a valid MAC, a fresh
-    /// timestamp, an unseen nonce.
+    /// Checks cookies with `keys` from now on (a reload); the nonces seen stay.
+    pub fn set_keys(&mut self, keys: impl IntoIterator<Item = (Key, T)>) {
+        self.keys = keys
+            .into_iter()
+            .map(|(key, who)| (key.id(), (key, who)))
+            .collect();
+    }
+
+    /// Accepts a cookie for `subject` (a destination) once: a known key id, a valid
+    /// MAC, a fresh timestamp, an unseen nonce. Returns who holds the key.
     pub fn verify(
         &mut self,
         subject: impl Into<Subject>,
         cookie: Option<&[u8]>,
         now: u64,
-    ) -> Result<(), AuthError> {
+    ) -> Result<T, AuthError> {
         let cookie = cookie.ok_or(AuthError::Missing)?;
         let cookie: &[u8; COOKIE_LEN] = cookie
             .try_into()
             .map_err(|_| AuthError::BadLength(cookie.len()))?;
-        let mut timestamp = [0u8; 8];
-        timestamp.copy_from_slice(&cookie[..8]);
-        let timestamp = u64::from_be_bytes(timestamp);
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&cookie[8..8 + NONCE_LEN]);
-        let tag = &cookie[8 + NONCE_LEN..];
-        self.key
+        let (id, rest) = cookie.split_at(KEY_ID_LEN);
+        let (timestamp, rest) = rest.split_at(8);
+        let (nonce, tag) = rest.split_at(NONCE_LEN);
+        let timestamp = u64::from_be_bytes(timestamp.try_into().expect("8 bytes"));
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("NONCE_LEN bytes");
+        let id = KeyId(id.try_into().expect("KEY_ID_LEN bytes"));
+        let (key, who) = match self.keys.get(&id) {
+            Some((key, who)) => (key, Some(who)),
+            None => (&self.decoy, None),
+        };
+        let checked = key
             .mac(&subject.into(), timestamp, &nonce)
-            .verify_slice(tag)
-            .map_err(|_| AuthError::BadMac)?;
+            .verify_slice(tag);
+        let who = match (checked, who) {
+            (Ok(()), Some(who)) => who.clone(),
+            _ => return Err(AuthError::BadMac),
+        };
         let window = self.window.as_secs();
         let age = now.abs_diff(timestamp);
         if age > window {
@@ -313,7 +382,7 @@ impl Verifier {
         {
             return Err(AuthError::Replayed);
         }
-        Ok(())
+        Ok(who)
     }
 
     fn prune(&mut self, now: u64) {
@@ -342,8 +411,8 @@ mod tests {
         SocketAddr::from((Ipv4Addr::new(203, 0, 113, 10), 443))
     }
 
-    fn verifier(key: &Key) -> Verifier {
-        Verifier::new(key.clone(), WINDOW, NOW - 100)
+    fn verifier(key: &Key) -> Verifier<()> {
+        Verifier::new([(key.clone(), ())], WINDOW, NOW - 100).unwrap()
     }
 
     #[test]
@@ -397,6 +466,60 @@ mod tests {
     }
 
     #[test]
+    fn the_key_id_picks_the_gateway_and_an_unknown_one_is_a_bad_mac() {
+        let (smith, jones, stranger) = (
+            Key::from_bytes([1; KEY_LEN]),
+            Key::from_bytes([2; KEY_LEN]),
+            Key::from_bytes([3; KEY_LEN]),
+        );
+        assert_ne!(smith.id(), jones.id());
+        let mut verifier = Verifier::new(
+            [(smith.clone(), "smith"), (jones.clone(), "jones")],
+            WINDOW,
+            NOW - 100,
+        )
+        .unwrap();
+        let cookie = |key: &Key, second| key.cookie(destination(), second).unwrap();
+        let from_jones = cookie(&jones, NOW);
+        assert_eq!(&from_jones[..KEY_ID_LEN], jones.id().0);
+        assert_eq!(
+            verifier.verify(destination(), Some(&from_jones), NOW),
+            Ok("jones")
+        );
+        assert_eq!(
+            verifier.verify(destination(), Some(&cookie(&smith, NOW)), NOW),
+            Ok("smith")
+        );
+        assert_eq!(
+            verifier.verify(destination(), Some(&cookie(&stranger, NOW)), NOW),
+            Err(AuthError::BadMac)
+        );
+        // Jones's id on a cookie that smith's key made: the MAC fails.
+        let mut forged = cookie(&smith, NOW + 1);
+        forged[..KEY_ID_LEN].copy_from_slice(&jones.id().0);
+        assert_eq!(
+            verifier.verify(destination(), Some(&forged), NOW + 1),
+            Err(AuthError::BadMac)
+        );
+        // A rotation: smith's new key beside the old, then the old removed.
+        verifier.set_keys([(smith.clone(), "smith"), (stranger.clone(), "smith")]);
+        assert_eq!(
+            verifier.verify(destination(), Some(&cookie(&stranger, NOW + 2)), NOW + 2),
+            Ok("smith")
+        );
+        verifier.set_keys([(stranger.clone(), "smith")]);
+        assert_eq!(
+            verifier.verify(destination(), Some(&cookie(&smith, NOW + 3)), NOW + 3),
+            Err(AuthError::BadMac)
+        );
+        // An older gateway's cookie (no key id) is refused for its length.
+        assert_eq!(
+            verifier.verify(destination(), Some(&from_jones[KEY_ID_LEN..]), NOW),
+            Err(AuthError::BadLength(COOKIE_LEN - KEY_ID_LEN))
+        );
+    }
+
+    #[test]
     fn stale_missing_and_short_cookies_are_refused() {
         let key = Key::from_bytes([7; KEY_LEN]);
         let cookie = key.cookie(destination(), NOW).unwrap();
@@ -420,7 +543,7 @@ mod tests {
         let key = Key::from_bytes([7; KEY_LEN]);
         let before_restart = key.cookie(destination(), NOW - 1).unwrap();
         // Seen by the converter's previous run, replayed to the new one.
-        let mut restarted = Verifier::new(key.clone(), WINDOW, NOW);
+        let mut restarted = Verifier::new([(key.clone(), ())], WINDOW, NOW).unwrap();
         assert_eq!(
             restarted.verify(destination(), Some(&before_restart), NOW + 1),
             Err(AuthError::BeforeStart {

@@ -1,0 +1,250 @@
+//! A converter run for several households: each gateway with its own key and limits
+//! (`[[converter.gateway]]`). One household's gateway (the testbed's, intercepting its
+//! LAN) and another's (a Convert client with its own key, from the server host) share
+//! one converter; each keeps to its own `max-conns` without taking the other's room,
+//! and one's key is rotated live with SIGHUP while its flows go on.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    process::Command,
+    thread,
+    time::Duration,
+};
+
+use mptcp_tests::{
+    TempDir,
+    greeting::listen_in,
+    metrics::{CONVERTER_METRICS, sample, scrape},
+    mptcp_user_bin,
+    netns::{Netns, run, run_in},
+    require_root,
+    testbed::{CONVERTER_PORT, CONVERTER_TOWARD_SERVER, SERVER, Testbed, Uplink, daemon_log},
+    wait_until,
+};
+use mptcp_user::protocol::{
+    codec::{self, ErrorCode, Message, Request, Response},
+    cookie::{Key, unix_now},
+};
+use nix::sys::signal::{Signal, kill};
+
+const UPLINKS: [Uplink; 2] = [Uplink::htb(50), Uplink::htb(50)];
+/// Port of the echo server on the server host.
+const ECHO_PORT: u16 = 7300;
+/// The limits of the two households.
+const SMITH_MAX_CONNS: usize = 3;
+const JONES_MAX_CONNS: usize = 2;
+
+/// An echo server on the server host: each connection gets its lines back, for as long
+/// as it stays open. Its threads end with the test process.
+fn start_echo_server(netns: &Netns) {
+    let listener = listen_in(netns, ECHO_PORT).unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if writeln!(writer, "{line}").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Sends a line on `stream` and checks it comes back within 10 s.
+fn echoes(stream: &mut TcpStream, line: &str) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    if writeln!(stream, "{line}").is_err() {
+        return false;
+    }
+    let mut back = vec![0u8; line.len() + 1];
+    stream.read_exact(&mut back).is_ok() && back == format!("{line}\n").as_bytes()
+}
+
+/// The other household's gateway: a Convert client on the server host with the key in
+/// `key`, asking for the echo server; the converter's answer and, if connected, the
+/// relayed connection.
+fn convert(testbed: &Testbed, key: &Path) -> (Response, TcpStream) {
+    let key = Key::load(key).unwrap();
+    let destination: SocketAddr = format!("{SERVER}:{ECHO_PORT}").parse().unwrap();
+    let request = Request {
+        destination,
+        cookie: Some(key.cookie(destination, unix_now()).unwrap()),
+    }
+    .to_message()
+    .encode()
+    .unwrap();
+    let converter: SocketAddr = format!("{CONVERTER_TOWARD_SERVER}:{CONVERTER_PORT}")
+        .parse()
+        .unwrap();
+    run_in(&testbed.server, move || {
+        let mut stream = TcpStream::connect_timeout(&converter, Duration::from_secs(5)).unwrap();
+        stream.write_all(&request).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut answer = vec![0u8; codec::HEADER_LEN];
+        stream.read_exact(&mut answer).unwrap();
+        answer.resize(codec::message_len(&answer).unwrap(), 0);
+        stream.read_exact(&mut answer[codec::HEADER_LEN..]).unwrap();
+        let (message, _) = Message::decode(&answer).unwrap();
+        (Response::from_message(&message), stream)
+    })
+}
+
+/// A connection of the testbed's LAN host to the echo server (through its gateway).
+fn lan_connection(testbed: &Testbed) -> TcpStream {
+    let echo: SocketAddr = format!("{SERVER}:{ECHO_PORT}").parse().unwrap();
+    run_in(&testbed.client, move || {
+        TcpStream::connect_timeout(&echo, Duration::from_secs(5)).unwrap()
+    })
+}
+
+fn keygen(path: &Path) {
+    run(Command::new(mptcp_user_bin()).arg("keygen").arg(path)).unwrap();
+}
+
+/// The converter's config: the two households, jones with `jones_keys`.
+fn write_config(dir: &Path, jones_keys: &[&str]) {
+    let keys: Vec<String> = jones_keys
+        .iter()
+        .map(|name| format!("\"{}\"", dir.join(name).display()))
+        .collect();
+    let config = format!(
+        "[[converter.gateway]]\nname = \"smith\"\nkey-files = [\"{}\"]\nmax-conns = \
+         {SMITH_MAX_CONNS}\n\n[[converter.gateway]]\nname = \"jones\"\nkey-files = [{}]\n\
+         max-conns = {JONES_MAX_CONNS}\n",
+        dir.join("smith.key").display(),
+        keys.join(", ")
+    );
+    std::fs::write(dir.join("converter.toml"), config).unwrap();
+}
+
+/// Sends the converter SIGHUP and waits until it logged its `nth` reload.
+fn reload(testbed: &Testbed, dir: &Path, nth: usize) {
+    let pid = testbed.pid("converter").unwrap();
+    kill(
+        nix::unistd::Pid::from_raw(pid.try_into().unwrap()),
+        Signal::SIGHUP,
+    )
+    .unwrap();
+    let reloads = || {
+        daemon_log(dir, "converter")
+            .matches("SIGHUP: the keys and limits of 3 gateways reloaded")
+            .count()
+    };
+    wait_until(
+        Duration::from_secs(10),
+        || reloads() >= nth,
+        || format!("reload {nth} not logged:\n{}", daemon_log(dir, "converter")),
+    );
+}
+
+/// The converter's metric `name` for gateway `gateway`.
+fn gateway_metric(testbed: &Testbed, name: &str, gateway: &str) -> u64 {
+    let text = scrape(&testbed.converter, CONVERTER_METRICS).unwrap();
+    sample(
+        &text,
+        &format!("mptcp_converter_gateway_{name}{{gateway=\"{gateway}\"}}"),
+    )
+}
+
+#[test]
+fn households_keep_to_their_own_limits_and_a_key_rotates_live() {
+    require_root();
+    let dir = TempDir::new("tenants").unwrap();
+    let path = dir.path();
+    for key in ["smith.key", "jones.key", "jones-new.key"] {
+        keygen(&path.join(key));
+    }
+    write_config(path, &["jones.key"]);
+    let mut testbed = Testbed::new("tenants", &UPLINKS).unwrap();
+    let config = path.join("converter.toml");
+    testbed
+        .start_gateway_and_converter(
+            path,
+            &["--key-file", path.join("smith.key").to_str().unwrap()],
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--metrics",
+                CONVERTER_METRICS,
+            ],
+        )
+        .unwrap();
+    start_echo_server(&testbed.server);
+
+    // Smith's household opens more flows than its share: all of them work (those
+    // beyond it go direct), and the converter relays its share exactly.
+    let mut smith: Vec<TcpStream> = (0..SMITH_MAX_CONNS + 2)
+        .map(|_| lan_connection(&testbed))
+        .collect();
+    for (i, stream) in smith.iter_mut().enumerate() {
+        assert!(echoes(stream, &format!("smith {i}")), "smith's flow {i}");
+    }
+    assert_eq!(
+        gateway_metric(&testbed, "live_relays", "smith"),
+        SMITH_MAX_CONNS as u64
+    );
+    assert!(gateway_metric(&testbed, "max_conns_refusals_total", "smith") >= 1);
+
+    // Jones's gets its own share whatever smith's does, and no more.
+    let jones_key = path.join("jones.key");
+    let mut held = convert(&testbed, &jones_key);
+    assert_eq!(held.0, Response::Connected);
+    assert!(echoes(&mut held.1, "jones held"));
+    let second = convert(&testbed, &jones_key);
+    assert_eq!(second.0, Response::Connected);
+    assert_eq!(
+        convert(&testbed, &jones_key).0,
+        Response::Error(ErrorCode::ResourceExceeded)
+    );
+    drop(second);
+    wait_until(
+        Duration::from_secs(5),
+        || gateway_metric(&testbed, "live_relays", "jones") == 1,
+        || "jones's second relay did not end".to_owned(),
+    );
+
+    // Jones rotates its key: the new one beside the old, then the old one removed.
+    let new_key = path.join("jones-new.key");
+    assert_eq!(
+        convert(&testbed, &new_key).0,
+        Response::Error(ErrorCode::NotAuthorized)
+    );
+    write_config(path, &["jones.key", "jones-new.key"]);
+    reload(&testbed, path, 1);
+    for key in [&jones_key, &new_key] {
+        assert_eq!(convert(&testbed, key).0, Response::Connected, "{key:?}");
+    }
+    write_config(path, &["jones-new.key"]);
+    reload(&testbed, path, 2);
+    assert_eq!(
+        convert(&testbed, &jones_key).0,
+        Response::Error(ErrorCode::NotAuthorized)
+    );
+    assert_eq!(convert(&testbed, &new_key).0, Response::Connected);
+
+    // The flows that were live through both reloads go on, both households'.
+    assert!(echoes(&mut held.1, "jones after the rotation"));
+    for (i, stream) in smith.iter_mut().enumerate() {
+        assert!(
+            echoes(stream, &format!("smith {i} again")),
+            "smith's flow {i}"
+        );
+    }
+    let log = daemon_log(path, "converter");
+    assert!(
+        log.contains(
+            "(jones): refused (Resource Exceeded): gateway jones already relays its max-conns (2)"
+        ),
+        "{log}"
+    );
+    testbed.check_running().unwrap();
+}
