@@ -33,7 +33,7 @@ enum Command {
     /// The gateway on a namespace testbed with two realistic uplinks: a download over the
     /// best uplink alone, then through the gateway, and a table of both (root).
     Demo,
-    /// Run a benchmark on the namespace testbed (root): `aggregate`, `interception`, `scale`, `web`, `relay`.
+    /// Run a benchmark on the namespace testbed (root): `aggregate`, `interception`, `keys`, `scale`, `web`, `relay`.
     Bench(testbed::BenchOptions),
     /// Run every test: unit tests, then the end-to-end tests (root, eBPF, namespaces).
     Test(test::Options),

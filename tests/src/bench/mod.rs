@@ -5,12 +5,15 @@
 //! - [`aggregate`]: one long download through the gateway against each uplink alone,
 //!   raw MPTCP and shadowsocks.
 //! - [`interception`]: what intercepting a connection costs, eBPF against nftables.
+//! - [`keys`]: what authenticating a request costs a converter of many gateways (in
+//!   this process, no testbed).
 //! - [`relay`]: what relaying costs per byte, against shadowsocks and a SOCKS chain.
 //! - [`scale`]: many idle flows held at once, and new connections per second.
 //! - [`web`]: page loads and short downloads, against the best uplink alone.
 
 pub mod aggregate;
 pub mod interception;
+pub mod keys;
 pub mod relay;
 pub mod scale;
 pub mod web;

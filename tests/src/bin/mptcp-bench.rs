@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mptcp_tests::{
     TempDir,
-    bench::{aggregate, interception, relay, scale, web},
+    bench::{aggregate, interception, keys, relay, scale, web},
     require_root,
 };
 
@@ -54,6 +54,23 @@ enum Bench {
         #[arg(long, default_value_t = 200)]
         exchanges: usize,
         /// Alternating rounds of eBPF and nftables.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Directory for the JSON results.
+        #[arg(long, env = "MPTCP_BENCH_DIR", default_value = "target/bench")]
+        out: PathBuf,
+    },
+    /// What authenticating a request costs a converter serving many gateways: cookie
+    /// verifications with one key against many, and an unknown key id against a wrong
+    /// MAC (in this process, no testbed).
+    Keys {
+        /// Numbers of gateways (keys) compared with one.
+        #[arg(long, value_delimiter = ',', default_value = "100,10000")]
+        gateways: Vec<usize>,
+        /// Cookies verified per round and kind.
+        #[arg(long, default_value_t = 20_000)]
+        cookies: usize,
+        /// Alternating rounds; medians are compared.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
         /// Directory for the JSON results.
@@ -149,6 +166,22 @@ fn main() -> anyhow::Result<()> {
                 interception::run(exchanges, rounds, dir.path(), &|step| println!("  {step}"))?;
             interception::print(&result);
             write_json(&out, "interception", &result.to_json())
+        }
+        Bench::Keys {
+            gateways,
+            cookies,
+            rounds,
+            out,
+        } => {
+            let options = keys::Options {
+                gateways,
+                cookies,
+                rounds,
+            };
+            println!("keys: {rounds} rounds of {cookies} cookies of each kind");
+            let rows = keys::run(&options, &|step| println!("  {step}"))?;
+            keys::print(&rows);
+            write_json(&out, "keys", &keys::to_json(&rows))
         }
         Bench::Scale {
             flows,
