@@ -3,6 +3,7 @@
 //! removed on exit.
 
 use std::{
+    collections::BTreeSet,
     fs,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -78,6 +79,23 @@ fn ip(testbed: &Testbed, args: &[&str]) -> String {
     testbed.gateway.exec("ip", args).unwrap()
 }
 
+/// Sets the limits an administrator might have: too few subflows for two uplinks, and
+/// announcements accepted, which would keep a balanced converter's announce from
+/// getting a subflow per uplink. Returns them as `ip` shows them.
+fn set_limits_an_administrator_chose(testbed: &Testbed) -> String {
+    let set = [
+        "mptcp",
+        "limits",
+        "set",
+        "subflow",
+        "0",
+        "add_addr_accepted",
+        "3",
+    ];
+    ip(testbed, &set);
+    ip(testbed, &["mptcp", "limits", "show"])
+}
+
 /// What the gateway installed for its uplinks, as `ip` shows it: (rules, endpoints).
 fn installed(testbed: &Testbed) -> (String, String) {
     (
@@ -122,9 +140,13 @@ fn uplinks_from_a_config_file_carry_a_download_and_are_removed_on_exit() {
     require_root();
     let dir = TempDir::new("upcfg").unwrap();
     let mut testbed = Testbed::with_bare_uplinks("upcfg", &UPLINKS).unwrap();
-    let limits_before = ip(&testbed, &["mptcp", "limits", "show"]);
+    let limits_before = set_limits_an_administrator_chose(&testbed);
     start(&mut testbed, &dir);
-    assert_ne!(ip(&testbed, &["mptcp", "limits", "show"]), limits_before);
+    let limits = ip(&testbed, &["mptcp", "limits", "show"]);
+    assert!(
+        limits.contains("add_addr_accepted 0 subflows 2"),
+        "{limits}"
+    );
     let (rules, endpoints) = installed(&testbed);
     assert!(rules.contains("from 10.0.1.1 lookup 15125"), "{rules}");
     assert!(rules.contains("from 10.0.2.1 lookup 15126"), "{rules}");
@@ -554,4 +576,95 @@ fn a_flow_resumes_when_its_dead_paths_come_back_within_the_bound() {
         fs::read(dir.path().join("downloaded")).unwrap() == original,
         "download corrupted"
     );
+}
+
+/// The address the stand-in load balancer forwards to the converter.
+const BALANCED: &str = "10.9.9.9";
+/// The converter's own port its other subflows join (`--announce`).
+const ANNOUNCED_PORT: u16 = 5125;
+
+#[test]
+fn a_converter_behind_a_balancer_gets_the_other_subflows_at_its_own_address() {
+    require_root();
+    let dir = TempDir::new("balanced").unwrap();
+    let mut testbed = Testbed::with_bare_uplinks("balanced", &UPLINKS).unwrap();
+    // The balancer: a DNAT of its address, as a load balancer in NAT mode does (here on
+    // the converter host, whose kernel then sees its own address on the first subflow).
+    let nft = |args: &str| {
+        let args: Vec<&str> = args.split(' ').collect();
+        testbed.converter.exec("nft", &args).unwrap();
+    };
+    nft("add table ip balancer");
+    nft("add chain ip balancer in { type nat hook prerouting priority -100 ; }");
+    nft(&format!(
+        "add rule ip balancer in ip daddr {BALANCED} tcp dport {CONVERTER_PORT} dnat to \
+         {CONVERTER}:{CONVERTER_PORT}"
+    ));
+    let sysctl = "net.mptcp.allow_join_initial_addr_port";
+    let before = testbed.converter.exec("sysctl", &["-n", sysctl]).unwrap();
+    let announce = format!("{CONVERTER}:{ANNOUNCED_PORT}");
+    testbed
+        .start_converter(dir.path(), &["--announce", &announce])
+        .unwrap();
+    let config = write_config(&testbed, dir.path(), "");
+    let text = fs::read_to_string(&config).unwrap().replace(
+        &format!("{CONVERTER}:{CONVERTER_PORT}"),
+        &format!("{BALANCED}:{CONVERTER_PORT}"),
+    );
+    fs::write(&config, text).unwrap();
+    testbed
+        .start_gateway(dir.path(), &["--config", config.to_str().unwrap()])
+        .unwrap();
+    wait_for_state(&testbed, "up1", "up");
+    wait_for_state(&testbed, "up2", "up");
+
+    // A download's first subflow goes to the balancer; the other uplink's joins the
+    // converter's announced address, not the balancer's (which could hand it to
+    // another converter): one subflow per uplink.
+    let (original, curl) = start_download(&mut testbed, &dir, 16 << 20, "4M");
+    wait_until_under_way(&testbed);
+    let flow = testbed
+        .flows()
+        .into_iter()
+        .find(|flow| flow["destination"] == format!("{SERVER}:80"))
+        .unwrap();
+    let subflows: Vec<(String, String)> = flow["subflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|subflow| {
+            let local = subflow["local"].as_str().unwrap();
+            let address = local.split(':').next().unwrap().to_owned();
+            (address, subflow["remote"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    // Whichever uplink the first subflow took (the gateway picks it), the other one
+    // joined the announced address.
+    let locals: BTreeSet<&str> = subflows.iter().map(|(local, _)| local.as_str()).collect();
+    let remotes: BTreeSet<&str> = subflows.iter().map(|(_, remote)| remote.as_str()).collect();
+    let balanced = format!("{BALANCED}:{CONVERTER_PORT}");
+    assert_eq!(subflows.len(), 2, "{flow}");
+    assert_eq!(locals, BTreeSet::from(["10.0.1.1", "10.0.2.1"]), "{flow}");
+    assert_eq!(
+        remotes,
+        BTreeSet::from([balanced.as_str(), announce.as_str()]),
+        "{flow}"
+    );
+    let output = curl.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert!(fs::read(dir.path().join("downloaded")).unwrap() == original);
+
+    // The converter puts back what it changed when it stops.
+    testbed
+        .stop("converter", nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    assert_eq!(
+        testbed.converter.exec("sysctl", &["-n", sysctl]).unwrap(),
+        before
+    );
+    let endpoints = testbed
+        .converter
+        .exec("ip", &["mptcp", "endpoint", "show"])
+        .unwrap();
+    assert!(!endpoints.contains("signal"), "{endpoints}");
 }

@@ -38,6 +38,13 @@ pub struct ConverterOptions {
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
 
+    /// Behind a load balancer: announce this address of the host to the gateways
+    /// (ADDR:PORT, a port other than --listen's), so that they open their other
+    /// subflows there and not through the balancer (sets the MPTCP "C" flag in this
+    /// network namespace; docs/operators.md). Restored at exit. None by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub announce: Option<SocketAddr>,
+
     /// Pre-shared key of the converter's gateway (named `default`); requests without a
     /// valid cookie get "Not Authorized". Optional beside `gateway` entries.
     #[arg(long, value_name = "PATH")]
@@ -178,8 +185,19 @@ impl ConverterOptions {
             1,
         )?
         .min(max_pending);
+        let listen = self.listen.unwrap_or(defaults::CONVERTER_LISTEN);
+        if let Some(announce) = self.announce
+            && announce.port() == listen.port()
+        {
+            bail!(
+                "announce {announce}: a port other than listen's ({}), which the kernel \
+                 would not announce behind a balancer",
+                listen.port()
+            );
+        }
         Ok(ConverterConfig {
-            listen: self.listen.unwrap_or(defaults::CONVERTER_LISTEN),
+            listen,
+            announce: self.announce,
             accounts,
             policy: PolicyConfig {
                 allow: self.allow,

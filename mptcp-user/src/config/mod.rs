@@ -309,6 +309,9 @@ mod tests {
                 "{text}: {error}"
             );
         }
+        // The balanced port announced: the kernel would not announce it.
+        let error = converter_error("announce = \"198.51.100.21:5124\"");
+        assert!(error.contains("a port other than listen's"), "{error}");
         for (text, name) in [
             ("connect-timeout = 0", "connect-timeout"),
             ("idle-timeout = 0", "idle-timeout"),

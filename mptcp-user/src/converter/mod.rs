@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod admission;
+pub mod announce;
 pub mod destination_policy;
 pub mod forward;
 pub mod speedtest;
@@ -62,6 +63,8 @@ pub const READY: &str = "converter listening";
 pub struct ConverterConfig {
     /// Where gateways connect (MPTCP).
     pub listen: SocketAddr,
+    /// The address announced to the gateways for their other subflows, if any.
+    pub announce: Option<SocketAddr>,
     /// The gateways it serves: `key-file`'s, and `[[converter.gateway]]`.
     pub accounts: Vec<AccountConfig>,
     /// What the destination policy allows and refuses beyond its defaults.
@@ -272,14 +275,22 @@ pub fn run(
                 "s"
             }
         );
-        info!("{READY} on {} (MPTCP)", config.listen);
         let signal = server::shutdown_signal()?;
+        // Before READY: the first gateway connection already announces it.
+        let announced = match config.announce {
+            Some(address) => Some(announce::set_up(address).await?),
+            None => None,
+        };
+        info!("{READY} on {} (MPTCP)", config.listen);
         let closing = Arc::clone(&converter);
         let shutdown = async move {
             signal.await;
             closing.forwards.close_all();
         };
         serve(listener, converter, shutdown).await;
+        if let Some(announced) = announced {
+            announced.restore().await;
+        }
         Ok(())
     })
 }

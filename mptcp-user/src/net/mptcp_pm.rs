@@ -33,9 +33,12 @@ const ADDR_ATTR_FAMILY: u16 = 1;
 const ADDR_ATTR_ID: u16 = 2;
 const ADDR_ATTR_ADDR4: u16 = 3;
 const ADDR_ATTR_ADDR6: u16 = 4;
+const ADDR_ATTR_PORT: u16 = 5;
 const ADDR_ATTR_FLAGS: u16 = 6;
 const ADDR_ATTR_IF_IDX: u16 = 7;
 
+/// Endpoint flag: announce this address (ADD_ADDR) to the peers of every connection.
+pub const FLAG_SIGNAL: u32 = 1;
 /// Endpoint flag: open a subflow from this address on every connection.
 pub const FLAG_SUBFLOW: u32 = 2;
 /// Endpoint flag: its subflows are backups, used when no other subflow can send.
@@ -118,6 +121,29 @@ impl PathManager {
         .await
         .with_context(|| format!("cannot add the MPTCP endpoint {address}"))?;
         Ok(())
+    }
+
+    /// `ip mptcp endpoint add ADDRESS port PORT signal`: every connection announces
+    /// `address` to its peer, which joins it there; the kernel listens on it for the
+    /// joins. Returns the endpoint's id.
+    pub async fn add_signal_endpoint(&self, address: std::net::SocketAddr) -> anyhow::Result<u8> {
+        let mut fields = address_fields(address.ip());
+        fields.push(AddressField::Port(address.port()));
+        fields.push(AddressField::Flags(FLAG_SIGNAL));
+        self.request(
+            Message::new(CMD_ADD_ADDR, vec![Attribute::Address(fields)]),
+            NLM_F_REQUEST | NLM_F_ACK,
+        )
+        .await
+        .with_context(|| format!("cannot add the MPTCP signal endpoint {address}"))?;
+        self.endpoints()
+            .await?
+            .into_iter()
+            .find(|endpoint| {
+                endpoint.address == Some(address.ip()) && endpoint.flags & FLAG_SIGNAL != 0
+            })
+            .map(|endpoint| endpoint.id)
+            .with_context(|| format!("the MPTCP signal endpoint {address} is not listed"))
     }
 
     /// `ip mptcp endpoint delete id ID`.
@@ -207,7 +233,7 @@ fn endpoint_of(fields: Vec<AddressField>) -> Endpoint {
             AddressField::V6(v6) => endpoint.address = Some(v6.into()),
             AddressField::Flags(flags) => endpoint.flags = flags,
             AddressField::Interface(index) => endpoint.interface = u32::try_from(index).ok(),
-            AddressField::Family(_) | AddressField::Other(_) => {}
+            AddressField::Family(_) | AddressField::Port(_) | AddressField::Other(_) => {}
         }
     }
     endpoint
@@ -220,6 +246,7 @@ enum AddressField {
     Id(u8),
     V4(Ipv4Addr),
     V6(Ipv6Addr),
+    Port(u16),
     Flags(u32),
     Interface(i32),
     Other(DefaultNla),
@@ -228,7 +255,7 @@ enum AddressField {
 impl Nla for AddressField {
     fn value_len(&self) -> usize {
         match self {
-            Self::Family(_) => 2,
+            Self::Family(_) | Self::Port(_) => 2,
             Self::Id(_) => 1,
             Self::V4(_) | Self::Flags(_) | Self::Interface(_) => 4,
             Self::V6(_) => 16,
@@ -242,6 +269,7 @@ impl Nla for AddressField {
             Self::Id(_) => ADDR_ATTR_ID,
             Self::V4(_) => ADDR_ATTR_ADDR4,
             Self::V6(_) => ADDR_ATTR_ADDR6,
+            Self::Port(_) => ADDR_ATTR_PORT,
             Self::Flags(_) => ADDR_ATTR_FLAGS,
             Self::Interface(_) => ADDR_ATTR_IF_IDX,
             Self::Other(nla) => nla.kind(),
@@ -251,7 +279,7 @@ impl Nla for AddressField {
     fn emit_value(&self, buffer: &mut [u8]) {
         // The buffer is value_len() bytes, which these writes fill exactly.
         match self {
-            Self::Family(value) => {
+            Self::Family(value) | Self::Port(value) => {
                 let _ = emit_u16(buffer, *value);
             }
             Self::Id(value) => buffer[0] = *value,
@@ -278,6 +306,7 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&'a T>> for AddressField {
             ADDR_ATTR_ADDR6 => {
                 Self::V6(<[u8; 16]>::try_from(value).map_err(|_| "bad IPv6")?.into())
             }
+            ADDR_ATTR_PORT => Self::Port(parse_u16(value)?),
             ADDR_ATTR_FLAGS => Self::Flags(parse_u32(value)?),
             ADDR_ATTR_IF_IDX => Self::Interface(parse_i32(value)?),
             _ => Self::Other(DefaultNla::parse(buffer)?),

@@ -73,10 +73,14 @@ impl Uplinks {
         let limits = netlink.mptcp.limits().await?;
         self.previous_limits = Some(limits);
         let wanted = u32::try_from(self.configured.len()).unwrap_or(MAX_UPLINKS);
+        // No ADD_ADDR accepted: a converter behind a load balancer (its MP_CAPABLE "C"
+        // flag) announces its own address, and only at 0 does the kernel open a subflow
+        // from every uplink's endpoint to it; above 0 it opens one, from the default
+        // route's (kernel 6.18; converter/announce.rs).
         netlink
             .mptcp
             .set_limits(Limits {
-                add_addr_accepted: limits.add_addr_accepted.max(wanted).min(MAX_UPLINKS),
+                add_addr_accepted: 0,
                 subflows: limits.subflows.max(wanted).min(MAX_UPLINKS),
             })
             .await?;
