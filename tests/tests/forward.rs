@@ -7,7 +7,7 @@
 //! older connections on offer are retired by the converter.
 
 use std::{
-    io::{ErrorKind, Read as _, Write as _},
+    io::{ErrorKind, Read as _},
     net::{SocketAddr, TcpStream},
     path::PathBuf,
     process::Child,
@@ -20,10 +20,10 @@ use mptcp_tests::{
     inbound::{self, FORWARD_PORTS, LAN_WEB, PUBLIC_PORT, public_url},
     netns::run_in,
     random_bytes, require_root,
-    testbed::{CONVERTER_PORT, CONVERTER_TOWARD_SERVER, SERVER, Uplink},
+    testbed::{CONVERTER_TOWARD_SERVER, SERVER, Uplink},
 };
 use mptcp_user::protocol::{
-    codec::{self, ErrorCode, Message, Tlv},
+    codec::{ErrorCode, Message, Tlv},
     cookie::{KEY_LEN, Key, Subject, unix_now},
     forward::{Claim, GatewayId, OFFERS_KEPT, PortStatus, statuses},
 };
@@ -230,19 +230,10 @@ fn an_inbound_download_survives_a_silenced_line_and_new_ones_still_come_in() {
 /// the converter's answer.
 fn claim_from_outside(forwarding: &Forwarding, claim: &Claim) -> (TcpStream, Message) {
     let bytes = claim.to_message().encode().unwrap();
-    let converter = SocketAddr::new(CONVERTER_TOWARD_SERVER.parse().unwrap(), CONVERTER_PORT);
-    run_in(&forwarding.household.testbed.server, move || {
-        let mut stream = TcpStream::connect_timeout(&converter, Duration::from_secs(5)).unwrap();
-        stream.write_all(&bytes).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut answer = vec![0u8; codec::HEADER_LEN];
-        stream.read_exact(&mut answer).unwrap();
-        answer.resize(codec::message_len(&answer).unwrap(), 0);
-        stream.read_exact(&mut answer[codec::HEADER_LEN..]).unwrap();
-        (stream, Message::decode(&answer).unwrap().0)
-    })
+    forwarding
+        .household
+        .testbed
+        .ask_converter_from_outside(bytes)
 }
 
 /// What a read on `stream` returns within `timeout` (`Some(0)`: closed); `None` if it

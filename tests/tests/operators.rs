@@ -20,11 +20,11 @@ use mptcp_tests::{
     mptcp_user_bin,
     netns::{Netns, run, run_in},
     require_root,
-    testbed::{CONVERTER_PORT, CONVERTER_TOWARD_SERVER, SERVER, Testbed, Uplink, daemon_log},
+    testbed::{SERVER, Testbed, Uplink, daemon_log},
     wait_until,
 };
 use mptcp_user::protocol::{
-    codec::{self, ErrorCode, Message, Request, Response},
+    codec::{ErrorCode, Request, Response},
     cookie::{Key, unix_now},
 };
 use nix::sys::signal::{Signal, kill};
@@ -80,22 +80,8 @@ fn convert(testbed: &Testbed, key: &Path) -> (Response, TcpStream) {
     .to_message()
     .encode()
     .unwrap();
-    let converter: SocketAddr = format!("{CONVERTER_TOWARD_SERVER}:{CONVERTER_PORT}")
-        .parse()
-        .unwrap();
-    run_in(&testbed.server, move || {
-        let mut stream = TcpStream::connect_timeout(&converter, Duration::from_secs(5)).unwrap();
-        stream.write_all(&request).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut answer = vec![0u8; codec::HEADER_LEN];
-        stream.read_exact(&mut answer).unwrap();
-        answer.resize(codec::message_len(&answer).unwrap(), 0);
-        stream.read_exact(&mut answer[codec::HEADER_LEN..]).unwrap();
-        let (message, _) = Message::decode(&answer).unwrap();
-        (Response::from_message(&message), stream)
-    })
+    let (stream, answer) = testbed.ask_converter_from_outside(request);
+    (Response::from_message(&answer), stream)
 }
 
 /// A connection of the testbed's LAN host to the echo server (through its gateway).

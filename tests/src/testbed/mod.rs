@@ -289,6 +289,33 @@ impl Testbed {
         ])
     }
 
+    /// Sends `message` (a Convert message's bytes) to the converter's public address
+    /// from the server host, as anyone on the internet may, and reads its answer (10 s
+    /// at most); returns the connection, still open, and the answer. Panics on failure.
+    pub fn ask_converter_from_outside(
+        &self,
+        message: Vec<u8>,
+    ) -> (std::net::TcpStream, mptcp_user::protocol::codec::Message) {
+        use std::io::{Read as _, Write as _};
+
+        use mptcp_user::protocol::codec::{self, Message};
+        let converter =
+            std::net::SocketAddr::new(CONVERTER_TOWARD_SERVER.parse().unwrap(), CONVERTER_PORT);
+        crate::netns::run_in(&self.server, move || {
+            let mut stream =
+                std::net::TcpStream::connect_timeout(&converter, Duration::from_secs(5)).unwrap();
+            stream.write_all(&message).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut answer = vec![0u8; codec::HEADER_LEN];
+            stream.read_exact(&mut answer).unwrap();
+            answer.resize(codec::message_len(&answer).unwrap(), 0);
+            stream.read_exact(&mut answer[codec::HEADER_LEN..]).unwrap();
+            (stream, Message::decode(&answer).unwrap().0)
+        })
+    }
+
     /// Where the gateway pins its maps.
     pub fn pin_path(&self) -> String {
         format!("{}/{}", mptcp_user::sys::BPFFS, self.name)
