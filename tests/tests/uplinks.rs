@@ -13,10 +13,17 @@ use std::{
 };
 
 use mptcp_tests::{
-    TempDir, measure, random_bytes, require_root,
-    testbed::{CONVERTER, CONVERTER_PORT, SERVER, Testbed, Uplink, daemon_log},
+    TempDir, measure,
+    metrics::{CONVERTER_METRICS, sample, scrape},
+    random_bytes, require_root,
+    testbed::{
+        CONVERTER, CONVERTER_PORT, SERVER, Testbed, Uplink,
+        balancer::{ANNOUNCED_PORT, BALANCED, SECOND_CONVERTER},
+        daemon_log,
+    },
     wait_until,
 };
+use nix::sys::signal::Signal;
 
 const UPLINKS: [Uplink; 2] = [Uplink::htb(50), Uplink::htb(50)];
 /// For the failover tests: uplink 1 (the default route's) has the shorter round trip,
@@ -578,45 +585,22 @@ fn a_flow_resumes_when_its_dead_paths_come_back_within_the_bound() {
     );
 }
 
-/// The address the stand-in load balancer forwards to the converter.
-const BALANCED: &str = "10.9.9.9";
-/// The converter's own port its other subflows join (`--announce`).
-const ANNOUNCED_PORT: u16 = 5125;
-
 #[test]
 fn a_converter_behind_a_balancer_gets_the_other_subflows_at_its_own_address() {
     require_root();
     let dir = TempDir::new("balanced").unwrap();
     let mut testbed = Testbed::with_bare_uplinks("balanced", &UPLINKS).unwrap();
-    // The balancer: a DNAT of its address, as a load balancer in NAT mode does (here on
-    // the converter host, whose kernel then sees its own address on the first subflow).
-    let nft = |args: &str| {
-        let args: Vec<&str> = args.split(' ').collect();
-        testbed.converter.exec("nft", &args).unwrap();
-    };
-    nft("add table ip balancer");
-    nft("add chain ip balancer in { type nat hook prerouting priority -100 ; }");
-    nft(&format!(
-        "add rule ip balancer in ip daddr {BALANCED} tcp dport {CONVERTER_PORT} dnat to \
-         {CONVERTER}:{CONVERTER_PORT}"
-    ));
+    // The balancer in front of this one converter: a DNAT of its address, as a load
+    // balancer in NAT mode does, so the converter sees its own address on the first
+    // subflow.
+    testbed.add_balancer(&[CONVERTER]).unwrap();
     let sysctl = "net.mptcp.allow_join_initial_addr_port";
     let before = testbed.converter.exec("sysctl", &["-n", sysctl]).unwrap();
     let announce = format!("{CONVERTER}:{ANNOUNCED_PORT}");
     testbed
         .start_converter(dir.path(), &["--announce", &announce])
         .unwrap();
-    let config = write_config(&testbed, dir.path(), "");
-    let text = fs::read_to_string(&config).unwrap().replace(
-        &format!("{CONVERTER}:{CONVERTER_PORT}"),
-        &format!("{BALANCED}:{CONVERTER_PORT}"),
-    );
-    fs::write(&config, text).unwrap();
-    testbed
-        .start_gateway(dir.path(), &["--config", config.to_str().unwrap()])
-        .unwrap();
-    wait_for_state(&testbed, "up1", "up");
-    wait_for_state(&testbed, "up2", "up");
+    start_gateway_of_balanced_converters(&mut testbed, &dir);
 
     // A download's first subflow goes to the balancer; the other uplink's joins the
     // converter's announced address, not the balancer's (which could hand it to
@@ -667,4 +651,191 @@ fn a_converter_behind_a_balancer_gets_the_other_subflows_at_its_own_address() {
         .exec("ip", &["mptcp", "endpoint", "show"])
         .unwrap();
     assert!(!endpoints.contains("signal"), "{endpoints}");
+}
+
+/// Starts the gateway from its config file, its converter the balancer's address, and
+/// waits until both uplinks are up.
+fn start_gateway_of_balanced_converters(testbed: &mut Testbed, dir: &TempDir) {
+    let config = write_config(testbed, dir.path(), "");
+    let text = fs::read_to_string(&config).unwrap().replace(
+        &format!("{CONVERTER}:{CONVERTER_PORT}"),
+        &format!("{BALANCED}:{CONVERTER_PORT}"),
+    );
+    fs::write(&config, text).unwrap();
+    testbed
+        .start_gateway(dir.path(), &["--config", config.to_str().unwrap()])
+        .unwrap();
+    wait_for_state(testbed, "up1", "up");
+    wait_for_state(testbed, "up2", "up");
+}
+
+/// Serves a 2 MiB file and starts `count` downloads of it at once from the LAN host,
+/// each at 250 kB/s (8 s).
+fn start_slow_downloads(
+    testbed: &mut Testbed,
+    dir: &TempDir,
+    count: usize,
+) -> Vec<std::process::Child> {
+    let served = dir.path().join("www");
+    fs::create_dir(&served).unwrap();
+    fs::write(served.join("file"), random_bytes(2 << 20)).unwrap();
+    testbed
+        .start_http_server(&served, &dir.path().join("http.log"))
+        .unwrap();
+    (0..count)
+        .map(|i| {
+            testbed
+                .client
+                .command("curl")
+                .args(["--silent", "--fail", "--max-time", "40"])
+                .args(["--limit-rate", "250K", "--output"])
+                .arg(dir.path().join(format!("downloaded-{i}")))
+                .arg(format!("http://{SERVER}/file"))
+                .spawn()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Waits (40 s at most) for every download of `curls`; returns when each one that
+/// failed ended, counted from now.
+fn wait_for_downloads(mut running: Vec<std::process::Child>) -> Vec<Duration> {
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    while !running.is_empty() && started.elapsed() < Duration::from_secs(40) {
+        running.retain_mut(|curl| match curl.try_wait().unwrap() {
+            Some(status) if !status.success() => {
+                failed.push(started.elapsed());
+                false
+            }
+            Some(_) => false,
+            None => true,
+        });
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        running.is_empty(),
+        "{} downloads still running",
+        running.len()
+    );
+    failed
+}
+
+/// Flows of the LAN host to the server's port 80 the gateway lists with a subflow over
+/// each uplink, each having carried bytes: their subflows' remote addresses.
+fn remotes_of_busy_flows(testbed: &Testbed) -> Vec<BTreeSet<String>> {
+    testbed
+        .flows()
+        .iter()
+        .filter(|flow| flow["destination"] == format!("{SERVER}:80"))
+        .filter_map(|flow| {
+            let subflows = flow["subflows"].as_array()?;
+            let busy = subflows.len() == UPLINKS.len()
+                && subflows
+                    .iter()
+                    .all(|subflow| subflow["bytes_down"].as_u64() > Some(0));
+            busy.then(|| {
+                subflows
+                    .iter()
+                    .filter_map(|subflow| subflow["remote"].as_str().map(str::to_owned))
+                    .collect()
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn two_converters_behind_a_balancer_carry_each_flow_whole_on_one() {
+    require_root();
+    let dir = TempDir::new("twoconv").unwrap();
+    let mut testbed = Testbed::with_bare_uplinks("twoconv", &UPLINKS).unwrap();
+    testbed.add_second_converter_host().unwrap();
+    testbed
+        .add_balancer(&[CONVERTER, SECOND_CONVERTER])
+        .unwrap();
+    let first = format!("{CONVERTER}:{ANNOUNCED_PORT}");
+    let second = format!("{SECOND_CONVERTER}:{ANNOUNCED_PORT}");
+    let metrics = ["--metrics", CONVERTER_METRICS];
+    testbed
+        .start_converter(
+            dir.path(),
+            &[&["--announce", &first][..], &metrics].concat(),
+        )
+        .unwrap();
+    testbed
+        .start_second_converter(
+            dir.path(),
+            &[&["--announce", &second][..], &metrics].concat(),
+        )
+        .unwrap();
+    start_gateway_of_balanced_converters(&mut testbed, &dir);
+
+    // 40 downloads at once, each for a few seconds.
+    let curls = start_slow_downloads(&mut testbed, &dir, 40);
+    let balanced = format!("{BALANCED}:{CONVERTER_PORT}");
+    let mut busy = Vec::new();
+    wait_until(
+        Duration::from_secs(15),
+        || {
+            busy = remotes_of_busy_flows(&testbed);
+            busy.len() == curls.len()
+        },
+        || format!("not every flow busy on both uplinks: {:?}", testbed.flows()),
+    );
+    // Each flow: one subflow to the balancer, one to the announced address of the
+    // converter the balancer gave it, never one to each converter.
+    let on_first = busy
+        .iter()
+        .filter(|remotes| **remotes == BTreeSet::from([balanced.clone(), first.clone()]))
+        .count();
+    let on_second = busy
+        .iter()
+        .filter(|remotes| **remotes == BTreeSet::from([balanced.clone(), second.clone()]))
+        .count();
+    assert_eq!(on_first + on_second, curls.len(), "{busy:?}");
+    assert!(on_first > 0 && on_second > 0, "{on_first} + {on_second}");
+    println!("40 flows: {on_first} on the first converter, {on_second} on the second");
+
+    // The second converter crashes and the balancer drops it: its flows end with a
+    // reset (curl fails at once, not at its time limit), the first one's complete.
+    testbed.stop("converter2", Signal::SIGKILL).unwrap();
+    testbed.balance_to(&[CONVERTER]).unwrap();
+    let failed = wait_for_downloads(curls);
+    assert_eq!(failed.len(), on_second, "{failed:?}");
+    assert!(
+        failed.iter().all(|after| *after < Duration::from_secs(5)),
+        "{failed:?}"
+    );
+
+    // New flows are carried by the first converter within seconds.
+    let relayed = || {
+        let text = scrape(&testbed.converter, CONVERTER_METRICS).unwrap();
+        sample(
+            &text,
+            r#"mptcp_converter_gateway_relays_total{gateway="default"}"#,
+        )
+    };
+    let before = relayed();
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            let fetched = testbed
+                .client
+                .command("curl")
+                .args([
+                    "--silent",
+                    "--fail",
+                    "--max-time",
+                    "10",
+                    "--output",
+                    "/dev/null",
+                ])
+                .arg(format!("http://{SERVER}/file"))
+                .status()
+                .unwrap();
+            assert!(fetched.success(), "a new flow failed");
+            relayed() > before
+        },
+        || "no new flow through the first converter".to_owned(),
+    );
 }

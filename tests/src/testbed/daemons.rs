@@ -114,12 +114,38 @@ impl Testbed {
     /// Starts the converter with the key `dir/key` (written first if there is none),
     /// `args` added, logging to `dir/converter.log`; returns once it listens.
     pub fn start_converter(&mut self, dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+        self.start_converter_on(None, dir, args)
+    }
+
+    /// [`Self::start_converter`] on the second converter's host (`converter2`, logging
+    /// to `dir/converter2.log`), which [`Self::add_second_converter_host`] built.
+    pub fn start_second_converter(&mut self, dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+        let host = self
+            .second_converter
+            .take()
+            .context("no second converter host")?;
+        let started = self.start_converter_on(Some(&host), dir, args);
+        self.second_converter = Some(host);
+        started
+    }
+
+    /// Starts a converter on `host` (the first converter's when `None`).
+    fn start_converter_on(
+        &mut self,
+        host: Option<&Netns>,
+        dir: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<()> {
         let binary = crate::mptcp_user_bin();
         let key = dir.join("key");
         if !key.exists() {
             crate::netns::run(Command::new(&binary).arg("keygen").arg(&key))?;
         }
-        let mut converter = self.daemon_command(&self.converter);
+        let (netns, label) = match host {
+            Some(host) => (host, "converter2"),
+            None => (&self.converter, "converter"),
+        };
+        let mut converter = self.daemon_command(netns);
         converter
             .args([
                 "converter",
@@ -129,8 +155,8 @@ impl Testbed {
             .arg("--key-file")
             .arg(&key)
             .args(args);
-        self.start("converter", &mut converter, &log_path(dir, "converter"))?;
-        self.converter
+        self.start(label, &mut converter, &log_path(dir, label))?;
+        host.unwrap_or(&self.converter)
             .wait_listening(CONVERTER_PORT, Duration::from_secs(10))
     }
 

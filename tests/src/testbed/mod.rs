@@ -28,6 +28,7 @@
 //! uplink, masquerade, no route back to the LAN). The other carriers the benchmarks
 //! compare with live in [`crate::carriers`].
 
+pub mod balancer;
 pub mod daemons;
 pub mod faults;
 pub mod inspect;
@@ -84,6 +85,9 @@ pub struct Testbed {
     pub converter: Netns,
     /// The destination server.
     pub server: Netns,
+    /// A second converter's host, behind a balancer with the first
+    /// ([`Self::add_second_converter_host`]).
+    pub second_converter: Option<Netns>,
     /// The uplinks, in order (interface upI is `uplinks[I-1]`).
     pub uplinks: Vec<Uplink>,
     /// Unique name prefix of this testbed.
@@ -119,6 +123,7 @@ impl Testbed {
             gateway: Netns::new(format!("{name}-g"))?,
             converter: Netns::new(format!("{name}-r"))?,
             server: Netns::new(format!("{name}-s"))?,
+            second_converter: None,
             uplinks: uplinks.to_vec(),
             name,
             daemon_capabilities: None,
