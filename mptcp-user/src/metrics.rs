@@ -458,20 +458,17 @@ impl Default for ConverterMetrics {
 }
 
 impl ConverterMetrics {
-    /// Counts a relay of `gateway`'s, live until the returned values are dropped.
-    pub fn relay_started(&self, gateway: &str) -> [Live; 2] {
+    /// Counts a relay of `gateway`'s, live until the returned values are dropped, and
+    /// returns the counters it moves its bytes on: the converter's, which count them
+    /// for the gateway too.
+    pub fn relay_started(&self, gateway: &str) -> (RelayCounters, [Live; 2]) {
         self.relays_total.inc();
         let labels = GatewayLabels {
             gateway: gateway.to_owned(),
         };
         self.gateway_relays.get_or_create(&labels).inc();
         let live = self.gateway_live_relays.get_or_create(&labels).clone();
-        [Live::on(self.relays_live.clone()), Live::on(live)]
-    }
-
-    /// The counters of a relay of `gateway`'s: the converter's, which count its bytes
-    /// for the gateway too.
-    pub fn relayed_for(&self, gateway: &str) -> RelayCounters {
+        let live = [Live::on(self.relays_live.clone()), Live::on(live)];
         let owner = |direction| {
             let labels = GatewayDirectionLabels {
                 gateway: gateway.to_owned(),
@@ -482,7 +479,7 @@ impl ConverterMetrics {
         let mut counters = self.relayed.clone();
         counters.up.owner = owner("up");
         counters.down.owner = owner("down");
-        counters
+        (counters, live)
     }
 
     /// Counts a connection of `gateway`'s refused at its own max-conns.

@@ -71,7 +71,6 @@ fn converter_metrics() -> String {
     let metrics = ConverterMetrics::default();
     metrics.errors.count(ErrorCode::NotAuthorized);
     drop(metrics.relay_started("smith"));
-    metrics.relayed_for("smith");
     metrics.refused_over_limit("smith");
     metrics.text()
 }

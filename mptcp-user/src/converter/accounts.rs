@@ -174,20 +174,22 @@ pub struct Account {
 
 #[derive(Debug)]
 struct Limits {
-    max_conns: Option<usize>,
-    /// Its relay permits, if it has a `max_conns`. A reload that changes it makes a new
-    /// one: the flows still holding the old one's permits end in their own time.
-    connections: Option<Arc<Semaphore>>,
+    /// Its `max-conns` and their permits, if it has one. A reload that changes it makes
+    /// new permits: the flows still holding the old ones end in their own time.
+    max_conns: Option<(usize, Arc<Semaphore>)>,
     forward_ports: Option<PortRanges>,
 }
 
 impl Limits {
     fn new(max_conns: Option<usize>, forward_ports: Option<PortRanges>) -> Self {
         Self {
-            max_conns,
-            connections: max_conns.map(|count| Arc::new(Semaphore::new(count))),
+            max_conns: max_conns.map(|count| (count, Arc::new(Semaphore::new(count)))),
             forward_ports,
         }
+    }
+
+    fn max_conns(&self) -> Option<usize> {
+        self.max_conns.as_ref().map(|&(count, _)| count)
     }
 }
 
@@ -208,13 +210,13 @@ impl Account {
     /// of its own), or its limit when all are taken.
     pub fn admit(&self) -> Result<Option<OwnedSemaphorePermit>, OverLimit> {
         let limits = lock(&self.limits);
-        let (Some(max_conns), Some(connections)) = (limits.max_conns, &limits.connections) else {
+        let Some((max_conns, permits)) = &limits.max_conns else {
             return Ok(None);
         };
-        Arc::clone(connections)
+        Arc::clone(permits)
             .try_acquire_owned()
             .map(Some)
-            .map_err(|_| OverLimit(max_conns))
+            .map_err(|_| OverLimit(*max_conns))
     }
 
     /// The public ports it may claim, if it has its own.
@@ -224,7 +226,7 @@ impl Account {
 
     fn update(&self, config: &AccountConfig) {
         let mut limits = lock(&self.limits);
-        if limits.max_conns == config.max_conns {
+        if limits.max_conns() == config.max_conns {
             limits.forward_ports.clone_from(&config.forward_ports);
         } else {
             *limits = Limits::new(config.max_conns, config.forward_ports.clone());

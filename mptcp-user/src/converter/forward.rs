@@ -581,11 +581,10 @@ async fn relay_inbound(
         return;
     }
     converter.metrics.inbound.inc();
-    // Down: towards the gateway, as a Convert flow's destination's bytes go.
-    let counters = converter.metrics.relayed_for(account);
-    counters.down.moved(early.len(), false);
     debug!("{peer} -> public port {port}: handed to gateway {account} at {gateway_peer}");
-    let _counted = converter.metrics.relay_started(account);
+    let (counters, _live) = converter.metrics.relay_started(account);
+    // Down: towards the gateway, as a Convert flow's destination's bytes go.
+    counters.down.moved(early.len(), false);
     match relay::relay(
         &mut gateway,
         &mut client,

@@ -471,9 +471,8 @@ async fn handle(
         warn!("{peer} ({gateway}) -> {destination}: {error}");
         return;
     }
-    let counters = converter.metrics.relayed_for(gateway);
+    let (counters, _live) = converter.metrics.relay_started(gateway);
     counters.up.moved(early_data.len(), false);
-    let _counted = converter.metrics.relay_started(gateway);
     match relay::relay(
         &mut client,
         &mut server,
@@ -512,16 +511,15 @@ impl Converter {
         let converter = Arc::clone(&self.connections)
             .try_acquire_owned()
             .map_err(|_| "already relaying --max-conns flows".to_owned())?;
-        let gateway = match account.map(|account| (account, account.admit())) {
+        let gateway = match account {
             None => None,
-            Some((_, Ok(permit))) => permit,
-            Some((account, Err(OverLimit(limit)))) => {
+            Some(account) => account.admit().map_err(|OverLimit(limit)| {
                 self.metrics.refused_over_limit(&account.name);
-                return Err(format!(
+                format!(
                     "gateway {} already relays its max-conns ({limit})",
                     account.name
-                ));
-            }
+                )
+            })?,
         };
         Ok(Permits {
             _converter: converter,
