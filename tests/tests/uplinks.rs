@@ -13,7 +13,7 @@ use std::{
 };
 
 use mptcp_tests::{
-    TempDir, measure,
+    TempDir, inbound, measure,
     metrics::{CONVERTER_METRICS, sample, scrape},
     random_bytes, require_root,
     testbed::{
@@ -816,24 +816,13 @@ fn two_converters_behind_a_balancer_carry_each_flow_whole_on_one() {
         )
     };
     let before = relayed();
+    let patience = Duration::from_secs(10);
     wait_until(
-        Duration::from_secs(10),
+        patience,
         || {
-            let fetched = testbed
-                .client
-                .command("curl")
-                .args([
-                    "--silent",
-                    "--fail",
-                    "--max-time",
-                    "10",
-                    "--output",
-                    "/dev/null",
-                ])
-                .arg(format!("http://{SERVER}/file"))
-                .status()
-                .unwrap();
-            assert!(fetched.success(), "a new flow failed");
+            let url = format!("http://{SERVER}/file");
+            let fetched = inbound::fetch(&testbed.client, &url, Path::new("/dev/null"), patience);
+            fetched.expect("a new flow failed");
             relayed() > before
         },
         || "no new flow through the first converter".to_owned(),

@@ -114,25 +114,30 @@ impl Testbed {
     /// Starts the converter with the key `dir/key` (written first if there is none),
     /// `args` added, logging to `dir/converter.log`; returns once it listens.
     pub fn start_converter(&mut self, dir: &Path, args: &[&str]) -> anyhow::Result<()> {
-        self.start_converter_on(None, dir, args)
+        self.start_converter_on(false, dir, args)
     }
 
     /// [`Self::start_converter`] on the second converter's host (`converter2`, logging
     /// to `dir/converter2.log`), which [`Self::add_second_converter_host`] built.
     pub fn start_second_converter(&mut self, dir: &Path, args: &[&str]) -> anyhow::Result<()> {
-        let host = self
-            .second_converter
-            .take()
-            .context("no second converter host")?;
-        let started = self.start_converter_on(Some(&host), dir, args);
-        self.second_converter = Some(host);
-        started
+        self.start_converter_on(true, dir, args)
     }
 
-    /// Starts a converter on `host` (the first converter's when `None`).
+    /// The first converter's host, or the `second`'s.
+    fn converter_host(&self, second: bool) -> anyhow::Result<&Netns> {
+        if second {
+            self.second_converter
+                .as_ref()
+                .context("no second converter host")
+        } else {
+            Ok(&self.converter)
+        }
+    }
+
+    /// Starts a converter on the first converter's host, or the `second`'s.
     fn start_converter_on(
         &mut self,
-        host: Option<&Netns>,
+        second: bool,
         dir: &Path,
         args: &[&str],
     ) -> anyhow::Result<()> {
@@ -141,11 +146,8 @@ impl Testbed {
         if !key.exists() {
             crate::netns::run(Command::new(&binary).arg("keygen").arg(&key))?;
         }
-        let (netns, label) = match host {
-            Some(host) => (host, "converter2"),
-            None => (&self.converter, "converter"),
-        };
-        let mut converter = self.daemon_command(netns);
+        let label = if second { "converter2" } else { "converter" };
+        let mut converter = self.daemon_command(self.converter_host(second)?);
         converter
             .args([
                 "converter",
@@ -156,7 +158,7 @@ impl Testbed {
             .arg(&key)
             .args(args);
         self.start(label, &mut converter, &log_path(dir, label))?;
-        host.unwrap_or(&self.converter)
+        self.converter_host(second)?
             .wait_listening(CONVERTER_PORT, Duration::from_secs(10))
     }
 
