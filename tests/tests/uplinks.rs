@@ -669,8 +669,9 @@ fn start_gateway_of_balanced_converters(testbed: &mut Testbed, dir: &TempDir) {
     wait_for_state(testbed, "up2", "up");
 }
 
-/// Serves a 2 MiB file and starts `count` downloads of it at once from the LAN host,
-/// each at 250 kB/s (8 s).
+/// Serves a 4 MiB file and starts `count` downloads of it at once from the LAN host,
+/// sharing the lines (40 of them: about 13 s). Not paced by curl: a paced curl sleeps
+/// between reads and notices a reset only when it wakes (up to 5.5 s late in CI).
 fn start_slow_downloads(
     testbed: &mut Testbed,
     dir: &TempDir,
@@ -678,7 +679,7 @@ fn start_slow_downloads(
 ) -> Vec<std::process::Child> {
     let served = dir.path().join("www");
     fs::create_dir(&served).unwrap();
-    fs::write(served.join("file"), random_bytes(2 << 20)).unwrap();
+    fs::write(served.join("file"), random_bytes(4 << 20)).unwrap();
     testbed
         .start_http_server(&served, &dir.path().join("http.log"))
         .unwrap();
@@ -687,8 +688,7 @@ fn start_slow_downloads(
             testbed
                 .client
                 .command("curl")
-                .args(["--silent", "--fail", "--max-time", "40"])
-                .args(["--limit-rate", "250K", "--output"])
+                .args(["--silent", "--fail", "--max-time", "40", "--output"])
                 .arg(dir.path().join(format!("downloaded-{i}")))
                 .arg(format!("http://{SERVER}/file"))
                 .spawn()
