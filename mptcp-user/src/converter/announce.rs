@@ -19,7 +19,10 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use log::{info, warn};
 
-use crate::net::mptcp_pm::{Limits, MAX_LIMIT, PathManager};
+use crate::net::{
+    mptcp_pm::{Limits, MAX_LIMIT, PathManager},
+    sock_diag,
+};
 
 /// The sysctl that decides the "C" flag, in this network namespace.
 const JOIN_INITIAL: &str = "/proc/sys/net/mptcp/allow_join_initial_addr_port";
@@ -44,6 +47,13 @@ pub async fn set_up(address: SocketAddr) -> anyhow::Result<Announced> {
         subflows: MAX_LIMIT,
         ..limits
     };
+    // A previous run's joins there, closed within the last minute, would keep the
+    // kernel from listening on the address (net/sock_diag.rs).
+    match sock_diag::end_time_wait(address) {
+        Ok(0) => {}
+        Ok(ended) => info!("ended {ended} TIME_WAIT connections of a previous run on {address}"),
+        Err(error) => warn!("{error:#}: the kernel may not listen on {address} for a minute"),
+    }
     let endpoint = async {
         pm.set_limits(raised).await?;
         pm.add_signal_endpoint(address).await

@@ -8,4 +8,5 @@ pub mod netlink;
 pub mod nft;
 pub mod relay;
 pub mod server;
+pub mod sock_diag;
 pub mod socket;
