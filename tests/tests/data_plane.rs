@@ -576,7 +576,7 @@ fn a_thousand_idle_flows_are_held_end_to_end_by_daemons_started_as_services() {
     println!("{held:?}");
     assert_eq!(held.converted(), 1000, "{:?}", held.seen_from);
     assert_eq!(held.echoed, 1000);
-    for (name, load) in [("gateway", held.gateway), ("converter", held.converter)] {
+    for (name, load) in held.daemons() {
         // Two sockets a flow, and no pipe held by an idle one: only the pool's few.
         assert!(load.files_per_flow(1000) < 2.05, "{name}: {load:?}");
         assert!(

@@ -4,6 +4,7 @@
 //!
 //! - [`aggregate`]: one long download through the gateway against each uplink alone,
 //!   raw MPTCP and shadowsocks.
+//! - [`balanced`]: the two-converter row of `scale`: converters behind a load balancer.
 //! - [`interception`]: what intercepting a connection costs, eBPF against nftables.
 //! - [`keys`]: what authenticating a request costs a converter of many gateways (in
 //!   this process, no testbed).
@@ -12,6 +13,7 @@
 //! - [`web`]: page loads and short downloads, against the best uplink alone.
 
 pub mod aggregate;
+pub mod balanced;
 pub mod interception;
 pub mod keys;
 pub mod relay;

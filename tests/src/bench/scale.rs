@@ -30,18 +30,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
+use super::balanced::{self, Balanced};
 use crate::{
     footprint::{Footprint, raise_own_file_limit},
     greeting::{GreetingServer, greeting, listen_in},
     netns::{Netns, enter},
     percentile,
-    testbed::{CONVERTER_TOWARD_SERVER, SERVER, Testbed, Uplink},
+    testbed::{CONVERTER_TOWARD_SERVER, SERVER, Testbed, Uplink, balancer::SECOND_CONVERTER},
 };
 
+/// The labels of the converters a testbed may run: the first, and the second behind a
+/// balancer.
+const CONVERTER_LABELS: [&str; 2] = ["converter", "converter2"];
+
 /// Port of the server that greets and closes (connection rate).
-const RATE_PORT: u16 = 5101;
+pub(crate) const RATE_PORT: u16 = 5101;
 /// Port of the server that greets and holds (held flows).
 const HOLD_PORT: u16 = 5102;
 /// Threads opening the held flows.
@@ -58,6 +63,8 @@ pub struct Options {
     pub rate_duration: Duration,
     /// Numbers of parallel clients of the connection rate, one after the other.
     pub clients: Vec<usize>,
+    /// The two-converter row, if wanted.
+    pub balanced: Option<balanced::Options>,
 }
 
 /// One daemon while it held the flows: its footprint before and during.
@@ -104,22 +111,34 @@ pub struct Held {
     pub open_time: Duration,
     /// The gateway's footprint.
     pub gateway: DaemonLoad,
-    /// The converter's footprint.
-    pub converter: DaemonLoad,
+    /// Each running converter's footprint: the first's, then the second's if there is
+    /// one.
+    pub converters: Vec<DaemonLoad>,
 }
 
 impl Held {
-    /// Flows the converter carried.
+    /// Flows a converter carried (the server saw one of the converters' addresses).
     pub fn converted(&self) -> usize {
-        self.seen_from
-            .get(CONVERTER_TOWARD_SERVER)
-            .copied()
-            .unwrap_or(0)
+        [CONVERTER_TOWARD_SERVER, SECOND_CONVERTER]
+            .iter()
+            .filter_map(|address| self.seen_from.get(*address))
+            .sum()
     }
 
-    /// RSS per flow of both daemons together, KiB.
+    /// Each daemon's name ("gateway", "converter", "converter2") and footprint.
+    pub fn daemons(&self) -> Vec<(&'static str, &DaemonLoad)> {
+        let names = ["gateway"].into_iter().chain(CONVERTER_LABELS);
+        names
+            .zip([&self.gateway].into_iter().chain(&self.converters))
+            .collect()
+    }
+
+    /// RSS per flow of all the daemons together, KiB.
     pub fn rss_kib_per_flow(&self) -> f64 {
-        self.gateway.rss_kib_per_flow(self.flows) + self.converter.rss_kib_per_flow(self.flows)
+        self.daemons()
+            .iter()
+            .map(|(_, load)| load.rss_kib_per_flow(self.flows))
+            .sum()
     }
 }
 
@@ -134,6 +153,8 @@ pub struct ScaleResult {
     pub rates: Vec<RateRow>,
     /// The held-flow rows.
     pub held: Vec<Held>,
+    /// The two-converter row.
+    pub balanced: Option<Balanced>,
 }
 
 impl ScaleResult {
@@ -161,9 +182,12 @@ impl ScaleResult {
                     "converted": held.converted(),
                     "echoed": held.echoed,
                     "open_seconds": held.open_time.as_secs_f64(),
-                    "rss_kib_per_flow_both": held.rss_kib_per_flow(),
-                    "gateway": load(&held.gateway, held.flows),
-                    "converter": load(&held.converter, held.flows),
+                    "rss_kib_per_flow_all": held.rss_kib_per_flow(),
+                    "daemons": held
+                        .daemons()
+                        .into_iter()
+                        .map(|(name, daemon)| (name, load(daemon, held.flows)))
+                        .collect::<BTreeMap<_, _>>(),
                 })
             })
             .collect();
@@ -187,6 +211,7 @@ impl ScaleResult {
             "capacity": self.capacity,
             "rates": rates,
             "held": held,
+            "balanced": self.balanced.as_ref().map(Balanced::to_json),
         })
     }
 }
@@ -252,11 +277,18 @@ pub fn run(options: &Options, dir: &Path, progress: &dyn Fn(&str)) -> anyhow::Re
         progress(&format!("{count} idle flows held at once"));
         held.push(hold(&mut testbed, count)?);
     }
+    drop(testbed);
+    let balanced = options
+        .balanced
+        .as_ref()
+        .map(|balanced| balanced::run(balanced, dir, progress))
+        .transpose()?;
     Ok(ScaleResult {
         hard_limit,
         capacity,
         rates,
         held,
+        balanced,
     })
 }
 
@@ -299,9 +331,9 @@ pub fn print(result: &ScaleResult) {
             held.open_time.as_secs_f64(),
             held.seen_from
         );
-        for (name, load) in [("gateway", &held.gateway), ("converter", &held.converter)] {
+        for (name, load) in held.daemons() {
             println!(
-                "    {name:<9} {:5.1} KiB RSS/flow, {:.2} files/flow, pipe fds {} held ({} \
+                "    {name:<10} {:5.1} KiB RSS/flow, {:.2} files/flow, pipe fds {} held ({} \
                  before), {} files left after close (warm connections, up to {})",
                 load.rss_kib_per_flow(held.flows),
                 load.files_per_flow(held.flows),
@@ -312,9 +344,12 @@ pub fn print(result: &ScaleResult) {
             );
         }
         println!(
-            "    both daemons {:.1} KiB RSS/flow",
+            "    all daemons {:.1} KiB RSS/flow",
             held.rss_kib_per_flow()
         );
+    }
+    if let Some(balanced) = &result.balanced {
+        balanced.print();
     }
 }
 
@@ -382,7 +417,11 @@ pub struct Rate {
 /// (each: connect, read the greeting, close) over `duration`, how many failed, and how
 /// long each took to its greeting.
 #[expect(clippy::cast_precision_loss, reason = "counts are small")]
-fn connection_rate(client: &Netns, clients: usize, duration: Duration) -> anyhow::Result<Rate> {
+pub(crate) fn connection_rate(
+    client: &Netns,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<Rate> {
     let server = SocketAddr::new(SERVER.parse()?, RATE_PORT);
     let start = Instant::now();
     let counts = in_netns(client, clients, move |_| {
@@ -432,11 +471,22 @@ fn connection_rate(client: &Netns, clients: usize, duration: Duration) -> anyhow
 /// converter, and holds them; see the module's method.
 pub fn hold(testbed: &mut Testbed, count: usize) -> anyhow::Result<Held> {
     raise_own_file_limit()?;
-    let pids = ["gateway", "converter"].map(|label| testbed.pid(label));
-    let [Some(gateway_pid), Some(converter_pid)] = pids else {
-        bail!("the daemons are not running");
+    let Some(gateway_pid) = testbed.pid("gateway") else {
+        bail!("the gateway is not running");
     };
-    let before = [Footprint::of(gateway_pid)?, Footprint::of(converter_pid)?];
+    // The converters running: the first, and the second behind a balancer.
+    let converter_pids: Vec<u32> = CONVERTER_LABELS
+        .iter()
+        .map_while(|label| testbed.pid(label))
+        .collect();
+    if converter_pids.is_empty() {
+        bail!("no converter is running");
+    }
+    let pids: Vec<u32> = [gateway_pid].into_iter().chain(converter_pids).collect();
+    let before = pids
+        .iter()
+        .map(|&pid| Footprint::of(pid))
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let listener = listen_in(&testbed.server, HOLD_PORT)?;
     listener.set_nonblocking(false)?;
@@ -464,7 +514,10 @@ pub fn hold(testbed: &mut Testbed, count: usize) -> anyhow::Result<Held> {
     }
     // Give the daemons a moment to settle before reading their footprint.
     thread::sleep(Duration::from_millis(500));
-    let held = [Footprint::of(gateway_pid)?, Footprint::of(converter_pid)?];
+    let held = pids
+        .iter()
+        .map(|&pid| Footprint::of(pid))
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let echoed = echo_all(&mut streams);
     let server_streams = server
@@ -472,26 +525,24 @@ pub fn hold(testbed: &mut Testbed, count: usize) -> anyhow::Result<Held> {
         .map_err(|_| anyhow::anyhow!("the holding server panicked"))??;
     drop(streams);
     drop(server_streams);
-    let after = [
-        settled_footprint(gateway_pid, &before[0])?,
-        settled_footprint(converter_pid, &before[1])?,
-    ];
+    let mut loads = Vec::new();
+    for ((&pid, before), held) in pids.iter().zip(before).zip(held) {
+        let after = settled_footprint(pid, &before)?;
+        loads.push(DaemonLoad {
+            before,
+            held,
+            after,
+        });
+    }
     testbed.check_running()?;
+    let mut loads = loads.into_iter();
     Ok(Held {
         flows: count,
         seen_from,
         echoed,
         open_time,
-        gateway: DaemonLoad {
-            before: before[0],
-            held: held[0],
-            after: after[0],
-        },
-        converter: DaemonLoad {
-            before: before[1],
-            held: held[1],
-            after: after[1],
-        },
+        gateway: loads.next().context("no gateway load")?,
+        converters: loads.collect(),
     })
 }
 

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mptcp_tests::{
     TempDir,
-    bench::{aggregate, interception, keys, relay, scale, web},
+    bench::{aggregate, balanced, interception, keys, relay, scale, web},
     require_root,
 };
 
@@ -15,6 +15,35 @@ use mptcp_tests::{
 struct Cli {
     #[command(subcommand)]
     bench: Bench,
+}
+
+/// The flags of `bench scale`.
+#[derive(Debug, clap::Args)]
+struct ScaleArgs {
+    /// Numbers of idle flows to hold, one after the other (capped by the hard
+    /// open-file limit).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    flows: Vec<usize>,
+    /// Seconds of each connection-rate measurement.
+    #[arg(long, default_value_t = 5)]
+    rate_seconds: u64,
+    /// Numbers of parallel clients of the connection-rate measurement, one after the
+    /// other.
+    #[arg(long, value_delimiter = ',', default_value = "4,16")]
+    clients: Vec<usize>,
+    /// Idle flows held through two converters behind a balancer (0: no
+    /// two-converter row).
+    #[arg(long, default_value_t = 1000)]
+    balanced_flows: usize,
+    /// Seconds of each download of the two-converter row on DSL and LTE lines.
+    #[arg(long, default_value_t = 20)]
+    download_seconds: u64,
+    /// Alternating rounds of one converter and the balancer on those lines.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Directory for the JSON results.
+    #[arg(long, env = "MPTCP_BENCH_DIR", default_value = "target/bench")]
+    out: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,22 +108,7 @@ enum Bench {
     },
     /// Many idle flows held at once through gateway and converter (memory and files per
     /// flow), and new connections per second against plain forwarding.
-    Scale {
-        /// Numbers of idle flows to hold, one after the other (capped by the hard
-        /// open-file limit).
-        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
-        flows: Vec<usize>,
-        /// Seconds of each connection-rate measurement.
-        #[arg(long, default_value_t = 5)]
-        rate_seconds: u64,
-        /// Numbers of parallel clients of the connection-rate measurement, one after the
-        /// other.
-        #[arg(long, value_delimiter = ',', default_value = "4,16")]
-        clients: Vec<usize>,
-        /// Directory for the JSON results.
-        #[arg(long, env = "MPTCP_BENCH_DIR", default_value = "target/bench")]
-        out: PathBuf,
-    },
+    Scale(ScaleArgs),
     /// Browsing: a page of 31 objects over 6 connections and short downloads, directly
     /// over the best uplink and through the gateway with and without warm connections.
     Web {
@@ -183,22 +197,7 @@ fn main() -> anyhow::Result<()> {
             keys::print(&rows);
             write_json(&out, "keys", &keys::to_json(&rows))
         }
-        Bench::Scale {
-            flows,
-            rate_seconds,
-            clients,
-            out,
-        } => {
-            let dir = TempDir::new("bench-scale")?;
-            let options = scale::Options {
-                counts: flows,
-                rate_duration: Duration::from_secs(rate_seconds),
-                clients,
-            };
-            let result = scale::run(&options, dir.path(), &|step| println!("  {step}"))?;
-            scale::print(&result);
-            write_json(&out, "scale", &result.to_json())
-        }
+        Bench::Scale(args) => run_scale(args),
         Bench::Web { rounds, row, out } => run_web(rounds, &row, &out),
         Bench::Relay {
             megabytes,
@@ -455,4 +454,26 @@ fn unix_seconds() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// Runs the scale benchmark, printing its table and writing its JSON.
+fn run_scale(args: ScaleArgs) -> anyhow::Result<()> {
+    let rate_duration = Duration::from_secs(args.rate_seconds);
+    let balanced = (args.balanced_flows > 0).then(|| balanced::Options {
+        flows: args.balanced_flows,
+        clients: args.clients.iter().copied().max().unwrap_or(16),
+        rate_duration,
+        download_duration: Duration::from_secs(args.download_seconds),
+        rounds: args.rounds,
+    });
+    let options = scale::Options {
+        counts: args.flows,
+        rate_duration,
+        clients: args.clients,
+        balanced,
+    };
+    let dir = TempDir::new("bench-scale")?;
+    let result = scale::run(&options, dir.path(), &|step| println!("  {step}"))?;
+    scale::print(&result);
+    write_json(&args.out, "scale", &result.to_json())
 }

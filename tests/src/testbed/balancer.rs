@@ -4,7 +4,9 @@
 //! connections to the balanced address over both by a hash of their source. This
 //! kernel has no IPVS; nftables stands in for the balancer.
 
-use super::{CONVERTER_PORT, Testbed, veth};
+use std::path::Path;
+
+use super::{CONVERTER, CONVERTER_PORT, Testbed, veth};
 use crate::netns::Netns;
 
 /// The address the gateways know: the balancer's.
@@ -15,6 +17,21 @@ pub const SECOND_CONVERTER: &str = "10.7.0.2";
 pub const ANNOUNCED_PORT: u16 = 5125;
 
 impl Testbed {
+    /// Builds the second converter's host and the balancer over both converters.
+    pub fn add_two_balanced_converter_hosts(&mut self) -> anyhow::Result<()> {
+        self.add_second_converter_host()?;
+        self.add_balancer(&[CONVERTER, SECOND_CONVERTER])
+    }
+
+    /// Starts a converter on each host, each announcing its own address at
+    /// [`ANNOUNCED_PORT`], `args` added; logs in `dir`.
+    pub fn start_balanced_converters(&mut self, dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+        let first = format!("{CONVERTER}:{ANNOUNCED_PORT}");
+        self.start_converter(dir, &[&["--announce", first.as_str()][..], args].concat())?;
+        let second = format!("{SECOND_CONVERTER}:{ANNOUNCED_PORT}");
+        self.start_second_converter(dir, &[&["--announce", second.as_str()][..], args].concat())
+    }
+
     /// Builds the second converter's host, at [`SECOND_CONVERTER`].
     pub fn add_second_converter_host(&mut self) -> anyhow::Result<()> {
         let host = Netns::new(format!("{}-r2", self.name))?;

@@ -160,6 +160,12 @@ impl Testbed {
         self.start(label, &mut converter, &log_path(dir, label))?;
         self.converter_host(second)?
             .wait_listening(CONVERTER_PORT, Duration::from_secs(10))
+            .with_context(|| {
+                format!(
+                    "{label} did not start; it says:\n{}",
+                    daemon_log(dir, label)
+                )
+            })
     }
 
     /// Starts the gateway with `args` alone (a `--config` file, say), logging to
@@ -189,7 +195,8 @@ impl Testbed {
     }
 
     /// The gateway half of [`Self::start_daemons`], for a converter already running
-    /// with the key `dir/key`: to start a gateway again with other arguments, say.
+    /// with the key `dir/key`: to start a gateway again with other arguments, say. A
+    /// `--converter` or `--key-file` among `gateway_args` replaces the testbed's.
     pub fn start_gateway_intercepting(
         &mut self,
         dir: &Path,
@@ -200,8 +207,10 @@ impl Testbed {
         let converter = format!("{CONVERTER}:{CONVERTER_PORT}");
         let pin_path = self.pin_path();
         let key = dir.join("key").to_string_lossy().into_owned();
-        let mut args = vec!["--listen", &listen, "--converter", &converter];
-        args.extend(["--pin-path", &pin_path]);
+        let mut args = vec!["--listen", listen.as_str(), "--pin-path", &pin_path];
+        if !gateway_args.contains(&"--converter") {
+            args.extend(["--converter", &converter]);
+        }
         if interception == Interception::Ebpf {
             args.extend(["--lan", "lan0"]);
         }
