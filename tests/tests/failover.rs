@@ -12,7 +12,7 @@ use std::{
 
 use mptcp_tests::{
     TempDir, mptcp_user_bin, require_root,
-    testbed::{CONVERTER_PORT, SERVER, Testbed, daemon_log},
+    testbed::{CONVERTER, CONVERTER_PORT, SERVER, Testbed, daemon_log},
     wait_until,
     whoami::{
         self, GATEWAY_HOST_DIRECT, LAN_CLIENT_DIRECT, UPLINKS, VIA_CONVERTER, WHOAMI_PORT, deploy,
@@ -354,8 +354,10 @@ fn a_full_gateway_sends_new_flows_direct_instead_of_stalling_them() {
 fn a_standby_converter_takes_the_flows_when_the_first_is_away() {
     require_root();
     let dir = TempDir::new("standby").unwrap();
-    let standby = format!("10.0.1.2:{}", CONVERTER_PORT + 1);
-    let mut testbed = deploy(dir.path(), "standby", &["--converter", &standby]);
+    let standby = format!("{CONVERTER}:{}", CONVERTER_PORT + 1);
+    let first = format!("{CONVERTER}:{CONVERTER_PORT}");
+    let converters = ["--converter", &first, "--converter", &standby];
+    let mut testbed = deploy(dir.path(), "standby", &converters);
     let mut command = testbed.converter.daemon_command(&mptcp_user_bin(), None);
     command
         .args([
@@ -391,11 +393,7 @@ fn a_standby_converter_takes_the_flows_when_the_first_is_away() {
     testbed.start_converter(dir.path(), &[]).unwrap();
     wait_until(
         Duration::from_secs(10),
-        || {
-            log().contains(&format!(
-                "new flows go through the converter 10.0.1.2:{CONVERTER_PORT}"
-            ))
-        },
+        || log().contains(&format!("new flows go through the converter {first}")),
         || format!("the first converter never taken back: {}", log()),
     );
     assert_eq!(seen_from_lan(&testbed, SERVER), VIA_CONVERTER);
