@@ -5,40 +5,25 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use anyhow::Context as _;
-use log::{debug, info, warn};
+use log::{info, warn};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::{Metric, Registry},
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-    sync::Semaphore,
-};
+use tokio::net::TcpListener;
 
 use crate::{
     gateway::{
         flows::{Carried, Intercepted},
         uplinks::{Health, Traffic},
     },
-    limited,
-    log_limit::LogLimit,
-    net::relay::{DirectionCounters, RelayCounters},
+    net::{
+        http,
+        relay::{DirectionCounters, RelayCounters},
+    },
     protocol::codec::ErrorCode,
 };
-
-/// How long a scraper has to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest request read; a scrape's is a few hundred bytes.
-const MAX_REQUEST: usize = 8192;
-/// Connections served at once; beyond them new ones are closed at once, so that
-/// whoever reaches the endpoint cannot take the daemon's open files (a scraper makes
-/// one at a time).
-pub const MAX_SCRAPES: usize = 16;
-/// Accept failures (out of files, say) are logged at most this often.
-static ACCEPT_FAILURES: LogLimit = LogLimit::new(1, Duration::from_secs(10));
 
 /// Labels of a flow count: how the flow was taken and how it is carried.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -514,81 +499,29 @@ fn encode(registry: &Registry) -> String {
 
 /// Listens on `address` for scrapers.
 pub fn listen(address: SocketAddr) -> anyhow::Result<TcpListener> {
-    let listener = std::net::TcpListener::bind(address)
-        .with_context(|| format!("cannot serve metrics on {address}"))?;
-    listener.set_nonblocking(true)?;
+    let listener = http::listen(address, "metrics")?;
     info!("metrics on http://{address}/metrics");
-    Ok(TcpListener::from_std(listener)?)
+    Ok(listener)
 }
 
-/// Answers scrapes on `listener` with what `render` gives, each in a task of its own,
-/// forever.
+/// Answers scrapes on `listener` with what `render` gives, forever.
 pub async fn serve<R: Render + 'static>(listener: TcpListener, render: Arc<R>) {
-    let scrapes = Arc::new(Semaphore::new(MAX_SCRAPES));
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                limited!(ACCEPT_FAILURES, warn, "metrics: accept failed: {error}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = Arc::clone(&scrapes).try_acquire_owned() else {
-            debug!("metrics: {peer}: {MAX_SCRAPES} connections served already; closed");
-            continue;
-        };
-        let render = Arc::clone(&render);
-        tokio::spawn(async move {
-            if let Err(error) = answer(stream, render.as_ref()).await {
-                debug!("metrics: {peer}: {error:#}");
-            }
-            drop(permit);
-        });
-    }
+    http::serve(listener, Arc::new(Endpoint(render))).await;
 }
 
-/// Reads one HTTP request and answers it: the metrics for `GET /metrics`, 404 else.
-async fn answer(mut stream: TcpStream, render: &impl Render) -> anyhow::Result<()> {
-    let mut request = Vec::new();
-    let mut chunk = [0u8; 1024];
-    tokio::time::timeout(REQUEST_TIMEOUT, async {
-        while !request.windows(4).any(|window| window == b"\r\n\r\n") {
-            let read = stream.read(&mut chunk).await?;
-            anyhow::ensure!(read > 0, "closed before a whole request");
-            request.extend_from_slice(&chunk[..read]);
-            anyhow::ensure!(request.len() <= MAX_REQUEST, "request too long");
+/// The metrics endpoint: the text at `/metrics`, 404 elsewhere.
+struct Endpoint<R>(Arc<R>);
+
+impl<R: Render> http::Handler for Endpoint<R> {
+    async fn respond(&self, request: &http::Request) -> http::Response {
+        match (request.method.as_str(), request.path.as_str()) {
+            ("GET", "/metrics") => http::Response::ok(
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.0.render().await,
+            ),
+            _ => http::Response::text("404 Not Found", "metrics are at /metrics\n"),
         }
-        Ok(())
-    })
-    .await
-    .context("no whole request in time")??;
-    let line = request
-        .split(|&byte| byte == b'\r')
-        .next()
-        .unwrap_or_default();
-    let mut words = line.split(|&byte| byte == b' ');
-    let (status, content_type, body) = match (words.next(), words.next()) {
-        (Some(b"GET"), Some(b"/metrics")) => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            render.render().await,
-        ),
-        _ => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "metrics are at /metrics\n".to_owned(),
-        ),
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await?;
-    Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -673,46 +606,16 @@ mod tests {
 
     #[tokio::test]
     async fn scrapes_get_the_text_and_other_paths_a_404() {
-        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, Arc::new(Fixed)));
-        let get = |path: &'static str| async move {
-            let mut stream = TcpStream::connect(address).await.unwrap();
-            stream
-                .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
-            let mut answer = String::new();
-            stream.read_to_string(&mut answer).await.unwrap();
-            answer
+        use http::Handler as _;
+        let endpoint = Endpoint(Arc::new(Fixed));
+        let get = |path: &str| http::Request {
+            method: "GET".to_owned(),
+            path: path.to_owned(),
+            host: None,
         };
-        let metrics = get("/metrics").await;
-        assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
-        assert!(metrics.ends_with("\r\n\r\nanswer 42\n"), "{metrics}");
-        assert!(get("/").await.starts_with("HTTP/1.1 404"));
-    }
-
-    #[tokio::test]
-    async fn idle_connections_beyond_the_cap_are_closed_at_once() {
-        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, Arc::new(Fixed)));
-        // Connections that send nothing: the first ones wait for their request.
-        let mut idle = Vec::new();
-        for _ in 0..MAX_SCRAPES + 24 {
-            idle.push(TcpStream::connect(address).await.unwrap());
-        }
-        // All at once, well within the request timeout of those served.
-        let reads = idle.iter_mut().map(|stream| async move {
-            let mut byte = [0u8; 1];
-            let read = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut byte));
-            matches!(read.await, Ok(Ok(0) | Err(_)))
-        });
-        let closed = futures::future::join_all(reads)
-            .await
-            .into_iter()
-            .filter(|&closed| closed)
-            .count();
-        assert_eq!(closed, 24, "connections closed at once");
+        let metrics = endpoint.respond(&get("/metrics")).await;
+        assert_eq!(metrics.status, "200 OK");
+        assert_eq!(metrics.body, b"answer 42\n");
+        assert!(endpoint.respond(&get("/")).await.status.starts_with("404"));
     }
 }

@@ -8,6 +8,7 @@
 //! without root they fail and say why.
 
 pub mod bench;
+pub mod browser;
 pub mod carriers;
 pub mod cgroup;
 pub mod dns;

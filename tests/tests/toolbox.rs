@@ -12,17 +12,6 @@ use mptcp_tests::{
     wait_until,
 };
 
-/// Waits until `mptcp-user uplinks` says every uplink is up.
-fn wait_uplinks_up(testbed: &Testbed) {
-    let all_up = || {
-        let states = testbed.uplink_states();
-        !states.is_empty() && states.iter().all(|(_, state)| state == "up")
-    };
-    wait_until(Duration::from_secs(15), all_up, || {
-        format!("uplinks never all up: {:?}", testbed.uplink_states())
-    });
-}
-
 #[test]
 fn speedtest_measures_each_uplink_and_their_sum() {
     require_root();
@@ -32,7 +21,7 @@ fn speedtest_measures_each_uplink_and_their_sum() {
     testbed
         .start_gateway_and_converter(dir.path(), &[], &[])
         .unwrap();
-    wait_uplinks_up(&testbed);
+    testbed.wait_uplinks_up().unwrap();
     let converter = format!("{CONVERTER}:{CONVERTER_PORT}");
     let key = dir.path().join("key");
     let output = testbed
@@ -134,7 +123,7 @@ fn metrics_count_flows_bytes_and_uplinks_during_a_download() {
             &["--metrics", CONVERTER_METRICS],
         )
         .unwrap();
-    wait_uplinks_up(&testbed);
+    testbed.wait_uplinks_up().unwrap();
     let before = (
         scrape(&testbed.gateway, GATEWAY_METRICS),
         scrape(&testbed.converter, CONVERTER_METRICS),

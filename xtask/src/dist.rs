@@ -71,11 +71,15 @@ pub fn run() -> anyhow::Result<PathBuf> {
         conffiles.push(format!("/{CONFIG_DIR}/{config}\n"));
     }
     // The README and docs/ as laid out in the repository, so that the README's links
-    // hold in /usr/share/doc too.
+    // and pictures hold in /usr/share/doc too.
     let mut documents = vec![PathBuf::from("README.md")];
     for entry in fs::read_dir(root.join("docs"))? {
         let path = entry?.path();
-        if path.extension().is_some_and(|extension| extension == "md") {
+        // The pictures too (the status page's), which the docs show.
+        if path
+            .extension()
+            .is_some_and(|extension| extension == "md" || extension == "png")
+        {
             documents.push(Path::new("docs").join(path.file_name().context("a nameless doc")?));
         }
     }

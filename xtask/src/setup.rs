@@ -51,6 +51,9 @@ const APT_PACKAGES: &[&str] = &[
     "bind9-dnsutils",
     // The package test's check of the .deb against Debian's policy.
     "lintian",
+    // The status page's test: a real browser, headless, driven over WebDriver.
+    "chromium",
+    "chromium-driver",
 ];
 
 /// Debian packages only the benchmarks need: shadowsocks, redsocks and dante made MPTCP

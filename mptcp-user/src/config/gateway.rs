@@ -80,6 +80,17 @@ pub struct GatewayOptions {
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
 
+    /// Serve the household's status page on this address and port (`/`, and its data
+    /// as JSON at `/api/status`), e.g. the LAN address 192.168.1.1:8080; none by
+    /// default. An address of every interface (0.0.0.0, [::]) is refused unless
+    /// --status-on-all-interfaces true is given.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub status: Option<SocketAddr>,
+
+    /// Let --status listen on every interface, the uplinks' too.
+    #[arg(long, value_name = "BOOL")]
+    pub status_on_all_interfaces: Option<bool>,
+
     /// A port forward (repeatable, 64 at most): connections to the converter's public
     /// port PUBLIC reach the LAN host ADDR:PORT, over every uplink:
     /// PUBLIC=ADDR:PORT[,allow=CIDR]...[,source=client|gateway]. In a file:
@@ -251,6 +262,14 @@ impl GatewayOptions {
             tuning: self.tuning.into_config(),
             pool_size: self.pool_size.unwrap_or(defaults::POOL_SIZE),
             metrics: self.metrics,
+            status: match self.status {
+                Some(address) => {
+                    let everywhere = self.status_on_all_interfaces.unwrap_or(false);
+                    crate::gateway::status::check_address(address, everywhere)?;
+                    Some(address)
+                }
+                None => None,
+            },
             forwards: self.forwards,
         })
     }

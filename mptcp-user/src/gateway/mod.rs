@@ -27,6 +27,7 @@ pub mod pool;
 pub mod routes;
 pub mod selection;
 pub mod speedtest;
+pub mod status;
 pub mod uplinks;
 pub mod upstream;
 
@@ -92,6 +93,8 @@ pub struct GatewayConfig {
     pub pool_size: usize,
     /// Where Prometheus metrics are served, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Where the status page is served, if anywhere.
+    pub status: Option<SocketAddr>,
     /// Public ports of the converter whose connections reach LAN hosts.
     pub forwards: Vec<ForwardConfig>,
 }
@@ -259,6 +262,10 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
                 netlink: Netlink::connect()?,
             };
             tokio::spawn(metrics::serve(metrics::listen(address)?, Arc::new(scrape)));
+        }
+        if let Some(address) = config.status {
+            let pin_dir = config.interception.pin_path.clone();
+            status::start(address, Arc::clone(&gateway), pin_dir)?;
         }
         let connections_ahead = gateway.open_connections_ahead();
         let signal = server::shutdown_signal()?;

@@ -13,13 +13,8 @@
 //!   (no balancer, no announce) and one through the balancer, alternating for a few
 //!   rounds with the daemons restarted each time; each as a share of the lines' sum.
 
-use std::{
-    net::SocketAddr,
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
-use anyhow::bail;
 use nix::sys::signal::Signal;
 
 use super::scale::{Held, RATE_PORT, Rate, connection_rate, hold};
@@ -233,7 +228,7 @@ fn start_balanced(testbed: &mut Testbed, dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Starts the gateway on the testbed's two uplinks (set up by itself), its converter at
-/// `converter`, and waits (15 s at most) until both uplinks are up.
+/// `converter`, and waits until both uplinks are up.
 fn start_gateway(testbed: &mut Testbed, dir: &Path, converter: &str) -> anyhow::Result<()> {
     let converter = format!("{converter}:{CONVERTER_PORT}");
     let args = [
@@ -247,17 +242,7 @@ fn start_gateway(testbed: &mut Testbed, dir: &Path, converter: &str) -> anyhow::
         CONGESTION,
     ];
     testbed.start_gateway_intercepting(dir, Interception::Ebpf, &args)?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let states = testbed.uplink_states();
-        if states.len() == 2 && states.iter().all(|(_, state)| state == "up") {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the gateway's uplinks are not both up: {states:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    testbed.wait_uplinks_up()
 }
 
 /// Stops the gateway and whichever converters run, as a service manager does.

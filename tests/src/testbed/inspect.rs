@@ -24,6 +24,22 @@ impl Testbed {
             .collect()
     }
 
+    /// Waits (15 s at most) until the running gateway has every testbed uplink, each
+    /// `up`.
+    pub fn wait_uplinks_up(&self) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let states = self.uplink_states();
+            if states.len() == self.uplinks.len() && states.iter().all(|(_, state)| state == "up") {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("the gateway's uplinks are not all up: {states:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Runs `mptcp-user ARGS --pin-path <ours>` on the gateway host (the inspection and
     /// policy commands), returning its output whatever its exit status.
     pub fn gateway_cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
