@@ -85,10 +85,10 @@ impl PipePool {
             return Ok(pipe);
         }
         let (read, write) = sys::pipe()?;
-        if self.capacity != CHUNK
-            && let Err(error) = sys::set_pipe_size(&write, self.capacity)
-        {
-            debug!("pipes stay at 64 KiB: {error}");
+        // Always set: a new pipe has 16 pages, 64 KiB only where pages are 4 KiB (arm64
+        // kernels may have 16 or 64 KiB pages: a 256 KiB or 1 MiB pipe).
+        if let Err(error) = sys::set_pipe_size(&write, self.capacity) {
+            debug!("pipes stay at the kernel's default size: {error}");
         }
         Ok(Pipe { read, write })
     }
@@ -460,6 +460,16 @@ mod tests {
             (result, pool.idle_count())
         });
         (client, server, task)
+    }
+
+    #[test]
+    fn pipes_hold_the_capacity_asked_whatever_the_page_size() {
+        for capacity in [CHUNK, 256 * 1024] {
+            let pipe = PipePool::new(1, capacity).take().unwrap();
+            let granted =
+                nix::fcntl::fcntl(&pipe.write, nix::fcntl::FcntlArg::F_GETPIPE_SZ).unwrap();
+            assert_eq!(usize::try_from(granted).unwrap(), capacity);
+        }
     }
 
     #[test]
