@@ -54,23 +54,49 @@ pub fn mptcp_user_bin() -> std::path::PathBuf {
     )
 }
 
-/// The Debian package under test: `$MPTCP_USER_DEB` (set by `cargo xtask test`, which
-/// builds it), else what `cargo xtask dist` left in target/debian.
+/// The Debian package under test for this machine's architecture; see
+/// [`mptcp_user_deb_for`].
 ///
 /// # Panics
 /// When there is none, saying how to make it.
 pub fn mptcp_user_deb() -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os("MPTCP_USER_DEB") {
+    let arch = if cfg!(target_arch = "aarch64") {
+        "arm64"
+    } else {
+        "amd64"
+    };
+    mptcp_user_deb_for(arch)
+}
+
+/// The Debian package under test for `arch` (`amd64`, `arm64`): `$MPTCP_USER_DEB`, or
+/// `$MPTCP_USER_DEB_ARM64` for arm64 (set by `cargo xtask test`, which builds them), else
+/// what `cargo xtask dist [--arch arm64]` left in target/debian.
+///
+/// # Panics
+/// When there is none, saying how to make it.
+pub fn mptcp_user_deb_for(arch: &str) -> std::path::PathBuf {
+    let variable = if arch == "arm64" && !cfg!(target_arch = "aarch64") {
+        "MPTCP_USER_DEB_ARM64"
+    } else {
+        "MPTCP_USER_DEB"
+    };
+    if let Some(path) = std::env::var_os(variable) {
         return path.into();
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debian");
+    let suffix = format!("_{arch}.deb");
     std::fs::read_dir(&dir)
         .into_iter()
         .flatten()
         .flatten()
         .map(|entry| entry.path())
-        .find(|path| path.extension().is_some_and(|extension| extension == "deb"))
-        .unwrap_or_else(|| panic!("no package in {}: run `cargo xtask dist`", dir.display()))
+        .find(|path| path.to_string_lossy().ends_with(&suffix))
+        .unwrap_or_else(|| {
+            panic!(
+                "no {arch} package in {}: run `cargo xtask dist --arch {arch}`",
+                dir.display()
+            )
+        })
 }
 
 /// The Python with aioquic that `cargo xtask setup` makes (target/quic-venv), for the

@@ -1,11 +1,13 @@
 //! What the package ships: it installs and purges cleanly, its units verify, and
 //! their capability sets are enough for the daemons, and no more than they need; and
-//! lintian, Debian's package checker, finds no error in it.
+//! lintian, Debian's package checker, finds no error in it. The arm64 package runs
+//! under qemu-user.
 
 use std::{
     fs,
     io::Read as _,
     net::TcpStream,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Output},
     time::Duration,
@@ -14,8 +16,8 @@ use std::{
 use mptcp_tests::{
     TempDir,
     greeting::GreetingServer,
-    mptcp_user_deb,
-    netns::run_in,
+    mptcp_user_deb, mptcp_user_deb_for,
+    netns::{Netns, run_in},
     require_root,
     testbed::{CONVERTER_TOWARD_SERVER, Interception, SERVER, Testbed, Uplink, daemon_log},
 };
@@ -235,10 +237,86 @@ fn the_package_installs_verifies_and_purges_cleanly() {
 
 #[test]
 fn lintian_finds_no_error_in_the_package() {
-    let package = mptcp_user_deb();
+    lintian_finds_no_error_in(&mptcp_user_deb());
+}
+
+/// The arm64 package, cross-built: its binary is an aarch64 one, and under qemu-user it
+/// tells its version and help, checks the sample configs and makes a key; lintian finds
+/// no error in the package.
+#[test]
+fn the_arm64_package_runs_under_qemu_and_lintian_finds_no_error_in_it() {
+    require_root();
+    let package = mptcp_user_deb_for("arm64");
+    lintian_finds_no_error_in(&package);
+    let dir = TempDir::new("arm64").unwrap();
+    let root = dir.path().join("root");
+    let extracted = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&package)
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(extracted.success());
+    let binary = root.join("usr/bin/mptcp-user");
+    let elf = fs::read(&binary).unwrap();
+    // ELF, 64-bit, machine EM_AARCH64 (183).
+    assert!(elf.starts_with(b"\x7fELF\x02"), "not a 64-bit ELF");
+    assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 183, "not aarch64");
+    println!("arm64 binary: {} KiB", elf.len() / 1024);
+
+    // A host with the sample gateway config's interfaces, for its check.
+    let host = Netns::new(mptcp_tests::unique_name("arm64")).unwrap();
+    for (i, interface) in ["br-lan", "dsl0", "lte0"].iter().enumerate() {
+        let peer = format!("peer{i}");
+        host.ip(&[
+            "link", "add", interface, "type", "veth", "peer", "name", &peer,
+        ])
+        .unwrap();
+    }
+    let run = |args: &[&str]| {
+        let output = host
+            .command("qemu-aarch64-static")
+            .arg(&binary)
+            .args(args)
+            .output()
+            .expect("cannot run qemu-aarch64-static: `cargo xtask dist --arch arm64` installs it");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.status.success(),
+            "mptcp-user {args:?} under qemu:\n{said}"
+        );
+        said
+    };
+    let version = run(&["--version"]);
+    assert!(
+        version.starts_with(&format!("mptcp-user {}", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    assert!(run(&["--help"]).contains("gateway"));
+    let configs = root.join("etc/mptcp-gateway");
+    for (config, said) in [
+        ("converter.toml", "valid converter"),
+        ("gateway.toml", "valid gateway"),
+    ] {
+        let path = configs.join(config);
+        assert!(run(&["config", "check", &path.to_string_lossy()]).contains(said));
+    }
+    let key = dir.path().join("key");
+    run(&["keygen", &key.to_string_lossy()]);
+    let metadata = fs::metadata(&key).unwrap();
+    assert_eq!(metadata.permissions().mode() & 0o777, 0o600);
+    assert!(metadata.len() > 0);
+}
+
+/// Runs lintian on `package`; fails on any error, shows the warnings.
+fn lintian_finds_no_error_in(package: &Path) {
     let lintian = Command::new("lintian")
         .args(["--fail-on", "error"])
-        .arg(&package)
+        .arg(package)
         .output()
         .expect("cannot run lintian: `cargo xtask setup` installs it");
     let said = format!(

@@ -1,5 +1,7 @@
-//! `cargo xtask dist`: a Debian package of mptcp-user (target/debian/), with the systemd
-//! units, sample configs, sysctl settings, shell completions and man pages.
+//! `cargo xtask dist [--arch amd64|arm64]`: a Debian package of mptcp-user
+//! (target/debian/), with the systemd units, sample configs, sysctl settings, shell
+//! completions and man pages; for arm64 cross-built and run under qemu-user
+//! ([`crate::cross`]).
 //!
 //! The package is laid out in a staging tree and built with dpkg-deb, which every
 //! Debian machine has: no packaging tool to install. Completions and man pages come
@@ -22,7 +24,10 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{build, cmd};
+use crate::{
+    cmd,
+    cross::{self, Arch},
+};
 
 /// The package's name.
 const PACKAGE: &str = "mptcp-user";
@@ -33,22 +38,33 @@ const CONFIG_DIR: &str = "etc/mptcp-gateway";
 /// The package's maintainer, in the control file and the changelog.
 const MAINTAINER: &str = "MPTCP gateway developers <mptcp-gateway@example.org>";
 
+/// Options of `cargo xtask dist`.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// The package's architecture: amd64 (this machine's), or arm64 (cross-built with
+    /// Debian's Rust, checked under qemu-user).
+    #[arg(long, value_enum, default_value = "amd64")]
+    pub arch: Arch,
+}
+
 /// Builds the package; returns its path.
-pub fn run() -> anyhow::Result<PathBuf> {
-    let built = build::run(&build::Options { release: true })?;
+pub fn run(options: &Options) -> anyhow::Result<PathBuf> {
+    let arch = options.arch;
+    let built = cross::build_release(arch)?;
     let root = cmd::workspace_root();
     let staging = root.join("target/debian/staging");
     if staging.exists() {
         fs::remove_dir_all(&staging)?;
     }
-    let architecture = output(Command::new("dpkg").arg("--print-architecture"))?;
+    let architecture = arch.debian_name();
 
-    // The packaged binary is stripped; everything below runs that one, so it is the
-    // one shown to work. (The tests keep the unstripped build, for backtraces.)
+    // The packaged binary is stripped; everything below runs that one (under qemu-user
+    // for arm64), so it is the one shown to work. (The tests keep the unstripped build,
+    // for backtraces.)
     let binary = staging.join("usr/bin/mptcp-user");
     install(&built, &binary, 0o755)?;
-    strip(&binary, &root)?;
-    let version = version(&binary)?;
+    strip(&binary, &root, arch)?;
+    let version = version(&binary, arch)?;
     for unit in UNITS {
         install(
             &root.join("dist/systemd").join(unit),
@@ -97,8 +113,8 @@ pub fn run() -> anyhow::Result<PathBuf> {
         0o644,
     )?;
     changelog(&root.join("dist/debian/changelog"), &version, &doc)?;
-    completions(&binary, &staging)?;
-    man_pages(&binary, &staging)?;
+    completions(&binary, arch, &staging)?;
+    man_pages(&binary, arch, &staging)?;
 
     let debian = staging.join("DEBIAN");
     fs::create_dir_all(&debian)?;
@@ -106,7 +122,7 @@ pub fn run() -> anyhow::Result<PathBuf> {
     fs::write(debian.join("md5sums"), md5sums(&staging)?)?;
     fs::write(
         debian.join("control"),
-        control(&version, &architecture, &staging)?,
+        control(&version, architecture, &staging)?,
     )?;
     verify_units(&staging)?;
 
@@ -125,8 +141,8 @@ pub fn run() -> anyhow::Result<PathBuf> {
 
 /// The package version: the crate's, from `mptcp-user --version` ("mptcp-user 0.1.0
 /// (commit abc)").
-fn version(binary: &Path) -> anyhow::Result<String> {
-    let said = output(Command::new(binary).arg("--version"))?;
+fn version(binary: &Path, arch: Arch) -> anyhow::Result<String> {
+    let said = output(arch.command(binary).arg("--version"))?;
     said.split_whitespace()
         .nth(1)
         .map(str::to_owned)
@@ -144,9 +160,9 @@ fn install(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
 /// Strips `binary` as Debian's dh_strip does (symbols not needed for relocation, and
 /// the compiler's notes), then checks that the eBPF object came through unchanged: it
 /// is data in .rodata (`include_bytes!`), which stripping leaves alone.
-fn strip(binary: &Path, root: &Path) -> anyhow::Result<()> {
+fn strip(binary: &Path, root: &Path, arch: Arch) -> anyhow::Result<()> {
     cmd::run(
-        Command::new("strip")
+        Command::new(arch.strip())
             .args(["--remove-section=.comment", "--remove-section=.note"])
             .arg("--strip-unneeded")
             .arg(binary),
@@ -200,7 +216,7 @@ fn changelog(changelog: &Path, version: &str, doc: &Path) -> anyhow::Result<()> 
 }
 
 /// The completion scripts, where bash, zsh and fish look for those of packages.
-fn completions(binary: &Path, staging: &Path) -> anyhow::Result<()> {
+fn completions(binary: &Path, arch: Arch, staging: &Path) -> anyhow::Result<()> {
     for (shell, path) in [
         ("bash", "usr/share/bash-completion/completions/mptcp-user"),
         ("zsh", "usr/share/zsh/vendor-completions/_mptcp-user"),
@@ -209,7 +225,7 @@ fn completions(binary: &Path, staging: &Path) -> anyhow::Result<()> {
             "usr/share/fish/vendor_completions.d/mptcp-user.fish",
         ),
     ] {
-        let script = output(Command::new(binary).args(["completions", shell]))?;
+        let script = output(arch.command(binary).args(["completions", shell]))?;
         let path = staging.join(path);
         fs::create_dir_all(path.parent().context("no parent")?)?;
         fs::write(&path, script + "\n")?;
@@ -218,9 +234,9 @@ fn completions(binary: &Path, staging: &Path) -> anyhow::Result<()> {
 }
 
 /// The man pages, one per command, compressed as Debian's policy asks.
-fn man_pages(binary: &Path, staging: &Path) -> anyhow::Result<()> {
+fn man_pages(binary: &Path, arch: Arch, staging: &Path) -> anyhow::Result<()> {
     let dir = staging.join("usr/share/man/man1");
-    cmd::run(Command::new(binary).arg("manpages").arg(&dir))?;
+    cmd::run(arch.command(binary).arg("manpages").arg(&dir))?;
     for page in fs::read_dir(&dir)? {
         cmd::run(Command::new("gzip").args(["-9n"]).arg(page?.path()))?;
     }

@@ -3,6 +3,7 @@
 
 mod build;
 mod cmd;
+mod cross;
 mod dist;
 mod docs;
 mod fuzz;
@@ -44,8 +45,8 @@ enum Command {
     /// Write docs/configuration.md from the code (every command, option and metric).
     Docs,
     /// Build the Debian package (target/debian/): binary, systemd units, sample
-    /// configs, completions and man pages.
-    Dist,
+    /// configs, completions and man pages; `--arch arm64` cross-builds it.
+    Dist(dist::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(options) => test::run(&options),
         Command::Lint => lint::run(),
         Command::Fuzz(options) => fuzz::run(&options),
-        Command::Dist => dist::run().map(|_| ()),
+        Command::Dist(options) => dist::run(&options).map(|_| ()),
         Command::Docs => docs::run(),
         Command::Demo => testbed::demo(),
         Command::Bench(options) => testbed::bench(&options),

@@ -68,6 +68,16 @@ const BENCH_SERVICES: &[&str] = &[
     "danted.service",
 ];
 
+/// Debian packages of the arm64 build (`cargo xtask dist --arch arm64`, crate::cross):
+/// the arm64 standard library of Debian's rustc (a multiarch package), the aarch64
+/// linker and C library, and qemu-user to run what it builds.
+const CROSS_ARM64_APT_PACKAGES: &[&str] = &[
+    "libstd-rust-web-dev:arm64",
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    "qemu-user-static",
+];
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// The cargo-nextest `cargo xtask setup` installs where there is none.
@@ -76,6 +86,21 @@ const NEXTEST_VERSION: &str = "0.9.143";
 const NEXTEST_OLDEST: (u32, u32, u32) = (0, 9, 133);
 /// The QUIC implementation the QUIC fallback test builds its client and server with.
 const AIOQUIC: &str = "aioquic==1.7.2";
+
+/// Installs what the arm64 build needs, adding arm64 to dpkg's architectures first
+/// (for the multiarch standard library); idempotent.
+pub fn cross_arm64() -> anyhow::Result<()> {
+    let foreign =
+        cmd::output(Command::new("dpkg").arg("--print-foreign-architectures")).unwrap_or_default();
+    if !foreign.split_whitespace().any(|arch| arch == "arm64") {
+        if !cmd::is_root() {
+            bail!("the arm64 build needs arm64 among dpkg's architectures: run it as root once");
+        }
+        eprintln!("setup: adding arm64 to dpkg's architectures (the arm64 Rust standard library)");
+        cmd::run(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
+    }
+    install_apt_packages(CROSS_ARM64_APT_PACKAGES).map(drop)
+}
 
 /// Installs whatever is missing.
 pub fn run() -> anyhow::Result<()> {
