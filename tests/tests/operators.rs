@@ -2,7 +2,8 @@
 //! (`[[converter.gateway]]`). One household's gateway (the testbed's, intercepting its
 //! LAN) and another's (a Convert client with its own key, from the server host) share
 //! one converter; each keeps to its own `max-conns` without taking the other's room,
-//! and one's key is rotated live with SIGHUP while its flows go on.
+//! and both keys are rotated live with SIGHUP (to the converter, and to the gateway
+//! for its own) while their flows go on.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -96,40 +97,44 @@ fn keygen(path: &Path) {
     run(Command::new(mptcp_user_bin()).arg("keygen").arg(path)).unwrap();
 }
 
-/// The converter's config: the two households, jones with `jones_keys`.
-fn write_config(dir: &Path, jones_keys: &[&str]) {
-    let keys: Vec<String> = jones_keys
-        .iter()
-        .map(|name| format!("\"{}\"", dir.join(name).display()))
-        .collect();
+/// The converter's config: the two households, with the key files named.
+fn write_config(dir: &Path, smith_keys: &[&str], jones_keys: &[&str]) {
+    let paths = |names: &[&str]| {
+        let quoted: Vec<String> = names
+            .iter()
+            .map(|name| format!("\"{}\"", dir.join(name).display()))
+            .collect();
+        quoted.join(", ")
+    };
     let config = format!(
-        "[[converter.gateway]]\nname = \"smith\"\nkey-files = [\"{}\"]\nmax-conns = \
+        "[[converter.gateway]]\nname = \"smith\"\nkey-files = [{}]\nmax-conns = \
          {SMITH_MAX_CONNS}\n\n[[converter.gateway]]\nname = \"jones\"\nkey-files = [{}]\n\
          max-conns = {JONES_MAX_CONNS}\n",
-        dir.join("smith.key").display(),
-        keys.join(", ")
+        paths(smith_keys),
+        paths(jones_keys)
     );
     std::fs::write(dir.join("converter.toml"), config).unwrap();
 }
 
-/// Sends the converter SIGHUP and waits until it logged its `nth` reload.
-fn reload(testbed: &Testbed, dir: &Path, nth: usize) {
-    let pid = testbed.pid("converter").unwrap();
+/// Sends daemon `label` SIGHUP and waits until its log holds `done` `nth` times.
+fn reload(testbed: &Testbed, dir: &Path, label: &str, done: &str, nth: usize) {
+    let pid = testbed.pid(label).unwrap();
     kill(
         nix::unistd::Pid::from_raw(pid.try_into().unwrap()),
         Signal::SIGHUP,
     )
     .unwrap();
-    let reloads = || {
-        daemon_log(dir, "converter")
-            .matches("SIGHUP: the keys and limits of 3 gateways reloaded")
-            .count()
-    };
     wait_until(
         Duration::from_secs(10),
-        || reloads() >= nth,
-        || format!("reload {nth} not logged:\n{}", daemon_log(dir, "converter")),
+        || daemon_log(dir, label).matches(done).count() >= nth,
+        || format!("reload {nth} not logged:\n{}", daemon_log(dir, label)),
     );
+}
+
+/// Sends the converter SIGHUP and waits until it logged its `nth` reload.
+fn reload_converter(testbed: &Testbed, dir: &Path, nth: usize) {
+    let done = "SIGHUP: the keys and limits of 3 gateways reloaded";
+    reload(testbed, dir, "converter", done, nth);
 }
 
 /// Waits (5 s at most) until jones's only relay is the one the test holds: a closed
@@ -151,21 +156,56 @@ fn gateway_metric(testbed: &Testbed, name: &str, gateway: &str) -> u64 {
     )
 }
 
+/// Smith's gateway takes its new key on SIGHUP, without a restart: its flow through
+/// the converter goes on, and new flows are still converted (with the old key they
+/// would be refused once the converter drops it, and end).
+fn rotate_the_gateways_key(testbed: &Testbed, path: &Path, smith_flows: Vec<TcpStream>) {
+    drop(smith_flows);
+    wait_until(
+        Duration::from_secs(5),
+        || gateway_metric(testbed, "live_relays", "smith") == 0,
+        || "smith's relays did not end".to_owned(),
+    );
+    let mut smith_held = lan_connection(testbed);
+    assert!(echoes(&mut smith_held, "smith held"));
+    write_config(path, &["smith.key", "smith-new.key"], &["jones-new.key"]);
+    reload_converter(testbed, path, 3);
+    let staged = path.join("gateway.key.new");
+    std::fs::copy(path.join("smith-new.key"), &staged).unwrap();
+    std::fs::rename(&staged, path.join("gateway.key")).unwrap();
+    let done = "SIGHUP: new flows and claims are signed with the key now in";
+    reload(testbed, path, "gateway", done, 1);
+    write_config(path, &["smith-new.key"], &["jones-new.key"]);
+    reload_converter(testbed, path, 4);
+    let relayed = gateway_metric(testbed, "relays_total", "smith");
+    let mut smith_new = lan_connection(testbed);
+    assert!(echoes(&mut smith_new, "smith with the new key"));
+    assert_eq!(
+        gateway_metric(testbed, "relays_total", "smith"),
+        relayed + 1,
+        "the new flow went through the converter"
+    );
+    assert!(echoes(&mut smith_held, "smith held after the rotation"));
+}
+
 #[test]
-fn households_keep_to_their_own_limits_and_a_key_rotates_live() {
+fn households_keep_to_their_own_limits_and_keys_rotate_live() {
     require_root();
     let dir = TempDir::new("tenants").unwrap();
     let path = dir.path();
-    for key in ["smith.key", "jones.key", "jones-new.key"] {
+    for key in ["smith.key", "smith-new.key", "jones.key", "jones-new.key"] {
         keygen(&path.join(key));
     }
-    write_config(path, &["jones.key"]);
+    // The gateway's copy of smith's key: a rotation replaces it.
+    let gateway_key = path.join("gateway.key");
+    std::fs::copy(path.join("smith.key"), &gateway_key).unwrap();
+    write_config(path, &["smith.key"], &["jones.key"]);
     let mut testbed = Testbed::new("tenants", &UPLINKS).unwrap();
     let config = path.join("converter.toml");
     testbed
         .start_gateway_and_converter(
             path,
-            &["--key-file", path.join("smith.key").to_str().unwrap()],
+            &["--key-file", gateway_key.to_str().unwrap()],
             &[
                 "--config",
                 config.to_str().unwrap(),
@@ -210,14 +250,14 @@ fn households_keep_to_their_own_limits_and_a_key_rotates_live() {
         convert(&testbed, &new_key).0,
         Response::Error(ErrorCode::NotAuthorized)
     );
-    write_config(path, &["jones.key", "jones-new.key"]);
-    reload(&testbed, path, 1);
+    write_config(path, &["smith.key"], &["jones.key", "jones-new.key"]);
+    reload_converter(&testbed, path, 1);
     for key in [&jones_key, &new_key] {
         assert_eq!(convert(&testbed, key).0, Response::Connected, "{key:?}");
         wait_for_jones_held_alone(&testbed);
     }
-    write_config(path, &["jones-new.key"]);
-    reload(&testbed, path, 2);
+    write_config(path, &["smith.key"], &["jones-new.key"]);
+    reload_converter(&testbed, path, 2);
     assert_eq!(
         convert(&testbed, &jones_key).0,
         Response::Error(ErrorCode::NotAuthorized)
@@ -239,5 +279,7 @@ fn households_keep_to_their_own_limits_and_a_key_rotates_live() {
         ),
         "{log}"
     );
+
+    rotate_the_gateways_key(&testbed, path, smith);
     testbed.check_running().unwrap();
 }

@@ -144,7 +144,8 @@ pub struct GatewayOptions {
     #[serde(default, deserialize_with = "one_or_more")]
     pub converter: Vec<String>,
 
-    /// Pre-shared key shared with the converter (see `mptcp-user keygen`).
+    /// Pre-shared key shared with the converter (see `mptcp-user keygen`). SIGHUP reads
+    /// the file again (a rotated key); live flows go on.
     #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
 

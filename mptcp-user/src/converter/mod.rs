@@ -265,7 +265,12 @@ pub fn run(
             );
         }
         tokio::spawn(forward::release_absent_gateways(Arc::clone(&converter)));
-        tokio::spawn(reload_on_hangup(Arc::clone(&converter), reread));
+        // Keys and limits only: other options need a restart.
+        let reloading = Arc::clone(&converter);
+        server::reload_on_hangup("the keys and limits in use", move || {
+            let count = reloading.reload_accounts(&reread()?.accounts)?;
+            Ok(format!("the keys and limits of {count} gateways reloaded"))
+        })?;
         info!(
             "serving {} gateway{}",
             converter.accounts.len(),
@@ -293,27 +298,6 @@ pub fn run(
         }
         Ok(())
     })
-}
-
-/// On each SIGHUP, serves the gateways `reread` gives (the config read again): keys
-/// and limits; other options need a restart.
-async fn reload_on_hangup(
-    converter: Arc<Converter>,
-    reread: impl Fn() -> anyhow::Result<ConverterConfig>,
-) {
-    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(error) => {
-            warn!("SIGHUP will not reload the gateways' keys: {error}");
-            return;
-        }
-    };
-    while hangups.recv().await.is_some() {
-        match reread().and_then(|config| converter.reload_accounts(&config.accounts)) {
-            Ok(count) => info!("SIGHUP: the keys and limits of {count} gateways reloaded"),
-            Err(error) => warn!("SIGHUP: keeping the keys and limits in use: {error:#}"),
-        }
-    }
 }
 
 /// Lets the listener take Convert requests in SYNs, and says when the kernel will not.

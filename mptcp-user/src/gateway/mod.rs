@@ -187,7 +187,8 @@ impl Gateway {
     }
 }
 
-/// `mptcp-user gateway`: runs until SIGINT or SIGTERM.
+/// `mptcp-user gateway`: runs until SIGINT or SIGTERM; on SIGHUP, reads its key file
+/// again.
 pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
     let missing = sys::missing_capabilities(&sys::GATEWAY_CAPABILITIES)?;
     if !missing.is_empty() {
@@ -240,7 +241,6 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
             tokio::spawn(bpf::forward_log(logger));
         }
         let forwarding = forwards::configured(config)?;
-        info!("{READY}");
         let upstream_errors = upstream.errors();
         let gateway = Arc::new(Gateway {
             upstream,
@@ -255,6 +255,10 @@ pub fn run(config: &GatewayConfig) -> anyhow::Result<()> {
             metrics: GatewayMetrics::new(upstream_errors),
             forwarding,
         });
+        // The key only: other options need a restart.
+        let reloading = Arc::clone(&gateway);
+        server::reload_on_hangup("the key in use", move || reloading.upstream.reload_key())?;
+        info!("{READY}");
         if let Some(address) = config.metrics {
             let scrape = Scrape {
                 gateway: Arc::clone(&gateway),

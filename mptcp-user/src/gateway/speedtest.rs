@@ -81,11 +81,10 @@ pub fn run(config: &SpeedtestConfig) -> anyhow::Result<()> {
 
 /// Each uplink alone, then all together.
 async fn measure(config: &SpeedtestConfig) -> anyhow::Result<Vec<PathResult>> {
-    let Upstream::Converter { addresses, key, .. } = Upstream::resolve(&config.upstream).await?
-    else {
+    let upstream = Upstream::resolve(&config.upstream).await?;
+    let (Some(key), Some(&converter)) = (upstream.key(), upstream.converters().first()) else {
         bail!("a speed test needs a converter: the gateway runs in direct mode");
     };
-    let converter = addresses[0];
     let statuses = uplinks::read_status(&config.pin_path).with_context(|| {
         format!(
             "no running gateway with its maps in {} (its status file names the uplinks)",

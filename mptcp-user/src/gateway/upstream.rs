@@ -4,6 +4,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
+    sync::Mutex,
     time::Duration,
 };
 
@@ -13,6 +14,7 @@ use socket2::Socket;
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
 use crate::{
+    lock,
     metrics::ErrorCounts,
     net::socket::{self, Attempt},
     protocol::{
@@ -97,8 +99,10 @@ pub enum Upstream {
     Converter {
         /// The converters' addresses, preferred first.
         addresses: Vec<SocketAddr>,
-        /// The pre-shared key for the cookie.
-        key: Key,
+        /// The pre-shared key for the cookie; SIGHUP reads it again from `key_file`.
+        key: Mutex<Key>,
+        /// Where the key came from.
+        key_file: PathBuf,
         /// The Error TLVs they answered, for the metrics.
         errors: ErrorCounts,
     },
@@ -128,9 +132,29 @@ impl Upstream {
         }
         Ok(Self::Converter {
             addresses: resolved,
-            key: Key::load(key_file)?,
+            key: Mutex::new(Key::load(key_file)?),
+            key_file: key_file.clone(),
             errors: ErrorCounts::default(),
         })
+    }
+
+    /// Reads the key file again (SIGHUP) so that a rotated key signs new flows and
+    /// claims; live flows are not touched. A file that cannot be read keeps the key in
+    /// use. Says what it did.
+    pub fn reload_key(&self) -> anyhow::Result<String> {
+        let Self::Converter { key, key_file, .. } = self else {
+            return Ok("direct mode: no key to reload".to_owned());
+        };
+        let loaded = Key::load(key_file)?;
+        let mut key = lock(key);
+        if key.id() == loaded.id() {
+            return Ok(format!("{} holds the key in use", key_file.display()));
+        }
+        *key = loaded;
+        Ok(format!(
+            "new flows and claims are signed with the key now in {}",
+            key_file.display()
+        ))
     }
 
     /// The counts of the converters' Error TLVs (none with `--direct`).
@@ -141,10 +165,10 @@ impl Upstream {
         }
     }
 
-    /// The key that signs requests and claims; none with `--direct`.
-    pub fn key(&self) -> Option<&Key> {
+    /// The key that signs requests and claims now; none with `--direct`.
+    pub fn key(&self) -> Option<Key> {
         match self {
-            Self::Converter { key, .. } => Some(key),
+            Self::Converter { key, .. } => Some(lock(key).clone()),
             Self::Direct => None,
         }
     }
@@ -246,6 +270,7 @@ impl Upstream {
         let Self::Converter { key, errors, .. } = self else {
             return Err(OpenError::Failed(anyhow!("--direct has no converter")));
         };
+        let key = lock(key).clone();
         let request = Request {
             destination,
             cookie: Some(
@@ -307,5 +332,53 @@ impl Upstream {
         socket::connect_racing(destination, true, attempts, configure)
             .await
             .context("MPTCP connect to the destination failed")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn sighup_takes_a_rotated_key_and_keeps_the_old_one_on_a_bad_file() {
+        let dir = std::env::temp_dir().join(format!("mptcp-key-reload-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let (key_file, rotated) = (dir.join("gateway.key"), dir.join("rotated.key"));
+        for path in [&key_file, &rotated] {
+            let _ = fs::remove_file(path);
+            Key::generate(path).unwrap();
+        }
+        let upstream = Upstream::resolve(&UpstreamConfig::Converter {
+            addresses: vec!["127.0.0.1:5124".to_owned()],
+            key_file: key_file.clone(),
+        })
+        .await
+        .unwrap();
+        let id = || upstream.key().unwrap().id();
+        let first = id();
+        assert!(
+            upstream
+                .reload_key()
+                .unwrap()
+                .contains("holds the key in use")
+        );
+
+        fs::rename(&rotated, &key_file).unwrap();
+        let said = upstream.reload_key().unwrap();
+        assert!(said.contains("signed with the key now in"), "{said}");
+        let second = Key::load(&key_file).unwrap().id();
+        assert_ne!(first, second);
+        assert_eq!(id(), second);
+
+        fs::write(&key_file, "not a key\n").unwrap();
+        let error = upstream.reload_key().unwrap_err();
+        assert!(format!("{error:#}").contains("bad key file"), "{error:#}");
+        assert_eq!(id(), second, "a bad file keeps the key in use");
+        fs::remove_dir_all(&dir).unwrap();
+
+        let direct = Upstream::resolve(&UpstreamConfig::Direct).await.unwrap();
+        assert!(direct.reload_key().unwrap().contains("no key"));
     }
 }

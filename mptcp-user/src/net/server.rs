@@ -1,5 +1,5 @@
-//! Plumbing both daemons share: the accept loop with its shutdown grace period, and the
-//! signals that end a daemon.
+//! Plumbing both daemons share: the accept loop with its shutdown grace period, the
+//! signals that end a daemon, and SIGHUP, which reloads what it can without a restart.
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
@@ -127,4 +127,25 @@ pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
             _ = terminate.recv() => {}
         }
     })
+}
+
+/// From now on, calls `reload` on each SIGHUP and logs its answer ("SIGHUP: " and what
+/// it did), or, when it fails, that `kept` stays in use and why. Listens before it
+/// returns: a SIGHUP unheard would end the daemon (its default action) and every flow.
+/// Needs a tokio runtime.
+pub fn reload_on_hangup(
+    kept: &'static str,
+    mut reload: impl FnMut() -> anyhow::Result<String> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mut hangups =
+        tokio::signal::unix::signal(SignalKind::hangup()).context("failed to listen for SIGHUP")?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match reload() {
+                Ok(done) => info!("SIGHUP: {done}"),
+                Err(error) => warn!("SIGHUP: keeping {kept}: {error:#}"),
+            }
+        }
+    });
+    Ok(())
 }

@@ -363,7 +363,7 @@ async fn try_offer(gateway: &Arc<Gateway>, converter: SocketAddr) -> anyhow::Res
     };
     let forwarding = &gateway.forwarding;
     let mut stream = gateway.connect_warm(converter).await?;
-    let claim = forwarding.claim(key)?.to_message().encode()?;
+    let claim = forwarding.claim(&key)?.to_message().encode()?;
     // What came after the answer is kept: the converter may hand this connection an
     // inbound flow the moment it has answered, and its Inbound TLV then arrives with
     // the answer.
