@@ -137,13 +137,13 @@ fn reload_converter(testbed: &Testbed, dir: &Path, nth: usize) {
     reload(testbed, dir, "converter", done, nth);
 }
 
-/// Waits (5 s at most) until jones's only relay is the one the test holds: a closed
-/// one's relay ends a moment after, and would count against its limit meanwhile.
-fn wait_for_jones_held_alone(testbed: &Testbed) {
+/// Waits (5 s at most) until `gateway` has `count` live relays on the converter: a
+/// closed flow's relay ends a moment after, and counts against its limit meanwhile.
+fn wait_for_live_relays(testbed: &Testbed, gateway: &str, count: u64) {
     wait_until(
         Duration::from_secs(5),
-        || gateway_metric(testbed, "live_relays", "jones") == 1,
-        || "a relay of jones's did not end".to_owned(),
+        || gateway_metric(testbed, "live_relays", gateway) == count,
+        || format!("{gateway} did not get down to {count} live relays"),
     );
 }
 
@@ -159,20 +159,21 @@ fn gateway_metric(testbed: &Testbed, name: &str, gateway: &str) -> u64 {
 /// Smith's gateway takes its new key on SIGHUP, without a restart: its flow through
 /// the converter goes on, and new flows are still converted (with the old key they
 /// would be refused once the converter drops it, and end).
-fn rotate_the_gateways_key(testbed: &Testbed, path: &Path, smith_flows: Vec<TcpStream>) {
+fn rotate_the_gateways_key(
+    testbed: &Testbed,
+    path: &Path,
+    gateway_key: &Path,
+    smith_flows: Vec<TcpStream>,
+) {
     drop(smith_flows);
-    wait_until(
-        Duration::from_secs(5),
-        || gateway_metric(testbed, "live_relays", "smith") == 0,
-        || "smith's relays did not end".to_owned(),
-    );
+    wait_for_live_relays(testbed, "smith", 0);
     let mut smith_held = lan_connection(testbed);
     assert!(echoes(&mut smith_held, "smith held"));
     write_config(path, &["smith.key", "smith-new.key"], &["jones-new.key"]);
     reload_converter(testbed, path, 3);
     let staged = path.join("gateway.key.new");
     std::fs::copy(path.join("smith-new.key"), &staged).unwrap();
-    std::fs::rename(&staged, path.join("gateway.key")).unwrap();
+    std::fs::rename(&staged, gateway_key).unwrap();
     let done = "SIGHUP: new flows and claims are signed with the key now in";
     reload(testbed, path, "gateway", done, 1);
     write_config(path, &["smith-new.key"], &["jones-new.key"]);
@@ -242,7 +243,8 @@ fn households_keep_to_their_own_limits_and_keys_rotate_live() {
         Response::Error(ErrorCode::ResourceExceeded)
     );
     drop(second);
-    wait_for_jones_held_alone(&testbed);
+    // Jones's only relay is then the one the test holds.
+    wait_for_live_relays(&testbed, "jones", 1);
 
     // Jones rotates its key: the new one beside the old, then the old one removed.
     let new_key = path.join("jones-new.key");
@@ -254,7 +256,7 @@ fn households_keep_to_their_own_limits_and_keys_rotate_live() {
     reload_converter(&testbed, path, 1);
     for key in [&jones_key, &new_key] {
         assert_eq!(convert(&testbed, key).0, Response::Connected, "{key:?}");
-        wait_for_jones_held_alone(&testbed);
+        wait_for_live_relays(&testbed, "jones", 1);
     }
     write_config(path, &["smith.key"], &["jones-new.key"]);
     reload_converter(&testbed, path, 2);
@@ -280,6 +282,6 @@ fn households_keep_to_their_own_limits_and_keys_rotate_live() {
         "{log}"
     );
 
-    rotate_the_gateways_key(&testbed, path, smith);
+    rotate_the_gateways_key(&testbed, path, &gateway_key, smith);
     testbed.check_running().unwrap();
 }
